@@ -1,0 +1,552 @@
+//! Byte framing: turning a stream of bytes into [`Frame`]s and back.
+//!
+//! [`FrameCodec`] is the MSGI wire format. It checks every header field as
+//! soon as its bytes have arrived, before it reserves room for the rest of a
+//! frame, so a hostile length never becomes an allocation. The payload of a
+//! decoded frame is split off the read buffer without copying.
+//!
+//! [`LineCodec`] frames newline-terminated text instead, so the same server
+//! and service can answer a telnet-style client. Both implement [`Framing`],
+//! which is what a session is generic over.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::frame::{
+    Flags, Frame, Kind, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
+};
+
+/// Why bytes could not be framed. Every variant but `Io` is a protocol
+/// violation by the peer (or, when encoding, by the local application).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The first four bytes are not `MSGI`.
+    #[error("bad magic")]
+    BadMagic,
+    /// The length field is smaller than the 10-byte header.
+    #[error("length below header ({length} < 10)")]
+    LengthBelowHeader {
+        /// The length field as received.
+        length: u32,
+    },
+    /// A correlated frame whose length cannot hold the 14-byte header.
+    #[error("length below correlated header ({length} < 14)")]
+    LengthBelowCorrelatedHeader {
+        /// The length field as received.
+        length: u32,
+    },
+    /// The frame is larger than the configured maximum.
+    #[error("frame too large (max {max}): {length} bytes")]
+    FrameTooLarge {
+        /// The frame length (from the header, or of the frame being encoded).
+        length: u64,
+        /// The configured maximum frame size.
+        max: usize,
+    },
+    /// A text line longer than the configured maximum.
+    #[error("line too long (max {max})")]
+    LineTooLong {
+        /// The configured maximum line length.
+        max: usize,
+    },
+    /// The transport failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl CodecError {
+    /// True when the error is the peer's fault (anything but I/O).
+    pub fn is_protocol_violation(&self) -> bool {
+        !matches!(self, CodecError::Io(_))
+    }
+}
+
+/// Bytes waiting to be written: small frames are packed into one buffer,
+/// large payloads are kept as their own [`Bytes`] and written with a
+/// vectored write, so they are never copied.
+#[derive(Debug, Default)]
+pub struct WriteBuf {
+    chunks: VecDeque<Bytes>,
+    tail: BytesMut,
+    len: usize,
+}
+
+/// Payloads at least this large are written from their own buffer.
+const ZERO_COPY_THRESHOLD: usize = 4096;
+
+/// The most slices handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+impl WriteBuf {
+    /// An empty buffer; allocates nothing.
+    pub fn new() -> WriteBuf {
+        WriteBuf::default()
+    }
+
+    /// Bytes queued.
+    pub fn len(&self) -> usize {
+        self.len + self.tail.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends bytes to the packed buffer (they are copied).
+    pub fn put_slice(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+    }
+
+    /// The packed buffer, to encode into directly.
+    pub fn tail_mut(&mut self) -> &mut BytesMut {
+        &mut self.tail
+    }
+
+    /// Appends a buffer without copying it (small ones are copied instead,
+    /// which is cheaper than one more slice in the write).
+    pub fn put_bytes(&mut self, bytes: Bytes) {
+        if bytes.len() < ZERO_COPY_THRESHOLD {
+            self.tail.extend_from_slice(&bytes);
+            return;
+        }
+        if !self.tail.is_empty() {
+            let packed = self.tail.split().freeze();
+            self.len += packed.len();
+            self.chunks.push_back(packed);
+        }
+        self.len += bytes.len();
+        self.chunks.push_back(bytes);
+    }
+
+    /// Fills `dst` with slices of the queued bytes, in order; returns how many.
+    pub fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for chunk in &self.chunks {
+            if n == dst.len() {
+                return n;
+            }
+            dst[n] = IoSlice::new(chunk);
+            n += 1;
+        }
+        if n < dst.len() && !self.tail.is_empty() {
+            dst[n] = IoSlice::new(&self.tail);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops the first `cnt` bytes (they were written).
+    pub fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                let n = cnt.min(self.tail.len());
+                self.tail.advance(n);
+                break;
+            };
+            if cnt >= front.len() {
+                cnt -= front.len();
+                self.len -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(cnt);
+                self.len -= cnt;
+                cnt = 0;
+            }
+        }
+        if self.is_empty() {
+            self.release_if_large();
+        }
+    }
+
+    /// Frees the packed buffer's memory; used when a session goes idle.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.tail = BytesMut::new();
+            self.chunks = VecDeque::new();
+        }
+    }
+
+    fn release_if_large(&mut self) {
+        // Keep a modest buffer for the next burst; drop anything a single
+        // large frame made it grow to.
+        if self.tail.capacity() > 64 * 1024 {
+            self.tail = BytesMut::new();
+        }
+    }
+
+    /// Number of slices a vectored write would use at most.
+    pub(crate) const MAX_IOVECS: usize = MAX_IOVECS;
+}
+
+/// A byte framing a session can speak: a decoder and encoder of [`Frame`]s.
+///
+/// Implemented by [`FrameCodec`] (the MSGI wire) and [`LineCodec`] (text
+/// lines). Decoders must never panic and must not allocate from a length
+/// they have not checked.
+pub trait Framing:
+    Decoder<Item = Frame, Error = CodecError> + Encoder<Frame, Error = CodecError> + Send + 'static
+{
+    /// Encodes `frame` into `dst`. The default encodes into the packed buffer;
+    /// [`FrameCodec`] hands large payloads over without copying them.
+    fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
+        self.encode(frame, dst.tail_mut())
+    }
+
+    /// Sets the largest unit this framing accepts or sends, in bytes.
+    fn set_max_frame_size(&mut self, max: usize);
+
+    /// Whether this framing carries request ids, kinds and flags. A session
+    /// over a framing that does not (text lines) delivers every input as
+    /// uncorrelated DATA and skips the handshake.
+    fn is_binary(&self) -> bool {
+        true
+    }
+}
+
+/// The MSGI wire format as a tokio-util codec.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use msgi::{Frame, FrameCodec};
+/// use tokio_util::codec::{Decoder, Encoder};
+///
+/// let mut codec = FrameCodec::new();
+/// let mut buf = BytesMut::new();
+/// codec.encode(Frame::data("abc").with_request_id(7), &mut buf).unwrap();
+/// assert_eq!(&buf[..], b"MSGI\x00\x00\x00\x11\x10\x10\x00\x00\x00\x07abc");
+/// let frame = codec.decode(&mut buf).unwrap().unwrap();
+/// assert_eq!(frame.request_id(), Some(7));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    max_frame_size: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new()
+    }
+}
+
+impl FrameCodec {
+    /// A codec with the default maximum frame size (1 MiB).
+    pub fn new() -> FrameCodec {
+        FrameCodec::with_max_frame_size(DEFAULT_MAX_FRAME_SIZE)
+    }
+
+    /// A codec that rejects frames longer than `max` bytes, header included.
+    /// Values below the correlated header size are raised to it.
+    pub fn with_max_frame_size(max: usize) -> FrameCodec {
+        FrameCodec {
+            max_frame_size: max.clamp(CORRELATED_HEADER_LEN, u32::MAX as usize),
+        }
+    }
+
+    /// The maximum frame size, header included.
+    pub fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+
+    fn check_outgoing(&self, frame: &Frame) -> Result<(), CodecError> {
+        let length = frame.wire_len();
+        if length > self.max_frame_size {
+            return Err(CodecError::FrameTooLarge {
+                length: length as u64,
+                max: self.max_frame_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Writes the header of `frame` (10 or 14 bytes) into `dst`.
+pub fn encode_header(frame: &Frame, dst: &mut impl BufMut) {
+    dst.put_slice(&MAGIC);
+    // `check_outgoing` bounds the length by the maximum frame size, which
+    // fits in u32.
+    dst.put_u32(frame.wire_len() as u32);
+    dst.put_u16(frame.type_field());
+    if let Some(id) = frame.request_id() {
+        dst.put_u32(id);
+    }
+}
+
+fn be_u32(src: &[u8], at: usize) -> Option<u32> {
+    let bytes = src.get(at..at + 4)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+fn be_u16(src: &[u8], at: usize) -> Option<u16> {
+    let bytes = src.get(at..at + 2)?;
+    Some(u16::from_be_bytes([bytes[0], bytes[1]]))
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        // Check each field as soon as its bytes are here: a stream of garbage
+        // fails on its first byte, an oversized length on its eighth.
+        let seen = src.len().min(MAGIC.len());
+        if src.get(..seen) != MAGIC.get(..seen) {
+            return Err(CodecError::BadMagic);
+        }
+        let Some(length) = be_u32(src, 4) else {
+            return Ok(None);
+        };
+        if (length as usize) < HEADER_LEN {
+            return Err(CodecError::LengthBelowHeader { length });
+        }
+        if length as usize > self.max_frame_size {
+            return Err(CodecError::FrameTooLarge {
+                length: u64::from(length),
+                max: self.max_frame_size,
+            });
+        }
+        let Some(type_field) = be_u16(src, 8) else {
+            return Ok(None);
+        };
+        let flags = Flags::from_bits_truncate(type_field);
+        let correlated = flags.contains(Flags::CORRELATED);
+        if correlated && (length as usize) < CORRELATED_HEADER_LEN {
+            return Err(CodecError::LengthBelowCorrelatedHeader { length });
+        }
+        let length = length as usize;
+        if src.len() < length {
+            // `length` is checked against the maximum above.
+            src.reserve(length - src.len());
+            return Ok(None);
+        }
+        let mut bytes = src.split_to(length);
+        let request_id = if correlated {
+            be_u32(&bytes, HEADER_LEN)
+        } else {
+            None
+        };
+        bytes.advance(if correlated {
+            CORRELATED_HEADER_LEN
+        } else {
+            HEADER_LEN
+        });
+        let kind = Kind::new(type_field & Kind::MAX).unwrap_or(Kind::DATA);
+        let mut frame = Frame::new(kind, bytes.freeze()).with_flags(flags);
+        frame.set_request_id(request_id);
+        Ok(Some(frame))
+    }
+}
+
+impl Encoder<Frame> for FrameCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.check_outgoing(&frame)?;
+        dst.reserve(frame.wire_len());
+        encode_header(&frame, dst);
+        dst.extend_from_slice(frame.payload());
+        Ok(())
+    }
+}
+
+impl Framing for FrameCodec {
+    fn set_max_frame_size(&mut self, max: usize) {
+        *self = FrameCodec::with_max_frame_size(max);
+    }
+
+    fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
+        self.check_outgoing(&frame)?;
+        encode_header(&frame, dst.tail_mut());
+        dst.put_bytes(frame.into_payload());
+        Ok(())
+    }
+}
+
+/// Newline-delimited text: each line in is a DATA frame, each frame out is
+/// a line.
+///
+/// A trailing `\r` is stripped, so `telnet` and `nc -C` both work. Outgoing
+/// DATA, CONTROL, application kinds and PONG are written as their payload;
+/// ERROR and DISCONNECT as `ERROR <reason>` and `DISCONNECT <reason>`;
+/// HEARTBEAT is not written at all. Payloads are written as they are: one
+/// holding a newline reads as two lines on the other side.
+#[derive(Debug, Clone, Copy)]
+pub struct LineCodec {
+    max_line: usize,
+    scanned: usize,
+}
+
+impl Default for LineCodec {
+    fn default() -> Self {
+        LineCodec::new()
+    }
+}
+
+impl LineCodec {
+    /// A codec accepting lines up to 64 KiB.
+    pub fn new() -> LineCodec {
+        LineCodec::with_max_line(64 * 1024)
+    }
+
+    /// A codec accepting lines up to `max` bytes (newline excluded).
+    pub fn with_max_line(max: usize) -> LineCodec {
+        LineCodec {
+            max_line: max,
+            scanned: 0,
+        }
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let start = self.scanned.min(src.len());
+        let newline = src
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|b| *b == b'\n'));
+        let Some(pos) = newline.map(|p| start + p) else {
+            if src.len() > self.max_line {
+                return Err(CodecError::LineTooLong { max: self.max_line });
+            }
+            self.scanned = src.len();
+            return Ok(None);
+        };
+        self.scanned = 0;
+        if pos > self.max_line {
+            return Err(CodecError::LineTooLong { max: self.max_line });
+        }
+        let mut line = src.split_to(pos + 1);
+        line.truncate(pos);
+        if line.last() == Some(&b'\r') {
+            line.truncate(pos - 1);
+        }
+        Ok(Some(Frame::data(line.freeze())))
+    }
+}
+
+impl Encoder<Frame> for LineCodec {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let prefix: &[u8] = match frame.kind() {
+            Kind::HEARTBEAT | Kind::PING => return Ok(()),
+            Kind::ERROR => b"ERROR ",
+            Kind::DISCONNECT => b"DISCONNECT ",
+            _ => b"",
+        };
+        dst.reserve(prefix.len() + frame.payload().len() + 1);
+        dst.extend_from_slice(prefix);
+        dst.extend_from_slice(frame.payload());
+        dst.put_u8(b'\n');
+        Ok(())
+    }
+}
+
+impl Framing for LineCodec {
+    fn set_max_frame_size(&mut self, max: usize) {
+        self.max_line = max;
+    }
+
+    fn is_binary(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<Frame>, CodecError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(frame) = codec.decode(&mut buf)? {
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn worked_example_from_the_contract() {
+        let mut codec = FrameCodec::new();
+        let frames = decode_all(&mut codec, b"MSGI\x00\x00\x00\x0c\x00\x01hi").unwrap();
+        assert_eq!(frames, vec![Frame::ping("hi")]);
+    }
+
+    #[test]
+    fn garbage_fails_on_first_byte() {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::from(&b"G"[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::BadMagic)));
+    }
+
+    #[test]
+    fn oversized_length_does_not_reserve() {
+        let mut codec = FrameCodec::with_max_frame_size(100);
+        let mut buf = BytesMut::from(&b"MSGI\x00\x00\x00\x65"[..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::FrameTooLarge {
+                length: 101,
+                max: 100
+            }
+        ));
+        assert!(buf.capacity() < 100);
+    }
+
+    #[test]
+    fn outgoing_frame_over_max_is_refused() {
+        let mut codec = FrameCodec::with_max_frame_size(20);
+        let mut buf = BytesMut::new();
+        assert!(codec.encode(Frame::data(vec![0u8; 11]), &mut buf).is_err());
+        assert!(codec.encode(Frame::data(vec![0u8; 10]), &mut buf).is_ok());
+    }
+
+    #[test]
+    fn write_buf_keeps_order_across_chunks() {
+        let mut codec = FrameCodec::new();
+        let mut wb = WriteBuf::new();
+        let big = Bytes::from(vec![7u8; 5000]);
+        codec.encode_into(Frame::data("a"), &mut wb).unwrap();
+        codec
+            .encode_into(Frame::data(big.clone()), &mut wb)
+            .unwrap();
+        codec.encode_into(Frame::data("b"), &mut wb).unwrap();
+        let mut slices = [IoSlice::new(&[]); 8];
+        let n = wb.chunks_vectored(&mut slices);
+        let flat: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(flat.len(), wb.len());
+        let frames = decode_all(&mut codec, &flat).unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[1].payload(), &big);
+        wb.advance(13);
+        assert_eq!(wb.len(), flat.len() - 13);
+        wb.advance(wb.len());
+        assert!(wb.is_empty());
+    }
+
+    #[test]
+    fn lines() {
+        let mut codec = LineCodec::with_max_line(8);
+        let mut buf = BytesMut::from(&b"hello\r\nwor"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::data("hello")));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"ld\n");
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::data("world")));
+        buf.extend_from_slice(b"123456789");
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::LineTooLong { max: 8 })
+        ));
+        let mut out = BytesMut::new();
+        codec.encode(Frame::error("nope"), &mut out).unwrap();
+        codec.encode(Frame::heartbeat(), &mut out).unwrap();
+        assert_eq!(&out[..], b"ERROR nope\n");
+    }
+}

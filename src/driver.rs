@@ -1,0 +1,442 @@
+//! The server side of one session: drives a [`Transport`] and a user service
+//! according to the rules in [`Protocol`].
+//!
+//! One task per session polls everything itself (reads, answers, pushes,
+//! writes, timers), so a frame goes from socket to service and back without
+//! crossing a channel or waking another task.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, Sleep};
+use tower::Service;
+
+use crate::codec::Framing;
+use crate::frame::Frame;
+use crate::proto::{Expired, Inbound, Protocol, Role, Timers, WELCOME_PREFIX};
+use crate::registry::Registry;
+use crate::session::{CloseReason, Session};
+use crate::transport::{ReadError, Transport};
+use crate::BoxError;
+
+/// Per-session settings, taken from the server builder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SessionConfig {
+    pub(crate) timers: Timers,
+    pub(crate) max_in_flight: usize,
+    pub(crate) drain_deadline: Duration,
+    /// Queued output bytes above which the session stops reading requests
+    /// and taking pushes until the peer has read some.
+    pub(crate) high_water: usize,
+}
+
+/// Rounds of work before the driver yields to other tasks.
+const BUDGET: usize = 32;
+
+pin_project_lite::pin_project! {
+    /// A service call and the request id its answer must carry.
+    struct Call<F> {
+        #[pin]
+        fut: F,
+        request_id: Option<u32>,
+    }
+}
+
+impl<F, E> Future for Call<F>
+where
+    F: Future<Output = Result<Option<Frame>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = (Option<u32>, Result<Option<Frame>, BoxError>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        this.fut
+            .poll(cx)
+            .map(|r| (*this.request_id, r.map_err(Into::into)))
+    }
+}
+
+enum Phase {
+    /// Reading requests.
+    Open,
+    /// No more reading; answering what was received, then sending `farewell`.
+    Draining { farewell: Option<Frame> },
+    /// Writing what is queued, then shutting the write side.
+    Flushing,
+    /// Write side shut; discarding input until the peer closes.
+    Lingering,
+}
+
+pub(crate) struct Driver<T, C, S>
+where
+    S: Service<Frame>,
+{
+    transport: Transport<T, C>,
+    proto: Protocol,
+    service: S,
+    session: Session,
+    registry: Registry,
+    cfg: SessionConfig,
+    in_flight: FuturesUnordered<Call<S::Future>>,
+    waiting: Option<Frame>,
+    sleep: Pin<Box<Sleep>>,
+    sleep_at: Option<Instant>,
+    phase: Phase,
+    reason: Option<CloseReason>,
+    aborted: bool,
+}
+
+/// Runs one session to its end and says why it ended.
+pub(crate) async fn run<T, C, S>(
+    io: T,
+    codec: C,
+    service: S,
+    session: Session,
+    registry: Registry,
+    cfg: SessionConfig,
+) -> CloseReason
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    C: Framing,
+    S: Service<Frame, Response = Option<Frame>>,
+    S::Error: Into<BoxError>,
+{
+    let transport = Transport::new(io, codec);
+    let now = Instant::now();
+    let proto = Protocol::new(Role::Server, cfg.timers, transport.is_binary(), now);
+    let mut driver = Driver {
+        transport,
+        proto,
+        service,
+        session,
+        registry,
+        cfg,
+        in_flight: FuturesUnordered::new(),
+        waiting: None,
+        sleep: Box::pin(tokio::time::sleep_until(now)),
+        sleep_at: None,
+        phase: Phase::Open,
+        reason: None,
+        aborted: false,
+    };
+    std::future::poll_fn(|cx| driver.poll(cx)).await
+}
+
+impl<T, C, S> Driver<T, C, S>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    C: Framing,
+    S: Service<Frame, Response = Option<Frame>>,
+    S::Error: Into<BoxError>,
+{
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        for _ in 0..BUDGET {
+            let now = Instant::now();
+            let mut progress = false;
+
+            if let Poll::Ready(reason) = self.session.poll_close(cx) {
+                if reason == CloseReason::SlowConsumer {
+                    self.abort(reason);
+                } else if matches!(self.phase, Phase::Open) {
+                    let farewell = Frame::disconnect(reason.to_string());
+                    self.begin_drain(now, reason, Some(farewell));
+                    progress = true;
+                }
+            }
+
+            while let Poll::Ready(Some((id, result))) = self.in_flight.poll_next_unpin(cx) {
+                self.answer(id, result);
+                progress = true;
+            }
+
+            if matches!(self.phase, Phase::Open | Phase::Draining { .. }) {
+                progress |= self.take_pushes();
+            }
+
+            match self.phase {
+                Phase::Open => progress |= self.read_requests(cx, now),
+                Phase::Draining { .. } => progress |= self.call_waiting(cx),
+                _ => {}
+            }
+
+            let flushed = if matches!(self.phase, Phase::Lingering) || self.aborted {
+                true
+            } else {
+                match self.transport.poll_write(cx) {
+                    Poll::Ready(Ok(())) => true,
+                    Poll::Ready(Err(e)) => {
+                        self.abort(CloseReason::PeerReset(e.to_string()));
+                        true
+                    }
+                    Poll::Pending => false,
+                }
+            };
+            if self.transport.take_written() > 0 {
+                self.proto.on_sent(now);
+                progress = true;
+            }
+
+            if self.aborted {
+                return Poll::Ready(self.take_reason());
+            }
+
+            match &mut self.phase {
+                Phase::Draining { farewell }
+                    if self.in_flight.is_empty() && self.waiting.is_none() =>
+                {
+                    if let Some(frame) = farewell.take() {
+                        self.queue(frame);
+                    }
+                    self.phase = Phase::Flushing;
+                    self.session.close_outbox();
+                    progress = true;
+                }
+                Phase::Flushing if flushed => {
+                    // Errors here only mean the peer is gone already.
+                    if self.transport.poll_shutdown(cx).is_ready() {
+                        self.phase = Phase::Lingering;
+                        progress = true;
+                    }
+                }
+                Phase::Lingering => {
+                    if self.transport.poll_discard(cx).is_ready() {
+                        return Poll::Ready(self.take_reason());
+                    }
+                }
+                _ => {}
+            }
+
+            if let Some(deadline) = self.proto.next_deadline() {
+                if deadline <= now {
+                    progress |= self.on_timer(now);
+                } else {
+                    if self.sleep_at != Some(deadline) {
+                        self.sleep.as_mut().reset(deadline);
+                        self.sleep_at = Some(deadline);
+                    }
+                    if self.sleep.as_mut().poll(cx).is_ready() {
+                        progress = true;
+                    }
+                }
+            }
+            if self.aborted {
+                return Poll::Ready(self.take_reason());
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Plenty done in one go: let other sessions run.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn take_reason(&mut self) -> CloseReason {
+        self.session.close_outbox();
+        self.reason.take().unwrap_or(CloseReason::Aborted)
+    }
+
+    /// Ends the session at once, writing nothing more.
+    fn abort(&mut self, reason: CloseReason) {
+        if !self.aborted {
+            self.aborted = true;
+            self.reason = Some(reason);
+        }
+    }
+
+    /// Stops reading; answers what was received, then sends `farewell`.
+    fn begin_drain(&mut self, now: Instant, reason: CloseReason, farewell: Option<Frame>) {
+        tracing::debug!(session = %self.session.id(), %reason, "session draining");
+        self.reason = Some(reason);
+        self.phase = Phase::Draining { farewell };
+        self.proto.start_drain(now, self.cfg.drain_deadline);
+    }
+
+    /// Drops pending work, sends `last` and closes.
+    fn close_now(&mut self, now: Instant, reason: CloseReason, last: Frame) {
+        tracing::debug!(session = %self.session.id(), %reason, "session closing");
+        self.in_flight = FuturesUnordered::new();
+        self.waiting = None;
+        self.queue(last);
+        self.reason = Some(reason);
+        self.phase = Phase::Flushing;
+        self.session.close_outbox();
+        self.proto.start_drain(now, self.cfg.drain_deadline);
+    }
+
+    fn queue(&mut self, frame: Frame) {
+        let request_id = frame.request_id();
+        if let Err(e) = self.transport.queue(frame) {
+            // Only a frame over the maximum size fails to encode; the peer
+            // still gets its one answer.
+            let mut error = Frame::error(format!("answer not sent: {e}"));
+            error.set_request_id(request_id);
+            if self.transport.queue(error).is_err() {
+                tracing::warn!(session = %self.session.id(), "error frame could not be encoded");
+            }
+        }
+    }
+
+    fn answer(&mut self, request_id: Option<u32>, result: Result<Option<Frame>, BoxError>) {
+        let frame = match (request_id, result) {
+            (Some(id), Ok(Some(mut frame))) => {
+                frame.set_request_id(Some(id));
+                frame
+            }
+            (None, Ok(Some(frame))) => frame,
+            (Some(id), Ok(None)) => Frame::error("no response").with_request_id(id),
+            (None, Ok(None)) => return,
+            (id, Err(error)) => {
+                let mut frame = Frame::error(error.to_string());
+                frame.set_request_id(id);
+                frame
+            }
+        };
+        self.queue(frame);
+    }
+
+    /// Moves pushed frames (broadcasts, sends) into the write queue while
+    /// it is below the high-water mark.
+    fn take_pushes(&mut self) -> bool {
+        let high_water = self.cfg.high_water;
+        if self.transport.pending_write() >= high_water {
+            return false;
+        }
+        let transport = &mut self.transport;
+        let session = &self.session;
+        session.drain_outbox(|frame| {
+            if let Err(e) = transport.queue(frame) {
+                tracing::debug!(session = %session.id(), error = %e, "pushed frame dropped");
+            }
+            transport.pending_write() < high_water
+        })
+    }
+
+    /// Hands the decoded frame that waits for the service to it, once the
+    /// service is ready.
+    fn call_waiting(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(frame) = self.waiting.take() else {
+            return false;
+        };
+        match self.service.poll_ready(cx) {
+            Poll::Pending => {
+                self.waiting = Some(frame);
+                false
+            }
+            Poll::Ready(Err(e)) => {
+                let e: BoxError = e.into();
+                self.close_now(
+                    Instant::now(),
+                    CloseReason::ServiceFailed(e.to_string()),
+                    Frame::error("service unavailable"),
+                );
+                true
+            }
+            Poll::Ready(Ok(())) => {
+                let request_id = frame.request_id();
+                let fut = self.service.call(frame);
+                self.in_flight.push(Call { fut, request_id });
+                true
+            }
+        }
+    }
+
+    fn read_requests(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        let mut progress = false;
+        loop {
+            progress |= self.call_waiting(cx);
+            if self.waiting.is_some()
+                || !matches!(self.phase, Phase::Open)
+                || self.in_flight.len() >= self.cfg.max_in_flight
+                || self.transport.pending_write() >= self.cfg.high_water
+            {
+                return progress;
+            }
+            let frame = match self.transport.poll_frame(cx) {
+                Poll::Pending => return progress,
+                Poll::Ready(Ok(Some(frame))) => frame,
+                Poll::Ready(Ok(None)) => {
+                    self.begin_drain(now, CloseReason::PeerClosed, None);
+                    return true;
+                }
+                Poll::Ready(Err(ReadError::Codec(e))) => {
+                    let reason = e.to_string();
+                    self.close_now(
+                        now,
+                        CloseReason::ProtocolViolation(reason.clone()),
+                        Frame::error(reason),
+                    );
+                    return true;
+                }
+                Poll::Ready(Err(ReadError::Reset(why))) => {
+                    self.abort(CloseReason::PeerReset(why));
+                    return true;
+                }
+            };
+            progress = true;
+            self.session.touch(now);
+            match self.proto.on_frame(frame, now) {
+                Inbound::Deliver(mut frame) => {
+                    frame.extensions_mut().insert(self.session.clone());
+                    self.waiting = Some(frame);
+                }
+                Inbound::Reply(frame) => self.queue(frame),
+                Inbound::Hello {
+                    client_id,
+                    request_id,
+                } => {
+                    let mut answer = match client_id {
+                        Ok(id) => {
+                            self.registry.set_client_id(&self.session, id);
+                            Frame::control(format!("{WELCOME_PREFIX}{}", self.session.id()))
+                        }
+                        Err(why) => Frame::error(format!("invalid client id: {why}")),
+                    };
+                    answer.set_request_id(request_id);
+                    self.queue(answer);
+                }
+                Inbound::PeerError(frame) => {
+                    tracing::debug!(session = %self.session.id(), reason = %frame.payload_text(), "peer reported an error");
+                }
+                Inbound::PeerDisconnect(why) => {
+                    self.begin_drain(now, CloseReason::PeerDisconnect(why), None);
+                }
+                Inbound::Pong(_) | Inbound::Nothing => {}
+            }
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant) -> bool {
+        let Some(expired) = self.proto.on_timeout(now) else {
+            return false;
+        };
+        match expired {
+            Expired::Heartbeat => self.queue(Frame::heartbeat()),
+            Expired::Idle => self.close_now(
+                now,
+                CloseReason::IdleTimeout,
+                Frame::disconnect(CloseReason::IdleTimeout.to_string()),
+            ),
+            Expired::Handshake => self.close_now(
+                now,
+                CloseReason::HandshakeTimeout,
+                Frame::disconnect(CloseReason::HandshakeTimeout.to_string()),
+            ),
+            Expired::Drain => {
+                if matches!(self.phase, Phase::Lingering) {
+                    // Lingering ran out: a normal end, keep the reason.
+                    self.aborted = true;
+                } else {
+                    let reason = self.reason.take().unwrap_or(CloseReason::Aborted);
+                    self.abort(reason);
+                }
+            }
+        }
+        true
+    }
+}

@@ -1,0 +1,511 @@
+//! The server: accepts connections, runs one session per connection against
+//! the user's service, and shuts down gracefully.
+//!
+//! The handler is a [`tower::Service<Frame>`] whose response is
+//! `Option<Frame>`: `Some` is the answer, `None` means "nothing to send".
+//! For a correlated request the answer gets the request's id; `None` or an
+//! error becomes an ERROR frame with that id, so each correlated request
+//! gets exactly one answer.
+
+use std::fmt;
+use std::future::{self, Future};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+use tower::make::{MakeService, Shared};
+use tower::Service;
+use tracing::Instrument;
+
+use crate::codec::{FrameCodec, Framing};
+use crate::driver::{self, SessionConfig};
+use crate::frame::{Frame, DEFAULT_MAX_FRAME_SIZE};
+use crate::proto::Timers;
+use crate::registry::Registry;
+use crate::session::{CloseReason, PeerAddr, Session};
+use crate::BoxError;
+
+/// A source of connections for [`Server::serve`].
+///
+/// Implemented for tokio's TCP and Unix listeners; implement it for any
+/// other transport (TLS acceptors, in-memory pipes).
+pub trait Listener: Send + 'static {
+    /// The connection type.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Waits for the next connection.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, PeerAddr)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, PeerAddr)> {
+        let (stream, addr) = TcpListener::accept(self).await?;
+        // Answers are written as soon as they are ready; Nagle would hold
+        // small ones back for the peer's delayed ACK.
+        stream.set_nodelay(true)?;
+        Ok((stream, PeerAddr::Tcp(addr)))
+    }
+}
+
+#[cfg(unix)]
+impl Listener for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, PeerAddr)> {
+        let (stream, _) = tokio::net::UnixListener::accept(self).await?;
+        Ok((stream, PeerAddr::Unix))
+    }
+}
+
+type ConnectHook = Arc<dyn Fn(&Session) + Send + Sync>;
+type DisconnectHook = Arc<dyn Fn(&Session, &CloseReason) + Send + Sync>;
+
+/// Settings for a [`Server`]. Made by [`Server::builder`].
+pub struct Builder<C = FrameCodec> {
+    codec: C,
+    max_connections: usize,
+    max_frame_size: usize,
+    idle_timeout: Option<Duration>,
+    heartbeat_interval: Option<Duration>,
+    handshake_timeout: Option<Duration>,
+    max_concurrent_requests: usize,
+    outbound_queue: usize,
+    drain_deadline: Duration,
+    on_connect: Option<ConnectHook>,
+    on_disconnect: Option<DisconnectHook>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            codec: FrameCodec::new(),
+            max_connections: 10_000,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            idle_timeout: Some(Duration::from_secs(60)),
+            heartbeat_interval: Some(Duration::from_secs(20)),
+            handshake_timeout: Some(Duration::from_secs(10)),
+            max_concurrent_requests: 64,
+            outbound_queue: 1024,
+            drain_deadline: Duration::from_secs(5),
+            on_connect: None,
+            on_disconnect: None,
+        }
+    }
+}
+
+impl<C: Framing + Clone> Builder<C> {
+    /// Most sessions at once (default 10,000). A connection beyond it gets
+    /// ERROR `server full` and is closed; existing sessions are untouched.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n;
+        self
+    }
+
+    /// Largest frame accepted or sent, header included (default 1 MiB).
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes;
+        self
+    }
+
+    /// Close a session that has sent nothing for this long, with DISCONNECT
+    /// `idle timeout` (default 60 s; `None` disables).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Send HEARTBEAT when nothing was sent to a peer for this long
+    /// (default 20 s; `None` disables).
+    pub fn heartbeat_interval(mut self, interval: Option<Duration>) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Close a connection whose first frame has not arrived within this long,
+    /// with DISCONNECT `handshake timeout` (default 10 s; `None` disables).
+    pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Requests one session may have in the service at once (default 64).
+    /// At the limit the session stops reading until one finishes.
+    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
+        self.max_concurrent_requests = n.max(1);
+        self
+    }
+
+    /// Frames that may wait in one session's outbox (default 1024). A push
+    /// to a full outbox closes that session as a slow consumer.
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.outbound_queue = frames.max(1);
+        self
+    }
+
+    /// How long a closing session may take to answer what it received and
+    /// flush its output (default 5 s).
+    pub fn drain_deadline(mut self, deadline: Duration) -> Self {
+        self.drain_deadline = deadline;
+        self
+    }
+
+    /// Runs when a session starts, before its first frame is read.
+    pub fn on_connect(mut self, hook: impl Fn(&Session) + Send + Sync + 'static) -> Self {
+        self.on_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs exactly once when a session ends, with the reason, after it has
+    /// left the registry.
+    pub fn on_disconnect(
+        mut self,
+        hook: impl Fn(&Session, &CloseReason) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_disconnect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Uses another byte framing, such as [`LineCodec`](crate::LineCodec).
+    /// The maximum frame size still applies to it.
+    pub fn framing<C2: Framing + Clone>(self, codec: C2) -> Builder<C2> {
+        Builder {
+            codec,
+            max_connections: self.max_connections,
+            max_frame_size: self.max_frame_size,
+            idle_timeout: self.idle_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            handshake_timeout: self.handshake_timeout,
+            max_concurrent_requests: self.max_concurrent_requests,
+            outbound_queue: self.outbound_queue,
+            drain_deadline: self.drain_deadline,
+            on_connect: self.on_connect,
+            on_disconnect: self.on_disconnect,
+        }
+    }
+
+    /// Builds the server.
+    pub fn build(self) -> Server<C> {
+        let mut codec = self.codec;
+        codec.set_max_frame_size(self.max_frame_size);
+        Server {
+            codec,
+            max_connections: self.max_connections,
+            session: SessionConfig {
+                timers: Timers {
+                    idle_timeout: self.idle_timeout,
+                    heartbeat_interval: self.heartbeat_interval,
+                    handshake_timeout: self.handshake_timeout,
+                },
+                max_in_flight: self.max_concurrent_requests,
+                drain_deadline: self.drain_deadline,
+                high_water: self.max_frame_size.max(64 * 1024),
+            },
+            outbound_queue: self.outbound_queue,
+            hooks: Hooks {
+                on_connect: self.on_connect,
+                on_disconnect: self.on_disconnect,
+            },
+            registry: Registry::new(),
+        }
+    }
+}
+
+impl<C> fmt::Debug for Builder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("max_connections", &self.max_connections)
+            .field("max_frame_size", &self.max_frame_size)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("drain_deadline", &self.drain_deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Default)]
+struct Hooks {
+    on_connect: Option<ConnectHook>,
+    on_disconnect: Option<DisconnectHook>,
+}
+
+/// An MSGI server.
+///
+/// ```no_run
+/// use msgi::{Frame, Server};
+/// use tower::service_fn;
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:7000").await?;
+/// let echo = service_fn(|frame: Frame| async move {
+///     Ok::<_, std::convert::Infallible>(Some(frame))
+/// });
+/// Server::builder().build().serve(listener, echo).await
+/// # }
+/// ```
+pub struct Server<C = FrameCodec> {
+    codec: C,
+    max_connections: usize,
+    session: SessionConfig,
+    outbound_queue: usize,
+    hooks: Hooks,
+    registry: Registry,
+}
+
+impl Server {
+    /// Settings for a new server, with the defaults listed on each setter.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl<C> fmt::Debug for Server<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("max_connections", &self.max_connections)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Concurrent rejections ("server full") being written at once; beyond
+/// this, extra connections are closed without a word.
+const MAX_REJECTIONS: usize = 64;
+
+impl<C: Framing + Clone> Server<C> {
+    /// The registry of this server's sessions; hold a clone in handlers.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
+    /// Serves `service` (cloned for each session) until the listener fails.
+    pub async fn serve<L, S>(self, listener: L, service: S) -> io::Result<()>
+    where
+        L: Listener,
+        S: Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.serve_with_shutdown(listener, service, future::pending())
+            .await
+    }
+
+    /// Serves `service` (cloned for each session) until `shutdown` completes,
+    /// then shuts down gracefully: no new connections, every session gets
+    /// DISCONNECT `server shutdown` after its accepted requests are
+    /// answered (within the drain deadline), and this returns once every
+    /// session has ended.
+    pub async fn serve_with_shutdown<L, S, F>(
+        self,
+        listener: L,
+        service: S,
+        shutdown: F,
+    ) -> io::Result<()>
+    where
+        L: Listener,
+        S: Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        F: Future<Output = ()> + Send,
+    {
+        self.serve_make_with_shutdown(listener, Shared::new(service), shutdown)
+            .await
+    }
+
+    /// Like [`serve_with_shutdown`](Server::serve_with_shutdown), but makes a
+    /// new service for each session from its [`Session`] handle: per-session
+    /// state lives in the service itself.
+    pub async fn serve_make_with_shutdown<L, M, F>(
+        self,
+        mut listener: L,
+        mut make: M,
+        shutdown: F,
+    ) -> io::Result<()>
+    where
+        L: Listener,
+        M: MakeService<Session, Frame, Response = Option<Frame>> + Send,
+        M::Service: Send + 'static,
+        M::Error: Into<BoxError>,
+        <M::Service as Service<Frame>>::Future: Send + 'static,
+        M::MakeError: Into<BoxError> + 'static,
+        M::Future: Send + 'static,
+        F: Future<Output = ()> + Send,
+    {
+        let tracker = TaskTracker::new();
+        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let rejections = Arc::new(Semaphore::new(MAX_REJECTIONS));
+        let mut backoff = Duration::from_millis(1);
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut result = Ok(());
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (io, remote) = match accepted {
+                Ok(conn) => {
+                    backoff = Duration::from_millis(1);
+                    conn
+                }
+                Err(e) if is_transient(&e) => {
+                    // Out of descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, ?backoff, "accept failed");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                reject(io, &rejections, &self.codec, &tracker);
+                continue;
+            };
+            if let Err(e) = std::future::poll_fn(|cx| make.poll_ready(cx)).await {
+                let e: BoxError = e.into();
+                tracing::error!(error = %e, "make-service failed; stopping");
+                result = Err(io::Error::other(e));
+                break;
+            }
+            let session = self.registry.register(remote, self.outbound_queue);
+            let making = make.make_service(session.clone());
+            let span = tracing::debug_span!("session", id = %session.id(), remote = %session.remote_addr());
+            let task = run_session(
+                io,
+                self.codec.clone(),
+                making,
+                SessionGuard {
+                    session,
+                    registry: self.registry.clone(),
+                    hooks: self.hooks.clone(),
+                    reason: None,
+                    _permit: permit,
+                },
+                self.session,
+            );
+            tracker.spawn(task.instrument(span));
+        }
+        drop(listener);
+        self.registry.close_all(CloseReason::ServerShutdown);
+        tracker.close();
+        tracker.wait().await;
+        result
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    use io::ErrorKind::*;
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut
+    ) || e
+        .raw_os_error()
+        .is_some_and(|code| code == 24 || code == 23 || code == 12 || code == 105)
+}
+
+/// Tells a connection over the limit that the server is full, in a task of
+/// its own so the accept loop goes on at once.
+fn reject<T, C>(mut io: T, rejections: &Arc<Semaphore>, codec: &C, tracker: &TaskTracker)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Framing + Clone,
+{
+    let Ok(permit) = rejections.clone().try_acquire_owned() else {
+        return;
+    };
+    let mut bytes = bytes::BytesMut::new();
+    let mut codec = codec.clone();
+    if codec
+        .encode(
+            Frame::error("server full: too many connections"),
+            &mut bytes,
+        )
+        .is_err()
+    {
+        return;
+    }
+    tracker.spawn(async move {
+        let _permit = permit;
+        let farewell = async {
+            io.write_all(&bytes).await?;
+            io.shutdown().await?;
+            // Read until the peer closes so unread input cannot turn our
+            // close into a reset that destroys the error in flight.
+            let mut sink = [0u8; 1024];
+            while tokio::io::AsyncReadExt::read(&mut io, &mut sink).await? > 0 {}
+            Ok::<_, io::Error>(())
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), farewell).await;
+    });
+}
+
+/// Leaves the registry and runs the disconnect hook exactly once, when the
+/// session task ends, however it ends (a panicking handler included).
+struct SessionGuard {
+    session: Session,
+    registry: Registry,
+    hooks: Hooks,
+    reason: Option<CloseReason>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.registry.remove(&self.session);
+        let reason = self.reason.take().unwrap_or(CloseReason::Aborted);
+        tracing::debug!(%reason, "session ended");
+        if let Some(hook) = &self.hooks.on_disconnect {
+            hook(&self.session, &reason);
+        }
+    }
+}
+
+async fn run_session<T, C, F, S, E>(
+    io: T,
+    codec: C,
+    making: F,
+    mut guard: SessionGuard,
+    cfg: SessionConfig,
+) where
+    T: AsyncRead + AsyncWrite + Unpin,
+    C: Framing,
+    F: Future<Output = Result<S, E>>,
+    E: Into<BoxError>,
+    S: Service<Frame, Response = Option<Frame>>,
+    S::Error: Into<BoxError>,
+{
+    if let Some(hook) = &guard.hooks.on_connect {
+        hook(&guard.session);
+    }
+    let service = match making.await {
+        Ok(service) => service,
+        Err(e) => {
+            let e: BoxError = e.into();
+            guard.reason = Some(CloseReason::ServiceFailed(e.to_string()));
+            return;
+        }
+    };
+    let reason = driver::run(
+        io,
+        codec,
+        service,
+        guard.session.clone(),
+        guard.registry.clone(),
+        cfg,
+    )
+    .await;
+    guard.reason = Some(reason);
+}

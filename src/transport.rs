@@ -1,0 +1,157 @@
+//! A framed byte stream polled by hand: the read buffer, the write queue
+//! and the rules for their memory, shared by the server's and the client's
+//! session drivers.
+//!
+//! Unlike `tokio_util::codec::Framed`, a [`Transport`] frees its read and
+//! write buffers whenever the connection goes quiet, so an idle session
+//! holds no buffer, and it writes everything queued with one vectored write
+//! per wake-up.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::codec::{CodecError, Framing, WriteBuf};
+use crate::frame::Frame;
+
+/// Bytes reserved for a read when the buffer has less room than this.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Why no frame could be read.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The bytes broke the framing.
+    Codec(CodecError),
+    /// The transport failed or closed in the middle of a frame.
+    Reset(String),
+}
+
+pub(crate) struct Transport<T, C> {
+    io: T,
+    codec: C,
+    rbuf: BytesMut,
+    wbuf: WriteBuf,
+    needs_flush: bool,
+    written: usize,
+}
+
+impl<T, C> Transport<T, C>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    C: Framing,
+{
+    pub(crate) fn new(io: T, codec: C) -> Self {
+        Transport {
+            io,
+            codec,
+            rbuf: BytesMut::new(),
+            wbuf: WriteBuf::new(),
+            needs_flush: false,
+            written: 0,
+        }
+    }
+
+    pub(crate) fn is_binary(&self) -> bool {
+        self.codec.is_binary()
+    }
+
+    /// The next frame; `Ok(None)` on a clean end of stream between frames.
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Frame>, ReadError>> {
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(frame)) => return Poll::Ready(Ok(Some(frame))),
+                Ok(None) => {}
+                Err(e) => return Poll::Ready(Err(ReadError::Codec(e))),
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 8 {
+                self.rbuf.reserve(READ_CHUNK);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+                Poll::Ready(Ok(0)) if self.rbuf.is_empty() => return Poll::Ready(Ok(None)),
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(ReadError::Reset(
+                        "end of stream inside a frame".into(),
+                    )))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Reset(e.to_string()))),
+                Poll::Pending => {
+                    if self.rbuf.is_empty() {
+                        // Quiet connection: give the buffer back.
+                        self.rbuf = BytesMut::new();
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    /// Encodes a frame into the write queue.
+    pub(crate) fn queue(&mut self, frame: Frame) -> Result<(), CodecError> {
+        self.codec.encode_into(frame, &mut self.wbuf)
+    }
+
+    /// Bytes waiting to be written.
+    pub(crate) fn pending_write(&self) -> usize {
+        self.wbuf.len()
+    }
+
+    /// Writes as much of the queue as the transport takes: `Ready(Ok(()))`
+    /// once the queue is empty and flushed, `Pending` while bytes remain.
+    /// [`take_written`](Transport::take_written) tells whether any went out.
+    pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.wbuf.is_empty() {
+            let mut slices = [IoSlice::new(&[]); WriteBuf::MAX_IOVECS];
+            let count = self.wbuf.chunks_vectored(&mut slices);
+            let n = match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..count]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            self.wbuf.advance(n);
+            self.written += n;
+            self.needs_flush = true;
+        }
+        if self.needs_flush {
+            ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+            self.needs_flush = false;
+        }
+        self.wbuf.release();
+        Poll::Ready(Ok(()))
+    }
+
+    /// Bytes written since the last call.
+    pub(crate) fn take_written(&mut self) -> usize {
+        std::mem::take(&mut self.written)
+    }
+
+    pub(crate) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    /// Reads and throws away what the peer still sends, until it closes.
+    /// Used after a final frame so that unread input does not turn our
+    /// close into a reset that could destroy that frame in flight.
+    pub(crate) fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.rbuf = BytesMut::new();
+        let mut scratch = [0u8; 1024];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
