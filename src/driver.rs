@@ -34,6 +34,12 @@ pub(crate) struct SessionConfig {
     pub(crate) high_water: usize,
 }
 
+/// How long a closing session keeps reading (and discarding) after its
+/// last frame, waiting for the peer to close first. Closing with unread
+/// input makes the kernel send a reset, which can destroy that last frame
+/// before the peer reads it.
+const LINGER: Duration = Duration::from_secs(1);
+
 /// Rounds of work before the driver yields to other tasks.
 const BUDGET: usize = 32;
 
@@ -200,6 +206,7 @@ where
                     // Errors here only mean the peer is gone already.
                     if self.transport.poll_shutdown(cx).is_ready() {
                         self.phase = Phase::Lingering;
+                        self.proto.shorten_drain(now + LINGER);
                         progress = true;
                     }
                 }

@@ -156,6 +156,11 @@ impl Protocol {
         }
     }
 
+    /// Brings the drain deadline forward to `deadline` if it is later.
+    pub(crate) fn shorten_drain(&mut self, deadline: Instant) {
+        self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
+    }
+
     /// When the driver must next call [`on_timeout`](Protocol::on_timeout).
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         if let Some(drain) = self.drain_deadline {
