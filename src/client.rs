@@ -939,6 +939,13 @@ where
                         Err(self.lost(format!("server disconnected: {why}"), carry)),
                     )
                 }
+                Inbound::Violation(reason) => {
+                    self.queue(Frame::error(reason.clone()));
+                    let _ = self.transport.poll_write(cx);
+                    return Poll::Ready(Err(
+                        self.lost(format!("protocol violation by server: {reason}"), carry)
+                    ));
+                }
                 Inbound::Hello { .. } | Inbound::Nothing => {}
             }
         }

@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::codec::Framing;
-use crate::frame::Frame;
+use crate::frame::{Flags, Frame};
 use crate::proto::{Expired, Inbound, Protocol, Role, Timers, WELCOME_PREFIX};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Session};
@@ -32,6 +32,9 @@ pub(crate) struct SessionConfig {
     /// Queued output bytes above which the session stops reading requests
     /// and taking pushes until the peer has read some.
     pub(crate) high_water: usize,
+    /// Transform flags (COMPRESSED, ...) that the session's stack decodes;
+    /// a frame with any other transform flag is a protocol violation.
+    pub(crate) allowed_flags: Flags,
 }
 
 /// How long a closing session keeps reading (and discarding) after its
@@ -114,7 +117,8 @@ where
 {
     let transport = Transport::new(io, codec);
     let now = Instant::now();
-    let proto = Protocol::new(Role::Server, cfg.timers, transport.is_binary(), now);
+    let proto = Protocol::new(Role::Server, cfg.timers, transport.is_binary(), now)
+        .with_allowed_flags(cfg.allowed_flags);
     let mut driver = Driver {
         transport,
         proto,
@@ -202,18 +206,14 @@ where
                     self.session.close_outbox();
                     progress = true;
                 }
-                Phase::Flushing if flushed => {
-                    // Errors here only mean the peer is gone already.
-                    if self.transport.poll_shutdown(cx).is_ready() {
-                        self.phase = Phase::Lingering;
-                        self.proto.shorten_drain(now + LINGER);
-                        progress = true;
-                    }
+                // Errors here only mean the peer is gone already.
+                Phase::Flushing if flushed && self.transport.poll_shutdown(cx).is_ready() => {
+                    self.phase = Phase::Lingering;
+                    self.proto.shorten_drain(now + LINGER);
+                    progress = true;
                 }
-                Phase::Lingering => {
-                    if self.transport.poll_discard(cx).is_ready() {
-                        return Poll::Ready(self.take_reason());
-                    }
+                Phase::Lingering if self.transport.poll_discard(cx).is_ready() => {
+                    return Poll::Ready(self.take_reason());
                 }
                 _ => {}
             }
@@ -412,6 +412,14 @@ where
                 }
                 Inbound::PeerDisconnect(why) => {
                     self.begin_drain(now, CloseReason::PeerDisconnect(why), None);
+                }
+                Inbound::Violation(reason) => {
+                    self.close_now(
+                        now,
+                        CloseReason::ProtocolViolation(reason.clone()),
+                        Frame::error(reason),
+                    );
+                    return true;
                 }
                 Inbound::Pong(_) | Inbound::Nothing => {}
             }

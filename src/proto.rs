@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::frame::{Frame, Kind};
+use crate::frame::{Flags, Frame, Kind};
 
 /// The prefix of the handshake CONTROL payload: `HELLO <client-id>`.
 pub(crate) const HELLO_PREFIX: &[u8] = b"HELLO ";
@@ -59,6 +59,9 @@ pub(crate) enum Inbound {
     PeerError(Frame),
     /// The peer is closing gracefully, with this reason.
     PeerDisconnect(String),
+    /// The frame breaks the protocol (flags for a transform this session
+    /// does not run); close with an ERROR carrying this reason.
+    Violation(String),
     /// Nothing to do (HEARTBEAT).
     Nothing,
 }
@@ -89,6 +92,7 @@ pub(crate) struct Protocol {
     delivered_any: bool,
     hello_done: bool,
     drain_deadline: Option<Instant>,
+    allowed_flags: Flags,
 }
 
 impl Protocol {
@@ -106,13 +110,27 @@ impl Protocol {
             delivered_any: false,
             hello_done: false,
             drain_deadline: None,
+            allowed_flags: Flags::EMPTY,
         }
+    }
+
+    /// Accepts frames carrying these transform flags (the transforms the
+    /// session runs); any other transform flag is a protocol violation.
+    #[must_use]
+    pub(crate) fn with_allowed_flags(mut self, flags: Flags) -> Protocol {
+        self.allowed_flags = flags.without(Flags::CORRELATED);
+        self
     }
 
     /// Classifies a received frame and records the activity.
     pub(crate) fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound {
         self.last_rx = now;
         self.received_any = true;
+        let transforms = frame.flags().without(Flags::CORRELATED);
+        if !self.allowed_flags.contains(transforms) {
+            let unexpected = transforms.without(self.allowed_flags);
+            return Inbound::Violation(format!("unsupported flags {unexpected:?}"));
+        }
         let kind = frame.kind();
         match kind {
             Kind::PING => Inbound::Reply(frame.reply(Kind::PONG, frame.payload().clone())),
@@ -380,6 +398,24 @@ mod tests {
         assert_eq!(p.next_deadline(), Some(t0 + 2 * SEC));
         assert_eq!(p.on_timeout(t0 + SEC), None);
         assert_eq!(p.on_timeout(t0 + 2 * SEC), Some(Expired::Drain));
+    }
+
+    #[test]
+    fn transform_flags_need_a_transform() {
+        let t0 = Instant::now();
+        let compressed = Frame::data("z").with_flags(Flags::COMPRESSED);
+        let mut p = server(t0);
+        assert_eq!(
+            p.on_frame(compressed.clone(), t0),
+            Inbound::Violation("unsupported flags COMPRESSED".into())
+        );
+        let mut p = server(t0).with_allowed_flags(Flags::COMPRESSED);
+        assert!(matches!(p.on_frame(compressed, t0), Inbound::Deliver(_)));
+        let both = Frame::data("z").with_flags(Flags::COMPRESSED | Flags::ENCRYPTED);
+        assert_eq!(
+            p.on_frame(both, t0),
+            Inbound::Violation("unsupported flags ENCRYPTED".into())
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::codec::{FrameCodec, Framing};
 use crate::driver::{self, SessionConfig};
-use crate::frame::{Frame, DEFAULT_MAX_FRAME_SIZE};
+use crate::frame::{Flags, Frame, DEFAULT_MAX_FRAME_SIZE};
 use crate::proto::Timers;
 use crate::registry::Registry;
 use crate::session::{CloseReason, PeerAddr, Session};
@@ -205,6 +205,8 @@ impl<C: Framing + Clone> Builder<C> {
                 max_in_flight: self.max_concurrent_requests,
                 drain_deadline: self.drain_deadline,
                 high_water: self.max_frame_size.max(64 * 1024),
+                // No transform is installed in the core stack.
+                allowed_flags: Flags::EMPTY,
             },
             outbound_queue: self.outbound_queue,
             hooks: Hooks {

@@ -1,5 +1,7 @@
 //! The client against a real server over loopback.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::net::SocketAddr;
@@ -297,4 +299,41 @@ async fn connect_timeout_and_refused() {
         matches!(refused, Err(ClientError::Connect(_))),
         "{refused:?}"
     );
+}
+
+#[tokio::test]
+async fn make_service_gives_each_session_its_own_state() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let make = tower::service_fn(|session: msgi::Session| async move {
+        let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let id = session.id();
+        Ok::<_, std::convert::Infallible>(tower::service_fn(move |_f: Frame| {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            async move { Ok::<_, std::convert::Infallible>(Some(Frame::data(format!("{id}:{n}")))) }
+        }))
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(msgi::Server::builder().build().serve_make_with_shutdown(
+        listener,
+        make,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let a = within(Client::connect(addr)).await.unwrap();
+    let b = within(Client::connect(addr)).await.unwrap();
+    let a1 = within(a.call(Frame::data(""))).await.unwrap();
+    let a2 = within(a.call(Frame::data(""))).await.unwrap();
+    let b1 = within(b.call(Frame::data(""))).await.unwrap();
+    assert!(a1.payload_text().ends_with(":1"));
+    assert!(a2.payload_text().ends_with(":2"));
+    assert!(b1.payload_text().ends_with(":1"));
+    assert_ne!(
+        a1.payload_text().split(':').next(),
+        b1.payload_text().split(':').next()
+    );
+    drop((a, b));
+    let _ = stop.send(());
+    within(server).await.unwrap().unwrap();
 }

@@ -2,6 +2,8 @@
 //! frame survives the codec under any split of the byte stream, and no
 //! input makes the decoder panic or over-allocate.
 
+#![allow(clippy::unwrap_used)]
+
 use bytes::BytesMut;
 use msgi::{CodecError, Flags, Frame, FrameCodec, Kind};
 use proptest::prelude::*;

@@ -1,5 +1,7 @@
 //! PROTOCOL.md sections 1 and 3 over real loopback sockets, byte for byte.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -170,6 +172,21 @@ async fn oversized_length_is_answered_from_the_header_alone() {
     )
     .await;
     violation(&hex("4d534749ffffffff0010"), "frame too large").await;
+}
+
+#[tokio::test]
+async fn transform_flags_without_a_transform_are_refused() {
+    // DATA with COMPRESSED set, on a server that runs no compression.
+    violation(
+        &hex("4d5347490000000c80106869"),
+        "unsupported flags COMPRESSED",
+    )
+    .await;
+    violation(
+        &hex("4d5347490000000f50100000000178"),
+        "unsupported flags ENCRYPTED",
+    )
+    .await;
 }
 
 #[tokio::test]
