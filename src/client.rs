@@ -28,9 +28,10 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, DropGuard, PollSender};
 use tower::Service;
 
-use crate::codec::FrameCodec;
+use crate::codec::{FrameCodec, Framing};
 use crate::frame::{Frame, Kind, DEFAULT_MAX_FRAME_SIZE};
 use crate::proto::{self, Expired, Inbound, Protocol, Role, Timers, WELCOME_PREFIX};
+use crate::transform::Side;
 use crate::transport::{ReadError, Transport};
 
 /// What went wrong for a client.
@@ -99,7 +100,8 @@ impl Reconnect {
 
 /// Settings for a [`Client`]. Made by [`Client::builder`].
 #[derive(Debug, Clone)]
-pub struct ClientBuilder {
+pub struct ClientBuilder<C = FrameCodec> {
+    framing: C,
     connect_timeout: Duration,
     client_id: Option<String>,
     nodelay: bool,
@@ -115,6 +117,7 @@ pub struct ClientBuilder {
 impl Default for ClientBuilder {
     fn default() -> Self {
         ClientBuilder {
+            framing: FrameCodec::new(),
             connect_timeout: Duration::from_secs(5),
             client_id: None,
             nodelay: true,
@@ -131,7 +134,28 @@ impl Default for ClientBuilder {
 
 type Connector<T> = Box<dyn FnMut() -> Pin<Box<dyn Future<Output = io::Result<T>> + Send>> + Send>;
 
-impl ClientBuilder {
+impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
+    /// Uses another framing, such as a stack of wire transforms from
+    /// `msgi-middleware`; it must match the server's.
+    pub fn framing<C2: Framing + Clone + fmt::Debug + Sync>(
+        self,
+        framing: C2,
+    ) -> ClientBuilder<C2> {
+        ClientBuilder {
+            framing,
+            connect_timeout: self.connect_timeout,
+            client_id: self.client_id,
+            nodelay: self.nodelay,
+            reconnect: self.reconnect,
+            max_frame_size: self.max_frame_size,
+            heartbeat_interval: self.heartbeat_interval,
+            idle_timeout: self.idle_timeout,
+            outbox: self.outbox,
+            incoming: self.incoming,
+            max_in_flight: self.max_in_flight,
+        }
+    }
+
     /// Time allowed for connecting and the handshake (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
@@ -263,7 +287,7 @@ impl ClientBuilder {
     async fn open<T>(
         &self,
         connector: &mut Connector<T>,
-    ) -> Result<(Transport<T, FrameCodec>, Vec<Frame>), ClientError>
+    ) -> Result<(Transport<T, C>, Vec<Frame>), ClientError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -271,8 +295,10 @@ impl ClientBuilder {
             let io = connector()
                 .await
                 .map_err(|e| ClientError::Connect(e.to_string()))?;
-            let mut transport =
-                Transport::new(io, FrameCodec::with_max_frame_size(self.max_frame_size));
+            let mut framing = self.framing.clone();
+            framing.set_max_frame_size(self.max_frame_size);
+            framing.start_session(Side::Client);
+            let mut transport = Transport::new(io, framing);
             let early = match &self.client_id {
                 Some(id) => handshake(&mut transport, id).await?,
                 None => Vec::new(),
@@ -288,12 +314,13 @@ impl ClientBuilder {
 /// The request id of the handshake; calls use ids from 1.
 const HANDSHAKE_ID: u32 = 0;
 
-async fn handshake<T>(
-    transport: &mut Transport<T, FrameCodec>,
+async fn handshake<T, C>(
+    transport: &mut Transport<T, C>,
     client_id: &str,
 ) -> Result<Vec<Frame>, ClientError>
 where
     T: AsyncRead + AsyncWrite + Unpin,
+    C: Framing,
 {
     let lost = |e: &dyn fmt::Display| ClientError::Connect(e.to_string());
     transport
@@ -622,8 +649,8 @@ enum LinkEnd {
     Lost(String),
 }
 
-struct ClientTask<T> {
-    cfg: ClientBuilder,
+struct ClientTask<T, C> {
+    cfg: ClientBuilder<C>,
     connector: Connector<T>,
     rx: mpsc::Receiver<Command>,
     incoming: PollSender<Frame>,
@@ -633,14 +660,15 @@ struct ClientTask<T> {
     handles_gone: CancellationToken,
 }
 
-impl<T> ClientTask<T>
+impl<T, C> ClientTask<T, C>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Framing + Clone + fmt::Debug + Sync,
 {
-    async fn run(mut self, first: Transport<T, FrameCodec>) {
+    async fn run(mut self, first: Transport<T, C>) {
         let mut transport = first;
         let reason = loop {
-            let mut link = Link::new(transport, &self.cfg);
+            let mut link = Link::new(transport, self.cfg.timers(), self.cfg.max_in_flight);
             let end = std::future::poll_fn(|cx| {
                 link.poll(
                     cx,
@@ -667,7 +695,7 @@ where
 
     /// Tries to connect again under the reconnect policy. `None` when
     /// reconnecting is off, has given up, or every handle is gone.
-    async fn reconnect(&mut self, why: &str) -> Option<Transport<T, FrameCodec>> {
+    async fn reconnect(&mut self, why: &str) -> Option<Transport<T, C>> {
         let policy = self.cfg.reconnect?;
         let mut attempt = 0u32;
         loop {
@@ -732,8 +760,8 @@ where
 }
 
 /// One connection's worth of client state.
-struct Link<T> {
-    transport: Transport<T, FrameCodec>,
+struct Link<T, C> {
+    transport: Transport<T, C>,
     proto: Protocol,
     calls: HashMap<u32, oneshot::Sender<Result<Frame, ClientError>>>,
     next_id: u32,
@@ -753,15 +781,16 @@ struct Link<T> {
 /// the outbox until some are written.
 const HIGH_WATER: usize = 256 * 1024;
 
-impl<T> Link<T>
+impl<T, C> Link<T, C>
 where
     T: AsyncRead + AsyncWrite + Unpin,
+    C: Framing,
 {
-    fn new(transport: Transport<T, FrameCodec>, cfg: &ClientBuilder) -> Self {
+    fn new(transport: Transport<T, C>, timers: Timers, max_in_flight: usize) -> Self {
         let now = Instant::now();
         Link {
             transport,
-            proto: Protocol::new(Role::Client, cfg.timers(), true, now),
+            proto: Protocol::new(Role::Client, timers, true, now),
             calls: HashMap::new(),
             next_id: HANDSHAKE_ID + 1,
             unwritten: VecDeque::new(),
@@ -769,7 +798,7 @@ where
             written_bytes: 0,
             sleep: Box::pin(tokio::time::sleep_until(now)),
             sleep_at: None,
-            max_in_flight: cfg.max_in_flight,
+            max_in_flight,
             closing: false,
         }
     }

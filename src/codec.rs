@@ -53,6 +53,10 @@ pub enum CodecError {
         /// The configured maximum line length.
         max: usize,
     },
+    /// A wire transform (decompression, decryption, authentication)
+    /// refused the frame, or could not apply itself to an outgoing one.
+    #[error("{0}")]
+    Transform(#[source] crate::BoxError),
     /// The transport failed.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -199,6 +203,10 @@ pub trait Framing:
 
     /// Sets the largest unit this framing accepts or sends, in bytes.
     fn set_max_frame_size(&mut self, max: usize);
+
+    /// Called on a fresh copy of the framing before a connection's first
+    /// frame; transforms reset their per-session state here.
+    fn start_session(&mut self, _side: crate::Side) {}
 
     /// Whether this framing carries request ids, kinds and flags. A session
     /// over a framing that does not (text lines) delivers every input as

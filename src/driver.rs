@@ -16,7 +16,7 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use crate::codec::Framing;
-use crate::frame::{Flags, Frame};
+use crate::frame::Frame;
 use crate::proto::{Expired, Inbound, Protocol, Role, Timers, WELCOME_PREFIX};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Session};
@@ -32,9 +32,6 @@ pub(crate) struct SessionConfig {
     /// Queued output bytes above which the session stops reading requests
     /// and taking pushes until the peer has read some.
     pub(crate) high_water: usize,
-    /// Transform flags (COMPRESSED, ...) that the session's stack decodes;
-    /// a frame with any other transform flag is a protocol violation.
-    pub(crate) allowed_flags: Flags,
 }
 
 /// How long a closing session keeps reading (and discarding) after its
@@ -117,8 +114,7 @@ where
 {
     let transport = Transport::new(io, codec);
     let now = Instant::now();
-    let proto = Protocol::new(Role::Server, cfg.timers, transport.is_binary(), now)
-        .with_allowed_flags(cfg.allowed_flags);
+    let proto = Protocol::new(Role::Server, cfg.timers, transport.is_binary(), now);
     let mut driver = Driver {
         transport,
         proto,

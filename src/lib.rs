@@ -35,6 +35,7 @@ mod proto;
 mod registry;
 mod server;
 mod session;
+mod transform;
 mod transport;
 
 pub use client::{Client, ClientBuilder, ClientError, Incoming, Reconnect};
@@ -46,6 +47,7 @@ pub use frame::{
 pub use registry::Registry;
 pub use server::{Builder as ServerBuilder, Listener, Server};
 pub use session::{CloseReason, PeerAddr, SendError, Session, SessionId};
+pub use transform::{FrameTransform, Side, Transformed};
 
 /// The error type at service boundaries, as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -92,7 +92,6 @@ pub(crate) struct Protocol {
     delivered_any: bool,
     hello_done: bool,
     drain_deadline: Option<Instant>,
-    allowed_flags: Flags,
 }
 
 impl Protocol {
@@ -110,26 +109,18 @@ impl Protocol {
             delivered_any: false,
             hello_done: false,
             drain_deadline: None,
-            allowed_flags: Flags::EMPTY,
         }
-    }
-
-    /// Accepts frames carrying these transform flags (the transforms the
-    /// session runs); any other transform flag is a protocol violation.
-    #[must_use]
-    pub(crate) fn with_allowed_flags(mut self, flags: Flags) -> Protocol {
-        self.allowed_flags = flags.without(Flags::CORRELATED);
-        self
     }
 
     /// Classifies a received frame and records the activity.
     pub(crate) fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound {
         self.last_rx = now;
         self.received_any = true;
+        // Each wire transform the session runs removes its own flag while
+        // decoding; a transform flag still set here has no transform.
         let transforms = frame.flags().without(Flags::CORRELATED);
-        if !self.allowed_flags.contains(transforms) {
-            let unexpected = transforms.without(self.allowed_flags);
-            return Inbound::Violation(format!("unsupported flags {unexpected:?}"));
+        if !transforms.is_empty() {
+            return Inbound::Violation(format!("unsupported flags {transforms:?}"));
         }
         let kind = frame.kind();
         match kind {
@@ -409,12 +400,10 @@ mod tests {
             p.on_frame(compressed.clone(), t0),
             Inbound::Violation("unsupported flags COMPRESSED".into())
         );
-        let mut p = server(t0).with_allowed_flags(Flags::COMPRESSED);
-        assert!(matches!(p.on_frame(compressed, t0), Inbound::Deliver(_)));
         let both = Frame::data("z").with_flags(Flags::COMPRESSED | Flags::ENCRYPTED);
         assert_eq!(
             p.on_frame(both, t0),
-            Inbound::Violation("unsupported flags ENCRYPTED".into())
+            Inbound::Violation("unsupported flags COMPRESSED | ENCRYPTED".into())
         );
     }
 

@@ -23,10 +23,11 @@ use tracing::Instrument;
 
 use crate::codec::{FrameCodec, Framing};
 use crate::driver::{self, SessionConfig};
-use crate::frame::{Flags, Frame, DEFAULT_MAX_FRAME_SIZE};
+use crate::frame::{Frame, DEFAULT_MAX_FRAME_SIZE};
 use crate::proto::Timers;
 use crate::registry::Registry;
 use crate::session::{CloseReason, PeerAddr, Session};
+use crate::transform::Side;
 use crate::BoxError;
 
 /// A source of connections for [`Server::serve`].
@@ -205,8 +206,6 @@ impl<C: Framing + Clone> Builder<C> {
                 max_in_flight: self.max_concurrent_requests,
                 drain_deadline: self.drain_deadline,
                 high_water: self.max_frame_size.max(64 * 1024),
-                // No transform is installed in the core stack.
-                allowed_flags: Flags::EMPTY,
             },
             outbound_queue: self.outbound_queue,
             hooks: Hooks {
@@ -385,9 +384,11 @@ impl<C: Framing + Clone> Server<C> {
             let session = self.registry.register(remote, self.outbound_queue);
             let making = make.make_service(session.clone());
             let span = tracing::debug_span!("session", id = %session.id(), remote = %session.remote_addr());
+            let mut codec = self.codec.clone();
+            codec.start_session(Side::Server);
             let task = run_session(
                 io,
-                self.codec.clone(),
+                codec,
                 making,
                 SessionGuard {
                     session,
@@ -430,6 +431,7 @@ where
     };
     let mut bytes = bytes::BytesMut::new();
     let mut codec = codec.clone();
+    codec.start_session(Side::Server);
     if codec
         .encode(
             Frame::error("server full: too many connections"),

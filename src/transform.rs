@@ -1,0 +1,167 @@
+//! Wire transforms: a pair of halves that rewrite every frame of a session,
+//! inbound after decoding and outbound before encoding.
+//!
+//! A [`FrameTransform`] is installed *in the framing*, not around the
+//! service, so it applies to everything that crosses the wire: answers,
+//! pushes (broadcasts, sends to a session), one-way client frames, and the
+//! session's own frames (PONG, HEARTBEAT, ERROR, DISCONNECT). Wrapping a
+//! [`Framing`] in [`Transformed`] gives a framing again, so transforms stack:
+//!
+//! ```text
+//! application ⇄ Transformed<A, Transformed<B, FrameCodec>> ⇄ wire
+//!   outbound:  A.encode, then B.encode, then bytes
+//!   inbound:   bytes, then B.decode, then A.decode
+//! ```
+//!
+//! The transform nearest the codec is nearest the wire. Built with
+//! `tower::ServiceBuilder`, the first layer added is the one nearest the
+//! application.
+//!
+//! Each session gets its own copy of the framing (it is cloned), and
+//! [`FrameTransform::start_session`] is called on that copy before the first
+//! frame, so per-session state (sequence numbers, replay windows) starts
+//! fresh for every connection, reconnects included.
+
+use std::fmt;
+
+use bytes::BytesMut;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::codec::{CodecError, Framing, WriteBuf};
+use crate::frame::Frame;
+use crate::BoxError;
+
+/// Which end of a connection a framing serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The end that accepted the connection.
+    Server,
+    /// The end that opened it.
+    Client,
+}
+
+impl Side {
+    /// The other end.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Server => Side::Client,
+            Side::Client => Side::Server,
+        }
+    }
+}
+
+/// One reversible rewrite of frames, with per-session state.
+///
+/// `decode` sees frames as they came off the wire (after the transforms
+/// nearer the wire) and must remove the flag it owns; a frame it must
+/// refuse (bad tag, replay, plaintext where a transform is required) is an
+/// `Err`, which closes the session with an ERROR frame carrying the error
+/// text. `encode` does the opposite on the way out.
+pub trait FrameTransform: Clone + Send + 'static {
+    /// Resets per-session state for a new connection on `side`.
+    fn start_session(&mut self, side: Side);
+
+    /// Learns the session's maximum frame size (to bound what decoding may produce).
+    fn set_max_frame_size(&mut self, _max: usize) {}
+
+    /// Undoes the transform on a received frame.
+    fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError>;
+
+    /// Applies the transform to a frame about to be sent.
+    fn encode(&mut self, frame: Frame) -> Result<Frame, BoxError>;
+}
+
+/// A framing `C` whose frames pass through the transform `T`.
+#[derive(Clone)]
+pub struct Transformed<T, C> {
+    transform: T,
+    inner: C,
+}
+
+impl<T, C> Transformed<T, C> {
+    /// Wraps `inner` with `transform`.
+    pub fn new(transform: T, inner: C) -> Self {
+        Transformed { transform, inner }
+    }
+
+    /// The transform.
+    pub fn transform(&self) -> &T {
+        &self.transform
+    }
+
+    /// The wrapped framing.
+    pub fn get_ref(&self) -> &C {
+        &self.inner
+    }
+
+    /// The wrapped framing, mutably.
+    pub fn get_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+
+    /// Unwraps the framing.
+    pub fn into_inner(self) -> C {
+        self.inner
+    }
+}
+
+impl<T: fmt::Debug, C: fmt::Debug> fmt::Debug for Transformed<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transformed")
+            .field("transform", &self.transform)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<T: FrameTransform, C: Framing> Decoder for Transformed<T, C> {
+    type Item = Frame;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.inner.decode(src)? {
+            Some(frame) => self
+                .transform
+                .decode(frame)
+                .map(Some)
+                .map_err(CodecError::Transform),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<T: FrameTransform, C: Framing> Encoder<Frame> for Transformed<T, C> {
+    type Error = CodecError;
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let frame = self
+            .transform
+            .encode(frame)
+            .map_err(CodecError::Transform)?;
+        self.inner.encode(frame, dst)
+    }
+}
+
+impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
+    fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
+        let frame = self
+            .transform
+            .encode(frame)
+            .map_err(CodecError::Transform)?;
+        self.inner.encode_into(frame, dst)
+    }
+
+    fn set_max_frame_size(&mut self, max: usize) {
+        self.transform.set_max_frame_size(max);
+        self.inner.set_max_frame_size(max);
+    }
+
+    fn start_session(&mut self, side: Side) {
+        self.transform.start_session(side);
+        self.inner.start_session(side);
+    }
+
+    fn is_binary(&self) -> bool {
+        self.inner.is_binary()
+    }
+}
