@@ -165,3 +165,33 @@ impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
         self.inner.is_binary()
     }
 }
+
+/// `None` is the identity transform, so a stack can hold optional layers
+/// (chosen at run time) with one static type.
+impl<T: FrameTransform> FrameTransform for Option<T> {
+    fn start_session(&mut self, side: Side) {
+        if let Some(t) = self {
+            t.start_session(side);
+        }
+    }
+
+    fn set_max_frame_size(&mut self, max: usize) {
+        if let Some(t) = self {
+            t.set_max_frame_size(max);
+        }
+    }
+
+    fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+        match self {
+            Some(t) => t.decode(frame),
+            None => Ok(frame),
+        }
+    }
+
+    fn encode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+        match self {
+            Some(t) => t.encode(frame),
+            None => Ok(frame),
+        }
+    }
+}
