@@ -12,7 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_util::codec::{Decoder, Encoder};
 
 /// Every wait in the tests is bounded by this.
 pub const LIMIT: Duration = Duration::from_secs(20);
@@ -103,22 +102,37 @@ pub fn echo() -> impl tower::Service<
     })
 }
 
-/// A peer that reads and writes raw bytes.
-pub struct RawPeer {
+/// A peer that reads and writes raw bytes, framing them with `C` (the
+/// plain MSGI codec unless a test stacks transforms on it).
+pub struct RawPeer<C = FrameCodec> {
     pub stream: TcpStream,
     buf: BytesMut,
-    codec: FrameCodec,
+    pub codec: C,
 }
 
 impl RawPeer {
     pub async fn connect(addr: SocketAddr) -> RawPeer {
+        RawPeer::connect_with(addr, FrameCodec::new()).await
+    }
+}
+
+impl<C: Framing> RawPeer<C> {
+    pub async fn connect_with(addr: SocketAddr, mut codec: C) -> RawPeer<C> {
         let stream = within(TcpStream::connect(addr)).await.unwrap();
         stream.set_nodelay(true).unwrap();
+        codec.start_session(msgi::Side::Client);
         RawPeer {
             stream,
             buf: BytesMut::new(),
-            codec: FrameCodec::new(),
+            codec,
         }
+    }
+
+    /// The bytes `frame` becomes on the wire under this peer's framing.
+    pub fn encode(&mut self, frame: Frame) -> BytesMut {
+        let mut out = BytesMut::new();
+        self.codec.encode(frame, &mut out).unwrap();
+        out
     }
 
     pub async fn write(&mut self, bytes: &[u8]) {
@@ -126,8 +140,7 @@ impl RawPeer {
     }
 
     pub async fn send(&mut self, frame: Frame) {
-        let mut out = BytesMut::new();
-        self.codec.encode(frame, &mut out).unwrap();
+        let out = self.encode(frame);
         self.write(&out).await;
     }
 
