@@ -9,6 +9,7 @@ use msgi::{Client, Frame, Kind, Server};
 use tracing_subscriber::EnvFilter;
 
 mod demo;
+mod stack;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,6 +48,17 @@ struct ServeArgs {
     /// Close sessions silent for this many seconds (0 disables).
     #[arg(long, default_value_t = 60)]
     idle_timeout: u64,
+    #[command(flatten)]
+    wire: stack::WireArgs,
+    /// Answer requests not handled within this many milliseconds with ERROR.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Limit each session to this many frames per second.
+    #[arg(long)]
+    rate_limit: Option<f64>,
+    /// What to do with frames over the rate limit.
+    #[arg(long, value_enum, default_value_t = stack::Policy::Reject)]
+    rate_limit_policy: stack::Policy,
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,6 +75,11 @@ struct SendArgs {
     /// Seconds to wait for the answer.
     #[arg(long, default_value_t = 5)]
     wait: u64,
+    /// Milliseconds to wait for the answer (overrides --wait).
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    #[command(flatten)]
+    wire: stack::WireArgs,
     /// The payload, as text.
     text: String,
 }
@@ -94,20 +111,24 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
+    let framing = args.wire.framing()?;
     let server = Server::builder()
+        .framing(framing)
         .max_connections(args.max_connections)
         .max_frame_size(args.max_frame_size)
         .idle_timeout(idle)
         .on_connect(|s| tracing::info!(session = %s.id(), remote = %s.remote_addr(), "connected"))
         .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"))
         .build();
-    tracing::info!(addr = %listener.local_addr()?, "msgi echo server listening");
+    tracing::info!(addr = %listener.local_addr()?, layers = %args.wire.describe(), "msgi echo server listening");
     let echo = tower::service_fn(|frame: Frame| async move {
         let mut answer =
             Frame::new(frame.kind(), frame.payload().clone()).with_flags(frame.flags());
         answer.set_request_id(frame.request_id());
         Ok::<_, std::convert::Infallible>(Some(answer))
     });
+    let echo = stack::request_layers(args.timeout_ms, args.rate_limit, args.rate_limit_policy)
+        .service(echo);
     let shutdown = async {
         // If Ctrl-C cannot be watched, run until killed.
         if tokio::signal::ctrl_c().await.is_err() {
@@ -142,8 +163,11 @@ fn parse_kind(text: &str) -> Result<Kind> {
 
 async fn send(args: SendArgs) -> Result<()> {
     let kind = parse_kind(&args.kind)?;
-    let wait = Duration::from_secs(args.wait);
+    let wait = args
+        .timeout_ms
+        .map_or(Duration::from_secs(args.wait), Duration::from_millis);
     let client = Client::builder()
+        .framing(args.wire.framing()?)
         .connect_timeout(wait)
         .connect(args.addr.clone())
         .await

@@ -88,18 +88,23 @@ impl CompressionLayer {
     }
 }
 
+impl CompressionLayer {
+    /// The transform this layer installs, for building stacks by hand
+    /// (for instance an optional one: `Option<Compressor>`).
+    pub fn transform(&self) -> Compressor {
+        Compressor {
+            threshold: self.threshold,
+            level: self.level,
+            max_frame_size: msgi::DEFAULT_MAX_FRAME_SIZE,
+        }
+    }
+}
+
 impl<C> Layer<C> for CompressionLayer {
     type Service = Compression<C>;
 
     fn layer(&self, inner: C) -> Compression<C> {
-        Transformed::new(
-            Compressor {
-                threshold: self.threshold,
-                level: self.level,
-                max_frame_size: msgi::DEFAULT_MAX_FRAME_SIZE,
-            },
-            inner,
-        )
+        Transformed::new(self.transform(), inner)
     }
 }
 

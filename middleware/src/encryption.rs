@@ -100,19 +100,23 @@ impl EncryptionLayer {
     }
 }
 
+impl EncryptionLayer {
+    /// The transform this layer installs, for building stacks by hand.
+    pub fn transform(&self) -> Encryptor {
+        Encryptor {
+            key: self.key.clone(),
+            side: Side::Client,
+            sent: 0,
+            received: 0,
+        }
+    }
+}
+
 impl<C> Layer<C> for EncryptionLayer {
     type Service = Encryption<C>;
 
     fn layer(&self, inner: C) -> Encryption<C> {
-        Transformed::new(
-            Encryptor {
-                key: self.key.clone(),
-                side: Side::Client,
-                sent: 0,
-                received: 0,
-            },
-            inner,
-        )
+        Transformed::new(self.transform(), inner)
     }
 }
 
@@ -237,7 +241,7 @@ mod tests {
 
     fn pair(key: [u8; 32]) -> (Encryptor, Encryptor) {
         let layer = EncryptionLayer::new(EncryptionKey::new(key));
-        let mut client = layer.layer(()).transform().clone();
+        let mut client = layer.transform();
         let mut server = client.clone();
         client.start_session(Side::Client);
         server.start_session(Side::Server);

@@ -183,19 +183,23 @@ impl HmacLayer {
     }
 }
 
+impl HmacLayer {
+    /// The transform this layer installs, for building stacks by hand.
+    pub fn transform(&self) -> Authenticator {
+        Authenticator {
+            keys: self.keys.clone(),
+            side: Side::Client,
+            sent: 0,
+            received: 0,
+        }
+    }
+}
+
 impl<C> Layer<C> for HmacLayer {
     type Service = Authentication<C>;
 
     fn layer(&self, inner: C) -> Authentication<C> {
-        Transformed::new(
-            Authenticator {
-                keys: self.keys.clone(),
-                side: Side::Client,
-                sent: 0,
-                received: 0,
-            },
-            inner,
-        )
+        Transformed::new(self.transform(), inner)
     }
 }
 
@@ -293,7 +297,7 @@ mod tests {
     use super::*;
 
     fn pair(keys: &HmacKeys) -> (Authenticator, Authenticator) {
-        let mut client = HmacLayer::new(keys.clone()).layer(()).transform().clone();
+        let mut client = HmacLayer::new(keys.clone()).transform();
         let mut server = client.clone();
         client.start_session(Side::Client);
         server.start_session(Side::Server);

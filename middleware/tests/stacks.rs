@@ -11,7 +11,6 @@ use msgi_middleware::{
 };
 use proptest::prelude::*;
 use tokio_util::codec::{Decoder, Encoder};
-use tower::Layer;
 
 /// One of the three transforms, so one stack type can hold any order.
 #[derive(Clone, Debug)]
@@ -58,23 +57,13 @@ type Stack =
 fn make(which: u8) -> Option<Any> {
     match which {
         1 => Some(Any::Compress(
-            CompressionLayer::new()
-                .threshold(8)
-                .layer(())
-                .transform()
-                .clone(),
+            CompressionLayer::new().threshold(8).transform(),
         )),
         2 => Some(Any::Encrypt(
-            EncryptionLayer::new(EncryptionKey::new([3; 32]))
-                .layer(())
-                .transform()
-                .clone(),
+            EncryptionLayer::new(EncryptionKey::new([3; 32])).transform(),
         )),
         3 => Some(Any::Hmac(
-            HmacLayer::new(HmacKeys::new(9, b"k"))
-                .layer(())
-                .transform()
-                .clone(),
+            HmacLayer::new(HmacKeys::new(9, b"k")).transform(),
         )),
         _ => None,
     }

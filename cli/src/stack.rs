@@ -1,0 +1,118 @@
+//! The layers `msgi serve` and `msgi send` can run, from command-line flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use msgi::{FrameCodec, Transformed};
+use msgi_middleware::compression::Compressor;
+use msgi_middleware::encryption::{key_from_file_contents, Encryptor};
+use msgi_middleware::hmac::Authenticator;
+use msgi_middleware::{
+    CompressionLayer, EncryptionLayer, FrameTimeoutLayer, HmacKeys, HmacLayer, Limit,
+    RateLimitLayer, RatePolicy,
+};
+use tower::layer::util::{Identity, Stack};
+use tower::util::Either;
+use tower::ServiceBuilder;
+
+/// Wire transforms; client and server must be given the same ones.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct WireArgs {
+    /// Compress payloads of 256 bytes or more (zlib).
+    #[arg(long)]
+    compress: bool,
+    /// Encrypt every frame with the 32-byte key in this file (raw, or 64 hex digits).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Authenticate every frame with HMAC-SHA256 and the key in this file (key id 1).
+    #[arg(long)]
+    hmac_key_file: Option<PathBuf>,
+}
+
+/// From the application to the wire: compress, encrypt, sign.
+pub(crate) type Framing = Transformed<
+    Option<Compressor>,
+    Transformed<Option<Encryptor>, Transformed<Option<Authenticator>, FrameCodec>>,
+>;
+
+impl WireArgs {
+    pub(crate) fn framing(&self) -> Result<Framing> {
+        let compress = self.compress.then(|| CompressionLayer::new().transform());
+        let encrypt = match &self.key_file {
+            Some(path) => {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let Some(key) = key_from_file_contents(&bytes) else {
+                    bail!("{}: a key is 32 raw bytes or 64 hex digits", path.display());
+                };
+                Some(EncryptionLayer::new(key).transform())
+            }
+            None => None,
+        };
+        let sign = match &self.hmac_key_file {
+            Some(path) => {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let key = bytes.trim_ascii_end();
+                if key.is_empty() {
+                    bail!("{}: empty HMAC key", path.display());
+                }
+                Some(HmacLayer::new(HmacKeys::new(1, key)).transform())
+            }
+            None => None,
+        };
+        Ok(Transformed::new(
+            compress,
+            Transformed::new(encrypt, Transformed::new(sign, FrameCodec::new())),
+        ))
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        let mut layers = Vec::new();
+        if self.compress {
+            layers.push("compression");
+        }
+        if self.key_file.is_some() {
+            layers.push("encryption");
+        }
+        if self.hmac_key_file.is_some() {
+            layers.push("hmac");
+        }
+        if layers.is_empty() {
+            "none".into()
+        } else {
+            layers.join(" + ")
+        }
+    }
+}
+
+/// The rate-limit policy flag.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub(crate) enum Policy {
+    /// Answer ERROR `rate limited`.
+    Reject,
+    /// Hold the session back (TCP backpressure).
+    Delay,
+}
+
+type RequestLayers = ServiceBuilder<
+    Stack<Either<RateLimitLayer, Identity>, Stack<Either<FrameTimeoutLayer, Identity>, Identity>>,
+>;
+
+/// The per-request layers of `msgi serve`.
+pub(crate) fn request_layers(
+    timeout_ms: Option<u64>,
+    rate: Option<f64>,
+    policy: Policy,
+) -> RequestLayers {
+    let timeout = timeout_ms.map(|ms| FrameTimeoutLayer::new(Duration::from_millis(ms)));
+    let policy = match policy {
+        Policy::Reject => RatePolicy::Reject,
+        Policy::Delay => RatePolicy::Delay,
+    };
+    let rate = rate.map(|n| RateLimitLayer::new(policy).per_session(Limit::frames(n)));
+    ServiceBuilder::new()
+        .option_layer(timeout)
+        .option_layer(rate)
+}
