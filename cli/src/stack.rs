@@ -19,7 +19,7 @@ use tower::ServiceBuilder;
 /// Wire transforms; client and server must be given the same ones.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct WireArgs {
-    /// Compress payloads of 256 bytes or more (zlib).
+    /// Compress payloads of 1 KiB or more (zlib).
     #[arg(long)]
     compress: bool,
     /// Encrypt every frame with the 32-byte key in this file (raw, or 64 hex digits).

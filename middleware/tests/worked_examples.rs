@@ -20,8 +20,12 @@ fn wire(frame: Frame) -> String {
 /// docs/PROTOCOL.md with the spaces inside each line removed, so the
 /// examples' field-separated hex reads as one string.
 fn doc() -> String {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md")).unwrap();
-    text.lines().map(|l| l.replace(' ', "")).collect::<Vec<_>>().join("\n")
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md"))
+        .unwrap();
+    text.lines()
+        .map(|l| l.replace(' ', ""))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -39,13 +43,18 @@ fn encryption_example() {
     let nonce: [u8; 24] = std::array::from_fn(|i| 0x40 + i as u8);
     let mut t = EncryptionLayer::new(EncryptionKey::new(key)).transform();
     t.start_session(Side::Client);
-    let frame = t.seal_with_nonce(Frame::data("abc").with_request_id(7), nonce).unwrap();
+    let frame = t
+        .seal_with_nonce(Frame::data("abc").with_request_id(7), nonce)
+        .unwrap();
     let bytes = wire(frame.clone());
     println!("encryption: {bytes}");
     assert!(doc().contains(&bytes), "docs/PROTOCOL.md shows {bytes}");
     let mut server = EncryptionLayer::new(EncryptionKey::new(key)).transform();
     server.start_session(Side::Server);
-    assert_eq!(server.decode(frame).unwrap(), Frame::data("abc").with_request_id(7));
+    assert_eq!(
+        server.decode(frame).unwrap(),
+        Frame::data("abc").with_request_id(7)
+    );
 }
 
 #[test]
