@@ -3,7 +3,7 @@
 //! the layer around a ready service (request layers).
 //!
 //! `cargo bench -p msgi-middleware --bench layers`
-#![allow(missing_docs)]
+#![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
 use std::time::Duration;
