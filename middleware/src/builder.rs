@@ -1,6 +1,5 @@
 //! `ServiceBuilderExt`: the layers of this crate as `ServiceBuilder` methods.
 
-use tower::layer::util::Stack;
 use tower::ServiceBuilder;
 
 mod sealed {
@@ -19,25 +18,31 @@ mod sealed {
 pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     /// Compresses payloads of at least `threshold` bytes.
     #[cfg(feature = "compression")]
-    fn compression(self, threshold: usize) -> ServiceBuilder<Stack<crate::CompressionLayer, L>>;
+    fn compression(
+        self,
+        threshold: usize,
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::CompressionLayer, L>>;
 
     /// Encrypts every frame with `key`.
     #[cfg(feature = "encryption")]
     fn encryption(
         self,
         key: crate::EncryptionKey,
-    ) -> ServiceBuilder<Stack<crate::EncryptionLayer, L>>;
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::EncryptionLayer, L>>;
 
     /// Authenticates every frame with the keys in `keys`.
     #[cfg(feature = "hmac")]
-    fn hmac(self, keys: crate::HmacKeys) -> ServiceBuilder<Stack<crate::HmacLayer, L>>;
+    fn hmac(
+        self,
+        keys: crate::HmacKeys,
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::HmacLayer, L>>;
 
     /// Answers requests slower than `timeout` with ERROR, keeping the request id.
     #[cfg(feature = "timeout")]
     fn frame_timeout(
         self,
         timeout: std::time::Duration,
-    ) -> ServiceBuilder<Stack<crate::FrameTimeoutLayer, L>>;
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::FrameTimeoutLayer, L>>;
 
     /// Limits frames and bytes per second.
     ///
@@ -48,12 +53,15 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
     fn frame_rate_limit(
         self,
         layer: crate::RateLimitLayer,
-    ) -> ServiceBuilder<Stack<crate::RateLimitLayer, L>>;
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::RateLimitLayer, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     #[cfg(feature = "compression")]
-    fn compression(self, threshold: usize) -> ServiceBuilder<Stack<crate::CompressionLayer, L>> {
+    fn compression(
+        self,
+        threshold: usize,
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::CompressionLayer, L>> {
         self.layer(crate::CompressionLayer::new().threshold(threshold))
     }
 
@@ -61,12 +69,15 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn encryption(
         self,
         key: crate::EncryptionKey,
-    ) -> ServiceBuilder<Stack<crate::EncryptionLayer, L>> {
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::EncryptionLayer, L>> {
         self.layer(crate::EncryptionLayer::new(key))
     }
 
     #[cfg(feature = "hmac")]
-    fn hmac(self, keys: crate::HmacKeys) -> ServiceBuilder<Stack<crate::HmacLayer, L>> {
+    fn hmac(
+        self,
+        keys: crate::HmacKeys,
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::HmacLayer, L>> {
         self.layer(crate::HmacLayer::new(keys))
     }
 
@@ -74,7 +85,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn frame_timeout(
         self,
         timeout: std::time::Duration,
-    ) -> ServiceBuilder<Stack<crate::FrameTimeoutLayer, L>> {
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::FrameTimeoutLayer, L>> {
         self.layer(crate::FrameTimeoutLayer::new(timeout))
     }
 
@@ -82,7 +93,7 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
     fn frame_rate_limit(
         self,
         layer: crate::RateLimitLayer,
-    ) -> ServiceBuilder<Stack<crate::RateLimitLayer, L>> {
+    ) -> ServiceBuilder<tower::layer::util::Stack<crate::RateLimitLayer, L>> {
         self.layer(layer)
     }
 }
