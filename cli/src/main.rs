@@ -8,7 +8,9 @@ use clap::{Parser, Subcommand};
 use msgi::{Client, Frame, Kind, Server};
 use tracing_subscriber::EnvFilter;
 
+mod bench;
 mod demo;
+mod reference;
 mod stack;
 
 #[derive(Parser, Debug)]
@@ -32,6 +34,15 @@ enum Command {
     /// Start a chat server on loopback, connect clients and show broadcast,
     /// a private message, request/response and a graceful shutdown.
     Demo,
+    /// Measure an MSGI server: throughput, connection rate, idle memory, latency.
+    Bench(bench::BenchArgs),
+    /// The raw-tokio reference echo server `msgi bench` measures msgi against.
+    #[command(hide = true)]
+    ReferenceServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -53,6 +64,9 @@ struct ServeArgs {
     /// Answer requests not handled within this many milliseconds with ERROR.
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Print `LISTENING <addr>` on stdout once listening (for scripts).
+    #[arg(long)]
+    announce: bool,
     /// Limit each session to this many frames per second.
     #[arg(long)]
     rate_limit: Option<f64>,
@@ -103,6 +117,13 @@ async fn main() -> Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Send(args) => send(args).await,
         Command::Demo => demo::run().await,
+        Command::Bench(args) => bench::run(args).await,
+        Command::ReferenceServer { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            announce(listener.local_addr()?)?;
+            reference::run(listener).await?;
+            Ok(())
+        }
     }
 }
 
@@ -120,6 +141,9 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .on_connect(|s| tracing::info!(session = %s.id(), remote = %s.remote_addr(), "connected"))
         .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"))
         .build();
+    if args.announce {
+        announce(listener.local_addr()?)?;
+    }
     tracing::info!(addr = %listener.local_addr()?, layers = %args.wire.describe(), "msgi echo server listening");
     let echo = tower::service_fn(|frame: Frame| async move {
         let mut answer =
@@ -138,6 +162,14 @@ async fn serve(args: ServeArgs) -> Result<()> {
     };
     server.serve_with_shutdown(listener, echo, shutdown).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+fn announce(addr: SocketAddr) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "LISTENING {addr}")?;
+    out.flush()?;
     Ok(())
 }
 

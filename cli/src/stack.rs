@@ -68,6 +68,23 @@ impl WireArgs {
         ))
     }
 
+    /// The same flags, for a child `msgi serve`.
+    pub(crate) fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        if self.compress {
+            args.push("--compress".into());
+        }
+        if let Some(path) = &self.key_file {
+            args.push("--key-file".into());
+            args.push(path.into());
+        }
+        if let Some(path) = &self.hmac_key_file {
+            args.push("--hmac-key-file".into());
+            args.push(path.into());
+        }
+        args
+    }
+
     pub(crate) fn describe(&self) -> String {
         let mut layers = Vec::new();
         if self.compress {

@@ -1,0 +1,752 @@
+//! `msgi bench`: a load generator for any MSGI server.
+//!
+//! Without `--addr` it starts the servers itself, each in a child process
+//! on loopback (so server and generator never share a runtime), and runs
+//! them alternately, msgi then the raw-tokio reference, for `--rounds`
+//! rounds: every figure is a median and a ratio msgi / reference.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use msgi::{Frame, Framing, Kind, Side};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::stack::WireArgs;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum, default_value_t = Mode::Throughput)]
+    mode: Mode,
+    /// Measure the server at this address instead of starting servers.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// With --addr: the server's process id, for its CPU time and memory.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Which servers to start (without --addr).
+    #[arg(long, value_enum, default_value_t = Servers::Both)]
+    servers: Servers,
+    /// Rounds per server, run alternately (A B A B ...); medians are reported.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Connections (throughput, connect).
+    #[arg(short, long, default_value_t = 4)]
+    connections: usize,
+    /// Frames in flight per connection (throughput).
+    #[arg(short, long, default_value_t = 32)]
+    depth: usize,
+    /// Payload bytes per frame (latency defaults to 64 when this is not given).
+    #[arg(short, long)]
+    size: Option<usize>,
+    /// Seconds per measurement.
+    #[arg(short = 't', long, default_value_t = 5.0)]
+    duration: f64,
+    /// Send one-way frames (the echo comes back uncorrelated) instead of calls.
+    #[arg(long)]
+    one_way: bool,
+    /// Sessions to open (idle).
+    #[arg(long, default_value_t = 10_000)]
+    sessions: usize,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    wire: WireArgs,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// Connections x frames in flight, for a duration.
+    Throughput,
+    /// Connect, PING, PONG, close, in loops.
+    Connect,
+    /// Open sessions and leave them idle; server memory per session.
+    Idle,
+    /// One frame at a time.
+    Latency,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Servers {
+    /// msgi and the reference, alternately.
+    Both,
+    /// msgi only.
+    Msgi,
+    /// The raw-tokio reference only.
+    Reference,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+struct Measurement {
+    server: String,
+    round: usize,
+    messages: u64,
+    seconds: f64,
+    msgs_per_sec: f64,
+    mb_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    errors: u64,
+    /// Server CPU (user + system) per message, microseconds.
+    server_cpu_us_per_msg: Option<f64>,
+    /// Server resident memory per idle session, bytes.
+    server_rss_per_session: Option<f64>,
+}
+
+/// A server in a child process.
+struct ChildServer {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl ChildServer {
+    fn start(kind: &str, wire: &WireArgs) -> Result<ChildServer> {
+        let exe = std::env::current_exe()?;
+        let mut cmd = Command::new(exe);
+        if kind == "msgi" {
+            cmd.args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--announce",
+                "--idle-timeout",
+                "0",
+                "--max-connections",
+                "1000000",
+            ]);
+            cmd.args(wire.to_args());
+        } else {
+            cmd.args(["reference-server", "--listen", "127.0.0.1:0"]);
+        }
+        cmd.env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().context("starting the server process")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .context("server did not announce its address")?
+            .parse()?;
+        Ok(ChildServer { child, addr })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// CPU time (user + system) of a process, from /proc.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Linux reports clock ticks of 1/100 s on every mainstream configuration.
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// Resident memory of a process in bytes, from /proc.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+pub(crate) async fn run(args: BenchArgs) -> Result<()> {
+    let size = args
+        .size
+        .unwrap_or(if args.mode == Mode::Latency { 64 } else { 1024 });
+    let mut results = Vec::new();
+    if let Some(addr) = args.addr {
+        for round in 0..args.rounds {
+            results.push(measure(&args, size, "target", round, addr, args.pid).await?);
+        }
+    } else {
+        let kinds: &[&str] = match args.servers {
+            Servers::Both => &["msgi", "reference"],
+            Servers::Msgi => &["msgi"],
+            Servers::Reference => &["reference"],
+        };
+        for round in 0..args.rounds {
+            for kind in kinds {
+                let server = ChildServer::start(kind, &args.wire)?;
+                let m = measure(&args, size, kind, round, server.addr, Some(server.pid())).await?;
+                results.push(m);
+            }
+        }
+    }
+    report(&args, size, &results)
+}
+
+async fn measure(
+    args: &BenchArgs,
+    size: usize,
+    server: &str,
+    round: usize,
+    addr: SocketAddr,
+    pid: Option<u32>,
+) -> Result<Measurement> {
+    let label = format!("{server} #{}", round + 1);
+    let cpu_before = pid.and_then(cpu_time);
+    let mut m = match args.mode {
+        Mode::Throughput => {
+            throughput(
+                args,
+                addr,
+                size,
+                args.connections,
+                args.depth,
+                args.one_way,
+                &label,
+            )
+            .await?
+        }
+        Mode::Latency => throughput(args, addr, size, 1, 1, false, &label).await?,
+        Mode::Connect => connect_loops(args, addr, &label).await?,
+        Mode::Idle => idle(args, addr, pid, &label).await?,
+    };
+    if let (Some(before), Some(after)) = (cpu_before, pid.and_then(cpu_time)) {
+        if m.messages > 0 && args.mode != Mode::Idle {
+            m.server_cpu_us_per_msg =
+                Some((after - before).as_secs_f64() * 1e6 / m.messages as f64);
+        }
+    }
+    m.server = server.into();
+    m.round = round + 1;
+    Ok(m)
+}
+
+fn progress(
+    label: &str,
+    seconds: f64,
+    done: Arc<AtomicU64>,
+) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = ProgressBar::new((seconds * 1000.0) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>14} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_owned());
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut last = 0;
+            let mut interval = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                interval.tick().await;
+                let now = done.load(Ordering::Relaxed);
+                bar.set_position(start.elapsed().as_millis() as u64);
+                bar.set_message(format!("{:>10.0} /s", (now - last) as f64 * 4.0));
+                last = now;
+            }
+        })
+    };
+    (bar, ticker)
+}
+
+fn framing(wire: &WireArgs) -> Result<crate::stack::Framing> {
+    let mut f = wire.framing()?;
+    f.start_session(Side::Client);
+    Ok(f)
+}
+
+/// C connections, each keeping D frames in flight, verifying every answer.
+async fn throughput(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    size: usize,
+    connections: usize,
+    depth: usize,
+    one_way: bool,
+    label: &str,
+) -> Result<Measurement> {
+    let payload = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let duration = Duration::from_secs_f64(args.duration);
+    let (bar, ticker) = if args.json {
+        (ProgressBar::hidden(), tokio::spawn(async {}))
+    } else {
+        progress(label, args.duration, done.clone())
+    };
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let stream = TcpStream::connect(addr).await.context("connecting")?;
+        stream.set_nodelay(true)?;
+        let conn = Connection {
+            payload: payload.clone(),
+            depth,
+            one_way,
+            deadline,
+            done: done.clone(),
+            errors: errors.clone(),
+        };
+        let f = framing(&args.wire)?;
+        tasks.push(tokio::spawn(conn.run(stream, f)));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        hist.add(task.await??)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    ticker.abort();
+    bar.finish_and_clear();
+    let messages = done.load(Ordering::Relaxed);
+    Ok(Measurement {
+        messages,
+        seconds,
+        msgs_per_sec: messages as f64 / seconds,
+        mb_per_sec: messages as f64 * size as f64 / seconds / 1e6,
+        p50_us: hist.value_at_quantile(0.5) as f64 / 1e3,
+        p99_us: hist.value_at_quantile(0.99) as f64 / 1e3,
+        p999_us: hist.value_at_quantile(0.999) as f64 / 1e3,
+        errors: errors.load(Ordering::Relaxed),
+        ..Measurement::default()
+    })
+}
+
+struct Connection {
+    payload: Bytes,
+    depth: usize,
+    one_way: bool,
+    deadline: Instant,
+    done: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+impl Connection {
+    /// Runs one connection; returns its latency histogram (nanoseconds).
+    async fn run(
+        self,
+        stream: TcpStream,
+        framing: crate::stack::Framing,
+    ) -> Result<Histogram<u64>> {
+        let (mut rd, mut wr) = stream.into_split();
+        // Request ids are slots 0..depth; a slot is free again once answered.
+        let (free_tx, mut free_rx) = mpsc::unbounded_channel::<u32>();
+        for id in 0..self.depth as u32 {
+            let _ = free_tx.send(id);
+        }
+        let sent: Arc<Mutex<SentTimes>> = Arc::new(Mutex::new(SentTimes::new(self.depth)));
+        let mut enc = framing.clone();
+        let mut dec = framing;
+        let writer = {
+            let sent = sent.clone();
+            let payload = self.payload.clone();
+            let one_way = self.one_way;
+            let deadline = self.deadline;
+            tokio::spawn(async move {
+                let mut out = BytesMut::new();
+                while let Some(first) = free_rx.recv().await {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    let mut id = Some(first);
+                    while let Some(slot) = id {
+                        let mut frame = Frame::data(payload.clone());
+                        if !one_way {
+                            frame.set_request_id(Some(slot));
+                        }
+                        sent.lock()
+                            .map_err(|_| anyhow::anyhow!("poisoned"))?
+                            .record(slot, one_way);
+                        enc.encode(frame, &mut out)?;
+                        id = free_rx.try_recv().ok();
+                    }
+                    wr.write_all(&out).await?;
+                    out.clear();
+                }
+                let _ = wr.shutdown().await;
+                Ok::<_, anyhow::Error>(())
+            })
+        };
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        let mut outstanding;
+        'read: loop {
+            loop {
+                let frame = match dec.decode(&mut buf) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => bail!("bad frame from server: {e}"),
+                };
+                if frame.kind() == Kind::HEARTBEAT {
+                    continue;
+                }
+                let slot = frame.request_id();
+                let ok = frame.kind() == Kind::DATA
+                    && frame.payload() == &self.payload
+                    && slot.is_some() != self.one_way;
+                let started = sent
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("poisoned"))?
+                    .take(slot.unwrap_or(0), self.one_way);
+                match (ok, started) {
+                    (true, Some(t)) => {
+                        hist.saturating_record(t.elapsed().as_nanos() as u64);
+                        self.done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        self.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let _ = free_tx.send(slot.unwrap_or(0));
+            }
+            outstanding = sent
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .outstanding();
+            if writer.is_finished() && outstanding == 0 {
+                break 'read;
+            }
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            // Wake up now and then to notice the writer has stopped.
+            let read =
+                tokio::time::timeout(Duration::from_millis(100), rd.read_buf(&mut buf)).await;
+            match read {
+                Ok(Ok(0)) => break 'read,
+                Err(_) if Instant::now() > self.deadline + Duration::from_secs(10) => break 'read,
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+        drop(free_tx);
+        writer.await??;
+        self.errors.fetch_add(outstanding as u64, Ordering::Relaxed);
+        Ok(hist)
+    }
+}
+
+/// When each outstanding frame was sent: by slot for calls, in order for
+/// one-way frames (their echoes come back in order).
+struct SentTimes {
+    by_slot: Vec<Option<Instant>>,
+    fifo: VecDeque<Instant>,
+}
+
+impl SentTimes {
+    fn new(depth: usize) -> Self {
+        SentTimes {
+            by_slot: vec![None; depth],
+            fifo: VecDeque::with_capacity(depth),
+        }
+    }
+
+    fn record(&mut self, slot: u32, one_way: bool) {
+        if one_way {
+            self.fifo.push_back(Instant::now());
+        } else if let Some(s) = self.by_slot.get_mut(slot as usize) {
+            *s = Some(Instant::now());
+        }
+    }
+
+    fn take(&mut self, slot: u32, one_way: bool) -> Option<Instant> {
+        if one_way {
+            self.fifo.pop_front()
+        } else {
+            self.by_slot.get_mut(slot as usize)?.take()
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.fifo.len() + self.by_slot.iter().filter(|s| s.is_some()).count()
+    }
+}
+
+/// One PING/PONG on a fresh connection with `framing`.
+async fn ping_once(addr: SocketAddr, framing: &mut crate::stack::Framing) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let mut out = BytesMut::new();
+    framing.encode(Frame::ping("p"), &mut out)?;
+    stream.write_all(&out).await?;
+    let mut buf = BytesMut::with_capacity(256);
+    loop {
+        if let Some(f) = framing.decode(&mut buf)? {
+            if f.kind() == Kind::PONG {
+                return Ok(stream);
+            }
+            continue;
+        }
+        if stream.read_buf(&mut buf).await? == 0 {
+            bail!("closed before PONG");
+        }
+    }
+}
+
+async fn connect_loops(args: &BenchArgs, addr: SocketAddr, label: &str) -> Result<Measurement> {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let (bar, ticker) = if args.json {
+        (ProgressBar::hidden(), tokio::spawn(async {}))
+    } else {
+        progress(label, args.duration, done.clone())
+    };
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(args.duration);
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections {
+        let done = done.clone();
+        let errors = errors.clone();
+        let wire = args.wire.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            while Instant::now() < deadline {
+                let mut f = framing(&wire)?;
+                let t = Instant::now();
+                match ping_once(addr, &mut f).await {
+                    Ok(stream) => {
+                        hist.saturating_record(t.elapsed().as_nanos() as u64);
+                        done.fetch_add(1, Ordering::Relaxed);
+                        // Reset instead of FIN: no TIME_WAIT piling up on either side.
+                        let _ = stream.set_zero_linger();
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(hist)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for task in tasks {
+        hist.add(task.await??)?;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    ticker.abort();
+    bar.finish_and_clear();
+    let messages = done.load(Ordering::Relaxed);
+    Ok(Measurement {
+        messages,
+        seconds,
+        msgs_per_sec: messages as f64 / seconds,
+        p50_us: hist.value_at_quantile(0.5) as f64 / 1e3,
+        p99_us: hist.value_at_quantile(0.99) as f64 / 1e3,
+        p999_us: hist.value_at_quantile(0.999) as f64 / 1e3,
+        errors: errors.load(Ordering::Relaxed),
+        ..Measurement::default()
+    })
+}
+
+async fn idle(
+    args: &BenchArgs,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    label: &str,
+) -> Result<Measurement> {
+    let done = Arc::new(AtomicU64::new(0));
+    let bar = if args.json {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(args.sessions as u64);
+        bar.set_prefix(label.to_owned());
+        bar.set_style(
+            ProgressStyle::with_template("{prefix:>14} [{bar:30}] {pos}/{len} sessions")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar
+    };
+    // Settle the server first: one session, then measure the baseline.
+    let mut f = framing(&args.wire)?;
+    let warm = ping_once(addr, &mut f).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = pid.and_then(rss);
+    let start = Instant::now();
+    let mut streams = Vec::with_capacity(args.sessions);
+    let mut pending = tokio::task::JoinSet::new();
+    let mut opened = 0;
+    while opened < args.sessions || !pending.is_empty() {
+        while opened < args.sessions && pending.len() < 64 {
+            let wire = args.wire.clone();
+            pending.spawn(async move {
+                let mut f = framing(&wire)?;
+                ping_once(addr, &mut f).await
+            });
+            opened += 1;
+        }
+        if let Some(joined) = pending.join_next().await {
+            streams.push(joined??);
+            done.fetch_add(1, Ordering::Relaxed);
+            bar.set_position(streams.len() as u64);
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    // Let the server finish freeing per-request buffers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = pid.and_then(rss);
+    bar.finish_and_clear();
+    let per_session = match (before, after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b) as f64 / streams.len().max(1) as f64),
+        _ => None,
+    };
+    drop(streams);
+    drop(warm);
+    Ok(Measurement {
+        messages: done.load(Ordering::Relaxed),
+        seconds,
+        msgs_per_sec: args.sessions as f64 / seconds,
+        server_rss_per_session: per_session,
+        ..Measurement::default()
+    })
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    mode: Mode,
+    size: usize,
+    connections: usize,
+    depth: usize,
+    one_way: bool,
+    layers: String,
+    runs: &'a [Measurement],
+    medians: Vec<Measurement>,
+}
+
+fn report(args: &BenchArgs, size: usize, results: &[Measurement]) -> Result<()> {
+    let mut servers: Vec<String> = Vec::new();
+    for r in results {
+        if !servers.contains(&r.server) {
+            servers.push(r.server.clone());
+        }
+    }
+    let medians: Vec<Measurement> = servers
+        .iter()
+        .map(|s| {
+            let runs: Vec<&Measurement> = results.iter().filter(|r| &r.server == s).collect();
+            let med = |f: fn(&Measurement) -> f64| {
+                median(runs.iter().map(|r| f(r)).collect()).unwrap_or(0.0)
+            };
+            let med_opt = |f: fn(&Measurement) -> Option<f64>| {
+                median(runs.iter().filter_map(|r| f(r)).collect())
+            };
+            Measurement {
+                server: s.clone(),
+                round: 0,
+                messages: runs.iter().map(|r| r.messages).sum(),
+                seconds: runs.iter().map(|r| r.seconds).sum(),
+                msgs_per_sec: med(|r| r.msgs_per_sec),
+                mb_per_sec: med(|r| r.mb_per_sec),
+                p50_us: med(|r| r.p50_us),
+                p99_us: med(|r| r.p99_us),
+                p999_us: med(|r| r.p999_us),
+                errors: runs.iter().map(|r| r.errors).sum(),
+                server_cpu_us_per_msg: med_opt(|r| r.server_cpu_us_per_msg),
+                server_rss_per_session: med_opt(|r| r.server_rss_per_session),
+            }
+        })
+        .collect();
+    if args.json {
+        let report = Report {
+            mode: args.mode,
+            size,
+            connections: args.connections,
+            depth: args.depth,
+            one_way: args.one_way,
+            layers: args.wire.describe(),
+            runs: results,
+            medians,
+        };
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "\nmode {:?}, {} B payload, {} connection(s) x {} in flight{}, layers: {}, {} round(s)",
+        args.mode,
+        size,
+        args.connections,
+        args.depth,
+        if args.one_way { ", one-way" } else { "" },
+        args.wire.describe(),
+        args.rounds
+    );
+    println!("runs:");
+    for r in results {
+        print_row(r, &format!("{} #{}", r.server, r.round));
+    }
+    println!("medians:");
+    for m in &medians {
+        print_row(m, &m.server);
+    }
+    if let (Some(a), Some(b)) = (
+        medians.iter().find(|m| m.server == "msgi"),
+        medians.iter().find(|m| m.server == "reference"),
+    ) {
+        let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+        print!(
+            "msgi / reference: rate {:.2}",
+            ratio(a.msgs_per_sec, b.msgs_per_sec)
+        );
+        print!(", p50 {:.2}", ratio(a.p50_us, b.p50_us));
+        if let (Some(x), Some(y)) = (a.server_cpu_us_per_msg, b.server_cpu_us_per_msg) {
+            print!(", cpu/msg {:.2}", ratio(x, y));
+        }
+        if let (Some(x), Some(y)) = (a.server_rss_per_session, b.server_rss_per_session) {
+            print!(", rss/session {:.2}", ratio(x, y));
+        }
+        println!();
+    }
+    Ok(())
+}
+
+fn print_row(m: &Measurement, name: &str) {
+    let cpu = m
+        .server_cpu_us_per_msg
+        .map_or_else(|| "-".into(), |c| format!("{c:.2} µs"));
+    let rss = m
+        .server_rss_per_session
+        .map_or_else(String::new, |r| format!("  rss/session {:.0} B", r));
+    println!(
+        "  {name:<14} {:>10.0} msg/s {:>9.1} MB/s  p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  cpu/msg {cpu:>9}  errors {}{rss}",
+        m.msgs_per_sec, m.mb_per_sec, m.p50_us, m.p99_us, m.p999_us, m.errors
+    );
+}
