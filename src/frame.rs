@@ -9,7 +9,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-pub use http::Extensions;
+pub use crate::extensions::Extensions;
 
 /// The four bytes every frame starts with: ASCII `MSGI`.
 pub const MAGIC: [u8; 4] = *b"MSGI";

@@ -30,6 +30,7 @@
 mod client;
 mod codec;
 mod driver;
+mod extensions;
 mod frame;
 mod proto;
 mod registry;

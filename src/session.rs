@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
+use crate::extensions::Extensions;
 use futures_util::task::AtomicWaker;
-use http::Extensions;
 use tokio::time::Instant;
 
 use crate::frame::Frame;

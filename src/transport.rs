@@ -18,7 +18,7 @@ use crate::codec::{CodecError, Framing, WriteBuf};
 use crate::frame::Frame;
 
 /// Bytes reserved for a read when the buffer has less room than this.
-const READ_CHUNK: usize = 8 * 1024;
+const READ_CHUNK: usize = 32 * 1024;
 
 /// Why no frame could be read.
 #[derive(Debug)]
