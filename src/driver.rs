@@ -141,11 +141,13 @@ where
     S::Error: Into<BoxError>,
 {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+        // One registration per wake-up: pushes and close requests wake us.
+        self.session.register(cx);
         for _ in 0..BUDGET {
             let now = Instant::now();
             let mut progress = false;
 
-            if let Poll::Ready(reason) = self.session.poll_close(cx) {
+            if let Some(reason) = self.session.close_requested().cloned() {
                 if reason == CloseReason::SlowConsumer {
                     self.abort(reason);
                 } else if matches!(self.phase, Phase::Open) {

@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::SystemTime;
 
 use crate::extensions::Extensions;
@@ -276,17 +276,18 @@ impl Session {
         self.inner.close_reason.get().is_some()
     }
 
-    /// Registers the driver's waker and reports a close request, if any.
-    pub(crate) fn poll_close(&self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+    /// Registers the driver's waker, woken by pushes and close requests.
+    pub(crate) fn register(&self, cx: &Context<'_>) {
         self.inner.waker.register(cx.waker());
-        match self.inner.close_reason.get() {
-            Some(reason) => Poll::Ready(reason.clone()),
-            None => Poll::Pending,
-        }
+    }
+
+    /// The close request, if any (register first to be woken by one).
+    pub(crate) fn close_requested(&self) -> Option<&CloseReason> {
+        self.inner.close_reason.get()
     }
 
     /// Moves queued frames into `sink` while it accepts them; the driver's
-    /// waker must have been registered (by `poll_close`) first.
+    /// waker must have been registered first.
     pub(crate) fn drain_outbox(&self, mut sink: impl FnMut(Frame) -> bool) -> bool {
         let mut queue = lock(&self.inner.outbox);
         let mut moved = false;
@@ -336,12 +337,7 @@ mod tests {
         assert_eq!(s.send(Frame::data("b")), Ok(()));
         assert_eq!(s.send(Frame::data("c")), Err(SendError::SlowConsumer));
         assert!(s.is_closing());
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
-        assert_eq!(
-            s.poll_close(&mut cx),
-            Poll::Ready(CloseReason::SlowConsumer)
-        );
+        assert_eq!(s.close_requested(), Some(&CloseReason::SlowConsumer));
         s.close_outbox();
         assert_eq!(s.send(Frame::data("d")), Err(SendError::Closed));
     }
@@ -351,11 +347,9 @@ mod tests {
         let s = Session::new(SessionId(1), PeerAddr::Unknown, 2);
         assert!(s.close("kicked"));
         assert!(!s.close_with(CloseReason::ServerShutdown));
-        let waker = futures_util::task::noop_waker();
-        let mut cx = Context::from_waker(&waker);
         assert_eq!(
-            s.poll_close(&mut cx),
-            Poll::Ready(CloseReason::Closed("kicked".into()))
+            s.close_requested(),
+            Some(&CloseReason::Closed("kicked".into()))
         );
     }
 
