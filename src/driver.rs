@@ -88,7 +88,9 @@ where
     session: Session,
     registry: Registry,
     cfg: SessionConfig,
-    in_flight: FuturesUnordered<Call<S::Future>>,
+    /// Calls in progress; made on the first call and dropped whenever the
+    /// session goes quiet, so an idle session does not hold it.
+    in_flight: Option<FuturesUnordered<Call<S::Future>>>,
     waiting: Option<Frame>,
     sleep: Pin<Box<Sleep>>,
     sleep_at: Option<Instant>,
@@ -122,7 +124,7 @@ where
         session,
         registry,
         cfg,
-        in_flight: FuturesUnordered::new(),
+        in_flight: None,
         waiting: None,
         sleep: Box::pin(tokio::time::sleep_until(now)),
         sleep_at: None,
@@ -157,7 +159,10 @@ where
                 }
             }
 
-            while let Poll::Ready(Some((id, result))) = self.in_flight.poll_next_unpin(cx) {
+            while let Some(set) = &mut self.in_flight {
+                let Poll::Ready(Some((id, result))) = set.poll_next_unpin(cx) else {
+                    break;
+                };
                 self.answer(id, result);
                 progress = true;
             }
@@ -195,7 +200,11 @@ where
 
             match &mut self.phase {
                 Phase::Draining { farewell }
-                    if self.in_flight.is_empty() && self.waiting.is_none() =>
+                    if self
+                        .in_flight
+                        .as_ref()
+                        .is_none_or(FuturesUnordered::is_empty)
+                        && self.waiting.is_none() =>
                 {
                     if let Some(frame) = farewell.take() {
                         self.queue(frame);
@@ -233,12 +242,19 @@ where
                 return Poll::Ready(self.take_reason());
             }
             if !progress {
+                if self.in_flight_len() == 0 {
+                    self.in_flight = None;
+                }
                 return Poll::Pending;
             }
         }
         // Plenty done in one go: let other sessions run.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    fn in_flight_len(&self) -> usize {
+        self.in_flight.as_ref().map_or(0, FuturesUnordered::len)
     }
 
     fn take_reason(&mut self) -> CloseReason {
@@ -265,7 +281,7 @@ where
     /// Drops pending work, sends `last` and closes.
     fn close_now(&mut self, now: Instant, reason: CloseReason, last: Frame) {
         tracing::debug!(session = %self.session.id(), %reason, "session closing");
-        self.in_flight = FuturesUnordered::new();
+        self.in_flight = None;
         self.waiting = None;
         self.queue(last);
         self.reason = Some(reason);
@@ -345,7 +361,9 @@ where
             Poll::Ready(Ok(())) => {
                 let request_id = frame.request_id();
                 let fut = self.service.call(frame);
-                self.in_flight.push(Call { fut, request_id });
+                self.in_flight
+                    .get_or_insert_with(FuturesUnordered::new)
+                    .push(Call { fut, request_id });
                 true
             }
         }
@@ -357,7 +375,7 @@ where
             progress |= self.call_waiting(cx);
             if self.waiting.is_some()
                 || !matches!(self.phase, Phase::Open)
-                || self.in_flight.len() >= self.cfg.max_in_flight
+                || self.in_flight_len() >= self.cfg.max_in_flight
                 || self.transport.pending_write() >= self.cfg.high_water
             {
                 return progress;

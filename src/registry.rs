@@ -65,19 +65,19 @@ impl Registry {
     pub(crate) fn register(&self, remote: PeerAddr, outbox_capacity: usize) -> Session {
         let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let session = Session::new(id, remote, outbox_capacity);
-        let mut maps = self.write();
-        maps.clients.insert(session.client_id_arc(), id);
-        maps.sessions.insert(id, session.clone());
+        self.write().sessions.insert(id, session.clone());
         session
     }
 
     /// Removes a session that has ended.
     pub(crate) fn remove(&self, session: &Session) {
-        let client_id = session.client_id_arc();
+        let client_id = session.announced_client_id();
         let mut maps = self.write();
         maps.sessions.remove(&session.id());
-        if maps.clients.get(&client_id) == Some(&session.id()) {
-            maps.clients.remove(&client_id);
+        if let Some(client_id) = client_id {
+            if maps.clients.get(&client_id) == Some(&session.id()) {
+                maps.clients.remove(&client_id);
+            }
         }
     }
 
@@ -89,9 +89,10 @@ impl Registry {
         let client_id: Arc<str> = Arc::from(client_id);
         let previous = {
             let mut maps = self.write();
-            let old_id = session.client_id_arc();
-            if maps.clients.get(&old_id) == Some(&session.id()) {
-                maps.clients.remove(&old_id);
+            if let Some(old_id) = session.announced_client_id() {
+                if maps.clients.get(&old_id) == Some(&session.id()) {
+                    maps.clients.remove(&old_id);
+                }
             }
             session.set_client_id(client_id.clone());
             maps.clients
@@ -109,11 +110,18 @@ impl Registry {
         self.read().sessions.get(&id).cloned()
     }
 
-    /// The session holding this client id.
+    /// The session holding this client id. A session that announced none
+    /// is found by its session id in decimal.
     pub fn get_by_client_id(&self, client_id: &str) -> Option<Session> {
         let maps = self.read();
-        let id = maps.clients.get(client_id)?;
-        maps.sessions.get(id).cloned()
+        if let Some(id) = maps.clients.get(client_id) {
+            return maps.sessions.get(id).cloned();
+        }
+        let id = SessionId(client_id.parse().ok()?);
+        maps.sessions
+            .get(&id)
+            .filter(|s| s.announced_client_id().is_none())
+            .cloned()
     }
 
     /// Queues a frame for one session (see [`Session::send`]).

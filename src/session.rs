@@ -140,7 +140,8 @@ struct Inner {
     started: Instant,
     /// Milliseconds after `started` at which the last frame was received.
     last_activity_ms: AtomicU64,
-    client_id: Mutex<Arc<str>>,
+    /// The announced client id; `None` means the session id is the client id.
+    client_id: Mutex<Option<Arc<str>>>,
     data: Mutex<Extensions>,
     outbox: Mutex<VecDeque<Frame>>,
     outbox_capacity: usize,
@@ -164,7 +165,7 @@ impl Session {
                 connected_at: SystemTime::now(),
                 started: Instant::now(),
                 last_activity_ms: AtomicU64::new(0),
-                client_id: Mutex::new(Arc::from(id.to_string())),
+                client_id: Mutex::new(None),
                 data: Mutex::new(Extensions::new()),
                 outbox: Mutex::new(VecDeque::new()),
                 outbox_capacity: outbox_capacity.max(1),
@@ -182,15 +183,19 @@ impl Session {
 
     /// The client id: announced in the handshake, or the session id as text.
     pub fn client_id(&self) -> String {
-        lock(&self.inner.client_id).to_string()
+        match &*lock(&self.inner.client_id) {
+            Some(id) => id.to_string(),
+            None => self.inner.id.to_string(),
+        }
     }
 
-    pub(crate) fn client_id_arc(&self) -> Arc<str> {
+    /// The client id announced in the handshake, if any.
+    pub(crate) fn announced_client_id(&self) -> Option<Arc<str>> {
         lock(&self.inner.client_id).clone()
     }
 
     pub(crate) fn set_client_id(&self, id: Arc<str>) {
-        *lock(&self.inner.client_id) = id;
+        *lock(&self.inner.client_id) = Some(id);
     }
 
     /// The peer's address.
