@@ -87,7 +87,9 @@ where
     service: S,
     session: Session,
     registry: Registry,
-    cfg: SessionConfig,
+    max_in_flight: usize,
+    high_water: usize,
+    drain_deadline: Duration,
     /// Calls in progress; made on the first call and dropped whenever the
     /// session goes quiet, so an idle session does not hold it.
     in_flight: Option<FuturesUnordered<Call<S::Future>>>,
@@ -99,42 +101,6 @@ where
     aborted: bool,
 }
 
-/// Runs one session to its end and says why it ended.
-pub(crate) async fn run<T, C, S>(
-    io: T,
-    codec: C,
-    service: S,
-    session: Session,
-    registry: Registry,
-    cfg: SessionConfig,
-) -> CloseReason
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-    C: Framing,
-    S: Service<Frame, Response = Option<Frame>>,
-    S::Error: Into<BoxError>,
-{
-    let transport = Transport::new(io, codec);
-    let now = Instant::now();
-    let proto = Protocol::new(Role::Server, cfg.timers, transport.is_binary(), now);
-    let mut driver = Driver {
-        transport,
-        proto,
-        service,
-        session,
-        registry,
-        cfg,
-        in_flight: None,
-        waiting: None,
-        sleep: Box::pin(tokio::time::sleep_until(now)),
-        sleep_at: None,
-        phase: Phase::Open,
-        reason: None,
-        aborted: false,
-    };
-    std::future::poll_fn(|cx| driver.poll(cx)).await
-}
-
 impl<T, C, S> Driver<T, C, S>
 where
     T: AsyncRead + AsyncWrite + Unpin,
@@ -142,7 +108,39 @@ where
     S: Service<Frame, Response = Option<Frame>>,
     S::Error: Into<BoxError>,
 {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
+    /// A driver for one session; [`poll`](Driver::poll) it to its end.
+    pub(crate) fn new(
+        io: T,
+        codec: C,
+        service: S,
+        session: Session,
+        registry: Registry,
+        cfg: SessionConfig,
+    ) -> Self {
+        let transport = Transport::new(io, codec);
+        let now = Instant::now();
+        let proto = Protocol::new(Role::Server, cfg.timers, transport.is_binary(), now);
+        Driver {
+            transport,
+            proto,
+            service,
+            session,
+            registry,
+            max_in_flight: cfg.max_in_flight,
+            high_water: cfg.high_water,
+            drain_deadline: cfg.drain_deadline,
+            in_flight: None,
+            waiting: None,
+            sleep: Box::pin(tokio::time::sleep_until(now)),
+            sleep_at: None,
+            phase: Phase::Open,
+            reason: None,
+            aborted: false,
+        }
+    }
+
+    /// Runs the session until it ends, and says why it ended.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         // One registration per wake-up: pushes and close requests wake us.
         self.session.register(cx);
         for _ in 0..BUDGET {
@@ -275,7 +273,7 @@ where
         tracing::debug!(session = %self.session.id(), %reason, "session draining");
         self.reason = Some(reason);
         self.phase = Phase::Draining { farewell };
-        self.proto.start_drain(now, self.cfg.drain_deadline);
+        self.proto.start_drain(now, self.drain_deadline);
     }
 
     /// Drops pending work, sends `last` and closes.
@@ -287,7 +285,7 @@ where
         self.reason = Some(reason);
         self.phase = Phase::Flushing;
         self.session.close_outbox();
-        self.proto.start_drain(now, self.cfg.drain_deadline);
+        self.proto.start_drain(now, self.drain_deadline);
     }
 
     fn queue(&mut self, frame: Frame) {
@@ -324,7 +322,7 @@ where
     /// Moves pushed frames (broadcasts, sends) into the write queue while
     /// it is below the high-water mark.
     fn take_pushes(&mut self) -> bool {
-        let high_water = self.cfg.high_water;
+        let high_water = self.high_water;
         if self.transport.pending_write() >= high_water {
             return false;
         }
@@ -375,8 +373,8 @@ where
             progress |= self.call_waiting(cx);
             if self.waiting.is_some()
                 || !matches!(self.phase, Phase::Open)
-                || self.in_flight_len() >= self.cfg.max_in_flight
-                || self.transport.pending_write() >= self.cfg.high_water
+                || self.in_flight_len() >= self.max_in_flight
+                || self.transport.pending_write() >= self.high_water
             {
                 return progress;
             }

@@ -22,7 +22,7 @@ use tower::Service;
 use tracing::Instrument;
 
 use crate::codec::{FrameCodec, Framing};
-use crate::driver::{self, SessionConfig};
+use crate::driver::{Driver, SessionConfig};
 use crate::frame::{Frame, DEFAULT_MAX_FRAME_SIZE};
 use crate::proto::Timers;
 use crate::registry::Registry;
@@ -477,13 +477,65 @@ impl Drop for SessionGuard {
     }
 }
 
-async fn run_session<T, C, F, S, E>(
+pin_project_lite::pin_project! {
+    /// One session's task: make its service, then drive it. Written out by
+    /// hand rather than as an `async fn` so the connection and codec are
+    /// stored once (an `async fn` keeps its arguments beside the futures it
+    /// awaits); an idle session's task is what its memory mostly is.
+    struct SessionTask<T, C, F, S>
+    where
+        S: Service<Frame>,
+    {
+        guard: SessionGuard,
+        #[pin]
+        state: TaskState<T, C, F, S>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = TaskStateProj]
+    enum TaskState<T, C, F, S>
+    where
+        S: Service<Frame>,
+    {
+        Making {
+            #[pin]
+            making: F,
+            io: Option<T>,
+            codec: Option<C>,
+            cfg: SessionConfig,
+            connected: bool,
+        },
+        Running {
+            driver: Driver<T, C, S>,
+        },
+    }
+}
+
+fn run_session<T, C, F, S>(
     io: T,
     codec: C,
     making: F,
-    mut guard: SessionGuard,
+    guard: SessionGuard,
     cfg: SessionConfig,
-) where
+) -> SessionTask<T, C, F, S>
+where
+    S: Service<Frame>,
+{
+    SessionTask {
+        guard,
+        state: TaskState::Making {
+            making,
+            io: Some(io),
+            codec: Some(codec),
+            cfg,
+            connected: false,
+        },
+    }
+}
+
+impl<T, C, F, S, E> Future for SessionTask<T, C, F, S>
+where
     T: AsyncRead + AsyncWrite + Unpin,
     C: Framing,
     F: Future<Output = Result<S, E>>,
@@ -491,25 +543,57 @@ async fn run_session<T, C, F, S, E>(
     S: Service<Frame, Response = Option<Frame>>,
     S::Error: Into<BoxError>,
 {
-    if let Some(hook) = &guard.hooks.on_connect {
-        hook(&guard.session);
-    }
-    let service = match making.await {
-        Ok(service) => service,
-        Err(e) => {
-            let e: BoxError = e.into();
-            guard.reason = Some(CloseReason::ServiceFailed(e.to_string()));
-            return;
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                TaskStateProj::Making {
+                    making,
+                    io,
+                    codec,
+                    cfg,
+                    connected,
+                } => {
+                    if !*connected {
+                        *connected = true;
+                        if let Some(hook) = &this.guard.hooks.on_connect {
+                            hook(&this.guard.session);
+                        }
+                    }
+                    let service = match std::task::ready!(making.poll(cx)) {
+                        Ok(service) => service,
+                        Err(e) => {
+                            let e: BoxError = e.into();
+                            this.guard.reason = Some(CloseReason::ServiceFailed(e.to_string()));
+                            return Poll::Ready(());
+                        }
+                    };
+                    let (Some(io), Some(codec)) = (io.take(), codec.take()) else {
+                        // Only reachable if polled again after completing.
+                        return Poll::Ready(());
+                    };
+                    let driver = Driver::new(
+                        io,
+                        codec,
+                        service,
+                        this.guard.session.clone(),
+                        this.guard.registry.clone(),
+                        *cfg,
+                    );
+                    this.state.set(TaskState::Running { driver });
+                }
+                TaskStateProj::Running { driver } => {
+                    let reason = std::task::ready!(driver.poll(cx));
+                    this.guard.reason = Some(reason);
+                    return Poll::Ready(());
+                }
+            }
         }
-    };
-    let reason = driver::run(
-        io,
-        codec,
-        service,
-        guard.session.clone(),
-        guard.registry.clone(),
-        cfg,
-    )
-    .await;
-    guard.reason = Some(reason);
+    }
 }

@@ -128,11 +128,20 @@ async fn main() -> Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    // Without wire flags, run the plain codec: no transform stack per session.
+    if args.wire.is_empty() {
+        serve_with(args, msgi::FrameCodec::new()).await
+    } else {
+        let framing = args.wire.framing()?;
+        serve_with(args, framing).await
+    }
+}
+
+async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
-    let framing = args.wire.framing()?;
     let server = Server::builder()
         .framing(framing)
         .max_connections(args.max_connections)

@@ -68,6 +68,11 @@ impl WireArgs {
         ))
     }
 
+    /// True when no wire transform was asked for.
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.compress && self.key_file.is_none() && self.hmac_key_file.is_none()
+    }
+
     /// The same flags, for a child `msgi serve`.
     pub(crate) fn to_args(&self) -> Vec<std::ffi::OsString> {
         let mut args = Vec::new();
