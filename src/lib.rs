@@ -52,8 +52,3 @@ pub use transform::{FrameTransform, Side, Transformed};
 
 /// The error type at service boundaries, as in tower.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The README's examples, compiled as doctests so they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../README.md")]
-pub struct ReadmeDoctests;

@@ -67,3 +67,9 @@ pub use hmac::{AuthenticatedKey, Authentication, Authenticator, HmacError, HmacK
 pub use rate_limit::{Limit, RateLimit, RateLimitLayer, RatePolicy};
 #[cfg(feature = "timeout")]
 pub use timeout::{FrameTimeout, FrameTimeoutLayer};
+
+/// The README's examples (which use this crate and msgi), compiled as
+/// doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
