@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard, PollSender};
 use tower::Service;
 
@@ -32,7 +32,7 @@ use crate::codec::{FrameCodec, Framing};
 use crate::frame::{Frame, Kind, DEFAULT_MAX_FRAME_SIZE};
 use crate::proto::{self, Expired, Inbound, Protocol, Role, Timers, WELCOME_PREFIX};
 use crate::transform::Side;
-use crate::transport::{ReadError, Transport};
+use crate::transport::{Alarm, ReadError, Transport};
 
 /// What went wrong for a client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -771,8 +771,7 @@ struct Link<T, C> {
     unwritten: VecDeque<(u64, Frame)>,
     queued_bytes: u64,
     written_bytes: u64,
-    sleep: Pin<Box<Sleep>>,
-    sleep_at: Option<Instant>,
+    alarm: Alarm,
     max_in_flight: usize,
     closing: bool,
 }
@@ -796,8 +795,7 @@ where
             unwritten: VecDeque::new(),
             queued_bytes: 0,
             written_bytes: 0,
-            sleep: Box::pin(tokio::time::sleep_until(now)),
-            sleep_at: None,
+            alarm: Alarm::new(),
             max_in_flight,
             closing: false,
         }
@@ -894,13 +892,7 @@ where
                     }
                     progress = true;
                 } else {
-                    if self.sleep_at != Some(deadline) {
-                        self.sleep.as_mut().reset(deadline);
-                        self.sleep_at = Some(deadline);
-                    }
-                    if self.sleep.as_mut().poll(cx).is_ready() {
-                        progress = true;
-                    }
+                    progress |= self.alarm.poll_at(deadline, cx);
                 }
             }
             if !progress {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower::Service;
 
 use crate::codec::Framing;
@@ -20,7 +20,7 @@ use crate::frame::Frame;
 use crate::proto::{Expired, Inbound, Protocol, Role, Timers, WELCOME_PREFIX};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Session};
-use crate::transport::{ReadError, Transport};
+use crate::transport::{Alarm, ReadError, Transport};
 use crate::BoxError;
 
 /// Per-session settings, taken from the server builder.
@@ -94,8 +94,7 @@ where
     /// session goes quiet, so an idle session does not hold it.
     in_flight: Option<FuturesUnordered<Call<S::Future>>>,
     waiting: Option<Frame>,
-    sleep: Pin<Box<Sleep>>,
-    sleep_at: Option<Instant>,
+    alarm: Alarm,
     phase: Phase,
     reason: Option<CloseReason>,
     aborted: bool,
@@ -131,8 +130,7 @@ where
             drain_deadline: cfg.drain_deadline,
             in_flight: None,
             waiting: None,
-            sleep: Box::pin(tokio::time::sleep_until(now)),
-            sleep_at: None,
+            alarm: Alarm::new(),
             phase: Phase::Open,
             reason: None,
             aborted: false,
@@ -227,13 +225,7 @@ where
                 if deadline <= now {
                     progress |= self.on_timer(now);
                 } else {
-                    if self.sleep_at != Some(deadline) {
-                        self.sleep.as_mut().reset(deadline);
-                        self.sleep_at = Some(deadline);
-                    }
-                    if self.sleep.as_mut().poll(cx).is_ready() {
-                        progress = true;
-                    }
+                    progress |= self.alarm.poll_at(deadline, cx);
                 }
             }
             if self.aborted {

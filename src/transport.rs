@@ -7,12 +7,14 @@
 //! holds no buffer, and it writes everything queued with one vectored write
 //! per wake-up.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use crate::codec::{CodecError, Framing, WriteBuf};
 use crate::frame::Frame;
@@ -153,5 +155,30 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+}
+
+/// One timer a driver re-arms to whatever deadline its protocol asks for.
+pub(crate) struct Alarm {
+    sleep: Pin<Box<Sleep>>,
+    armed_for: Option<Instant>,
+}
+
+impl Alarm {
+    pub(crate) fn new() -> Self {
+        Alarm {
+            sleep: Box::pin(tokio::time::sleep_until(Instant::now())),
+            armed_for: None,
+        }
+    }
+
+    /// Arms the timer for `deadline` (if not already) and polls it: true
+    /// once the deadline has passed.
+    pub(crate) fn poll_at(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
+        if self.armed_for != Some(deadline) {
+            self.sleep.as_mut().reset(deadline);
+            self.armed_for = Some(deadline);
+        }
+        self.sleep.as_mut().poll(cx).is_ready()
     }
 }

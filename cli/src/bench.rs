@@ -317,25 +317,52 @@ async fn throughput(
         let f = framing(&args.wire)?;
         tasks.push(tokio::spawn(conn.run(stream, f)));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for task in tasks {
-        hist.add(task.await??)?;
+    let run = Run {
+        start,
+        done,
+        errors,
+        bar,
+        ticker,
+    };
+    run.finish(tasks, size).await
+}
+
+/// What a timed run shares between its tasks, and its summary at the end.
+struct Run {
+    start: Instant,
+    done: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+    bar: ProgressBar,
+    ticker: tokio::task::JoinHandle<()>,
+}
+
+impl Run {
+    /// Waits for the tasks (each returns its latency histogram) and sums up.
+    async fn finish(
+        self,
+        tasks: Vec<tokio::task::JoinHandle<Result<Histogram<u64>>>>,
+        payload: usize,
+    ) -> Result<Measurement> {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for task in tasks {
+            hist.add(task.await??)?;
+        }
+        let seconds = self.start.elapsed().as_secs_f64();
+        self.ticker.abort();
+        self.bar.finish_and_clear();
+        let messages = self.done.load(Ordering::Relaxed);
+        Ok(Measurement {
+            messages,
+            seconds,
+            msgs_per_sec: messages as f64 / seconds,
+            mb_per_sec: messages as f64 * payload as f64 / seconds / 1e6,
+            p50_us: hist.value_at_quantile(0.5) as f64 / 1e3,
+            p99_us: hist.value_at_quantile(0.99) as f64 / 1e3,
+            p999_us: hist.value_at_quantile(0.999) as f64 / 1e3,
+            errors: self.errors.load(Ordering::Relaxed),
+            ..Measurement::default()
+        })
     }
-    let seconds = start.elapsed().as_secs_f64();
-    ticker.abort();
-    bar.finish_and_clear();
-    let messages = done.load(Ordering::Relaxed);
-    Ok(Measurement {
-        messages,
-        seconds,
-        msgs_per_sec: messages as f64 / seconds,
-        mb_per_sec: messages as f64 * size as f64 / seconds / 1e6,
-        p50_us: hist.value_at_quantile(0.5) as f64 / 1e3,
-        p99_us: hist.value_at_quantile(0.99) as f64 / 1e3,
-        p999_us: hist.value_at_quantile(0.999) as f64 / 1e3,
-        errors: errors.load(Ordering::Relaxed),
-        ..Measurement::default()
-    })
 }
 
 struct Connection {
@@ -544,24 +571,14 @@ async fn connect_loops(args: &BenchArgs, addr: SocketAddr, label: &str) -> Resul
             Ok::<_, anyhow::Error>(hist)
         }));
     }
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    for task in tasks {
-        hist.add(task.await??)?;
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    ticker.abort();
-    bar.finish_and_clear();
-    let messages = done.load(Ordering::Relaxed);
-    Ok(Measurement {
-        messages,
-        seconds,
-        msgs_per_sec: messages as f64 / seconds,
-        p50_us: hist.value_at_quantile(0.5) as f64 / 1e3,
-        p99_us: hist.value_at_quantile(0.99) as f64 / 1e3,
-        p999_us: hist.value_at_quantile(0.999) as f64 / 1e3,
-        errors: errors.load(Ordering::Relaxed),
-        ..Measurement::default()
-    })
+    let run = Run {
+        start,
+        done,
+        errors,
+        bar,
+        ticker,
+    };
+    run.finish(tasks, 0).await
 }
 
 async fn idle(
