@@ -90,9 +90,14 @@ where
     max_in_flight: usize,
     high_water: usize,
     drain_deadline: Duration,
-    /// Calls in progress; made on the first call and dropped whenever the
-    /// session goes quiet, so an idle session does not hold it.
-    in_flight: Option<FuturesUnordered<Call<S::Future>>>,
+    /// Calls still pending after their first poll; made when first needed
+    /// and dropped whenever the session goes quiet, so an idle session does
+    /// not hold it.
+    in_flight: Option<FuturesUnordered<Pin<Box<Call<S::Future>>>>>,
+    /// A box kept from a call that finished on its first poll, reused for
+    /// the next call: a service that answers at once costs no allocation
+    /// and no trip through `in_flight`.
+    spare: Option<Pin<Box<Call<S::Future>>>>,
     waiting: Option<Frame>,
     alarm: Alarm,
     phase: Phase,
@@ -129,6 +134,7 @@ where
             high_water: cfg.high_water,
             drain_deadline: cfg.drain_deadline,
             in_flight: None,
+            spare: None,
             waiting: None,
             alarm: Alarm::new(),
             phase: Phase::Open,
@@ -235,6 +241,7 @@ where
                 if self.in_flight_len() == 0 {
                     self.in_flight = None;
                 }
+                self.spare = None;
                 return Poll::Pending;
             }
         }
@@ -349,11 +356,27 @@ where
                 true
             }
             Poll::Ready(Ok(())) => {
-                let request_id = frame.request_id();
-                let fut = self.service.call(frame);
-                self.in_flight
-                    .get_or_insert_with(FuturesUnordered::new)
-                    .push(Call { fut, request_id });
+                let call = Call {
+                    request_id: frame.request_id(),
+                    fut: self.service.call(frame),
+                };
+                let mut boxed = match self.spare.take() {
+                    Some(mut spare) => {
+                        spare.as_mut().set(call);
+                        spare
+                    }
+                    None => Box::pin(call),
+                };
+                match boxed.as_mut().poll(cx) {
+                    Poll::Ready((id, result)) => {
+                        self.answer(id, result);
+                        self.spare = Some(boxed);
+                    }
+                    Poll::Pending => self
+                        .in_flight
+                        .get_or_insert_with(FuturesUnordered::new)
+                        .push(boxed),
+                }
                 true
             }
         }
