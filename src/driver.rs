@@ -67,6 +67,8 @@ where
     }
 }
 
+type BoxedCall<F> = Pin<Box<Call<F>>>;
+
 enum Phase {
     /// Reading requests.
     Open,
@@ -93,11 +95,11 @@ where
     /// Calls still pending after their first poll; made when first needed
     /// and dropped whenever the session goes quiet, so an idle session does
     /// not hold it.
-    in_flight: Option<FuturesUnordered<Pin<Box<Call<S::Future>>>>>,
+    in_flight: Option<FuturesUnordered<BoxedCall<S::Future>>>,
     /// A box kept from a call that finished on its first poll, reused for
     /// the next call: a service that answers at once costs no allocation
     /// and no trip through `in_flight`.
-    spare: Option<Pin<Box<Call<S::Future>>>>,
+    spare: Option<BoxedCall<S::Future>>,
     waiting: Option<Frame>,
     alarm: Alarm,
     phase: Phase,
