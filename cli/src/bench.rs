@@ -292,16 +292,8 @@ async fn throughput(
     label: &str,
 ) -> Result<Measurement> {
     let payload = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let duration = Duration::from_secs_f64(args.duration);
-    let (bar, ticker) = if args.json {
-        (ProgressBar::hidden(), tokio::spawn(async {}))
-    } else {
-        progress(label, args.duration, done.clone())
-    };
-    let start = Instant::now();
-    let deadline = start + duration;
+    let run = Run::begin(args, label);
+    let (done, errors, deadline) = (run.done.clone(), run.errors.clone(), run.deadline);
     let mut tasks = Vec::new();
     for _ in 0..connections {
         let stream = TcpStream::connect(addr).await.context("connecting")?;
@@ -317,19 +309,13 @@ async fn throughput(
         let f = framing(&args.wire)?;
         tasks.push(tokio::spawn(conn.run(stream, f)));
     }
-    let run = Run {
-        start,
-        done,
-        errors,
-        bar,
-        ticker,
-    };
     run.finish(tasks, size).await
 }
 
 /// What a timed run shares between its tasks, and its summary at the end.
 struct Run {
     start: Instant,
+    deadline: Instant,
     done: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
     bar: ProgressBar,
@@ -337,6 +323,25 @@ struct Run {
 }
 
 impl Run {
+    /// Starts the clock and the progress bar.
+    fn begin(args: &BenchArgs, label: &str) -> Run {
+        let done = Arc::new(AtomicU64::new(0));
+        let (bar, ticker) = if args.json {
+            (ProgressBar::hidden(), tokio::spawn(async {}))
+        } else {
+            progress(label, args.duration, done.clone())
+        };
+        let start = Instant::now();
+        Run {
+            start,
+            deadline: start + Duration::from_secs_f64(args.duration),
+            done,
+            errors: Arc::new(AtomicU64::new(0)),
+            bar,
+            ticker,
+        }
+    }
+
     /// Waits for the tasks (each returns its latency histogram) and sums up.
     async fn finish(
         self,
@@ -537,19 +542,12 @@ async fn ping_once(addr: SocketAddr, framing: &mut crate::stack::Framing) -> Res
 }
 
 async fn connect_loops(args: &BenchArgs, addr: SocketAddr, label: &str) -> Result<Measurement> {
-    let done = Arc::new(AtomicU64::new(0));
-    let errors = Arc::new(AtomicU64::new(0));
-    let (bar, ticker) = if args.json {
-        (ProgressBar::hidden(), tokio::spawn(async {}))
-    } else {
-        progress(label, args.duration, done.clone())
-    };
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(args.duration);
+    let run = Run::begin(args, label);
+    let deadline = run.deadline;
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
-        let done = done.clone();
-        let errors = errors.clone();
+        let done = run.done.clone();
+        let errors = run.errors.clone();
         let wire = args.wire.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -571,13 +569,6 @@ async fn connect_loops(args: &BenchArgs, addr: SocketAddr, label: &str) -> Resul
             Ok::<_, anyhow::Error>(hist)
         }));
     }
-    let run = Run {
-        start,
-        done,
-        errors,
-        bar,
-        ticker,
-    };
     run.finish(tasks, 0).await
 }
 

@@ -400,49 +400,31 @@ mod tests {
         tower::service_fn(|f: Frame| async move { Ok(Some(f)) })
     }
 
+    /// One call through `svc`, waiting for readiness; the answer.
+    async fn call<S>(svc: &mut S, frame: Frame) -> Frame
+    where
+        S: Service<Frame, Response = Option<Frame>, Error = std::convert::Infallible>,
+    {
+        let answer = svc.ready().await.unwrap().call(frame).await.unwrap();
+        answer.expect("every call is answered")
+    }
+
     #[tokio::test(start_paused = true)]
     async fn reject_answers_rate_limited_with_the_id() {
         let layer = RateLimitLayer::new(RatePolicy::Reject).per_session(Limit::frames(2.0));
         let mut svc = layer.layer(echo());
         for i in 0..2 {
-            let out = svc
-                .ready()
-                .await
-                .unwrap()
-                .call(Frame::data("x").with_request_id(i))
-                .await;
-            assert_eq!(out.unwrap().unwrap().kind(), Kind::DATA);
+            let out = call(&mut svc, Frame::data("x").with_request_id(i)).await;
+            assert_eq!(out.kind(), Kind::DATA);
         }
-        let out = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Frame::data("x").with_request_id(7))
-            .await;
-        assert_eq!(
-            out.unwrap(),
-            Some(Frame::error("rate limited").with_request_id(7))
-        );
+        let out = call(&mut svc, Frame::data("x").with_request_id(7)).await;
+        assert_eq!(out, Frame::error("rate limited").with_request_id(7));
         // A clone is another session with its own budget...
         let mut other = svc.clone();
-        let out = other
-            .ready()
-            .await
-            .unwrap()
-            .call(Frame::data("y"))
-            .await
-            .unwrap();
-        assert_eq!(out.unwrap().kind(), Kind::DATA);
+        assert_eq!(call(&mut other, Frame::data("y")).await.kind(), Kind::DATA);
         // ...and time refills.
         tokio::time::advance(Duration::from_millis(500)).await;
-        let out = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(Frame::data("x"))
-            .await
-            .unwrap();
-        assert_eq!(out.unwrap().kind(), Kind::DATA);
+        assert_eq!(call(&mut svc, Frame::data("x")).await.kind(), Kind::DATA);
     }
 
     #[tokio::test(start_paused = true)]
@@ -450,22 +432,12 @@ mod tests {
         let layer = RateLimitLayer::new(RatePolicy::Reject).global(Limit::bytes(10.0));
         let mut a = layer.layer(echo());
         let mut b = a.clone();
-        let out = a
-            .ready()
-            .await
-            .unwrap()
-            .call(Frame::data("12345678"))
-            .await
-            .unwrap();
-        assert_eq!(out.unwrap().kind(), Kind::DATA);
-        let out = b
-            .ready()
-            .await
-            .unwrap()
-            .call(Frame::data("12345678"))
-            .await
-            .unwrap();
-        assert_eq!(out.unwrap().kind(), Kind::ERROR, "b shares a's byte budget");
+        assert_eq!(
+            call(&mut a, Frame::data("12345678")).await.kind(),
+            Kind::DATA
+        );
+        let out = call(&mut b, Frame::data("12345678")).await;
+        assert_eq!(out.kind(), Kind::ERROR, "b shares a's byte budget");
     }
 
     #[tokio::test(start_paused = true)]
