@@ -82,6 +82,9 @@ pub struct WriteBuf {
 /// Payloads at least this large are written from their own buffer.
 const ZERO_COPY_THRESHOLD: usize = 4096;
 
+/// The most a decoder reserves beyond the bytes it has for an incomplete frame.
+const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// The most slices handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -327,8 +330,10 @@ impl Decoder for FrameCodec {
         }
         let length = length as usize;
         if src.len() < length {
-            // `length` is checked against the maximum above.
-            src.reserve(length - src.len());
+            // Grow with what arrives, not with what the header announces: a
+            // peer that sends only headers of maximum-size frames must not
+            // make every connection hold the maximum frame size.
+            src.reserve((length - src.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         let mut bytes = src.split_to(length);
@@ -506,6 +511,33 @@ mod tests {
             }
         ));
         assert!(buf.capacity() < 100);
+    }
+
+    #[test]
+    fn a_partial_large_frame_reserves_only_a_chunk_ahead() {
+        let mut codec = FrameCodec::new();
+        // The header of a 1 MiB frame, then nothing more.
+        let mut buf = BytesMut::from(&b"MSGI\x00\x10\x00\x00\x00\x10"[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= 10 + RESERVE_AHEAD + 64,
+            "{}",
+            buf.capacity()
+        );
+        // Fed in pieces, the whole frame still decodes.
+        let mut whole = BytesMut::new();
+        codec
+            .encode(Frame::data(vec![3u8; 1_000_000]), &mut whole)
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for piece in whole.chunks(50_000) {
+            buf.extend_from_slice(piece);
+            if let Some(f) = codec.decode(&mut buf).unwrap() {
+                got = Some(f);
+            }
+        }
+        assert_eq!(got.map(|f| f.payload().len()), Some(1_000_000));
     }
 
     #[test]
