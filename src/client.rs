@@ -774,6 +774,8 @@ struct Link<T, C> {
     alarm: Alarm,
     max_in_flight: usize,
     closing: bool,
+    /// The reason of the last uncorrelated ERROR from the server.
+    last_error: Option<String>,
 }
 
 /// Bytes queued for writing above which the client stops taking more from
@@ -798,6 +800,7 @@ where
             alarm: Alarm::new(),
             max_in_flight,
             closing: false,
+            last_error: None,
         }
     }
 
@@ -917,7 +920,11 @@ where
                 Poll::Pending => break,
                 Poll::Ready(Ok(Some(frame))) => frame,
                 Poll::Ready(Ok(None)) => {
-                    return Poll::Ready(Err(self.lost("closed by server".into(), carry)))
+                    let why = match self.last_error.take() {
+                        Some(error) => format!("closed by server after ERROR {error:?}"),
+                        None => "closed by server".into(),
+                    };
+                    return Poll::Ready(Err(self.lost(why, carry)));
                 }
                 Poll::Ready(Err(ReadError::Codec(e))) => {
                     let reason = e.to_string();
@@ -951,7 +958,12 @@ where
                             let _ = reply
                                 .send(Err(ClientError::Remote(frame.payload_text().into_owned())));
                         }
-                        None => carry.push_back(Pending::Push(frame)),
+                        None => {
+                            // Kept to explain a close that may follow
+                            // (`server full`, a protocol violation).
+                            self.last_error = Some(frame.payload_text().into_owned());
+                            carry.push_back(Pending::Push(frame));
+                        }
                     }
                 }
                 Inbound::Reply(frame) => self.queue(frame),

@@ -337,3 +337,15 @@ async fn make_service_gives_each_session_its_own_state() {
     let _ = stop.send(());
     within(server).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_full_server_says_why_the_client_was_closed() {
+    let mut server = serve(Server::builder().max_connections(1), echo()).await;
+    let first = within(Client::connect(server.addr)).await.unwrap();
+    within(first.ping()).await.unwrap();
+    let second = within(Client::connect(server.addr)).await.unwrap();
+    let reason = within(second.closed()).await;
+    assert!(reason.to_string().contains("server full"), "{reason}");
+    drop(first);
+    server.shutdown().await;
+}
