@@ -102,29 +102,41 @@ fn request_layers(c: &mut Criterion) {
         .unwrap();
     let echo =
         tower::service_fn(|f: Frame| async move { Ok::<_, std::convert::Infallible>(Some(f)) });
-    let frame = Frame::data(text(1024)).with_request_id(1);
-    let mut group = c.benchmark_group("request layers (1 KiB)");
-    group.bench_function("none", |b| {
-        let mut svc = echo;
-        b.iter(|| {
-            rt.block_on(async { black_box(svc.ready().await.unwrap().call(frame.clone()).await) })
-        })
-    });
-    group.bench_function("frame timeout", |b| {
-        let mut svc = FrameTimeoutLayer::new(Duration::from_secs(5)).layer(echo);
-        b.iter(|| {
-            rt.block_on(async { black_box(svc.ready().await.unwrap().call(frame.clone()).await) })
-        })
-    });
-    group.bench_function("rate limit (session + global)", |b| {
-        let layer = RateLimitLayer::new(RatePolicy::Reject)
-            .per_session(Limit::frames(1e12).and_bytes(1e15))
-            .global(Limit::frames(1e12));
-        let mut svc = layer.layer(echo);
-        b.iter(|| {
-            rt.block_on(async { black_box(svc.ready().await.unwrap().call(frame.clone()).await) })
-        })
-    });
+    let mut group = c.benchmark_group("request layers");
+    for size in SIZES {
+        let frame = Frame::data(text(size)).with_request_id(1);
+        group.bench_with_input(BenchmarkId::new("none", size), &frame, |b, frame| {
+            let mut svc = echo;
+            b.iter(|| {
+                rt.block_on(async {
+                    black_box(svc.ready().await.unwrap().call(frame.clone()).await)
+                })
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("frame timeout", size),
+            &frame,
+            |b, frame| {
+                let mut svc = FrameTimeoutLayer::new(Duration::from_secs(5)).layer(echo);
+                b.iter(|| {
+                    rt.block_on(async {
+                        black_box(svc.ready().await.unwrap().call(frame.clone()).await)
+                    })
+                })
+            },
+        );
+        group.bench_with_input(BenchmarkId::new("rate limit", size), &frame, |b, frame| {
+            let layer = RateLimitLayer::new(RatePolicy::Reject)
+                .per_session(Limit::frames(1e12).and_bytes(1e15))
+                .global(Limit::frames(1e12));
+            let mut svc = layer.layer(echo);
+            b.iter(|| {
+                rt.block_on(async {
+                    black_box(svc.ready().await.unwrap().call(frame.clone()).await)
+                })
+            })
+        });
+    }
     group.finish();
 }
 
