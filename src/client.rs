@@ -250,6 +250,7 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
         let handles_gone = CancellationToken::new();
         let shared = Arc::new(Shared {
             in_flight: AtomicUsize::new(0),
+            close_requested: CancellationToken::new(),
             incoming: Mutex::new(Some(Incoming { rx: incoming_rx })),
             incoming_taken: AtomicBool::new(false),
             unsent: Mutex::new(Vec::new()),
@@ -373,6 +374,8 @@ enum Command {
 
 struct Shared {
     in_flight: AtomicUsize,
+    /// Set by [`Client::close`]: stops a reconnect loop.
+    close_requested: CancellationToken,
     incoming: Mutex<Option<Incoming>>,
     incoming_taken: AtomicBool,
     unsent: Mutex<Vec<Frame>>,
@@ -487,8 +490,12 @@ impl Client {
     }
 
     /// Closes the connection gracefully once everything sent before has
-    /// been written, and waits until it is closed.
+    /// been written, and waits until it is closed. Calls still waiting for
+    /// an answer then fail with [`ClientError::ConnectionLost`]. If the
+    /// client is reconnecting, it stops; what was queued is handed back by
+    /// [`take_unsent`](Client::take_unsent).
     pub async fn close(&self) {
+        self.shared.close_requested.cancel();
         // If the task is gone already there is nothing to close.
         let _ = self.tx.send(Command::Close).await;
         self.closed().await;
@@ -709,6 +716,7 @@ where
                 () = tokio::time::sleep(delay) => {}
                 // Every handle dropped: nobody is left to send or receive.
                 () = self.handles_gone.cancelled() => return None,
+                () = self.shared.close_requested.cancelled() => return None,
             }
             match self.cfg.open(&mut self.connector).await {
                 Ok((transport, early)) => {

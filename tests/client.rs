@@ -349,3 +349,28 @@ async fn a_full_server_says_why_the_client_was_closed() {
     drop(first);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn close_while_reconnecting_stops_and_hands_back_the_queue() {
+    let mut server = serve(Server::builder(), echo()).await;
+    let policy = Reconnect {
+        initial_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(20),
+        ..Reconnect::default()
+    };
+    let client = within(Client::builder().reconnect(policy).connect(server.addr))
+        .await
+        .unwrap();
+    within(client.ping()).await.unwrap();
+    server.shutdown().await;
+    // No server any more: the client retries for ever, until closed.
+    client.send(Frame::data("never sent")).await.unwrap();
+    within(client.close()).await;
+    assert!(client.is_closed());
+    let unsent: Vec<_> = client
+        .take_unsent()
+        .iter()
+        .map(|f| f.payload_text().into_owned())
+        .collect();
+    assert_eq!(unsent, ["never sent"]);
+}
