@@ -1,4 +1,4 @@
-//! Tower layers for [msgi](msgi): compression, encryption, HMAC
+//! Tower layers for [`msgi`]: compression, encryption, HMAC
 //! authentication, per-request timeouts and rate limiting.
 //!
 //! Two kinds of layer, because two kinds of thing need wrapping:
