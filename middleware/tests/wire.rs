@@ -397,9 +397,11 @@ async fn rate_limit_rejects_with_the_request_id_and_the_session_lives() {
         .layer(counting_echo(seen.clone()));
     let mut server = serve(Server::builder(), handler).await;
     let mut peer = RawPeer::connect(server.addr).await;
-    for id in 1..=3 {
-        peer.send(Frame::data("x").with_request_id(id)).await;
-    }
+    // One write, so the three arrive together whatever the machine is doing.
+    let burst: Vec<u8> = (1..=3)
+        .flat_map(|id| peer.encode(Frame::data("x").with_request_id(id)).to_vec())
+        .collect();
+    peer.write(&burst).await;
     let mut answers = Vec::new();
     for _ in 0..3 {
         answers.push(peer.recv_skip_heartbeats().await.unwrap());
