@@ -154,12 +154,10 @@ async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Re
         announce(listener.local_addr()?)?;
     }
     tracing::info!(addr = %listener.local_addr()?, layers = %args.wire.describe(), "msgi echo server listening");
-    let echo = tower::service_fn(|frame: Frame| async move {
-        let mut answer =
-            Frame::new(frame.kind(), frame.payload().clone()).with_flags(frame.flags());
-        answer.set_request_id(frame.request_id());
-        Ok::<_, std::convert::Infallible>(Some(answer))
-    });
+    // The frame itself is the answer: same kind, flags, payload and request
+    // id (its extensions never reach the wire).
+    let echo =
+        tower::service_fn(|frame: Frame| async move { Ok::<_, std::convert::Infallible>(Some(frame)) });
     let echo = stack::request_layers(args.timeout_ms, args.rate_limit, args.rate_limit_policy)
         .service(echo);
     let shutdown = async {
