@@ -157,7 +157,9 @@ async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Re
     // The frame itself is the answer: same kind, flags, payload and request
     // id (its extensions never reach the wire).
     let echo =
-        tower::service_fn(|frame: Frame| async move { Ok::<_, std::convert::Infallible>(Some(frame)) });
+        tower::service_fn(
+            |frame: Frame| async move { Ok::<_, std::convert::Infallible>(Some(frame)) },
+        );
     let echo = stack::request_layers(args.timeout_ms, args.rate_limit, args.rate_limit_policy)
         .service(echo);
     let shutdown = async {
