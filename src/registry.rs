@@ -152,9 +152,10 @@ impl Registry {
     ) -> usize {
         // Extensions never reach the wire; do not clone them per session.
         frame.extensions_mut().clear();
-        let maps = self.read();
-        maps.sessions
-            .values()
+        // The filter is the caller's code: run it without holding the lock,
+        // so it may use the registry itself.
+        self.sessions()
+            .iter()
             .filter(|s| filter(s))
             .filter(|s| s.send(frame.clone()).is_ok())
             .count()
@@ -213,6 +214,18 @@ mod tests {
         registry.remove(&b);
         assert_eq!(registry.connection_count(), 0);
         assert_eq!(registry.get_by_client_id("alice"), None);
+    }
+
+    #[test]
+    fn a_broadcast_filter_may_use_the_registry() {
+        let registry = Registry::new();
+        let a = registry.register(PeerAddr::Unknown, 4);
+        let _b = registry.register(PeerAddr::Unknown, 4);
+        let inner = registry.clone();
+        let sent = registry.broadcast_filter(Frame::data("x"), |s| {
+            inner.get(s.id()).is_some() && s.id() != a.id()
+        });
+        assert_eq!(sent, 1);
     }
 
     #[test]
