@@ -234,7 +234,9 @@ impl Session {
         lock(&self.inner.data).get::<T>().cloned()
     }
 
-    /// Runs `f` on the session's data, under the session's own lock (hold it briefly).
+    /// Runs `f` on the session's data, under the session's own lock: keep
+    /// it brief, and do not call this session's data methods from inside `f`
+    /// (the lock is not re-entrant).
     pub fn with_data<R>(&self, f: impl FnOnce(&mut Extensions) -> R) -> R {
         f(&mut lock(&self.inner.data))
     }
