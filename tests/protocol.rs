@@ -555,3 +555,29 @@ fn hex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
 }
+
+#[tokio::test]
+async fn a_panicking_handler_ends_only_its_session_and_the_hook_still_runs() {
+    let service = tower::service_fn(|f: Frame| async move {
+        if f.payload() == "boom" {
+            panic!("handler bug");
+        }
+        Ok::<_, std::convert::Infallible>(Some(f))
+    });
+    let mut server = serve(Server::builder(), service).await;
+    let mut bystander = RawPeer::connect(server.addr).await;
+    bystander.send(Frame::data("before")).await;
+    assert!(bystander.recv_skip_heartbeats().await.is_some());
+
+    let mut victim = RawPeer::connect(server.addr).await;
+    victim.send(Frame::data("boom")).await;
+    victim.expect_closed().await;
+    assert_eq!(server.next_end().await.1, CloseReason::Aborted);
+
+    bystander.send(Frame::data("after")).await;
+    assert_eq!(
+        bystander.recv_skip_heartbeats().await.unwrap().payload(),
+        "after"
+    );
+    server.shutdown().await;
+}
