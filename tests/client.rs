@@ -374,3 +374,43 @@ async fn close_while_reconnecting_stops_and_hands_back_the_queue() {
         .collect();
     assert_eq!(unsent, ["never sent"]);
 }
+
+/// Sessions and clients run over any byte stream: here a Unix socket.
+#[cfg(unix)]
+#[tokio::test]
+async fn server_and_client_over_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("msgi-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("msgi.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let server = msgi::Server::builder().build();
+    let registry = server.registry();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_shutdown(listener, echo(), async {
+        let _ = stopped.await;
+    }));
+
+    let dial = path.clone();
+    let client = within(Client::builder().client_id("local").connect_with(move || {
+        let dial = dial.clone();
+        Box::pin(async move { tokio::net::UnixStream::connect(dial).await })
+            as std::pin::Pin<
+                Box<
+                    dyn std::future::Future<Output = std::io::Result<tokio::net::UnixStream>>
+                        + Send,
+                >,
+            >
+    }))
+    .await
+    .unwrap();
+    let answer = within(client.call(Frame::data("over unix"))).await.unwrap();
+    assert_eq!(answer.payload_text(), "over unix");
+    let session = registry.get_by_client_id("local").unwrap();
+    assert_eq!(session.remote_addr(), &msgi::PeerAddr::Unix);
+
+    drop(client);
+    let _ = stop.send(());
+    within(serving).await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
