@@ -31,6 +31,15 @@
 //! per frame. Receivers do not interpret the nonce; any unique 24 bytes will
 //! do. The price is 24 bytes per frame.
 //!
+//! ## Speed
+//!
+//! poly1305's AVX2 backend is slow for messaging-sized frames (it prepares
+//! the key for every message); build with `--cfg poly1305_backend="soft"`
+//! (as this workspace's `.cargo/config.toml` does) for about 3x faster
+//! sealing below a few KiB. Figures in docs/BENCHMARKS.md.
+//!
+//! ## Replays
+//!
 //! What this does not stop: without a handshake in which the server
 //! contributes fresh randomness, a recording of a whole session can be
 //! replayed from its first frame as a new session. Use TLS where that
