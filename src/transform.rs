@@ -48,6 +48,16 @@ impl Side {
             Side::Client => Side::Server,
         }
     }
+
+    /// The direction byte the wire transforms authenticate for frames sent
+    /// by this side: `0x01` client to server, `0x02` server to client
+    /// (docs/PROTOCOL.md, section 4).
+    pub fn direction_byte(self) -> u8 {
+        match self {
+            Side::Client => 0x01,
+            Side::Server => 0x02,
+        }
+    }
 }
 
 /// One reversible rewrite of frames, with per-session state.

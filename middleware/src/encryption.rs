@@ -148,19 +148,12 @@ pub struct Encryptor {
     nonce_prefix: Result<[u8; 16], String>,
 }
 
-fn direction(from: Side) -> u8 {
-    match from {
-        Side::Client => 0x01,
-        Side::Server => 0x02,
-    }
-}
-
 /// The associated data for a frame of `type_field` (ENCRYPTED set) sent by `from`.
 fn associated_data(frame: &Frame, type_field: u16, from: Side, seq: u64) -> [u8; 15] {
     let mut ad = [0u8; 15];
     ad[..2].copy_from_slice(&type_field.to_be_bytes());
     ad[2..6].copy_from_slice(&frame.request_id().unwrap_or(0).to_be_bytes());
-    ad[6] = direction(from);
+    ad[6] = from.direction_byte();
     ad[7..].copy_from_slice(&seq.to_be_bytes());
     ad
 }

@@ -215,17 +215,10 @@ pub struct Authenticator {
     received: u64,
 }
 
-fn direction(from: Side) -> u8 {
-    match from {
-        Side::Client => 0x01,
-        Side::Server => 0x02,
-    }
-}
-
 fn feed(mac: &mut Hmac<Sha256>, frame: &Frame, from: Side, data: &[u8], key_id: u16, seq: u64) {
     mac.update(&frame.type_field().to_be_bytes());
     mac.update(&frame.request_id().unwrap_or(0).to_be_bytes());
-    mac.update(&[direction(from)]);
+    mac.update(&[from.direction_byte()]);
     mac.update(data);
     mac.update(&key_id.to_be_bytes());
     mac.update(&seq.to_be_bytes());
