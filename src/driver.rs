@@ -439,7 +439,7 @@ where
                     self.queue(answer);
                 }
                 Inbound::PeerError(frame) => {
-                    tracing::debug!(session = %self.session.id(), reason = %frame.payload_text(), "peer reported an error");
+                    tracing::debug!(session = %self.session.id(), reason = %crate::text::PeerText(frame.payload()), "peer reported an error");
                 }
                 Inbound::PeerDisconnect(why) => {
                     self.begin_drain(now, CloseReason::PeerDisconnect(why), None);

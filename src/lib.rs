@@ -29,6 +29,7 @@
 
 mod client;
 mod codec;
+mod config;
 mod driver;
 mod extensions;
 mod frame;
@@ -36,11 +37,13 @@ mod proto;
 mod registry;
 mod server;
 mod session;
+mod text;
 mod transform;
 mod transport;
 
 pub use client::{Client, ClientBuilder, ClientError, Incoming, Reconnect};
 pub use codec::{encode_header, CodecError, FrameCodec, Framing, LineCodec, WriteBuf};
+pub use config::ConfigError;
 pub use frame::{
     Extensions, Flags, Frame, Kind, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN,
     MAGIC,

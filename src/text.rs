@@ -1,0 +1,60 @@
+//! Peer-chosen text made safe to log: control characters escaped, length capped.
+
+use std::fmt;
+
+/// The most characters of peer text a log line shows.
+pub(crate) const PEER_TEXT_MAX_CHARS: usize = 200;
+
+/// Displays bytes a peer chose (an ERROR or DISCONNECT reason, a client id)
+/// for a log line or an error message: invalid UTF-8 is replaced, control
+/// characters and quotes are escaped as Rust escapes them, and only the first
+/// [`PEER_TEXT_MAX_CHARS`] characters are shown, followed by `…` and the total
+/// length in bytes when cut.
+#[derive(Clone, Copy)]
+pub(crate) struct PeerText<'a>(pub(crate) &'a [u8]);
+
+impl fmt::Display for PeerText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = String::from_utf8_lossy(self.0);
+        let mut chars = text.chars();
+        for c in chars.by_ref().take(PEER_TEXT_MAX_CHARS) {
+            fmt::Display::fmt(&c.escape_debug(), f)?;
+        }
+        if chars.next().is_some() {
+            write!(f, "…({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PeerText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_control_characters() {
+        let shown = PeerText(b"bye\n\x1b[2J\r\0\"x\"").to_string();
+        assert_eq!(shown, "bye\\n\\u{1b}[2J\\r\\0\\\"x\\\"");
+        assert!(!shown.chars().any(char::is_control));
+    }
+
+    #[test]
+    fn truncates_long_text_and_says_how_long_it_was() {
+        let long = vec![b'a'; 1 << 20];
+        let shown = PeerText(&long).to_string();
+        assert!(shown.starts_with(&"a".repeat(PEER_TEXT_MAX_CHARS)));
+        assert!(shown.ends_with("…(1048576 bytes)"), "{shown}");
+        assert!(shown.len() < PEER_TEXT_MAX_CHARS + 32);
+    }
+
+    #[test]
+    fn replaces_invalid_utf8() {
+        assert_eq!(PeerText(b"ok\xff").to_string(), "ok\u{fffd}");
+    }
+}
