@@ -10,6 +10,7 @@ use std::fmt;
 use bytes::Bytes;
 
 pub use crate::extensions::Extensions;
+use crate::text::PeerText;
 
 /// The four bytes every frame starts with: ASCII `MSGI`.
 pub const MAGIC: [u8; 4] = *b"MSGI";
@@ -362,6 +363,10 @@ impl Frame {
     }
 }
 
+/// Shows the kind, flags, request id, the payload's length and its first
+/// [`DEBUG_PAYLOAD_PREVIEW`] bytes as escaped text (`…` when there is more):
+/// `Frame { kind: DATA, flags: (empty), request_id: None, payload_len: 5,
+/// payload: "hello" }`.
 impl fmt::Debug for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Frame")
@@ -369,7 +374,33 @@ impl fmt::Debug for Frame {
             .field("flags", &self.flags())
             .field("request_id", &self.request_id)
             .field("payload_len", &self.payload.len())
+            .field("payload", &PayloadPreview(&self.payload))
             .finish()
+    }
+}
+
+/// The most payload bytes `Frame`'s `Debug` shows.
+const DEBUG_PAYLOAD_PREVIEW: usize = 32;
+
+/// The start of a payload as escaped text, for `Frame`'s `Debug`.
+struct PayloadPreview<'a>(&'a [u8]);
+
+impl fmt::Debug for PayloadPreview<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.get(..DEBUG_PAYLOAD_PREVIEW).unwrap_or(self.0);
+        if shown.len() < self.0.len() {
+            // Do not cut a UTF-8 character in two: end before it.
+            if let Err(e) = std::str::from_utf8(shown) {
+                if e.error_len().is_none() {
+                    shown = shown.get(..e.valid_up_to()).unwrap_or(shown);
+                }
+            }
+        }
+        write!(f, "\"{}\"", PeerText(shown))?;
+        if shown.len() < self.0.len() {
+            f.write_str("…")?;
+        }
+        Ok(())
     }
 }
 
@@ -400,6 +431,30 @@ mod tests {
         assert!(!Kind::HEARTBEAT.is_reserved());
         assert!(Kind::new(0x1000).is_none());
         assert!(Kind::app(0x0FF).is_none());
+    }
+
+    #[test]
+    fn debug_previews_the_payload_escaped_and_truncated() {
+        let short = format!("{:?}", Frame::data("hi\n\x1b[2J"));
+        assert!(
+            short.ends_with("payload_len: 7, payload: \"hi\\n\\u{1b}[2J\" }"),
+            "{short}"
+        );
+        let long = format!("{:?}", Frame::data(vec![b'a'; 1 << 20]));
+        assert!(
+            long.ends_with(&format!(
+                "payload_len: 1048576, payload: \"{}\"… }}",
+                "a".repeat(32)
+            )),
+            "{long}"
+        );
+        // A character across the cut is left out whole, not shown broken.
+        let text = format!("{}é", "a".repeat(31));
+        let cut = format!("{:?}", Frame::data(text));
+        assert!(
+            cut.ends_with(&format!("payload: \"{}\"… }}", "a".repeat(31))),
+            "{cut}"
+        );
     }
 
     #[test]

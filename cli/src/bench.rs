@@ -41,25 +41,25 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Servers::Both)]
     servers: Servers,
     /// Rounds per server, run alternately (A B A B ...); medians are reported.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::flags::count)]
     rounds: usize,
     /// Connections (throughput, connect).
-    #[arg(short, long, default_value_t = 4)]
+    #[arg(short, long, default_value_t = 4, value_parser = crate::flags::count)]
     connections: usize,
     /// Frames in flight per connection (throughput).
-    #[arg(short, long, default_value_t = 32)]
+    #[arg(short, long, default_value_t = 32, value_parser = crate::flags::count)]
     depth: usize,
     /// Payload bytes per frame (latency defaults to 64 when this is not given).
     #[arg(short, long)]
     size: Option<usize>,
     /// Seconds per measurement.
-    #[arg(short = 't', long, default_value_t = 5.0)]
+    #[arg(short = 't', long, default_value_t = 5.0, value_parser = crate::flags::seconds)]
     duration: f64,
     /// Send one-way frames (the echo comes back uncorrelated) instead of calls.
     #[arg(long)]
     one_way: bool,
     /// Sessions to open (idle).
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = crate::flags::count)]
     sessions: usize,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
@@ -292,7 +292,7 @@ async fn throughput(
     label: &str,
 ) -> Result<Measurement> {
     let payload = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-    let run = Run::begin(args, label);
+    let run = Run::begin(args, label)?;
     let (done, errors, deadline) = (run.done.clone(), run.errors.clone(), run.deadline);
     let mut tasks = Vec::new();
     for _ in 0..connections {
@@ -324,22 +324,25 @@ struct Run {
 
 impl Run {
     /// Starts the clock and the progress bar.
-    fn begin(args: &BenchArgs, label: &str) -> Run {
+    fn begin(args: &BenchArgs, label: &str) -> Result<Run> {
+        let start = Instant::now();
+        let deadline = start
+            .checked_add(Duration::from_secs_f64(args.duration))
+            .context("--duration is too long for this system's clock")?;
         let done = Arc::new(AtomicU64::new(0));
         let (bar, ticker) = if args.json {
             (ProgressBar::hidden(), tokio::spawn(async {}))
         } else {
             progress(label, args.duration, done.clone())
         };
-        let start = Instant::now();
-        Run {
+        Ok(Run {
             start,
-            deadline: start + Duration::from_secs_f64(args.duration),
+            deadline,
             done,
             errors: Arc::new(AtomicU64::new(0)),
             bar,
             ticker,
-        }
+        })
     }
 
     /// Waits for the tasks (each returns its latency histogram) and sums up.
@@ -542,7 +545,7 @@ async fn ping_once(addr: SocketAddr, framing: &mut crate::stack::Framing) -> Res
 }
 
 async fn connect_loops(args: &BenchArgs, addr: SocketAddr, label: &str) -> Result<Measurement> {
-    let run = Run::begin(args, label);
+    let run = Run::begin(args, label)?;
     let deadline = run.deadline;
     let mut tasks = Vec::new();
     for _ in 0..args.connections {
@@ -697,8 +700,17 @@ fn report(args: &BenchArgs, size: usize, results: &[Measurement]) -> Result<()> 
         let report = Report {
             mode: args.mode,
             size,
-            connections: args.connections,
-            depth: args.depth,
+            // What the run used: latency runs one connection, one frame at a time.
+            connections: if args.mode == Mode::Latency {
+                1
+            } else {
+                args.connections
+            },
+            depth: if args.mode == Mode::Latency {
+                1
+            } else {
+                args.depth
+            },
             one_way: args.one_way,
             layers: args.wire.describe(),
             runs: results,
@@ -708,12 +720,9 @@ fn report(args: &BenchArgs, size: usize, results: &[Measurement]) -> Result<()> 
         return Ok(());
     }
     println!(
-        "\nmode {:?}, {} B payload, {} connection(s) x {} in flight{}, layers: {}, {} round(s)",
+        "\nmode {:?}, {}, layers: {}, {} round(s)",
         args.mode,
-        size,
-        args.connections,
-        args.depth,
-        if args.one_way { ", one-way" } else { "" },
+        shape(args, size),
         args.wire.describe(),
         args.rounds
     );
@@ -744,6 +753,21 @@ fn report(args: &BenchArgs, size: usize, results: &[Measurement]) -> Result<()> 
         println!();
     }
     Ok(())
+}
+
+/// What a run did, in the words of its mode.
+fn shape(args: &BenchArgs, size: usize) -> String {
+    match args.mode {
+        Mode::Throughput => format!(
+            "{size} B payload, {} connection(s) x {} in flight{}",
+            args.connections,
+            args.depth,
+            if args.one_way { ", one-way" } else { "" }
+        ),
+        Mode::Latency => format!("{size} B payload, 1 connection, one frame at a time"),
+        Mode::Connect => format!("{} connect-PING-close loop(s)", args.connections),
+        Mode::Idle => format!("{} idle session(s)", args.sessions),
+    }
 }
 
 fn print_row(m: &Measurement, name: &str) {

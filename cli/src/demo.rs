@@ -1,5 +1,6 @@
 //! `msgi demo`: a chat server and three clients on loopback, narrated.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -16,8 +17,13 @@ fn say(start: Instant, who: &str, what: impl std::fmt::Display) {
 }
 
 /// The chat: DATA is broadcast to everyone else, PRIVATE goes to one
-/// client, CONTROL `who` lists who is here, CONTROL `slow` answers late.
-async fn chat(registry: Registry, frame: Frame) -> Result<Option<Frame>, msgi::BoxError> {
+/// client, CONTROL `who` lists who is here, CONTROL `slow` answers late
+/// (and tells `slow_started` when it has begun).
+async fn chat(
+    registry: Registry,
+    slow_started: Arc<tokio::sync::Notify>,
+    frame: Frame,
+) -> Result<Option<Frame>, msgi::BoxError> {
     let from = frame
         .extensions()
         .get::<Session>()
@@ -42,6 +48,7 @@ async fn chat(registry: Registry, frame: Frame) -> Result<Option<Frame>, msgi::B
             Ok(Some(frame.reply(Kind::CONTROL, names.join(", "))))
         }
         Kind::CONTROL if text == "slow" => {
+            slow_started.notify_one();
             tokio::time::sleep(Duration::from_millis(300)).await;
             Ok(Some(frame.reply(
                 Kind::CONTROL,
@@ -69,6 +76,11 @@ pub(crate) async fn run() -> Result<()> {
     let start = Instant::now();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
+    // Sessions end while clients are still handling what they received;
+    // the narrator reports them once the server has stopped, so that the
+    // story reads in the order things were observed.
+    let ended = Arc::new(Mutex::new(Vec::new()));
+    let ended_in_hook = ended.clone();
     let server = Server::builder()
         .drain_deadline(Duration::from_secs(2))
         .on_connect(move |s| {
@@ -79,16 +91,19 @@ pub(crate) async fn run() -> Result<()> {
             )
         })
         .on_disconnect(move |s, reason| {
-            say(
-                start,
-                "server",
-                format!("session {} ({}) ended: {reason}", s.id(), s.client_id()),
-            )
+            let line = format!("session {} ({}) ended: {reason}", s.id(), s.client_id());
+            if let Ok(mut ended) = ended_in_hook.lock() {
+                ended.push(line);
+            }
         })
         .build();
     let registry = server.registry();
     let handler_registry = registry.clone();
-    let service = tower::service_fn(move |frame| chat(handler_registry.clone(), frame));
+    let slow_started = Arc::new(tokio::sync::Notify::new());
+    let handler_started = slow_started.clone();
+    let service = tower::service_fn(move |frame| {
+        chat(handler_registry.clone(), handler_started.clone(), frame)
+    });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve_with_shutdown(listener, service, async {
         let _ = stop_rx.await;
@@ -157,8 +172,10 @@ pub(crate) async fn run() -> Result<()> {
         let carol = carol.clone();
         tokio::spawn(async move { carol.call(Frame::control("slow")).await })
     };
-    // Give the request time to reach the handler before the shutdown.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The shutdown begins once the request is in the handler.
+    tokio::time::timeout(Duration::from_secs(5), slow_started.notified())
+        .await
+        .context("the slow request did not reach the handler")?;
     say(start, "server", "graceful shutdown begins");
     let _ = stop_tx.send(());
     let answer = slow.await??;
@@ -172,6 +189,10 @@ pub(crate) async fn run() -> Result<()> {
         say(start, name, format!("closed: {reason}"));
     }
     serving.await??;
+    let ended = std::mem::take(&mut *ended.lock().map_err(|_| anyhow::anyhow!("hook panicked"))?);
+    for line in ended {
+        say(start, "server", line);
+    }
     say(start, "server", "stopped; every session drained");
     Ok(())
 }

@@ -1,15 +1,17 @@
 //! `msgi`: serve, send and demo for the MSGI wire protocol.
 
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use msgi::{Client, Frame, Kind, Server};
+use msgi::{Client, ClientError, Frame, Kind, Reconnect, Server};
 use tracing_subscriber::EnvFilter;
 
 mod bench;
 mod demo;
+mod flags;
 mod reference;
 mod stack;
 
@@ -17,7 +19,7 @@ mod stack;
 #[command(
     name = "msgi",
     version,
-    about = "Framed TCP messaging: serve, send, demo"
+    about = "Framed TCP messaging: serve, send, demo, bench"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -51,7 +53,7 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: SocketAddr,
     /// Most concurrent sessions.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 10_000, value_parser = flags::count)]
     max_connections: usize,
     /// Largest frame accepted, header included, in bytes.
     #[arg(long, default_value_t = msgi::DEFAULT_MAX_FRAME_SIZE)]
@@ -62,13 +64,13 @@ struct ServeArgs {
     #[command(flatten)]
     wire: stack::WireArgs,
     /// Answer requests not handled within this many milliseconds with ERROR.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     /// Print `LISTENING <addr>` on stdout once listening (for scripts).
     #[arg(long)]
     announce: bool,
-    /// Limit each session to this many frames per second.
-    #[arg(long)]
+    /// Limit each session to this many frames per second (above 0).
+    #[arg(long, value_parser = flags::rate)]
     rate_limit: Option<f64>,
     /// What to do with frames over the rate limit.
     #[arg(long, value_enum, default_value_t = stack::Policy::Reject)]
@@ -83,14 +85,15 @@ struct SendArgs {
     /// Send with a request id and wait for the answer carrying it.
     #[arg(long)]
     correlated: bool,
-    /// Frame kind: data, control, ping, or a number (291 or 0x123).
-    #[arg(long, default_value = "data")]
-    kind: String,
+    /// Frame kind: data, control, ping, or an application kind 0x100-0xfff
+    /// (as hex 0x123 or decimal 291).
+    #[arg(long, default_value = "data", value_parser = parse_kind)]
+    kind: Kind,
     /// Seconds to wait for the answer.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     wait: u64,
     /// Milliseconds to wait for the answer (overrides --wait).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: Option<u64>,
     #[command(flatten)]
     wire: stack::WireArgs,
@@ -99,7 +102,8 @@ struct SendArgs {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> ExitCode {
+    // Bad flags end here, with clap's usage error and exit code 2.
     let cli = Cli::parse();
     let default = if matches!(cli.command, Command::Demo) {
         "warn"
@@ -113,18 +117,62 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Send(args) => send(args).await,
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
-        Command::ReferenceServer { listen } => {
-            let listener = tokio::net::TcpListener::bind(listen).await?;
-            announce(listener.local_addr()?)?;
-            reference::run(listener).await?;
-            Ok(())
+        Command::ReferenceServer { listen } => reference_server(listen).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error);
+            ExitCode::FAILURE
         }
     }
+}
+
+/// Prints an error for a person: its message and each cause once, with
+/// Display (never Debug, so no backtrace whatever `RUST_BACKTRACE` says),
+/// then the advice of any [`Hint`] in the chain.
+fn report(error: &anyhow::Error) {
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+    for hint in error.chain().filter_map(|e| e.downcast_ref::<Hint>()) {
+        eprintln!("hint: {}", hint.hint);
+    }
+}
+
+/// An error that comes with advice on its likely cause.
+#[derive(Debug)]
+struct Hint {
+    message: String,
+    hint: String,
+    source: Option<ClientError>,
+}
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Hint {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
+
+async fn reference_server(listen: SocketAddr) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    announce(listener.local_addr()?)?;
+    reference::run(listener).await?;
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
@@ -150,6 +198,9 @@ async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Re
         .on_connect(|s| tracing::info!(session = %s.id(), remote = %s.remote_addr(), "connected"))
         .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"))
         .build();
+    // Watch the signals before announcing: a SIGTERM sent as soon as the
+    // address is known must already stop the server gracefully.
+    let shutdown = shutdown_signal()?;
     if args.announce {
         announce(listener.local_addr()?)?;
     }
@@ -162,16 +213,34 @@ async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Re
         );
     let echo = stack::request_layers(args.timeout_ms, args.rate_limit, args.rate_limit_policy)
         .service(echo);
-    let shutdown = async {
-        // If Ctrl-C cannot be watched, run until killed.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-        tracing::info!("shutting down");
-    };
     server.serve_with_shutdown(listener, echo, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves when the server is asked to stop: Ctrl-C (SIGINT), or SIGTERM on
+/// Unix (what systemd, Docker and Kubernetes send).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
+    Ok(async move {
+        let ctrl_c = async {
+            // If Ctrl-C cannot be watched, wait for the other signal.
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        #[cfg(unix)]
+        let term = term.recv();
+        #[cfg(not(unix))]
+        let term = std::future::pending::<Option<()>>();
+        let signal = tokio::select! {
+            () = ctrl_c => "SIGINT",
+            _ = term => "SIGTERM",
+        };
+        tracing::info!(signal, "shutting down");
+    })
 }
 
 fn announce(addr: SocketAddr) -> Result<()> {
@@ -182,49 +251,76 @@ fn announce(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-fn parse_kind(text: &str) -> Result<Kind> {
+/// The kinds `msgi send` can send, for error messages.
+const SENDABLE_KINDS: &str =
+    "data, control, ping, or an application kind 0x100-0xfff (hex 0x123 or decimal 291)";
+
+fn parse_kind(text: &str) -> Result<Kind, String> {
     let kind = match text.to_ascii_lowercase().as_str() {
         "data" => Kind::DATA,
         "control" => Kind::CONTROL,
         "ping" => Kind::PING,
         other => {
             let value = match other.strip_prefix("0x") {
-                Some(hex) => u16::from_str_radix(hex, 16),
-                None => other.parse(),
-            }
-            .with_context(|| format!("unknown kind {text:?}"))?;
-            match Kind::new(value) {
+                Some(hex) => u16::from_str_radix(hex, 16).ok(),
+                None => other.parse().ok(),
+            };
+            match value.and_then(Kind::new) {
                 Some(kind) if kind.is_delivered() => kind,
-                _ => bail!("kind {value:#x} is not DATA, CONTROL, PING or 0x100-0xFFF"),
+                _ => {
+                    return Err(format!(
+                        "not a kind msgi send can send; use {SENDABLE_KINDS}"
+                    ))
+                }
             }
         }
     };
     Ok(kind)
 }
 
+/// No reconnect: `msgi send` is one frame on one connection, and when that
+/// connection is lost its reason is the answer to give the user.
+const NO_RECONNECT: Reconnect = Reconnect {
+    initial_delay: Duration::ZERO,
+    max_delay: Duration::ZERO,
+    multiplier: 1.0,
+    max_attempts: Some(0),
+};
+
+/// What the user should check when layers are the likely cause.
+const LAYERS_HINT: &str = "if the server runs with --compress, --key-file or --hmac-key-file, \
+     give the same flags and the same key files here";
+
 async fn send(args: SendArgs) -> Result<()> {
-    let kind = parse_kind(&args.kind)?;
     let wait = args
         .timeout_ms
         .map_or(Duration::from_secs(args.wait), Duration::from_millis);
     let client = Client::builder()
         .framing(args.wire.framing()?)
         .connect_timeout(wait)
+        .reconnect(NO_RECONNECT)
         .connect(args.addr.clone())
         .await
         .with_context(|| format!("connecting to {}", args.addr))?;
-    let frame = Frame::new(kind, args.text.into_bytes());
-    let answer = if args.correlated || kind == Kind::PING {
-        tokio::time::timeout(wait, client.call(frame))
-            .await
-            .context("no answer in time")??
+    let frame = Frame::new(args.kind, args.text.into_bytes());
+    let answer = if args.correlated || args.kind == Kind::PING {
+        match tokio::time::timeout(wait, client.call(frame)).await {
+            Err(_) => bail!("no answer within {wait:?}"),
+            Ok(Ok(answer)) => Some(answer),
+            Ok(Err(ClientError::Remote(reason))) => bail!("the server answered ERROR {reason:?}"),
+            Ok(Err(_)) => None,
+        }
     } else {
         let mut incoming = client.incoming().context("incoming stream taken")?;
-        client.send(frame).await?;
-        tokio::time::timeout(wait, incoming.recv())
-            .await
-            .context("no answer in time")?
-            .context("connection closed without an answer")?
+        match client.send(frame).await {
+            Ok(()) => tokio::time::timeout(wait, incoming.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {wait:?}"))?,
+            Err(_) => None,
+        }
+    };
+    let Some(answer) = answer else {
+        return Err(lost(&client, &args.wire).await.into());
     };
     match answer.request_id() {
         Some(id) => println!("{} id={id} {}", answer.kind(), answer.payload_text()),
@@ -234,12 +330,39 @@ async fn send(args: SendArgs) -> Result<()> {
     Ok(())
 }
 
+/// The connection ended before the answer: why, and what to check.
+async fn lost(client: &Client, wire: &stack::WireArgs) -> Hint {
+    // Without reconnect the client has stopped or is stopping; its reason
+    // names the cause.
+    let reason = tokio::time::timeout(Duration::from_secs(1), client.closed())
+        .await
+        .ok();
+    let undecodable = reason
+        .as_ref()
+        .is_some_and(|r| r.to_string().contains("protocol violation by server"));
+    let message = if undecodable {
+        format!(
+            "the server's frames could not be decoded with this side's layers ({})",
+            wire.describe()
+        )
+    } else {
+        "the server closed the connection before answering".to_owned()
+    };
+    Hint {
+        message,
+        hint: LAYERS_HINT.to_owned(),
+        source: reason,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn kinds_parse() {
+        let refused = parse_kind("error").unwrap_err();
+        assert!(refused.contains("data, control, ping"), "{refused}");
         assert_eq!(parse_kind("DATA").unwrap(), Kind::DATA);
         assert_eq!(parse_kind("0x123").unwrap().get(), 0x123);
         assert_eq!(parse_kind("4095").unwrap().get(), 0xFFF);

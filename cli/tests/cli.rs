@@ -11,6 +11,12 @@ const MSGI: &str = env!("CARGO_BIN_EXE_msgi");
 
 /// Runs `msgi` with `args` to completion, within a time limit.
 fn run(args: &[&str]) -> Output {
+    run_with(args, &[], Duration::from_secs(30))
+}
+
+/// Runs `msgi` with `args` and extra environment variables; panics if it
+/// has not finished within `limit`.
+fn run_with(args: &[&str], env: &[(&str, &str)], limit: Duration) -> Output {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -18,16 +24,21 @@ fn run(args: &[&str]) -> Output {
     rt.block_on(async {
         let child = tokio::process::Command::new(MSGI)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        tokio::time::timeout(limit, child.wait_with_output())
             .await
             .unwrap_or_else(|_| panic!("msgi {args:?} did not finish"))
             .unwrap()
     })
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// `msgi serve` on 127.0.0.1:0; killed on drop.
@@ -79,6 +90,13 @@ fn the_demo_runs_to_a_graceful_shutdown() {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    // The story in the order it happened: carol's answer, then her session's end.
+    let answer = text.find("got the slow answer").unwrap();
+    let ended = text.find("(carol) ended").unwrap();
+    assert!(
+        answer < ended,
+        "carol's session ended before her answer:\n{text}"
+    );
 }
 
 #[test]
@@ -125,16 +143,173 @@ fn send_talks_to_serve_through_every_layer() {
         format!("DATA id=1 {big}\n")
     );
 
-    // Without the layers the server refuses to talk.
-    let out = run(&[
-        "send",
-        "--addr",
-        &server.addr,
-        "--correlated",
-        "--wait",
-        "2",
-        "plain",
-    ]);
-    assert!(!out.status.success());
+    // Without the layers the server refuses to talk, and `send` says why.
+    for correlated in [true, false] {
+        let mut args = vec!["send", "--addr", &server.addr, "--wait", "2", "plain"];
+        if correlated {
+            args.push("--correlated");
+        }
+        let out = run(&args);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("could not be decoded with this side's layers (none)"),
+            "{err}"
+        );
+        assert!(
+            err.contains("hint: if the server runs with --compress, --key-file or --hmac-key-file"),
+            "{err}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn send_names_the_kinds_it_can_send() {
+    let out = run(&["send", "--kind", "error", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("'error'"), "{err}");
+    assert!(
+        err.contains("data, control, ping, or an application kind 0x100-0xfff"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_names_every_command() {
+    let out = run(&["--help"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let about = text.lines().next().unwrap();
+    for command in ["serve", "send", "demo", "bench"] {
+        assert!(about.contains(command), "{command} missing from {about:?}");
+        assert!(
+            text.contains(&format!("\n  {command} ")),
+            "{command} missing:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn errors_print_their_causes_without_a_backtrace() {
+    // Nothing listens on the port of a listener just closed.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = run_with(
+        &["send", "--addr", &addr, "x"],
+        &[("RUST_BACKTRACE", "1"), ("RUST_LIB_BACKTRACE", "1")],
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.starts_with(&format!("error: connecting to {addr}\n")),
+        "{err}"
+    );
+    assert!(err.contains("caused by: "), "{err}");
+    assert!(err.contains("refused"), "{err}");
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    assert!(err.lines().count() <= 4, "{err}");
+}
+
+#[test]
+fn serve_refuses_zero_rates_and_timeouts_without_panicking() {
+    for flags in [
+        &["--rate-limit", "0", "--rate-limit-policy", "delay"][..],
+        &["--rate-limit=-5"],
+        &["--rate-limit", "NaN"],
+        &["--timeout-ms", "0"],
+        &["--max-connections", "0"],
+    ] {
+        let args = [&["serve", "--listen", "127.0.0.1:0"][..], flags].concat();
+        // The old binary started serving: it would not finish at all.
+        let out = run_with(&args, &[], Duration::from_secs(10));
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        let err = stderr(&out);
+        let flag = flags[0].split('=').next().unwrap();
+        assert!(err.contains(flag), "{flags:?}: {err}");
+        assert!(!err.contains("panicked"), "{flags:?}: {err}");
+    }
+}
+
+#[test]
+fn bench_refuses_zero_durations_and_counts() {
+    let server = Serve::start(&[]);
+    for flags in [
+        &["-t", "0"][..],
+        &["--duration=-1"],
+        &["-c", "0"],
+        &["-d", "0"],
+        &["--rounds", "0"],
+        &["--sessions", "0"],
+    ] {
+        let args = [&["bench", "--addr", &server.addr][..], flags].concat();
+        let out = run_with(&args, &[], Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{flags:?} printed results");
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn serve_stops_gracefully_on_sigterm() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+
+    async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .unwrap_or_else(|_| panic!("{what} timed out"))
+    }
+    /// Reads one frame: (type field, payload).
+    async fn read_frame(stream: &mut tokio::net::TcpStream) -> (u16, Vec<u8>) {
+        let mut header = [0u8; 10];
+        stream.read_exact(&mut header).await.unwrap();
+        assert_eq!(&header[..4], b"MSGI");
+        let len = u32::from_be_bytes(header[4..8].try_into().unwrap()) as usize;
+        let ty = u16::from_be_bytes(header[8..10].try_into().unwrap());
+        assert!((10..=1 << 20).contains(&len));
+        let mut rest = vec![0u8; len - 10];
+        stream.read_exact(&mut rest).await.unwrap();
+        (ty, rest)
+    }
+
+    let mut child = tokio::process::Command::new(MSGI)
+        .args(["serve", "--listen", "127.0.0.1:0", "--announce"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    within("announce", stdout.read_line(&mut line))
+        .await
+        .unwrap();
+    let addr = line.trim().strip_prefix("LISTENING ").unwrap().to_owned();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+
+    // PING `up`, and its PONG: the session is running.
+    stream
+        .write_all(b"MSGI\x00\x00\x00\x0c\x00\x01up")
+        .await
+        .unwrap();
+    assert_eq!(
+        within("pong", read_frame(&mut stream)).await,
+        (0x002, b"up".to_vec())
+    );
+
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+
+    let (ty, reason) = within("disconnect", read_frame(&mut stream)).await;
+    assert_eq!((ty, reason.as_slice()), (0x050, &b"server shutdown"[..]));
+    let status = within("exit", child.wait()).await.unwrap();
+    assert!(status.success(), "{status}");
 }
