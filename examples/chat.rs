@@ -53,7 +53,8 @@ async fn main() -> std::io::Result<()> {
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:7001".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("chat on {} (try: nc {0})", listener.local_addr()?);
+    let local = listener.local_addr()?;
+    println!("chat on {local} (try: nc {} {})", local.ip(), local.port());
 
     let server = Server::builder()
         .framing(LineCodec::new())
