@@ -313,3 +313,125 @@ async fn serve_stops_gracefully_on_sigterm() {
     let status = within("exit", child.wait()).await.unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// One frame as bytes: type field, optional request id, payload.
+fn frame(ty: u16, id: Option<u32>, payload: &[u8]) -> Vec<u8> {
+    let header = if id.is_some() { 14 } else { 10 };
+    let mut out = b"MSGI".to_vec();
+    out.extend_from_slice(&u32::try_from(header + payload.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&(ty | if id.is_some() { 0x1000 } else { 0 }).to_be_bytes());
+    if let Some(id) = id {
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A raw connection to `addr`, every read bounded.
+fn raw(addr: &str) -> std::net::TcpStream {
+    let stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// Reads one frame: (type field, request id, payload).
+fn read_frame(stream: &mut std::net::TcpStream) -> (u16, Option<u32>, Vec<u8>) {
+    use std::io::Read;
+    let mut header = [0u8; 10];
+    stream.read_exact(&mut header).unwrap();
+    assert_eq!(&header[..4], b"MSGI");
+    let len = u32::from_be_bytes(header[4..8].try_into().unwrap()) as usize;
+    let ty = u16::from_be_bytes(header[8..10].try_into().unwrap());
+    assert!((10..=1 << 20).contains(&len));
+    let mut rest = vec![0u8; len - 10];
+    stream.read_exact(&mut rest).unwrap();
+    if ty & 0x1000 != 0 {
+        let id = u32::from_be_bytes(rest[..4].try_into().unwrap());
+        (ty & !0x1000, Some(id), rest.split_off(4))
+    } else {
+        (ty, None, rest)
+    }
+}
+
+// docs/PROTOCOL.md, section 3: a refused HELLO uses up the handshake.
+#[test]
+fn a_refused_hello_uses_up_the_handshake() {
+    use std::io::Write;
+    let server = Serve::start(&[]);
+    let mut stream = raw(&server.addr);
+    stream
+        .write_all(&frame(0x020, Some(1), b"HELLO a\nb"))
+        .unwrap();
+    let (ty, id, reason) = read_frame(&mut stream);
+    assert_eq!((ty, id), (0x030, Some(1)));
+    assert!(reason.starts_with(b"invalid client id: "), "{reason:?}");
+    // The second HELLO is the application's: the echo server echoes it.
+    stream
+        .write_all(&frame(0x020, Some(2), b"HELLO alice"))
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut stream),
+        (0x020, Some(2), b"HELLO alice".to_vec())
+    );
+}
+
+// docs/PROTOCOL.md, section 4: N in `decompressed payload exceeds the
+// maximum frame size (N bytes)` is the maximum frame size minus the header.
+#[test]
+fn the_decompression_limit_names_the_largest_payload() {
+    use std::io::Write;
+    let server = Serve::start(&["--compress", "--max-frame-size", "1000"]);
+    let bomb = msgi_middleware::compression::compress(&[b'a'; 2000], 6).unwrap();
+    for (id, n) in [(None, 990), (Some(7), 986)] {
+        let mut stream = raw(&server.addr);
+        stream.write_all(&frame(0x8010, id, &bomb)).unwrap();
+        let (ty, _, reason) = read_frame(&mut stream);
+        assert_eq!(ty, 0x030);
+        assert_eq!(
+            String::from_utf8_lossy(&reason),
+            format!("decompressed payload exceeds the maximum frame size ({n} bytes)")
+        );
+    }
+}
+
+// docs/PROTOCOL.md, section 4: which whitespace key files may carry.
+#[test]
+fn key_files_ignore_only_the_whitespace_the_protocol_page_names() {
+    let dir = std::env::temp_dir().join(format!("msgi-cli-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, contents: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let hex = "0f".repeat(32);
+    let server_key = file("server.key", &format!("{hex}\n"));
+    let server_hmac = file("server.hmac", "secret \t\n");
+    let client_key = file("client.key", &format!("  {hex}"));
+    let client_hmac = file("client.hmac", "secret");
+    let other_hmac = file("other.hmac", " secret");
+    let server = Serve::start(&["--key-file", &server_key, "--hmac-key-file", &server_hmac]);
+    let send = |hmac: &str| {
+        run(&[
+            "send",
+            "--addr",
+            &server.addr,
+            "--correlated",
+            "--wait",
+            "5",
+            "--key-file",
+            &client_key,
+            "--hmac-key-file",
+            hmac,
+            "hi",
+        ])
+    };
+    let out = send(&client_hmac);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "DATA id=1 hi\n");
+    // Leading whitespace is part of an HMAC key.
+    assert!(!send(&other_hmac).status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
