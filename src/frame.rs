@@ -364,7 +364,7 @@ impl Frame {
 }
 
 /// Shows the kind, flags, request id, the payload's length and its first
-/// [`DEBUG_PAYLOAD_PREVIEW`] bytes as escaped text (`…` when there is more):
+/// 32 bytes as escaped text (`…` when there is more):
 /// `Frame { kind: DATA, flags: EMPTY, request_id: None, payload_len: 5,
 /// payload: "hello" }`.
 impl fmt::Debug for Frame {
