@@ -38,7 +38,12 @@ fn session(c: &mut Criterion) {
     let (tx, rx) = mpsc::channel(1);
     let echo =
         tower::service_fn(|f: Frame| async move { Ok::<_, std::convert::Infallible>(Some(f)) });
-    rt.spawn(Server::builder().build().serve(Pipes(rx), echo));
+    rt.spawn(
+        Server::builder()
+            .build()
+            .expect("valid settings")
+            .serve(Pipes(rx), echo),
+    );
 
     let mut group = c.benchmark_group("session path");
     for (size, batch) in [(64usize, 1usize), (1024, 1), (1024, 32), (64 * 1024, 1)] {

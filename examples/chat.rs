@@ -48,7 +48,7 @@ fn handle(registry: &Registry, session: &Session, line: &str) -> Option<String> 
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), msgi::BoxError> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:7001".into());
@@ -63,7 +63,7 @@ async fn main() -> std::io::Result<()> {
         .on_connect(|s| {
             let _ = s.send(Frame::data(format!("* welcome, you are guest{}", s.id())));
         })
-        .build();
+        .build()?;
     let registry = server.registry();
     let service = service_fn(move |frame: Frame| {
         let registry = registry.clone();
@@ -80,5 +80,8 @@ async fn main() -> std::io::Result<()> {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    server.serve_with_shutdown(listener, service, ctrl_c).await
+    server
+        .serve_with_shutdown(listener, service, ctrl_c)
+        .await?;
+    Ok(())
 }

@@ -10,7 +10,7 @@ use msgi::{Frame, Server};
 use tower::service_fn;
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), msgi::BoxError> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:7000".into());
@@ -27,7 +27,8 @@ async fn main() -> std::io::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
     };
     Server::builder()
-        .build()
+        .build()?
         .serve_with_shutdown(listener, echo, ctrl_c)
-        .await
+        .await?;
+    Ok(())
 }

@@ -51,7 +51,7 @@ async fn main() -> Result<(), msgi::BoxError> {
     let make =
         service_fn(|session: Session| async move { Ok::<_, msgi::BoxError>(kv_service(&session)) });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(Server::builder().build().serve_make_with_shutdown(
+    let server = tokio::spawn(Server::builder().build()?.serve_make_with_shutdown(
         listener,
         make,
         async {

@@ -207,6 +207,11 @@ pub trait Framing:
     /// Sets the largest unit this framing accepts or sends, in bytes.
     fn set_max_frame_size(&mut self, max: usize);
 
+    /// The largest unit this framing accepts or sends, in bytes: the one
+    /// source of truth for the limit (a server or client built with this
+    /// framing uses it, it never overrides it).
+    fn max_frame_size(&self) -> usize;
+
     /// Called on a fresh copy of the framing before a connection's first
     /// frame; transforms reset their per-session state here.
     fn start_session(&mut self, _side: crate::Side) {}
@@ -371,6 +376,10 @@ impl Framing for FrameCodec {
         *self = FrameCodec::with_max_frame_size(max);
     }
 
+    fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+
     fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
         self.check_outgoing(&frame)?;
         encode_header(&frame, dst.tail_mut());
@@ -464,6 +473,11 @@ impl Encoder<Frame> for LineCodec {
 impl Framing for LineCodec {
     fn set_max_frame_size(&mut self, max: usize) {
         self.max_line = max;
+    }
+
+    /// The maximum line length.
+    fn max_frame_size(&self) -> usize {
+        self.max_line
     }
 
     fn is_binary(&self) -> bool {

@@ -17,7 +17,7 @@
 //! let echo = service_fn(|frame: Frame| async move {
 //!     Ok::<_, std::convert::Infallible>(Some(frame))
 //! });
-//! tokio::spawn(Server::builder().build().serve(listener, echo));
+//! tokio::spawn(Server::builder().build()?.serve(listener, echo));
 //!
 //! let client = Client::connect(addr).await?;
 //! let answer = client.clone().oneshot(Frame::data("hello")).await?;

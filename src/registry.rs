@@ -19,10 +19,11 @@ use crate::session::{CloseReason, PeerAddr, SendError, Session, SessionId};
 /// ```
 /// use msgi::{Frame, Server};
 ///
-/// let server = Server::builder().build();
+/// let server = Server::builder().build()?;
 /// let registry = server.registry();
 /// assert_eq!(registry.connection_count(), 0);
 /// assert_eq!(registry.broadcast(Frame::data("hello")), 0);
+/// # Ok::<(), msgi::ConfigError>(())
 /// ```
 #[derive(Clone, Default)]
 pub struct Registry {

@@ -22,8 +22,9 @@ use tower::Service;
 use tracing::Instrument;
 
 use crate::codec::{FrameCodec, Framing};
+use crate::config::ConfigError;
 use crate::driver::{Driver, SessionConfig};
-use crate::frame::{Frame, DEFAULT_MAX_FRAME_SIZE};
+use crate::frame::{Frame, CORRELATED_HEADER_LEN};
 use crate::proto::Timers;
 use crate::registry::Registry;
 use crate::session::{CloseReason, PeerAddr, Session};
@@ -71,7 +72,9 @@ type DisconnectHook = Arc<dyn Fn(&Session, &CloseReason) + Send + Sync>;
 pub struct Builder<C = FrameCodec> {
     codec: C,
     max_connections: usize,
-    max_frame_size: usize,
+    /// The value of the last [`Builder::max_frame_size`] call since the
+    /// framing was chosen (already written into `codec`), kept to validate it.
+    max_frame_size: Option<usize>,
     idle_timeout: Option<Duration>,
     heartbeat_interval: Option<Duration>,
     handshake_timeout: Option<Duration>,
@@ -87,7 +90,7 @@ impl Default for Builder {
         Builder {
             codec: FrameCodec::new(),
             max_connections: 10_000,
-            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            max_frame_size: None,
             idle_timeout: Some(Duration::from_secs(60)),
             heartbeat_interval: Some(Duration::from_secs(20)),
             handshake_timeout: Some(Duration::from_secs(10)),
@@ -101,56 +104,76 @@ impl Default for Builder {
 }
 
 impl<C: Framing + Clone> Builder<C> {
-    /// Most sessions at once (default 10,000). A connection beyond it gets
-    /// ERROR `server full` and is closed; existing sessions are untouched.
+    /// Most sessions at once (default 10,000; at least 1). A connection
+    /// beyond it gets ERROR `server full` and is closed; existing sessions
+    /// are untouched.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = n;
         self
     }
 
-    /// Largest frame accepted or sent, header included (default 1 MiB).
+    /// Largest frame accepted or sent, header included (default: the
+    /// framing's own limit, 1 MiB for [`FrameCodec::new`]).
+    ///
+    /// The framing is the one source of truth for this limit: this writes
+    /// `bytes` into the framing chosen so far (see [`Framing::set_max_frame_size`]).
+    /// A later [`framing`](Builder::framing) call replaces the framing and
+    /// with it this setting, so the later of the two calls wins. [`build`]
+    /// refuses a value below the 14-byte correlated header or above what the
+    /// 32-bit length field can carry.
+    ///
+    /// [`build`]: Builder::build
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.max_frame_size = bytes;
+        self.codec.set_max_frame_size(bytes);
+        self.max_frame_size = Some(bytes);
         self
     }
 
     /// Close a session that has sent nothing for this long, with DISCONNECT
-    /// `idle timeout` (default 60 s; `None` disables).
+    /// `idle timeout` (default 60 s; `None` disables; zero is refused by
+    /// [`build`](Builder::build); a duration too large to add to the clock
+    /// means never).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
         self
     }
 
     /// Send HEARTBEAT when nothing was sent to a peer for this long
-    /// (default 20 s; `None` disables).
+    /// (default 20 s; `None` disables; zero is refused by
+    /// [`build`](Builder::build)).
     pub fn heartbeat_interval(mut self, interval: Option<Duration>) -> Self {
         self.heartbeat_interval = interval;
         self
     }
 
     /// Close a connection whose first frame has not arrived within this long,
-    /// with DISCONNECT `handshake timeout` (default 10 s; `None` disables).
+    /// with DISCONNECT `handshake timeout` (default 10 s; `None` disables;
+    /// zero is refused by [`build`](Builder::build)).
     pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.handshake_timeout = timeout;
         self
     }
 
-    /// Requests one session may have in the service at once (default 64).
-    /// At the limit the session stops reading until one finishes.
+    /// Requests one session may have in the service at once (default 64;
+    /// at least 1). At the limit the session stops reading until one
+    /// finishes.
     pub fn max_concurrent_requests(mut self, n: usize) -> Self {
-        self.max_concurrent_requests = n.max(1);
+        self.max_concurrent_requests = n;
         self
     }
 
-    /// Frames that may wait in one session's outbox (default 1024). A push
-    /// to a full outbox closes that session as a slow consumer.
+    /// Frames that may wait in one session's outbox (default 1024; at
+    /// least 1). A push to a full outbox closes that session as a slow
+    /// consumer.
     pub fn outbound_queue(mut self, frames: usize) -> Self {
-        self.outbound_queue = frames.max(1);
+        self.outbound_queue = frames;
         self
     }
 
     /// How long a closing session may take to answer what it received and
-    /// flush its output (default 5 s).
+    /// flush its output (default 5 s). Zero closes at once, without
+    /// waiting for answers; a duration too large to add to the clock means
+    /// no deadline.
     pub fn drain_deadline(mut self, deadline: Duration) -> Self {
         self.drain_deadline = deadline;
         self
@@ -172,13 +195,18 @@ impl<C: Framing + Clone> Builder<C> {
         self
     }
 
-    /// Uses another byte framing, such as [`LineCodec`](crate::LineCodec).
-    /// The maximum frame size still applies to it.
+    /// Uses another byte framing, such as [`LineCodec`](crate::LineCodec),
+    /// with the limit it was made with (`FrameCodec::with_max_frame_size(64)`
+    /// serves with 64, `LineCodec::with_max_line(80)` with 80).
+    ///
+    /// This replaces an earlier [`max_frame_size`](Builder::max_frame_size)
+    /// setting (it was written into the old framing); call `max_frame_size`
+    /// after this to change the new framing's limit: the later call wins.
     pub fn framing<C2: Framing + Clone>(self, codec: C2) -> Builder<C2> {
         Builder {
             codec,
             max_connections: self.max_connections,
-            max_frame_size: self.max_frame_size,
+            max_frame_size: None,
             idle_timeout: self.idle_timeout,
             heartbeat_interval: self.heartbeat_interval,
             handshake_timeout: self.handshake_timeout,
@@ -190,11 +218,23 @@ impl<C: Framing + Clone> Builder<C> {
         }
     }
 
-    /// Builds the server.
-    pub fn build(self) -> Server<C> {
+    /// Checks every setting and builds the server.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting that cannot work: a count
+    /// of zero, a zero timeout or interval (use `None` to disable one), a
+    /// maximum frame size outside `14..=4 GiB - 1` (the correlated header up
+    /// to what the 32-bit length field can carry; for a text framing, a
+    /// maximum line of zero), or a count beyond what the server can track.
+    pub fn build(self) -> Result<Server<C>, ConfigError> {
+        self.validate()?;
         let mut codec = self.codec;
-        codec.set_max_frame_size(self.max_frame_size);
-        Server {
+        let max_frame_size = codec.max_frame_size();
+        // The framing's limit stands; this only tells the transforms stacked
+        // in it (which bound what decompression may produce) what it is.
+        codec.set_max_frame_size(max_frame_size);
+        Ok(Server {
             codec,
             max_connections: self.max_connections,
             session: SessionConfig {
@@ -205,7 +245,7 @@ impl<C: Framing + Clone> Builder<C> {
                 },
                 max_in_flight: self.max_concurrent_requests,
                 drain_deadline: self.drain_deadline,
-                high_water: self.max_frame_size.max(64 * 1024),
+                high_water: max_frame_size.max(64 * 1024),
             },
             outbound_queue: self.outbound_queue,
             hooks: Hooks {
@@ -213,8 +253,76 @@ impl<C: Framing + Clone> Builder<C> {
                 on_disconnect: self.on_disconnect,
             },
             registry: Registry::new(),
-        }
+        })
     }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let at_least_one = |setting: &'static str, n: usize| {
+            if n == 0 {
+                Err(ConfigError::new(setting, "must be at least 1"))
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("max_connections", self.max_connections)?;
+        if self.max_connections > Semaphore::MAX_PERMITS {
+            return Err(ConfigError::new(
+                "max_connections",
+                format_args!("must be at most {}", Semaphore::MAX_PERMITS),
+            ));
+        }
+        at_least_one("max_concurrent_requests", self.max_concurrent_requests)?;
+        at_least_one("outbound_queue", self.outbound_queue)?;
+        if let Some(requested) = self.max_frame_size {
+            check_frame_size("max_frame_size", requested, self.codec.is_binary())?;
+        }
+        check_frame_size(
+            "framing",
+            self.codec.max_frame_size(),
+            self.codec.is_binary(),
+        )?;
+        let not_zero = |setting: &'static str, d: Option<Duration>| {
+            if d == Some(Duration::ZERO) {
+                Err(ConfigError::new(
+                    setting,
+                    "must not be zero (use None to disable it)",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        not_zero("idle_timeout", self.idle_timeout)?;
+        not_zero("heartbeat_interval", self.heartbeat_interval)?;
+        not_zero("handshake_timeout", self.handshake_timeout)?;
+        Ok(())
+    }
+}
+
+/// The largest frame the 32-bit length field can describe.
+const MAX_WIRE_FRAME: u64 = u32::MAX as u64;
+
+/// Checks a maximum frame size (or, for a text framing, a maximum line).
+fn check_frame_size(setting: &'static str, max: usize, binary: bool) -> Result<(), ConfigError> {
+    if binary && max < CORRELATED_HEADER_LEN {
+        return Err(ConfigError::new(
+            setting,
+            format_args!(
+                "maximum frame size {max} is below the {CORRELATED_HEADER_LEN}-byte correlated header"
+            ),
+        ));
+    }
+    if !binary && max == 0 {
+        return Err(ConfigError::new(setting, "maximum line must be at least 1"));
+    }
+    if binary && max as u64 > MAX_WIRE_FRAME {
+        return Err(ConfigError::new(
+            setting,
+            format_args!(
+                "maximum frame size {max} is above {MAX_WIRE_FRAME}, the most the 32-bit length field can carry"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl<C> fmt::Debug for Builder<C> {
@@ -244,12 +352,13 @@ struct Hooks {
 /// use msgi::{Frame, Server};
 /// use tower::service_fn;
 ///
-/// # async fn run() -> std::io::Result<()> {
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:7000").await?;
 /// let echo = service_fn(|frame: Frame| async move {
 ///     Ok::<_, std::convert::Infallible>(Some(frame))
 /// });
-/// Server::builder().build().serve(listener, echo).await
+/// Server::builder().build()?.serve(listener, echo).await?;
+/// # Ok(())
 /// # }
 /// ```
 pub struct Server<C = FrameCodec> {
@@ -595,5 +704,123 @@ where
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::LineCodec;
+
+    fn refused<C: Framing + Clone>(builder: Builder<C>) -> ConfigError {
+        match builder.build() {
+            Ok(_) => panic!("settings accepted"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(Server::builder().build().is_ok());
+        assert!(Server::builder().framing(LineCodec::new()).build().is_ok());
+    }
+
+    #[test]
+    fn counts_of_zero_are_refused() {
+        let e = refused(Server::builder().max_connections(0));
+        assert_eq!(e.setting(), "max_connections");
+        assert_eq!(e.reason(), "must be at least 1");
+        let e = refused(Server::builder().max_concurrent_requests(0));
+        assert_eq!(e.setting(), "max_concurrent_requests");
+        let e = refused(Server::builder().outbound_queue(0));
+        assert_eq!(e.setting(), "outbound_queue");
+    }
+
+    #[test]
+    fn more_connections_than_a_semaphore_holds_are_refused() {
+        let e = refused(Server::builder().max_connections(usize::MAX));
+        assert_eq!(e.setting(), "max_connections");
+        assert!(Server::builder()
+            .max_connections(Semaphore::MAX_PERMITS)
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn frame_size_below_the_correlated_header_is_refused() {
+        let e = refused(Server::builder().max_frame_size(CORRELATED_HEADER_LEN - 1));
+        assert_eq!(e.setting(), "max_frame_size");
+        assert!(e.reason().contains("correlated header"), "{e}");
+        assert!(Server::builder()
+            .max_frame_size(CORRELATED_HEADER_LEN)
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn frame_size_beyond_the_length_field_is_refused() {
+        let too_big = usize::try_from(MAX_WIRE_FRAME + 1).unwrap_or(usize::MAX);
+        let e = refused(Server::builder().max_frame_size(too_big));
+        assert_eq!(e.setting(), "max_frame_size");
+        assert!(e.reason().contains("32-bit length field"), "{e}");
+        let e = refused(
+            Server::builder()
+                .framing(LineCodec::new())
+                .max_frame_size(0),
+        );
+        assert_eq!(e.setting(), "max_frame_size");
+        let e = refused(Server::builder().framing(LineCodec::with_max_line(0)));
+        assert_eq!(e.setting(), "framing");
+    }
+
+    #[test]
+    fn zero_durations_are_refused() {
+        let zero = Some(Duration::ZERO);
+        let e = refused(Server::builder().idle_timeout(zero));
+        assert_eq!(e.setting(), "idle_timeout");
+        let e = refused(Server::builder().heartbeat_interval(zero));
+        assert_eq!(e.setting(), "heartbeat_interval");
+        let e = refused(Server::builder().handshake_timeout(zero));
+        assert_eq!(e.setting(), "handshake_timeout");
+        // Disabled, or huge: fine (huge means never).
+        assert!(Server::builder()
+            .idle_timeout(None)
+            .heartbeat_interval(Some(Duration::MAX))
+            .handshake_timeout(Some(Duration::MAX))
+            .drain_deadline(Duration::MAX)
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn the_framing_keeps_its_own_limit() {
+        let server = Server::builder()
+            .framing(FrameCodec::with_max_frame_size(64))
+            .build()
+            .expect("valid settings");
+        assert_eq!(server.codec.max_frame_size(), 64);
+        assert_eq!(server.session.high_water, 64 * 1024);
+        let server = Server::builder()
+            .framing(LineCodec::with_max_line(80))
+            .build()
+            .expect("valid settings");
+        assert_eq!(server.codec.max_frame_size(), 80);
+    }
+
+    #[test]
+    fn the_later_of_max_frame_size_and_framing_wins() {
+        let server = Server::builder()
+            .max_frame_size(100)
+            .framing(FrameCodec::with_max_frame_size(64))
+            .build()
+            .expect("valid settings");
+        assert_eq!(server.codec.max_frame_size(), 64);
+        let server = Server::builder()
+            .framing(FrameCodec::with_max_frame_size(64))
+            .max_frame_size(2 * 1024 * 1024)
+            .build()
+            .expect("valid settings");
+        assert_eq!(server.codec.max_frame_size(), 2 * 1024 * 1024);
+        assert_eq!(server.session.high_water, 2 * 1024 * 1024);
     }
 }

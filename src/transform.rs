@@ -166,6 +166,10 @@ impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
         self.inner.set_max_frame_size(max);
     }
 
+    fn max_frame_size(&self) -> usize {
+        self.inner.max_frame_size()
+    }
+
     fn start_session(&mut self, side: Side) {
         self.transform.start_session(side);
         self.inner.start_session(side);

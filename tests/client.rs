@@ -314,13 +314,14 @@ async fn make_service_gives_each_session_its_own_state() {
         }))
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(msgi::Server::builder().build().serve_make_with_shutdown(
-        listener,
-        make,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(
+        msgi::Server::builder()
+            .build()
+            .expect("valid settings")
+            .serve_make_with_shutdown(listener, make, async {
+                let _ = stopped.await;
+            }),
+    );
     let a = within(Client::connect(addr)).await.unwrap();
     let b = within(Client::connect(addr)).await.unwrap();
     let a1 = within(a.call(Frame::data(""))).await.unwrap();
@@ -384,7 +385,7 @@ async fn server_and_client_over_a_unix_socket() {
     let path = dir.join("msgi.sock");
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path).unwrap();
-    let server = msgi::Server::builder().build();
+    let server = msgi::Server::builder().build().expect("valid settings");
     let registry = server.registry();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve_with_shutdown(listener, echo(), async {

@@ -96,7 +96,7 @@ pub(crate) async fn run() -> Result<()> {
                 ended.push(line);
             }
         })
-        .build();
+        .build()?;
     let registry = server.registry();
     let handler_registry = registry.clone();
     let slow_started = Arc::new(tokio::sync::Notify::new());

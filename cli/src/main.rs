@@ -197,7 +197,7 @@ async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Re
         .idle_timeout(idle)
         .on_connect(|s| tracing::info!(session = %s.id(), remote = %s.remote_addr(), "connected"))
         .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"))
-        .build();
+        .build()?;
     // Watch the signals before announcing: a SIGTERM sent as soon as the
     // address is known must already stop the server gracefully.
     let shutdown = shutdown_signal()?;

@@ -45,7 +45,7 @@ async fn main() -> Result<(), msgi::BoxError> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = Server::builder().framing(framing.clone()).build();
+    let server = Server::builder().framing(framing.clone()).build()?;
     let registry = server.registry();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(server.serve_with_shutdown(listener, service, async {

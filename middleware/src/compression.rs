@@ -16,9 +16,10 @@
 //! use tower::ServiceBuilder;
 //!
 //! let framing = ServiceBuilder::new().compression(256).service(FrameCodec::new());
-//! let server = Server::builder().framing(framing.clone()).build();
+//! let server = Server::builder().framing(framing.clone()).build()?;
 //! let client = Client::builder().framing(framing);
 //! # let _ = (server, client);
+//! # Ok::<(), msgi::ConfigError>(())
 //! ```
 //!
 //! The deflate state (about 256 KiB at any level) is kept per worker thread

@@ -36,8 +36,9 @@
 //!     .frame_rate_limit(RateLimitLayer::new(RatePolicy::Reject).per_session(Limit::frames(1000.0)))
 //!     .service(service_fn(|f: Frame| async move { Ok::<_, std::convert::Infallible>(Some(f)) }));
 //!
-//! let server = Server::builder().framing(framing).build();
+//! let server = Server::builder().framing(framing).build()?;
 //! # let _ = (server, handler);
+//! # Ok::<(), msgi::ConfigError>(())
 //! ```
 //!
 //! One cargo feature per layer (`compression`, `encryption`, `hmac`,

@@ -48,7 +48,8 @@ where
         .on_disconnect(move |s: &Session, r: &CloseReason| {
             let _ = ended_tx.send((s.id(), r.clone()));
         })
-        .build();
+        .build()
+        .expect("valid settings");
     let registry = server.registry();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve_with_shutdown(listener, service, async {
