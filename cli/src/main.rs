@@ -1,4 +1,4 @@
-//! `msgi`: serve, send and demo for the MSGI wire protocol.
+//! `msgi`: serve, send, demo and bench for the MSGI wire protocol.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
