@@ -435,3 +435,25 @@ fn key_files_ignore_only_the_whitespace_the_protocol_page_names() {
     assert!(!send(&other_hmac).status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn bench_latency_describes_what_it_ran() {
+    let server = Serve::start(&[]);
+    let out = run(&[
+        "bench",
+        "latency",
+        "--addr",
+        &server.addr,
+        "--rounds",
+        "1",
+        "-t",
+        "0.2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("mode Latency, 64 B payload, 1 connection, one frame at a time,"),
+        "{text}"
+    );
+    assert!(!text.contains("in flight"), "{text}");
+}
