@@ -200,8 +200,24 @@ pub trait Framing:
 {
     /// Encodes `frame` into `dst`. The default encodes into the packed buffer;
     /// [`FrameCodec`] hands large payloads over without copying them.
+    ///
+    /// On `Err` nothing was written into `dst` and no state changed (a
+    /// framing checks before it writes; transforms commit only after the
+    /// framing below them succeeded), so the caller can send something else
+    /// instead, such as an ERROR.
     fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
         self.encode(frame, dst.tail_mut())
+    }
+
+    /// The largest frame, as [`Frame::wire_len`] counts it before any
+    /// transform, that this framing never refuses for size: the maximum
+    /// frame size minus what the transforms may add
+    /// ([`FrameTransform::max_overhead`](crate::FrameTransform::max_overhead)).
+    /// Sessions refuse larger pushes up front
+    /// ([`SendError::TooLarge`](crate::SendError::TooLarge)). The default,
+    /// `usize::MAX`, is for framings that have no size limit on output.
+    fn max_encoded_len(&self) -> usize {
+        usize::MAX
     }
 
     /// Sets the largest unit this framing accepts or sends, in bytes.
@@ -377,6 +393,10 @@ impl Framing for FrameCodec {
     }
 
     fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+
+    fn max_encoded_len(&self) -> usize {
         self.max_frame_size
     }
 

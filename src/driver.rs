@@ -292,8 +292,10 @@ where
     fn queue(&mut self, frame: Frame) {
         let request_id = frame.request_id();
         if let Err(e) = self.transport.queue(frame) {
-            // Only a frame over the maximum size fails to encode; the peer
-            // still gets its one answer.
+            // A frame over the maximum size (or one a transform refused)
+            // fails to encode. Encoding is transactional, so it wrote
+            // nothing and spent no transform sequence number: the ERROR
+            // below is the next frame the peer sees and can read.
             let mut error = Frame::error(format!("answer not sent: {e}"));
             error.set_request_id(request_id);
             if self.transport.queue(error).is_err() {
@@ -330,8 +332,11 @@ where
         let transport = &mut self.transport;
         let session = &self.session;
         session.drain_outbox(|frame| {
+            // `Session::send` refused every push too large for the framing,
+            // so only a transform's own failure is left here. It consumed
+            // nothing (encoding is transactional); the session goes on.
             if let Err(e) = transport.queue(frame) {
-                tracing::debug!(session = %session.id(), error = %e, "pushed frame dropped");
+                tracing::warn!(session = %session.id(), error = %e, "pushed frame could not be encoded; dropped");
             }
             transport.pending_write() < high_water
         })

@@ -62,10 +62,17 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Creates and registers a session for a newly accepted peer.
-    pub(crate) fn register(&self, remote: PeerAddr, outbox_capacity: usize) -> Session {
+    /// Creates and registers a session for a newly accepted peer, whose
+    /// framing sends frames of at most `max_frame_len` bytes
+    /// (`Framing::max_encoded_len`).
+    pub(crate) fn register(
+        &self,
+        remote: PeerAddr,
+        outbox_capacity: usize,
+        max_frame_len: usize,
+    ) -> Session {
         let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1);
-        let session = Session::new(id, remote, outbox_capacity);
+        let session = Session::new(id, remote, outbox_capacity, max_frame_len);
         self.write().sessions.insert(id, session.clone());
         session
     }
@@ -200,8 +207,8 @@ mod tests {
     #[test]
     fn client_id_takeover() {
         let registry = Registry::new();
-        let a = registry.register(PeerAddr::Unknown, 8);
-        let b = registry.register(PeerAddr::Unknown, 8);
+        let a = registry.register(PeerAddr::Unknown, 8, usize::MAX);
+        let b = registry.register(PeerAddr::Unknown, 8, usize::MAX);
         assert_eq!(registry.get_by_client_id("1"), Some(a.clone()));
         registry.set_client_id(&a, "alice".into());
         assert_eq!(registry.get_by_client_id("1"), None);
@@ -220,8 +227,8 @@ mod tests {
     #[test]
     fn a_broadcast_filter_may_use_the_registry() {
         let registry = Registry::new();
-        let a = registry.register(PeerAddr::Unknown, 4);
-        let _b = registry.register(PeerAddr::Unknown, 4);
+        let a = registry.register(PeerAddr::Unknown, 4, usize::MAX);
+        let _b = registry.register(PeerAddr::Unknown, 4, usize::MAX);
         let inner = registry.clone();
         let sent = registry.broadcast_filter(Frame::data("x"), |s| {
             inner.get(s.id()).is_some() && s.id() != a.id()
@@ -232,8 +239,8 @@ mod tests {
     #[test]
     fn broadcast_counts_and_filters() {
         let registry = Registry::new();
-        let a = registry.register(PeerAddr::Unknown, 1);
-        let _b = registry.register(PeerAddr::Unknown, 1);
+        let a = registry.register(PeerAddr::Unknown, 1, usize::MAX);
+        let _b = registry.register(PeerAddr::Unknown, 1, usize::MAX);
         assert_eq!(
             registry.broadcast_filter(Frame::data("x"), |s| s.id() != a.id()),
             1

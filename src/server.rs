@@ -490,7 +490,9 @@ impl<C: Framing + Clone> Server<C> {
                 result = Err(io::Error::other(e));
                 break;
             }
-            let session = self.registry.register(remote, self.outbound_queue);
+            let session =
+                self.registry
+                    .register(remote, self.outbound_queue, self.codec.max_encoded_len());
             let making = make.make_service(session.clone());
             let span = tracing::debug_span!("session", id = %session.id(), remote = %session.remote_addr());
             let mut codec = self.codec.clone();

@@ -115,6 +115,17 @@ pub enum SendError {
     /// The session's outbox was full; the session is being closed as a slow consumer.
     #[error("outbound queue full: session closed as slow consumer")]
     SlowConsumer,
+    /// The session's framing cannot send a frame this large: its size plus
+    /// what the session's wire transforms add (tags, nonces) is over the
+    /// maximum frame size. Nothing was queued; the session goes on.
+    #[error("frame too large to send: {length} bytes, at most {max}")]
+    TooLarge {
+        /// The frame's size ([`Frame::wire_len`]).
+        length: usize,
+        /// The largest frame this session's framing sends
+        /// ([`Framing::max_encoded_len`](crate::Framing::max_encoded_len)).
+        max: usize,
+    },
 }
 
 /// A handle to one session. Cheap to clone.
@@ -145,6 +156,9 @@ struct Inner {
     data: Mutex<Extensions>,
     outbox: Mutex<VecDeque<Frame>>,
     outbox_capacity: usize,
+    /// The largest frame the session's framing is sure to encode
+    /// (`Framing::max_encoded_len`); larger pushes are refused up front.
+    max_frame_len: usize,
     outbox_closed: AtomicBool,
     close_reason: OnceLock<CloseReason>,
     waker: AtomicWaker,
@@ -157,7 +171,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Session {
-    pub(crate) fn new(id: SessionId, remote: PeerAddr, outbox_capacity: usize) -> Session {
+    pub(crate) fn new(
+        id: SessionId,
+        remote: PeerAddr,
+        outbox_capacity: usize,
+        max_frame_len: usize,
+    ) -> Session {
         Session {
             inner: Arc::new(Inner {
                 id,
@@ -169,6 +188,7 @@ impl Session {
                 data: Mutex::new(Extensions::new()),
                 outbox: Mutex::new(VecDeque::new()),
                 outbox_capacity: outbox_capacity.max(1),
+                max_frame_len,
                 outbox_closed: AtomicBool::new(false),
                 close_reason: OnceLock::new(),
                 waker: AtomicWaker::new(),
@@ -247,7 +267,19 @@ impl Session {
     /// `outbound_queue`), the peer is not keeping up: the session is closed
     /// with [`CloseReason::SlowConsumer`] and this returns
     /// [`SendError::SlowConsumer`]. Frames queued before are not written.
+    ///
+    /// A frame the session's framing could not encode, because it is over
+    /// the maximum frame size once the wire transforms have added their
+    /// bytes, is refused here with [`SendError::TooLarge`], so that a frame
+    /// accepted by `send` never fails to encode for its size later.
     pub fn send(&self, frame: Frame) -> Result<(), SendError> {
+        let length = frame.wire_len();
+        if length > self.inner.max_frame_len {
+            return Err(SendError::TooLarge {
+                length,
+                max: self.inner.max_frame_len,
+            });
+        }
         if self.inner.outbox_closed.load(Ordering::Acquire) {
             return Err(SendError::Closed);
         }
@@ -339,7 +371,7 @@ mod tests {
 
     #[test]
     fn full_outbox_closes_as_slow_consumer() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, 2);
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, 2, usize::MAX);
         assert_eq!(s.send(Frame::data("a")), Ok(()));
         assert_eq!(s.send(Frame::data("b")), Ok(()));
         assert_eq!(s.send(Frame::data("c")), Err(SendError::SlowConsumer));
@@ -350,8 +382,23 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_the_framing_cannot_send_is_refused_up_front() {
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, 2, 20);
+        assert_eq!(s.send(Frame::data(vec![0u8; 10])), Ok(()));
+        assert_eq!(
+            s.send(Frame::data(vec![0u8; 11])),
+            Err(SendError::TooLarge {
+                length: 21,
+                max: 20
+            })
+        );
+        assert!(!s.is_closing(), "a refused push does not close the session");
+        assert_eq!(s.send(Frame::data("ok")), Ok(()));
+    }
+
+    #[test]
     fn first_close_reason_wins() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, 2);
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, 2, usize::MAX);
         assert!(s.close("kicked"));
         assert!(!s.close_with(CloseReason::ServerShutdown));
         assert_eq!(
@@ -362,7 +409,7 @@ mod tests {
 
     #[test]
     fn session_data() {
-        let s = Session::new(SessionId(7), PeerAddr::Unknown, 2);
+        let s = Session::new(SessionId(7), PeerAddr::Unknown, 2, usize::MAX);
         assert_eq!(s.client_id(), "7");
         assert_eq!(s.insert_data(5u32), None);
         assert_eq!(s.data::<u32>(), Some(5));

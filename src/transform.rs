@@ -67,6 +67,25 @@ impl Side {
 /// refuse (bad tag, replay, plaintext where a transform is required) is an
 /// `Err`, which closes the session with an ERROR frame carrying the error
 /// text. `encode` does the opposite on the way out.
+///
+/// ## Sending is transactional
+///
+/// A frame that is not written must consume nothing: an answer over the
+/// maximum frame size is replaced by an ERROR, and that ERROR (and every
+/// later frame) must still be accepted by the peer. So the outbound step is
+/// split in two:
+///
+/// - [`encode`](FrameTransform::encode) prepares the frame **without
+///   changing any state** (it takes `&self`); it may fail, and then nothing
+///   happened;
+/// - [`commit`](FrameTransform::commit) advances the state (sequence
+///   numbers) and cannot fail. [`Transformed`] calls it only after every
+///   transform nearer the wire and the codec itself accepted the frame, so
+///   the sequence counts the frames written.
+///
+/// `encode` on a value equals `encode` on an unchanged clone of it until
+/// `commit` is called: encoding twice without a commit gives the same frame
+/// twice (same sequence number, same nonce).
 pub trait FrameTransform: Clone + Send + 'static {
     /// Resets per-session state for a new connection on `side`.
     fn start_session(&mut self, side: Side);
@@ -77,8 +96,23 @@ pub trait FrameTransform: Clone + Send + 'static {
     /// Undoes the transform on a received frame.
     fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError>;
 
-    /// Applies the transform to a frame about to be sent.
-    fn encode(&mut self, frame: Frame) -> Result<Frame, BoxError>;
+    /// Applies the transform to a frame about to be sent, without changing
+    /// any state: see [`commit`](FrameTransform::commit).
+    fn encode(&self, frame: Frame) -> Result<Frame, BoxError>;
+
+    /// Records that the frame last returned by [`encode`](FrameTransform::encode)
+    /// was written: advances per-session state (the sending sequence).
+    /// Called exactly once per frame written, never for a frame refused
+    /// further down the stack. The default does nothing (stateless transforms).
+    fn commit(&mut self) {}
+
+    /// The most bytes [`encode`](FrameTransform::encode) adds to a payload
+    /// (an authentication tag, a nonce). A frame whose size plus this fits
+    /// the maximum frame size is never refused for size further down.
+    /// The default is 0 (a transform that never makes a payload larger).
+    fn max_overhead(&self) -> usize {
+        0
+    }
 }
 
 /// A framing `C` whose frames pass through the transform `T`.
@@ -144,11 +178,15 @@ impl<T: FrameTransform, C: Framing> Encoder<Frame> for Transformed<T, C> {
     type Error = CodecError;
 
     fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        // Check, then commit: the transform's state moves only once
+        // everything below it has accepted the frame.
         let frame = self
             .transform
             .encode(frame)
             .map_err(CodecError::Transform)?;
-        self.inner.encode(frame, dst)
+        self.inner.encode(frame, dst)?;
+        self.transform.commit();
+        Ok(())
     }
 }
 
@@ -158,7 +196,15 @@ impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
             .transform
             .encode(frame)
             .map_err(CodecError::Transform)?;
-        self.inner.encode_into(frame, dst)
+        self.inner.encode_into(frame, dst)?;
+        self.transform.commit();
+        Ok(())
+    }
+
+    fn max_encoded_len(&self) -> usize {
+        self.inner
+            .max_encoded_len()
+            .saturating_sub(self.transform.max_overhead())
     }
 
     fn set_max_frame_size(&mut self, max: usize) {
@@ -202,10 +248,20 @@ impl<T: FrameTransform> FrameTransform for Option<T> {
         }
     }
 
-    fn encode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+    fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
         match self {
             Some(t) => t.encode(frame),
             None => Ok(frame),
         }
+    }
+
+    fn commit(&mut self) {
+        if let Some(t) = self {
+            t.commit();
+        }
+    }
+
+    fn max_overhead(&self) -> usize {
+        self.as_ref().map_or(0, FrameTransform::max_overhead)
     }
 }

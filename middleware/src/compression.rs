@@ -219,7 +219,9 @@ impl FrameTransform for Compressor {
         Ok(frame)
     }
 
-    fn encode(&mut self, mut frame: Frame) -> Result<Frame, BoxError> {
+    /// Stateless: the default `commit` does nothing, and `max_overhead` is
+    /// 0 because a payload is sent compressed only when that made it smaller.
+    fn encode(&self, mut frame: Frame) -> Result<Frame, BoxError> {
         if frame.payload().len() < self.threshold || frame.flags().contains(Flags::COMPRESSED) {
             return Ok(frame);
         }

@@ -16,7 +16,8 @@
 //!
 //! `type` is the frame's type field with ENCRYPTED set, as this layer sends
 //! it; direction is `0x01` client to server, `0x02` server to client; the
-//! sequence counts the frames this layer sealed in that direction on this
+//! sequence counts the frames this layer sealed and that were written (see
+//! `FrameTransform::commit`) in that direction on this
 //! connection, from 0. The sequence is not sent: the receiver uses the one
 //! it expects, so a replayed or reordered frame fails authentication.
 //!
@@ -159,10 +160,12 @@ fn associated_data(frame: &Frame, type_field: u16, from: Side, seq: u64) -> [u8;
 }
 
 impl Encryptor {
-    /// Seals `frame` with the given nonce (public for the documented worked
-    /// example; `encode` draws the nonce at random).
+    /// Seals `frame` with the given nonce and the next sequence number
+    /// (public for the documented worked example; `encode` uses the
+    /// connection's nonce prefix). Like `encode`, it changes no state:
+    /// [`commit`](FrameTransform::commit) moves to the next sequence.
     pub fn seal_with_nonce(
-        &mut self,
+        &self,
         mut frame: Frame,
         nonce: [u8; NONCE_LEN],
     ) -> Result<Frame, BoxError> {
@@ -179,7 +182,6 @@ impl Encryptor {
             .encrypt_inout_detached(&XNonce::from(nonce), &ad, (&mut out[NONCE_LEN..]).into())
             .map_err(|_| EncryptionError::Decrypt)?;
         out.put_slice(&tag);
-        self.sent += 1;
         *frame.payload_mut() = out.freeze();
         Ok(frame)
     }
@@ -222,7 +224,7 @@ impl FrameTransform for Encryptor {
         Ok(frame)
     }
 
-    fn encode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+    fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
         let prefix = self
             .nonce_prefix
             .as_ref()
@@ -231,6 +233,16 @@ impl FrameTransform for Encryptor {
         nonce[..16].copy_from_slice(prefix);
         nonce[16..].copy_from_slice(&self.sent.to_be_bytes());
         self.seal_with_nonce(frame, nonce)
+    }
+
+    /// The frame sealed under the current sequence was written: the next
+    /// one uses the next sequence (and so the next nonce).
+    fn commit(&mut self) {
+        self.sent += 1;
+    }
+
+    fn max_overhead(&self) -> usize {
+        NONCE_LEN + TAG_LEN
     }
 }
 
@@ -257,6 +269,13 @@ pub fn key_from_file_contents(contents: &[u8]) -> Option<EncryptionKey> {
 mod tests {
     use super::*;
 
+    /// Encodes and commits, as `Transformed` does for a frame it wrote.
+    fn send<T: FrameTransform>(t: &mut T, frame: Frame) -> Frame {
+        let out = t.encode(frame).unwrap();
+        t.commit();
+        out
+    }
+
     fn pair(key: [u8; 32]) -> (Encryptor, Encryptor) {
         let layer = EncryptionLayer::new(EncryptionKey::new(key));
         let mut client = layer.transform();
@@ -271,7 +290,7 @@ mod tests {
         let (mut client, mut server) = pair([7; 32]);
         for i in 0..3u32 {
             let f = Frame::data(format!("secret {i}")).with_request_id(i);
-            let sealed = client.encode(f.clone()).unwrap();
+            let sealed = send(&mut client, f.clone());
             assert!(sealed.flags().contains(Flags::ENCRYPTED));
             assert!(!sealed.payload().windows(6).any(|w| w == b"secret"));
             assert_eq!(
@@ -279,7 +298,7 @@ mod tests {
                 f.payload().len() + NONCE_LEN + TAG_LEN
             );
             assert_eq!(server.decode(sealed).unwrap(), f);
-            let back = server.encode(Frame::heartbeat()).unwrap();
+            let back = send(&mut server, Frame::heartbeat());
             assert_eq!(client.decode(back).unwrap(), Frame::heartbeat());
         }
     }
@@ -287,8 +306,8 @@ mod tests {
     #[test]
     fn every_kind_of_bad_frame_is_refused() {
         let (mut client, mut server) = pair([1; 32]);
-        let first = client.encode(Frame::data("one")).unwrap();
-        let second = client.encode(Frame::data("two")).unwrap();
+        let first = send(&mut client, Frame::data("one"));
+        let second = send(&mut client, Frame::data("two"));
 
         // Reordered: the second frame first.
         assert!(server.clone().decode(second.clone()).is_err());
@@ -313,7 +332,7 @@ mod tests {
         let (mut other, _) = pair([2; 32]);
         assert!(server
             .clone()
-            .decode(other.encode(Frame::data("one")).unwrap())
+            .decode(send(&mut other, Frame::data("one")))
             .is_err());
 
         // In order it works; then a replay of the first fails.
@@ -327,9 +346,9 @@ mod tests {
         let (mut a, _) = pair([5; 32]);
         let (mut b, _) = pair([5; 32]);
         let n = |f: Frame| f.payload().slice(..NONCE_LEN);
-        let a0 = n(a.encode(Frame::data("x")).unwrap());
-        let a1 = n(a.encode(Frame::data("x")).unwrap());
-        let b0 = n(b.encode(Frame::data("x")).unwrap());
+        let a0 = n(send(&mut a, Frame::data("x")));
+        let a1 = n(send(&mut a, Frame::data("x")));
+        let b0 = n(send(&mut b, Frame::data("x")));
         assert_ne!(a0, a1);
         assert_ne!(a0, b0);
         assert_eq!(a0[..16], a1[..16], "one prefix per connection");

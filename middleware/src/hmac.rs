@@ -17,7 +17,9 @@
 //!
 //! `type` is the frame's type field with AUTHENTICATED set; direction is
 //! `0x01` client to server, `0x02` server to client; the sequence counts
-//! the frames this layer signed in that direction on this connection, from 0.
+//! the frames this layer signed and that were written (a frame refused
+//! further down, such as one over the maximum frame size, uses no number)
+//! in that direction on this connection, from 0.
 //!
 //! ## Key rotation
 //!
@@ -267,7 +269,7 @@ impl FrameTransform for Authenticator {
         Ok(frame)
     }
 
-    fn encode(&mut self, mut frame: Frame) -> Result<Frame, BoxError> {
+    fn encode(&self, mut frame: Frame) -> Result<Frame, BoxError> {
         let flags = frame.flags().with(Flags::AUTHENTICATED);
         frame.set_flags(flags);
         let (key_id, mut mac) = self.keys.signer();
@@ -279,15 +281,30 @@ impl FrameTransform for Authenticator {
         out.put_u16(key_id);
         out.put_u64(seq);
         out.put_slice(&tag);
-        self.sent += 1;
         *frame.payload_mut() = out.freeze();
         Ok(frame)
+    }
+
+    /// The frame signed with the current sequence was written.
+    fn commit(&mut self) {
+        self.sent += 1;
+    }
+
+    fn max_overhead(&self) -> usize {
+        TRAILER_LEN
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Encodes and commits, as `Transformed` does for a frame it wrote.
+    fn send<T: FrameTransform>(t: &mut T, frame: Frame) -> Frame {
+        let out = t.encode(frame).unwrap();
+        t.commit();
+        out
+    }
 
     fn pair(keys: &HmacKeys) -> (Authenticator, Authenticator) {
         let mut client = HmacLayer::new(keys.clone()).transform();
@@ -302,7 +319,7 @@ mod tests {
         let keys = HmacKeys::new(1, b"secret");
         let (mut client, mut server) = pair(&keys);
         let f = Frame::data("hello").with_request_id(4);
-        let signed = client.encode(f.clone()).unwrap();
+        let signed = send(&mut client, f.clone());
         assert_eq!(signed.payload().len(), 5 + TRAILER_LEN);
         let got = server.decode(signed).unwrap();
         assert_eq!(got, f);
@@ -316,8 +333,8 @@ mod tests {
     fn bad_frames_are_refused() {
         let keys = HmacKeys::new(1, b"secret");
         let (mut client, mut server) = pair(&keys);
-        let first = client.encode(Frame::data("one")).unwrap();
-        let second = client.encode(Frame::data("two")).unwrap();
+        let first = send(&mut client, Frame::data("one"));
+        let second = send(&mut client, Frame::data("two"));
         assert!(matches!(
             server
                 .clone()
@@ -343,7 +360,7 @@ mod tests {
         let (mut mallory, _) = pair(&other);
         assert!(server
             .clone()
-            .decode(mallory.encode(Frame::data("one")).unwrap())
+            .decode(send(&mut mallory, Frame::data("one")))
             .is_err());
         server.decode(first.clone()).unwrap();
         server.decode(second).unwrap();
@@ -354,10 +371,10 @@ mod tests {
     async fn rotation_accepts_the_old_key_for_the_grace_period() {
         let keys = HmacKeys::new(1, b"old");
         let (mut client, mut server) = pair(&keys);
-        let old_signed = client.encode(Frame::data("a")).unwrap();
+        let old_signed = send(&mut client, Frame::data("a"));
         keys.rotate(2, b"new", Duration::from_secs(10));
         assert_eq!(keys.current_id(), 2);
-        let new_signed = client.encode(Frame::data("b")).unwrap();
+        let new_signed = send(&mut client, Frame::data("b"));
         let a = server.decode(old_signed).unwrap();
         assert_eq!(
             a.extensions().get::<AuthenticatedKey>(),
@@ -373,7 +390,7 @@ mod tests {
         let stale = HmacKeys::new(1, b"old");
         let (mut late, _) = pair(&stale);
         let mut fresh_server = pair(&keys).1;
-        let early = late.encode(Frame::data("c")).unwrap();
+        let early = send(&mut late, Frame::data("c"));
         assert!(fresh_server.clone().decode(early.clone()).is_ok());
         tokio::time::advance(Duration::from_secs(11)).await;
         let err = fresh_server.decode(early).unwrap_err();

@@ -4,7 +4,9 @@
 #![allow(clippy::unwrap_used)]
 
 use bytes::BytesMut;
-use msgi::{BoxError, Flags, Frame, FrameCodec, FrameTransform, Framing, Kind, Side, Transformed};
+use msgi::{
+    BoxError, Flags, Frame, FrameCodec, FrameTransform, Framing, Kind, Side, Transformed, WriteBuf,
+};
 use msgi_middleware::{
     Authenticator, CompressionLayer, Compressor, EncryptionKey, EncryptionLayer, Encryptor,
     HmacKeys, HmacLayer,
@@ -42,11 +44,25 @@ impl FrameTransform for Any {
             Any::Hmac(t) => t.decode(frame),
         }
     }
-    fn encode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+    fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
         match self {
             Any::Compress(t) => t.encode(frame),
             Any::Encrypt(t) => t.encode(frame),
             Any::Hmac(t) => t.encode(frame),
+        }
+    }
+    fn commit(&mut self) {
+        match self {
+            Any::Compress(t) => t.commit(),
+            Any::Encrypt(t) => t.commit(),
+            Any::Hmac(t) => t.commit(),
+        }
+    }
+    fn max_overhead(&self) -> usize {
+        match self {
+            Any::Compress(t) => t.max_overhead(),
+            Any::Encrypt(t) => t.max_overhead(),
+            Any::Hmac(t) => t.max_overhead(),
         }
     }
 }
@@ -152,5 +168,64 @@ proptest! {
         let mut wire = BytesMut::new();
         client.encode(frame, &mut wire).unwrap();
         prop_assert!(server.decode(&mut wire).is_err());
+    }
+
+    /// A frame the stack refuses (over the maximum frame size once
+    /// transformed) leaves every transform as it was: the next frame is
+    /// encoded exactly as by a copy that never saw the refused one, and
+    /// the peer accepts everything that was written (issue 7, item 1).
+    #[test]
+    fn a_refused_frame_changes_no_state(
+        order in orders(),
+        before in prop::collection::vec(arb_frame(), 0..3),
+        refused_len in 200usize..2000,
+        after_payload in prop::collection::vec(any::<u8>(), 0..40),
+        after_id in prop::option::of(any::<u32>()),
+        into_write_buf in any::<bool>(),
+    ) {
+        const MAX: usize = 200;
+        let mut client = stack(order);
+        let mut server = stack(order);
+        client.set_max_frame_size(MAX + 100);
+        server.set_max_frame_size(MAX + 100);
+        client.start_session(Side::Client);
+        server.start_session(Side::Server);
+        // Incompressible, so compression cannot bring it under the limit.
+        let noise: Vec<u8> = (0..refused_len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let refused = Frame::data(noise);
+        let limit = client.max_encoded_len();
+        let mut wire = BytesMut::new();
+        let mut sent = Vec::new();
+        for f in before.iter().filter(|f| f.wire_len() <= limit) {
+            client.encode(f.clone(), &mut wire).unwrap();
+            sent.push(f.clone());
+        }
+        client.set_max_frame_size(MAX);
+        let untouched = client.clone();
+        if into_write_buf {
+            let mut out = WriteBuf::new();
+            prop_assert!(client.encode_into(refused.clone(), &mut out).is_err());
+            prop_assert!(out.is_empty(), "nothing half-written");
+        } else {
+            let len = wire.len();
+            prop_assert!(client.encode(refused.clone(), &mut wire).is_err());
+            prop_assert_eq!(wire.len(), len, "nothing half-written");
+        }
+        let mut after = Frame::data(after_payload);
+        after.set_request_id(after_id);
+        let mut a = BytesMut::new();
+        let mut b = BytesMut::new();
+        client.encode(after.clone(), &mut a).unwrap();
+        untouched.clone().encode(after.clone(), &mut b).unwrap();
+        prop_assert_eq!(&a, &b, "encode after a failure equals encode on an untouched copy");
+        wire.extend_from_slice(&a);
+        sent.push(after);
+        for f in &sent {
+            let got = server.decode(&mut wire).unwrap().unwrap();
+            prop_assert_eq!(&got, f);
+        }
+        prop_assert!(wire.is_empty());
     }
 }

@@ -349,7 +349,7 @@ async fn zip_bomb_is_refused() {
         compressed(),
         FrameCodec::new(),
         |c| {
-            let bomb = msgi_middleware::compression::compress(&vec![0u8; 64 << 20], 9).unwrap();
+            let bomb = msgi_middleware::compression::compress(&vec![0u8; 4 << 20], 9).unwrap();
             vec![encode(c, Frame::data(bomb).with_flags(Flags::COMPRESSED))]
         },
         "decompressed payload exceeds the maximum frame size",

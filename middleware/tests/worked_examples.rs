@@ -30,7 +30,7 @@ fn doc() -> String {
 
 #[test]
 fn compression_example() {
-    let mut t = CompressionLayer::new().threshold(16).transform();
+    let t = CompressionLayer::new().threshold(16).transform();
     let frame = t.encode(Frame::data("hello hello hello hello")).unwrap();
     let bytes = wire(frame);
     println!("compression: {bytes}");
