@@ -214,10 +214,11 @@ pub trait Framing:
     /// frame size minus what the transforms may add
     /// ([`FrameTransform::max_overhead`](crate::FrameTransform::max_overhead)).
     /// Sessions refuse larger pushes up front
-    /// ([`SendError::TooLarge`](crate::SendError::TooLarge)). The default,
-    /// `usize::MAX`, is for framings that have no size limit on output.
+    /// ([`SendError::TooLarge`](crate::SendError::TooLarge)). The default
+    /// is [`max_frame_size`](Framing::max_frame_size); [`LineCodec`], which
+    /// writes lines of any length, says `usize::MAX`.
     fn max_encoded_len(&self) -> usize {
-        usize::MAX
+        self.max_frame_size()
     }
 
     /// Sets the largest unit this framing accepts or sends, in bytes.
@@ -396,10 +397,6 @@ impl Framing for FrameCodec {
         self.max_frame_size
     }
 
-    fn max_encoded_len(&self) -> usize {
-        self.max_frame_size
-    }
-
     fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
         self.check_outgoing(&frame)?;
         encode_header(&frame, dst.tail_mut());
@@ -498,6 +495,11 @@ impl Framing for LineCodec {
     /// The maximum line length.
     fn max_frame_size(&self) -> usize {
         self.max_line
+    }
+
+    /// Outgoing lines are not limited (the limit is on what is read).
+    fn max_encoded_len(&self) -> usize {
+        usize::MAX
     }
 
     fn is_binary(&self) -> bool {
