@@ -185,8 +185,14 @@ pub(crate) async fn run() -> Result<()> {
         format!("got the slow answer: {:?}", answer.payload_text()),
     );
     for (name, client, _) in &clients {
-        let reason = client.closed().await;
-        say(start, name, format!("closed: {reason}"));
+        let reason = client.closed().await.to_string();
+        // The client's reason nests what happened ("client closed:
+        // connection lost: server disconnected: <why>"); say it plainly.
+        let line = match reason.rsplit_once("server disconnected: ") {
+            Some((_, why)) => format!("disconnected by the server: {why}"),
+            None => format!("closed: {reason}"),
+        };
+        say(start, name, line);
     }
     serving.await??;
     let ended = std::mem::take(&mut *ended.lock().map_err(|_| anyhow::anyhow!("hook panicked"))?);

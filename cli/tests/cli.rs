@@ -86,6 +86,7 @@ fn the_demo_runs_to_a_graceful_shutdown() {
         "received push: \"bob (private): lunch at noon?\"",
         "asked who is here: alice, bob, carol",
         "got the slow answer",
+        "alice    disconnected by the server: server shutdown",
         "stopped; every session drained",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
@@ -97,6 +98,7 @@ fn the_demo_runs_to_a_graceful_shutdown() {
         answer < ended,
         "carol's session ended before her answer:\n{text}"
     );
+    assert!(!text.contains("client closed: connection lost"), "{text}");
 }
 
 #[test]
