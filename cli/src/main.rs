@@ -307,8 +307,8 @@ async fn send(args: SendArgs) -> Result<()> {
         match tokio::time::timeout(wait, client.call(frame)).await {
             Err(_) => bail!("no answer within {wait:?}"),
             Ok(Ok(answer)) => Some(answer),
-            Ok(Err(ClientError::Remote(reason))) => bail!("the server answered ERROR {reason:?}"),
-            Ok(Err(_)) => None,
+            Ok(Err(e)) if ends_connection(&e) => None,
+            Ok(Err(e)) => return Err(e.into()),
         }
     } else {
         let mut incoming = client.incoming().context("incoming stream taken")?;
@@ -316,18 +316,29 @@ async fn send(args: SendArgs) -> Result<()> {
             Ok(()) => tokio::time::timeout(wait, incoming.recv())
                 .await
                 .map_err(|_| anyhow::anyhow!("no answer within {wait:?}"))?,
-            Err(_) => None,
+            Err(e) if ends_connection(&e) => None,
+            Err(e) => return Err(e.into()),
         }
     };
     let Some(answer) = answer else {
         return Err(lost(&client, &args.wire).await.into());
     };
+    if answer.kind() == Kind::ERROR {
+        // A one-way frame's failure comes back as an uncorrelated ERROR.
+        let reason: String = answer.payload_text().chars().take(200).collect();
+        bail!("server error: {}", reason.escape_debug());
+    }
     match answer.request_id() {
         Some(id) => println!("{} id={id} {}", answer.kind(), answer.payload_text()),
         None => println!("{} {}", answer.kind(), answer.payload_text()),
     }
     client.close().await;
     Ok(())
+}
+
+/// True for the errors that mean the connection ended before the answer.
+fn ends_connection(e: &ClientError) -> bool {
+    matches!(e, ClientError::ConnectionLost(_) | ClientError::Closed(_))
 }
 
 /// The connection ended before the answer: why, and what to check.
@@ -339,7 +350,7 @@ async fn lost(client: &Client, wire: &stack::WireArgs) -> Hint {
         .ok();
     let undecodable = reason
         .as_ref()
-        .is_some_and(|r| r.to_string().contains("protocol violation by server"));
+        .is_some_and(|r| r.to_string().contains("protocol violation by"));
     let message = if undecodable {
         format!(
             "the server's frames could not be decoded with this side's layers ({})",

@@ -459,3 +459,35 @@ fn bench_latency_describes_what_it_ran() {
     );
     assert!(!text.contains("in flight"), "{text}");
 }
+
+#[test]
+fn send_fails_when_a_one_way_frame_is_answered_with_error() {
+    use std::io::Write;
+    // A server that answers the first frame with an uncorrelated ERROR
+    // whose reason carries control characters.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut stream = stream;
+        let _ = read_frame(&mut stream);
+        stream
+            .write_all(&frame(0x030, None, b"nope\n\x1b[2J"))
+            .unwrap();
+        // Keep the connection open until the client has gone.
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut rest);
+    });
+    let out = run(&["send", "--addr", &addr, "hi"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert!(
+        err.starts_with("error: server error: nope\\n\\u{1b}[2J\n"),
+        "{err}"
+    );
+    server.join().unwrap();
+}
