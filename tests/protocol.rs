@@ -581,3 +581,43 @@ async fn a_panicking_handler_ends_only_its_session_and_the_hook_still_runs() {
     );
     server.shutdown().await;
 }
+
+// PROTOCOL.md, "Shutting down a server": a request the server has not
+// answered when DISCONNECT `server shutdown` arrives was not handed to the
+// application.
+#[tokio::test]
+async fn a_request_unanswered_at_shutdown_never_reached_the_application() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = tower::service_fn(move |f: Frame| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, std::convert::Infallible>(Some(f)) }
+    });
+    let mut server = serve(Server::builder(), service).await;
+    let mut peer = RawPeer::connect(server.addr).await;
+    peer.send(Frame::data("before").with_request_id(1)).await;
+    assert_eq!(
+        peer.recv_skip_heartbeats().await.unwrap(),
+        Frame::data("before").with_request_id(1)
+    );
+
+    server.begin_shutdown();
+    within(async {
+        while !server.registry.sessions().iter().all(|s| s.is_closing()) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    peer.send(Frame::data("after").with_request_id(2)).await;
+
+    assert_eq!(
+        peer.recv_skip_heartbeats().await.unwrap(),
+        Frame::disconnect("server shutdown")
+    );
+    // Close our side too, as a client does on DISCONNECT: the server stops lingering.
+    peer.stream.shutdown().await.unwrap();
+    peer.expect_closed().await;
+    assert_eq!(server.next_end().await.1, CloseReason::ServerShutdown);
+    server.shutdown().await;
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
