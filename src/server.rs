@@ -7,13 +7,17 @@
 //! error becomes an ERROR frame with that id, so each correlated request
 //! gets exactly one answer.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::{self, Future};
 use std::io;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -35,6 +39,19 @@ use crate::BoxError;
 ///
 /// Implemented for tokio's TCP and Unix listeners; implement it for any
 /// other transport (TLS acceptors, in-memory pipes).
+///
+/// # Errors and the accept loop
+///
+/// An error that means the listener is gone ends `serve` with that error:
+/// one of kind [`io::ErrorKind::NotConnected`] (what an implementation
+/// returns when its source of connections has closed for good), or an OS
+/// error saying the descriptor is not a listening socket (`EBADF`,
+/// `ENOTSOCK`, `EINVAL`, `EFAULT`, and their Winsock equivalents). Any
+/// other error (out of descriptors or memory: `EMFILE`, `ENFILE`,
+/// `ENOBUFS`, `ENOMEM`; a connection reset before it was accepted) is
+/// logged and retried after a back-off that starts at 1 ms and doubles up
+/// to 1 s while errors continue, so the loop never spins; a successful
+/// accept resets it.
 pub trait Listener: Send + 'static {
     /// The connection type.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -49,8 +66,12 @@ impl Listener for TcpListener {
     async fn accept(&mut self) -> io::Result<(Self::Io, PeerAddr)> {
         let (stream, addr) = TcpListener::accept(self).await?;
         // Answers are written as soon as they are ready; Nagle would hold
-        // small ones back for the peer's delayed ACK.
-        stream.set_nodelay(true)?;
+        // small ones back for the peer's delayed ACK. A failure here is the
+        // connection's (the peer already reset it), never the listener's:
+        // it must not look like an accept error.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, %addr, "set_nodelay failed");
+        }
         Ok((stream, PeerAddr::Tcp(addr)))
     }
 }
@@ -81,6 +102,7 @@ pub struct Builder<C = FrameCodec> {
     max_concurrent_requests: usize,
     outbound_queue: usize,
     drain_deadline: Duration,
+    max_connections_per_ip: Option<usize>,
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
 }
@@ -97,6 +119,7 @@ impl Default for Builder {
             max_concurrent_requests: 64,
             outbound_queue: 1024,
             drain_deadline: Duration::from_secs(5),
+            max_connections_per_ip: None,
             on_connect: None,
             on_disconnect: None,
         }
@@ -179,6 +202,18 @@ impl<C: Framing + Clone> Builder<C> {
         self
     }
 
+    /// Most sessions at once from one IP address (default `None`: no limit
+    /// but [`max_connections`](Builder::max_connections); `Some(0)` is
+    /// refused by [`build`](Builder::build)). A connection beyond it gets
+    /// ERROR `too many connections from this address` and is closed; the
+    /// count is released when a session ends. IPv4-mapped IPv6 addresses
+    /// count as their IPv4 address. Peers without an IP address (Unix
+    /// sockets, in-memory pipes) are not limited by it.
+    pub fn max_connections_per_ip(mut self, limit: Option<usize>) -> Self {
+        self.max_connections_per_ip = limit;
+        self
+    }
+
     /// Runs when a session starts, before its first frame is read.
     pub fn on_connect(mut self, hook: impl Fn(&Session) + Send + Sync + 'static) -> Self {
         self.on_connect = Some(Arc::new(hook));
@@ -213,6 +248,7 @@ impl<C: Framing + Clone> Builder<C> {
             max_concurrent_requests: self.max_concurrent_requests,
             outbound_queue: self.outbound_queue,
             drain_deadline: self.drain_deadline,
+            max_connections_per_ip: self.max_connections_per_ip,
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
         }
@@ -248,10 +284,14 @@ impl<C: Framing + Clone> Builder<C> {
                 high_water: max_frame_size.max(64 * 1024),
             },
             outbound_queue: self.outbound_queue,
-            hooks: Hooks {
+            common: Arc::new(Common {
                 on_connect: self.on_connect,
                 on_disconnect: self.on_disconnect,
-            },
+                per_ip: self.max_connections_per_ip.map(|max| PerIp {
+                    max,
+                    counts: Mutex::new(HashMap::new()),
+                }),
+            }),
             registry: Registry::new(),
         })
     }
@@ -273,6 +313,9 @@ impl<C: Framing + Clone> Builder<C> {
         }
         at_least_one("max_concurrent_requests", self.max_concurrent_requests)?;
         at_least_one("outbound_queue", self.outbound_queue)?;
+        if let Some(n) = self.max_connections_per_ip {
+            at_least_one("max_connections_per_ip", n)?;
+        }
         if let Some(requested) = self.max_frame_size {
             check_frame_size("max_frame_size", requested, self.codec.is_binary())?;
         }
@@ -336,14 +379,68 @@ impl<C> fmt::Debug for Builder<C> {
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("outbound_queue", &self.outbound_queue)
             .field("drain_deadline", &self.drain_deadline)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
             .finish_non_exhaustive()
     }
 }
 
-#[derive(Clone, Default)]
-struct Hooks {
+/// What every session of a server shares (one `Arc` per session, not a
+/// copy of each part).
+struct Common {
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
+    per_ip: Option<PerIp>,
+}
+
+/// Live sessions per peer IP address, for `max_connections_per_ip`. Taken
+/// at accept and at session end only, never per frame. An address leaves
+/// the map when its last session ends, so it holds at most one entry per
+/// live session.
+struct PerIp {
+    max: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerIp {
+    fn counts(&self) -> MutexGuard<'_, HashMap<IpAddr, usize>> {
+        // The map stays consistent even if a holder panicked: every update
+        // is a single insert, increment or removal.
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Counts one more session from `ip`; false (and nothing counted) at the limit.
+    fn try_acquire(&self, ip: IpAddr) -> bool {
+        let mut counts = self.counts();
+        match counts.get_mut(&ip) {
+            Some(n) if *n >= self.max => false,
+            Some(n) => {
+                *n += 1;
+                true
+            }
+            None => {
+                counts.insert(ip, 1);
+                true
+            }
+        }
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let mut counts = self.counts();
+        if let Some(n) = counts.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&ip);
+            }
+        }
+    }
+}
+
+/// The address a per-IP limit counts a peer under, if it has one.
+fn limited_ip(remote: &PeerAddr) -> Option<IpAddr> {
+    match remote {
+        PeerAddr::Tcp(addr) => Some(addr.ip().to_canonical()),
+        _ => None,
+    }
 }
 
 /// An MSGI server.
@@ -366,7 +463,7 @@ pub struct Server<C = FrameCodec> {
     max_connections: usize,
     session: SessionConfig,
     outbound_queue: usize,
-    hooks: Hooks,
+    common: Arc<Common>,
     registry: Registry,
 }
 
@@ -389,6 +486,19 @@ impl<C> fmt::Debug for Server<C> {
 /// Concurrent rejections ("server full") being written at once; beyond
 /// this, extra connections are closed without a word.
 const MAX_REJECTIONS: usize = 64;
+
+/// The most a farewell (a rejection, or the DISCONNECT of a session closed
+/// before its service was made) waits for the peer to read it and close.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// The first and the longest wait after a failed accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(1);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// The ERROR reason for a connection over `max_connections`.
+const SERVER_FULL: &str = "server full: too many connections";
+/// The ERROR reason for a connection over `max_connections_per_ip`.
+const TOO_MANY_FROM_ADDRESS: &str = "too many connections from this address";
 
 impl<C: Framing + Clone> Server<C> {
     /// The registry of this server's sessions; hold a clone in handlers.
@@ -433,6 +543,17 @@ impl<C: Framing + Clone> Server<C> {
     /// Like [`serve_with_shutdown`](Server::serve_with_shutdown), but makes a
     /// new service for each session from its [`Session`] handle: per-session
     /// state lives in the service itself.
+    ///
+    /// The drain deadline bounds the whole shutdown: a connection waiting
+    /// for the make-service to become ready gets DISCONNECT `server
+    /// shutdown` instead, and a session whose service is still being made
+    /// stops waiting for it, says DISCONNECT `server shutdown` and closes
+    /// (it has read nothing, so nothing is owed an answer).
+    ///
+    /// # Errors
+    ///
+    /// The listener's error when it is gone (see [`Listener`]), or the
+    /// make-service's `poll_ready` error. Other accept errors are retried.
     pub async fn serve_make_with_shutdown<L, M, F>(
         self,
         mut listener: L,
@@ -452,7 +573,16 @@ impl<C: Framing + Clone> Server<C> {
         let tracker = TaskTracker::new();
         let permits = Arc::new(Semaphore::new(self.max_connections));
         let rejections = Arc::new(Semaphore::new(MAX_REJECTIONS));
-        let mut backoff = Duration::from_millis(1);
+        // A farewell never outlasts the drain deadline, so neither can one
+        // still being written when shutdown starts.
+        let linger = LINGER.min(self.session.drain_deadline);
+        // (A closure holding `&self.codec` would make this future need `C: Sync`.)
+        macro_rules! farewell {
+            ($io:expr, $frame:expr) => {
+                say_farewell($io, $frame, &rejections, &self.codec, &tracker, linger)
+            };
+        }
+        let mut backoff = ACCEPT_BACKOFF_MIN;
         let mut shutdown = std::pin::pin!(shutdown);
         let mut result = Ok(());
         loop {
@@ -462,29 +592,55 @@ impl<C: Framing + Clone> Server<C> {
             };
             let (io, remote) = match accepted {
                 Ok(conn) => {
-                    backoff = Duration::from_millis(1);
+                    backoff = ACCEPT_BACKOFF_MIN;
                     conn
                 }
-                Err(e) if is_transient(&e) => {
-                    // Out of descriptors and the like: wait instead of spinning.
-                    tracing::warn!(error = %e, ?backoff, "accept failed");
+                Err(e) if listener_gone(&e) => {
+                    tracing::error!(error = %e, "listener failed; stopping");
+                    result = Err(e);
+                    break;
+                }
+                Err(e) => {
+                    // Out of descriptors or memory, or one connection's
+                    // trouble: wait instead of spinning, then go on.
+                    tracing::warn!(error = %e, ?backoff, "accept failed; retrying");
                     tokio::select! {
                         () = &mut shutdown => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break;
                 }
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                reject(io, &rejections, &self.codec, &tracker);
+                farewell!(io, Frame::error(SERVER_FULL));
                 continue;
             };
-            if let Err(e) = std::future::poll_fn(|cx| make.poll_ready(cx)).await {
+            // Counted here, released by the session's guard when it ends (or
+            // below, if it never starts).
+            let per_ip = self.common.per_ip.as_ref();
+            let ip = per_ip.and(limited_ip(&remote));
+            if let (Some(per_ip), Some(ip)) = (per_ip, ip) {
+                if !per_ip.try_acquire(ip) {
+                    farewell!(io, Frame::error(TOO_MANY_FROM_ADDRESS));
+                    continue;
+                }
+            }
+            let uncount = || {
+                if let (Some(per_ip), Some(ip)) = (per_ip, ip) {
+                    per_ip.release(ip);
+                }
+            };
+            let ready = tokio::select! {
+                () = &mut shutdown => {
+                    uncount();
+                    farewell!(io, Frame::disconnect(CloseReason::ServerShutdown.to_string()));
+                    break;
+                }
+                ready = std::future::poll_fn(|cx| make.poll_ready(cx)) => ready,
+            };
+            if let Err(e) = ready {
+                uncount();
                 let e: BoxError = e.into();
                 tracing::error!(error = %e, "make-service failed; stopping");
                 result = Err(io::Error::other(e));
@@ -504,7 +660,7 @@ impl<C: Framing + Clone> Server<C> {
                 SessionGuard {
                     session,
                     registry: self.registry.clone(),
-                    hooks: self.hooks.clone(),
+                    common: self.common.clone(),
                     reason: None,
                     _permit: permit,
                 },
@@ -520,59 +676,91 @@ impl<C: Framing + Clone> Server<C> {
     }
 }
 
-fn is_transient(e: &io::Error) -> bool {
-    use io::ErrorKind::*;
-    matches!(
-        e.kind(),
-        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock | TimedOut
-    ) || e
-        .raw_os_error()
-        .is_some_and(|code| code == 24 || code == 23 || code == 12 || code == 105)
+/// True when an accept error means the listener itself is gone (see
+/// [`Listener`]); anything else is retried after a back-off.
+fn listener_gone(e: &io::Error) -> bool {
+    if e.kind() == io::ErrorKind::NotConnected {
+        return true;
+    }
+    let Some(code) = e.raw_os_error() else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        matches!(
+            code,
+            libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EFAULT
+        )
+    }
+    #[cfg(windows)]
+    {
+        // WSAEBADF, WSAEFAULT, WSAEINVAL, WSAENOTSOCK.
+        matches!(code, 10009 | 10014 | 10022 | 10038)
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = code;
+        false
+    }
 }
 
-/// Tells a connection over the limit that the server is full, in a task of
-/// its own so the accept loop goes on at once.
-fn reject<T, C>(mut io: T, rejections: &Arc<Semaphore>, codec: &C, tracker: &TaskTracker)
-where
+/// Writes one last frame (ERROR `server full`, DISCONNECT `server
+/// shutdown`) to a connection that gets no session, in a task of its own so
+/// the accept loop goes on at once. Beyond [`MAX_REJECTIONS`] at once, the
+/// connection is closed without a word.
+fn say_farewell<T, C>(
+    io: T,
+    frame: Frame,
+    rejections: &Arc<Semaphore>,
+    codec: &C,
+    tracker: &TaskTracker,
+    linger: Duration,
+) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     C: Framing + Clone,
 {
     let Ok(permit) = rejections.clone().try_acquire_owned() else {
         return;
     };
-    let mut bytes = bytes::BytesMut::new();
+    let mut bytes = BytesMut::new();
     let mut codec = codec.clone();
     codec.start_session(Side::Server);
-    if codec
-        .encode(
-            Frame::error("server full: too many connections"),
-            &mut bytes,
-        )
-        .is_err()
-    {
+    if codec.encode(frame, &mut bytes).is_err() {
         return;
     }
     tracker.spawn(async move {
         let _permit = permit;
-        let farewell = async {
-            io.write_all(&bytes).await?;
-            io.shutdown().await?;
-            // Read until the peer closes so unread input cannot turn our
-            // close into a reset that destroys the error in flight.
-            let mut sink = [0u8; 1024];
-            while tokio::io::AsyncReadExt::read(&mut io, &mut sink).await? > 0 {}
-            Ok::<_, io::Error>(())
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), farewell).await;
+        write_and_close(io, bytes, linger).await;
     });
 }
 
-/// Leaves the registry and runs the disconnect hook exactly once, when the
-/// session task ends, however it ends (a panicking handler included).
+/// Writes `bytes`, closes the write side, then reads until the peer closes
+/// so unread input cannot turn our close into a reset that destroys the
+/// bytes in flight; all of it within `linger`.
+async fn write_and_close<T>(mut io: T, bytes: BytesMut, linger: Duration)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let farewell = async {
+        io.write_all(&bytes).await?;
+        io.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while io.read(&mut sink).await? > 0 {}
+        Ok::<_, io::Error>(())
+    };
+    // `timeout` treats a deadline too far to compute as none.
+    let _ = tokio::time::timeout(linger, farewell).await;
+}
+
+/// Leaves the registry, releases the per-IP count and runs the disconnect
+/// hook exactly once, when the session task ends, however it ends (a
+/// panicking handler included).
 struct SessionGuard {
     session: Session,
     registry: Registry,
-    hooks: Hooks,
+    /// Every session with an IP address holds a place in the per-IP count
+    /// when that limit is on (it was taken before the session started).
+    common: Arc<Common>,
     reason: Option<CloseReason>,
     _permit: OwnedSemaphorePermit,
 }
@@ -580,9 +768,14 @@ struct SessionGuard {
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.registry.remove(&self.session);
+        if let (Some(per_ip), Some(ip)) =
+            (&self.common.per_ip, limited_ip(self.session.remote_addr()))
+        {
+            per_ip.release(ip);
+        }
         let reason = self.reason.take().unwrap_or(CloseReason::Aborted);
         tracing::debug!(%reason, "session ended");
-        if let Some(hook) = &self.hooks.on_disconnect {
+        if let Some(hook) = &self.common.on_disconnect {
             hook(&self.session, &reason);
         }
     }
@@ -620,6 +813,11 @@ pin_project_lite::pin_project! {
         Running {
             driver: Driver<T, C, S>,
         },
+        // Closed before its service was made: the last words, boxed (rare,
+        // and it keeps this variant smaller than the others).
+        Closing {
+            farewell: Pin<Box<dyn Future<Output = ()> + Send>>,
+        },
     }
 }
 
@@ -647,7 +845,7 @@ where
 
 impl<T, C, F, S, E> Future for SessionTask<T, C, F, S>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     C: Framing,
     F: Future<Output = Result<S, E>>,
     E: Into<BoxError>,
@@ -673,9 +871,25 @@ where
                 } => {
                     if !*connected {
                         *connected = true;
-                        if let Some(hook) = &this.guard.hooks.on_connect {
+                        if let Some(hook) = &this.guard.common.on_connect {
                             hook(&this.guard.session);
                         }
+                    }
+                    // A close (shutdown, the application) must not wait for a
+                    // make-service that may never finish.
+                    this.guard.session.register(cx);
+                    if let Some(reason) = this.guard.session.close_requested().cloned() {
+                        let (Some(io), Some(mut codec)) = (io.take(), codec.take()) else {
+                            return Poll::Ready(());
+                        };
+                        let mut bytes = BytesMut::new();
+                        let _ = codec.encode(Frame::disconnect(reason.to_string()), &mut bytes);
+                        let linger = LINGER.min(cfg.drain_deadline);
+                        this.guard.reason = Some(reason);
+                        this.state.set(TaskState::Closing {
+                            farewell: Box::pin(write_and_close(io, bytes, linger)),
+                        });
+                        continue;
                     }
                     let service = match std::task::ready!(making.poll(cx)) {
                         Ok(service) => service,
@@ -702,6 +916,10 @@ where
                 TaskStateProj::Running { driver } => {
                     let reason = std::task::ready!(driver.poll(cx));
                     this.guard.reason = Some(reason);
+                    return Poll::Ready(());
+                }
+                TaskStateProj::Closing { farewell } => {
+                    std::task::ready!(farewell.as_mut().poll(cx));
                     return Poll::Ready(());
                 }
             }
@@ -736,6 +954,12 @@ mod tests {
         assert_eq!(e.setting(), "max_concurrent_requests");
         let e = refused(Server::builder().outbound_queue(0));
         assert_eq!(e.setting(), "outbound_queue");
+        let e = refused(Server::builder().max_connections_per_ip(Some(0)));
+        assert_eq!(e.setting(), "max_connections_per_ip");
+        assert!(Server::builder()
+            .max_connections_per_ip(Some(1))
+            .build()
+            .is_ok());
     }
 
     #[test]
@@ -792,6 +1016,66 @@ mod tests {
             .drain_deadline(Duration::MAX)
             .build()
             .is_ok());
+    }
+
+    #[test]
+    fn per_ip_counts_are_released_and_forgotten() {
+        let per_ip = PerIp {
+            max: 2,
+            counts: Mutex::new(HashMap::new()),
+        };
+        let a: IpAddr = "10.0.0.1".parse().unwrap_or(IpAddr::from([0; 4]));
+        let b: IpAddr = "10.0.0.2".parse().unwrap_or(IpAddr::from([0; 4]));
+        assert!(per_ip.try_acquire(a));
+        assert!(per_ip.try_acquire(a));
+        assert!(!per_ip.try_acquire(a), "third from one address");
+        assert!(per_ip.try_acquire(b), "other addresses are not affected");
+        per_ip.release(a);
+        assert!(per_ip.try_acquire(a));
+        for _ in 0..2 {
+            per_ip.release(a);
+        }
+        per_ip.release(b);
+        assert!(per_ip.counts().is_empty(), "no entry outlives its sessions");
+    }
+
+    #[test]
+    fn mapped_ipv6_counts_as_ipv4() {
+        let v4: std::net::SocketAddr = "10.0.0.1:1".parse().unwrap_or(([0; 4], 0).into());
+        let mapped: std::net::SocketAddr =
+            "[::ffff:10.0.0.1]:2".parse().unwrap_or(([0; 4], 0).into());
+        assert_eq!(
+            limited_ip(&PeerAddr::Tcp(v4)),
+            limited_ip(&PeerAddr::Tcp(mapped))
+        );
+        assert_eq!(limited_ip(&PeerAddr::Unix), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn accept_errors_are_classified() {
+        let os = io::Error::from_raw_os_error;
+        for code in [libc::EBADF, libc::ENOTSOCK, libc::EINVAL, libc::EFAULT] {
+            assert!(listener_gone(&os(code)), "{code}");
+        }
+        assert!(listener_gone(&io::Error::from(io::ErrorKind::NotConnected)));
+        for code in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::ECONNABORTED,
+            libc::EPROTO,
+            libc::EPERM,
+            libc::ENETDOWN,
+            libc::EHOSTUNREACH,
+            libc::EOPNOTSUPP,
+        ] {
+            assert!(!listener_gone(&os(code)), "{code}");
+        }
+        assert!(!listener_gone(&io::Error::other(
+            "a custom listener's trouble"
+        )));
     }
 
     #[test]

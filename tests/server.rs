@@ -6,9 +6,22 @@
 
 mod support;
 
-use msgi::{Frame, FrameCodec, LineCodec, Server};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Ready;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use msgi::{CloseReason, Frame, FrameCodec, Kind, LineCodec, Listener, PeerAddr, Server, Session};
 use support::{echo, serve, RawPeer};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
+use tokio_util::codec::{Decoder, Encoder};
 
 #[tokio::test]
 async fn a_framings_own_max_frame_size_is_served() {
@@ -53,4 +66,234 @@ async fn a_line_codecs_own_max_line_is_served() {
     );
     peer.expect_closed().await;
     server.shutdown().await;
+}
+
+// ---- in-memory connections, for tests on paused time ----
+
+/// A listener over in-memory pipes; once its sender is gone it reports
+/// itself gone (`NotConnected`), after any scripted errors.
+struct Pipes {
+    conns: mpsc::UnboundedReceiver<DuplexStream>,
+    /// Errors returned, in order, before any connection.
+    script: VecDeque<io::Error>,
+    /// Every `accept` call.
+    calls: Arc<AtomicUsize>,
+}
+
+impl Pipes {
+    fn new(script: Vec<io::Error>) -> (Pipes, mpsc::UnboundedSender<DuplexStream>) {
+        let (tx, conns) = mpsc::unbounded_channel();
+        let pipes = Pipes {
+            conns,
+            script: script.into(),
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        (pipes, tx)
+    }
+}
+
+impl Listener for Pipes {
+    type Io = DuplexStream;
+
+    async fn accept(&mut self) -> io::Result<(DuplexStream, PeerAddr)> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = self.script.pop_front() {
+            return Err(e);
+        }
+        match self.conns.recv().await {
+            Some(io) => Ok((io, PeerAddr::Unknown)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+/// Connects a new in-memory peer to `pipes`' server.
+fn dial(tx: &mpsc::UnboundedSender<DuplexStream>) -> DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    tx.send(theirs).unwrap();
+    ours
+}
+
+/// The next frame from an in-memory peer, or `None` at EOF.
+async fn read_frame(io: &mut DuplexStream, buf: &mut BytesMut) -> Option<Frame> {
+    let mut codec = FrameCodec::new();
+    loop {
+        if let Some(frame) = codec.decode(buf).unwrap() {
+            return Some(frame);
+        }
+        if io.read_buf(buf).await.unwrap() == 0 {
+            return None;
+        }
+    }
+}
+
+async fn write_frame(io: &mut DuplexStream, frame: Frame) {
+    let mut out = BytesMut::new();
+    FrameCodec::new().encode(frame, &mut out).unwrap();
+    io.write_all(&out).await.unwrap();
+}
+
+/// A service that answers nothing; only its type matters here.
+#[derive(Clone)]
+struct Nothing;
+
+impl tower::Service<Frame> for Nothing {
+    type Response = Option<Frame>;
+    type Error = Infallible;
+    type Future = Ready<Result<Option<Frame>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _frame: Frame) -> Self::Future {
+        std::future::ready(Ok(None))
+    }
+}
+
+/// A make-service that is never ready; says so the first time it is asked.
+struct NeverReady(Arc<Notify>);
+
+impl tower::Service<Session> for NeverReady {
+    type Response = Nothing;
+    type Error = Infallible;
+    type Future = Ready<Result<Nothing, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.notify_one();
+        Poll::Pending
+    }
+
+    fn call(&mut self, _session: Session) -> Self::Future {
+        std::future::ready(Ok(Nothing))
+    }
+}
+
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// A little beyond the drain deadline: the peers in these tests never close
+/// their end, so the server's farewell waits for them until the deadline.
+const DRAIN_AND_A_TICK: Duration = Duration::from_millis(501);
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_is_bounded_when_the_make_service_is_never_ready() {
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let asked = Arc::new(Notify::new());
+    let server = Server::builder()
+        .drain_deadline(DRAIN)
+        .build()
+        .expect("valid settings");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving =
+        tokio::spawn(
+            server.serve_make_with_shutdown(pipes, NeverReady(asked.clone()), async {
+                let _ = stopped.await;
+            }),
+        );
+    let mut peer = dial(&tx);
+    asked.notified().await; // the accept loop waits for the make-service
+    let start = Instant::now();
+    stop.send(()).unwrap();
+    // Before, the accept loop awaited poll_ready without racing shutdown:
+    // serve never returned.
+    let served = tokio::time::timeout(DRAIN_AND_A_TICK, serving).await;
+    assert!(served.is_ok(), "shutdown outlived the drain deadline");
+    served.unwrap().unwrap().unwrap();
+    assert!(start.elapsed() <= DRAIN);
+    let mut buf = BytesMut::new();
+    let bye = read_frame(&mut peer, &mut buf).await.unwrap();
+    assert_eq!(bye.kind(), Kind::DISCONNECT);
+    assert_eq!(bye.payload_text(), "server shutdown");
+}
+
+/// A server whose make-service never finishes making a service; `connected`
+/// is told of each session (the hook runs while its service is being made).
+fn never_making(
+    connected: mpsc::UnboundedSender<Session>,
+    ended: mpsc::UnboundedSender<CloseReason>,
+) -> Server {
+    Server::builder()
+        .drain_deadline(DRAIN)
+        .on_connect(move |s| {
+            let _ = connected.send(s.clone());
+        })
+        .on_disconnect(move |_, r| {
+            let _ = ended.send(r.clone());
+        })
+        .build()
+        .expect("valid settings")
+}
+
+fn pending_make() -> impl tower::Service<
+    Session,
+    Response = Nothing,
+    Error = Infallible,
+    Future = std::future::Pending<Result<Nothing, Infallible>>,
+> + Send {
+    tower::service_fn(|_: Session| std::future::pending::<Result<Nothing, Infallible>>())
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_is_bounded_when_the_make_service_never_resolves() {
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let (connected_tx, mut connected) = mpsc::unbounded_channel();
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let server = never_making(connected_tx, ended_tx);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(
+        server.serve_make_with_shutdown(pipes, pending_make(), async {
+            let _ = stopped.await;
+        }),
+    );
+    let mut peer = dial(&tx);
+    // Sent before the service exists: never read, never answered.
+    write_frame(&mut peer, Frame::data("early").with_request_id(1)).await;
+    connected.recv().await.unwrap();
+    let start = Instant::now();
+    stop.send(()).unwrap();
+    // Before, `SessionTask::Making` was not told to close: serve never returned.
+    let served = tokio::time::timeout(DRAIN_AND_A_TICK, serving).await;
+    assert!(served.is_ok(), "shutdown outlived the drain deadline");
+    served.unwrap().unwrap().unwrap();
+    assert!(start.elapsed() <= DRAIN);
+    let mut buf = BytesMut::new();
+    let bye = read_frame(&mut peer, &mut buf).await.unwrap();
+    assert_eq!(bye.kind(), Kind::DISCONNECT);
+    assert_eq!(bye.payload_text(), "server shutdown");
+    assert!(
+        read_frame(&mut peer, &mut buf).await.is_none(),
+        "closed after it"
+    );
+    assert_eq!(ended.recv().await.unwrap(), CloseReason::ServerShutdown);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_closed_while_its_service_is_made_is_closed() {
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let (connected_tx, mut connected) = mpsc::unbounded_channel();
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let server = never_making(connected_tx, ended_tx);
+    let registry = server.registry();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let _serving = tokio::spawn(
+        server.serve_make_with_shutdown(pipes, pending_make(), async {
+            let _ = stopped.await;
+        }),
+    );
+    let mut peer = dial(&tx);
+    let session = connected.recv().await.unwrap();
+    assert!(registry.disconnect(session.id(), "maintenance"));
+    let mut buf = BytesMut::new();
+    let bye = tokio::time::timeout(DRAIN_AND_A_TICK, read_frame(&mut peer, &mut buf))
+        .await
+        .expect("closed within the drain deadline")
+        .unwrap();
+    assert_eq!(bye.kind(), Kind::DISCONNECT);
+    assert_eq!(bye.payload_text(), "maintenance");
+    drop(peer);
+    assert_eq!(
+        ended.recv().await.unwrap(),
+        CloseReason::Closed("maintenance".into())
+    );
+    assert_eq!(registry.connection_count(), 0);
 }
