@@ -297,3 +297,260 @@ async fn a_session_closed_while_its_service_is_made_is_closed() {
     );
     assert_eq!(registry.connection_count(), 0);
 }
+
+// ---- accept errors ----
+
+#[cfg(unix)]
+#[tokio::test(start_paused = true)]
+async fn accept_errors_back_off_and_the_server_recovers() {
+    let os = io::Error::from_raw_os_error;
+    // Resource errors, a connection's own trouble, and errors outside any
+    // list (EPROTO, ENETDOWN, EPERM ended the server before).
+    let script = vec![
+        os(libc::EMFILE),
+        os(libc::ENFILE),
+        os(libc::ENOBUFS),
+        os(libc::ENOMEM),
+        os(libc::EPROTO),
+        os(libc::ENETDOWN),
+        os(libc::EPERM),
+        os(libc::ECONNABORTED),
+        io::Error::other("a custom listener's trouble"),
+    ];
+    let errors = script.len();
+    let (pipes, tx) = Pipes::new(script);
+    let calls = pipes.calls.clone();
+    let server = Server::builder().build().expect("valid settings");
+    let start = Instant::now();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let _serving = tokio::spawn(server.serve_with_shutdown(pipes, echo(), async {
+        let _ = stopped.await;
+    }));
+    let mut peer = dial(&tx);
+    write_frame(&mut peer, Frame::ping("hi")).await;
+    let mut buf = BytesMut::new();
+    let pong = read_frame(&mut peer, &mut buf)
+        .await
+        .expect("served after the errors");
+    assert_eq!(
+        (pong.kind(), pong.payload_text()),
+        (Kind::PONG, "hi".into())
+    );
+    // One call per error, one for the connection, one waiting: no spin.
+    assert_eq!(calls.load(Ordering::SeqCst), errors + 2);
+    // It waited 1, 2, 4, ... ms between them.
+    let backoff = Duration::from_millis((1 << errors) - 1);
+    assert!(start.elapsed() >= backoff, "{:?}", start.elapsed());
+}
+
+#[cfg(unix)]
+#[tokio::test(start_paused = true)]
+async fn a_listener_that_is_gone_ends_serve() {
+    let (pipes, _tx) = Pipes::new(vec![io::Error::from_raw_os_error(libc::EBADF)]);
+    let calls = pipes.calls.clone();
+    let server = Server::builder().build().expect("valid settings");
+    let e = server
+        .serve(pipes, echo())
+        .await
+        .expect_err("a bad descriptor ends serve");
+    assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // What an in-memory listener says when its source has closed.
+    let (pipes, tx) = Pipes::new(Vec::new());
+    drop(tx);
+    let server = Server::builder().build().expect("valid settings");
+    let e = server.serve(pipes, echo()).await.expect_err("gone");
+    assert_eq!(e.kind(), io::ErrorKind::NotConnected);
+}
+
+/// Counts failed accepts of a TCP listener, and says when one failed for
+/// want of a descriptor.
+#[cfg(unix)]
+struct CountingListener {
+    inner: tokio::net::TcpListener,
+    errors: Arc<AtomicUsize>,
+    out_of_descriptors: Arc<Notify>,
+}
+
+#[cfg(unix)]
+impl Listener for CountingListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(tokio::net::TcpStream, PeerAddr)> {
+        let accepted = <tokio::net::TcpListener as Listener>::accept(&mut self.inner).await;
+        if let Err(e) = &accepted {
+            self.errors.fetch_add(1, Ordering::SeqCst);
+            if e.raw_os_error() == Some(libc::EMFILE) {
+                self.out_of_descriptors.notify_one();
+            }
+        }
+        accepted
+    }
+}
+
+/// Run by `accept_recovers_when_out_of_descriptors` in a child process
+/// whose descriptor limit is 64 (`ulimit -n 64`), so that the limit does not
+/// disturb the other tests.
+#[cfg(unix)]
+#[test]
+#[ignore = "run under `ulimit -n 64` by accept_recovers_when_out_of_descriptors"]
+fn out_of_descriptors_child() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let inner = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = inner.local_addr().unwrap();
+        let errors = Arc::new(AtomicUsize::new(0));
+        let out_of_descriptors = Arc::new(Notify::new());
+        let listener = CountingListener {
+            inner,
+            errors: errors.clone(),
+            out_of_descriptors: out_of_descriptors.clone(),
+        };
+        let server = Server::builder().build().expect("valid settings");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(server.serve_with_shutdown(listener, echo(), async {
+            let _ = stopped.await;
+        }));
+        // Use up every descriptor (each connection costs one here and one
+        // in the server), keeping one spare.
+        let spare = std::fs::File::open("/dev/null").unwrap();
+        let mut clients = Vec::new();
+        loop {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(stream) => clients.push(stream),
+                Err(e) => {
+                    assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                    break;
+                }
+            }
+            assert!(clients.len() < 1000, "the descriptor limit is not in force");
+        }
+        // The spare's descriptor goes to one more client (this task runs on
+        // until the connect is under way), whose connection the server
+        // cannot accept.
+        drop(spare);
+        clients.push(
+            support::within(tokio::net::TcpStream::connect(addr))
+                .await
+                .unwrap(),
+        );
+        support::within(out_of_descriptors.notified()).await;
+        // Descriptors come back: a new client is served.
+        drop(clients);
+        let mut peer = RawPeer::connect(addr).await;
+        peer.send(Frame::ping("again")).await;
+        let pong = peer.recv_skip_heartbeats().await.expect("served");
+        assert_eq!(pong.payload_text(), "again");
+        let failed = errors.load(Ordering::SeqCst);
+        assert!(failed < 20, "accept failed {failed} times: it spins");
+        drop(peer);
+        stop.send(()).unwrap();
+        support::within(serving).await.unwrap().unwrap();
+    });
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn accept_recovers_when_out_of_descriptors() {
+    let exe = std::env::current_exe().unwrap();
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" --exact out_of_descriptors_child --ignored --test-threads=1"#)
+        .arg(exe)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let out = support::within(child.wait_with_output()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+// ---- per-IP connection limit ----
+
+#[tokio::test]
+async fn one_address_cannot_take_every_slot() {
+    let builder = Server::builder().max_connections_per_ip(Some(2));
+    let mut server = serve(builder, echo()).await;
+    let mut peers = Vec::new();
+    for name in ["a", "b"] {
+        let mut peer = RawPeer::connect(server.addr).await;
+        peer.send(Frame::ping(name)).await;
+        assert_eq!(peer.recv_skip_heartbeats().await.unwrap().payload(), name);
+        peers.push(peer);
+    }
+    let mut third = RawPeer::connect(server.addr).await;
+    let refused = third.recv().await.expect("an ERROR");
+    assert_eq!(refused.kind(), Kind::ERROR);
+    assert_eq!(
+        refused.payload_text(),
+        "too many connections from this address"
+    );
+    third.expect_closed().await;
+    assert_eq!(server.registry.connection_count(), 2);
+
+    // A session's end gives its place back.
+    drop(peers.remove(0));
+    let (_, why) = server.next_end().await;
+    assert_eq!(why, CloseReason::PeerClosed);
+    let mut next = RawPeer::connect(server.addr).await;
+    next.send(Frame::ping("c")).await;
+    assert_eq!(next.recv_skip_heartbeats().await.unwrap().payload(), "c");
+    drop((peers, next));
+    server.shutdown().await;
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn unix_peers_are_not_limited_per_ip() {
+    let dir = std::env::temp_dir().join(format!("msgi-per-ip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("msgi.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let server = Server::builder()
+        .max_connections_per_ip(Some(1))
+        .build()
+        .expect("valid settings");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_shutdown(listener, echo(), async {
+        let _ = stopped.await;
+    }));
+    let mut streams = Vec::new();
+    for name in ["one", "two", "three"] {
+        let mut stream = support::within(tokio::net::UnixStream::connect(&path))
+            .await
+            .unwrap();
+        let mut out = BytesMut::new();
+        FrameCodec::new()
+            .encode(Frame::ping(name), &mut out)
+            .unwrap();
+        stream.write_all(&out).await.unwrap();
+        let mut buf = BytesMut::new();
+        let answer = support::within(async {
+            loop {
+                if let Some(f) = FrameCodec::new().decode(&mut buf).unwrap() {
+                    return f;
+                }
+                assert!(stream.read_buf(&mut buf).await.unwrap() > 0, "closed");
+            }
+        })
+        .await;
+        assert_eq!(
+            (answer.kind(), answer.payload_text()),
+            (Kind::PONG, name.into())
+        );
+        streams.push(stream);
+    }
+    stop.send(()).unwrap();
+    drop(streams);
+    support::within(serving).await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
