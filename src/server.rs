@@ -506,7 +506,8 @@ impl<C: Framing + Clone> Server<C> {
         self.registry.clone()
     }
 
-    /// Serves `service` (cloned for each session) until the listener fails.
+    /// Serves `service` (cloned for each session) until the listener is
+    /// gone (see [`Listener`] for which accept errors end it).
     pub async fn serve<L, S>(self, listener: L, service: S) -> io::Result<()>
     where
         L: Listener,
@@ -521,8 +522,9 @@ impl<C: Framing + Clone> Server<C> {
     /// Serves `service` (cloned for each session) until `shutdown` completes,
     /// then shuts down gracefully: no new connections, every session gets
     /// DISCONNECT `server shutdown` after its accepted requests are
-    /// answered (within the drain deadline), and this returns once every
-    /// session has ended.
+    /// answered, and this returns once every session has ended: within
+    /// the drain deadline after `shutdown` completes (see
+    /// [`serve_make_with_shutdown`](Server::serve_make_with_shutdown)).
     pub async fn serve_with_shutdown<L, S, F>(
         self,
         listener: L,
