@@ -621,3 +621,29 @@ async fn a_request_unanswered_at_shutdown_never_reached_the_application() {
     server.shutdown().await;
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+// PROTOCOL.md, "Shutting down a server": past the drain deadline a session
+// is closed without DISCONNECT, its unanswered requests' fate unknown.
+#[tokio::test]
+async fn past_the_drain_deadline_a_session_closes_without_disconnect() {
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let service = tower::service_fn(move |_: Frame| {
+        let _ = started_tx.send(());
+        std::future::pending::<Result<Option<Frame>, std::convert::Infallible>>()
+    });
+    let builder = Server::builder().drain_deadline(Duration::from_millis(100));
+    let mut server = serve(builder, service).await;
+    let mut peer = RawPeer::connect(server.addr).await;
+    peer.send(Frame::data("stuck").with_request_id(3)).await;
+    within(started.recv()).await.unwrap();
+
+    server.begin_shutdown();
+    loop {
+        match peer.recv().await {
+            Some(frame) if frame.kind() == Kind::HEARTBEAT => {}
+            Some(frame) => panic!("expected a close without a frame, got {frame:?}"),
+            None => break,
+        }
+    }
+    server.shutdown().await;
+}
