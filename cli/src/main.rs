@@ -211,7 +211,7 @@ async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Re
         tower::service_fn(
             |frame: Frame| async move { Ok::<_, std::convert::Infallible>(Some(frame)) },
         );
-    let echo = stack::request_layers(args.timeout_ms, args.rate_limit, args.rate_limit_policy)
+    let echo = stack::request_layers(args.timeout_ms, args.rate_limit, args.rate_limit_policy)?
         .service(echo);
     server.serve_with_shutdown(listener, echo, shutdown).await?;
     tracing::info!("stopped");

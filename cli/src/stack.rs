@@ -122,19 +122,24 @@ type RequestLayers = ServiceBuilder<
     Stack<Either<RateLimitLayer, Identity>, Stack<Either<FrameTimeoutLayer, Identity>, Identity>>,
 >;
 
-/// The per-request layers of `msgi serve`.
+/// The per-request layers of `msgi serve`; a rate the layer refuses
+/// (zero, NaN, infinite) is a `ConfigError`.
 pub(crate) fn request_layers(
     timeout_ms: Option<u64>,
     rate: Option<f64>,
     policy: Policy,
-) -> RequestLayers {
+) -> Result<RequestLayers, msgi::ConfigError> {
     let timeout = timeout_ms.map(|ms| FrameTimeoutLayer::new(Duration::from_millis(ms)));
     let policy = match policy {
         Policy::Reject => RatePolicy::Reject,
         Policy::Delay => RatePolicy::Delay,
     };
-    let rate = rate.map(|n| RateLimitLayer::new(policy).per_session(Limit::frames(n)));
-    ServiceBuilder::new()
+    let rate = rate
+        .map(|n| {
+            Ok::<_, msgi::ConfigError>(RateLimitLayer::new(policy).per_session(Limit::frames(n)?))
+        })
+        .transpose()?;
+    Ok(ServiceBuilder::new()
         .option_layer(timeout)
-        .option_layer(rate)
+        .option_layer(rate))
 }

@@ -127,8 +127,8 @@ fn request_layers(c: &mut Criterion) {
         );
         group.bench_with_input(BenchmarkId::new("rate limit", size), &frame, |b, frame| {
             let layer = RateLimitLayer::new(RatePolicy::Reject)
-                .per_session(Limit::frames(1e12).and_bytes(1e15))
-                .global(Limit::frames(1e12));
+                .per_session(Limit::frames(1e12).unwrap().and_bytes(1e15).unwrap())
+                .global(Limit::frames(1e12).unwrap());
             let mut svc = layer.layer(echo);
             b.iter(|| {
                 rt.block_on(async {

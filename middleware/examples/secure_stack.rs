@@ -40,7 +40,7 @@ async fn main() -> Result<(), msgi::BoxError> {
         .load_shed()
         .concurrency_limit(64)
         .frame_timeout(Duration::from_millis(200))
-        .frame_rate_limit(RateLimitLayer::new(RatePolicy::Reject).per_session(Limit::frames(5.0)))
+        .frame_rate_limit(RateLimitLayer::new(RatePolicy::Reject).per_session(Limit::frames(5.0)?))
         .service(handler);
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

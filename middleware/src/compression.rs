@@ -30,7 +30,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
-use msgi::{BoxError, Flags, Frame, FrameTransform, Side, Transformed};
+use msgi::{BoxError, ConfigError, Flags, Frame, FrameTransform, Side, Transformed};
 use tower::Layer;
 
 /// The default threshold: payloads below it are sent as they are.
@@ -85,10 +85,17 @@ impl CompressionLayer {
         self
     }
 
-    /// zlib level, 0 (store) to 9 (smallest); default 1 (fastest).
-    pub fn level(mut self, level: u32) -> Self {
-        self.level = level.min(9);
-        self
+    /// zlib level, 0 (store) to 9 (smallest); default 1 (fastest). A level
+    /// above 9 is refused, not silently lowered.
+    pub fn level(mut self, level: u32) -> Result<Self, ConfigError> {
+        if level > 9 {
+            return Err(ConfigError::new(
+                "level",
+                format!("zlib levels are 0 to 9, not {level}"),
+            ));
+        }
+        self.level = level;
+        Ok(self)
     }
 }
 
@@ -168,7 +175,9 @@ pub fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressionErro
         let inflate = cell.get_or_insert_with(|| Decompress::new(true));
         inflate.reset(true);
         let cap = limit.saturating_add(1);
-        let mut out = Vec::with_capacity(input.len().saturating_mul(4).clamp(64, cap));
+        // A first guess of four times the input, at least 64 bytes, but never
+        // past the cap (which may be below 64 with a small maximum frame size).
+        let mut out = Vec::with_capacity(input.len().saturating_mul(4).max(64).min(cap));
         loop {
             let consumed = usize::try_from(inflate.total_in()).unwrap_or(usize::MAX);
             let rest = input.get(consumed..).unwrap_or_default();
@@ -292,5 +301,29 @@ mod tests {
         let mut trailing = good.clone();
         trailing.push(0);
         assert!(decompress(&trailing, 1000).is_err());
+    }
+
+    /// A maximum frame size below 73 bytes made the first output guess
+    /// larger than the cap, and `clamp` panicked (issue 7, item 6).
+    #[test]
+    fn a_tiny_maximum_frame_size_does_not_panic() {
+        let mut c = transform();
+        c.set_max_frame_size(64);
+        let text = Frame::data("hello hello hello hello hello hello");
+        let packed = c.encode(text.clone()).unwrap();
+        assert!(packed.flags().contains(Flags::COMPRESSED));
+        assert_eq!(c.decode(packed).unwrap(), text);
+        for limit in 0..80 {
+            let _ = decompress(&compress(&[1u8; 100], 6).unwrap(), limit);
+        }
+    }
+
+    #[test]
+    fn levels_are_checked_when_built() {
+        assert!(CompressionLayer::new().level(9).is_ok());
+        assert_eq!(
+            CompressionLayer::new().level(10).unwrap_err().setting(),
+            "level"
+        );
     }
 }

@@ -33,7 +33,7 @@
 //!     .load_shed()
 //!     .concurrency_limit(32)
 //!     .frame_timeout(Duration::from_secs(2))
-//!     .frame_rate_limit(RateLimitLayer::new(RatePolicy::Reject).per_session(Limit::frames(1000.0)))
+//!     .frame_rate_limit(RateLimitLayer::new(RatePolicy::Reject).per_session(Limit::frames(1000.0)?))
 //!     .service(service_fn(|f: Frame| async move { Ok::<_, std::convert::Infallible>(Some(f)) }));
 //!
 //! let server = Server::builder().framing(framing).build()?;

@@ -13,14 +13,41 @@
 //! second of bytes is let through when the bucket is full and leaves it in
 //! debt, so no frame size is refused for ever.
 //!
-//! ## Sharing
+//! ## Settings are checked when built
 //!
-//! The global buckets live behind an `Arc` made when the layer is built:
-//! every service the layer makes, and every clone of them, shares them.
-//! The per-session buckets belong to one service value, and **a clone starts
-//! with fresh per-session buckets**, as a clone of tower's `ConcurrencyLimit`
-//! starts without a permit. msgi servers clone the service (or make one)
-//! for each session, so "per clone" is "per session".
+//! A [`Limit`] is valid by construction: [`Limit::frames`], [`Limit::bytes`]
+//! and [`Limit::and_bytes`] return a [`msgi::ConfigError`] for a rate that is
+//! zero, negative, NaN or infinite, so a layer built from limits cannot fail
+//! or panic later. (tower-http's layers are plain builders with infallible
+//! setters; the value that can be wrong is the one that is checked.) Waits
+//! are computed with checked arithmetic: a debt too long for the clock
+//! means "not before a very long time", never a panic.
+//!
+//! ## Sharing: per session means per session, whatever is cloned
+//!
+//! The per-session buckets are kept **in the session** (its data, see
+//! [`msgi::Session::with_data`]), keyed by the layer, and found through the
+//! [`msgi::Session`] the server puts in every request's extensions. So every
+//! clone of the service charges the same buckets for the same session:
+//! `svc.clone().oneshot(frame)` per request, `tower::steer::Steer`, a
+//! custom make-service, or one service shared by several sessions all see
+//! one bucket per session, as tower's `ConcurrencyLimit` clones share one
+//! semaphore. Two sessions never share a bucket. A frame that carries no
+//! session (a service used outside a msgi server) is charged to buckets
+//! that belong to the service value and all its clones together.
+//!
+//! The global buckets are made when the layer is built and shared by every
+//! service it makes. They are lock-free: each bucket is one atomic
+//! theoretical arrival time (GCRA), so sessions on different threads do not
+//! queue on a mutex.
+//!
+//! With [`RatePolicy::Delay`], a service value learns its session from the
+//! first frame it is called with and from then on holds `poll_ready` while
+//! that session's bucket is in debt. A fresh clone cannot know the session
+//! before its first call, so when a call finds its session in debt, the
+//! answer's future first waits until the debt is paid, then runs the inner
+//! call's future: the handler still runs no faster than the limit, and the
+//! session stops reading once `max_concurrent_requests` calls wait.
 //!
 //! tower's own `RateLimit` limits requests only, is not `Clone`, and so
 //! cannot be shared by the clones a server makes; this one is, counts bytes
@@ -29,11 +56,12 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use msgi::Frame;
+use msgi::{ConfigError, Frame, Session};
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
@@ -46,130 +74,265 @@ pub enum RatePolicy {
     Reject,
 }
 
-/// A rate: frames per second, bytes per second, or both.
+/// A rate: frames per second, bytes per second, or both. Valid by
+/// construction (every rate finite and above zero).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Limit {
-    /// Frames per second.
-    pub frames_per_sec: Option<f64>,
-    /// Payload bytes per second.
-    pub bytes_per_sec: Option<f64>,
+    frames_per_sec: Option<f64>,
+    bytes_per_sec: Option<f64>,
+}
+
+fn check_rate(setting: &'static str, n: f64) -> Result<f64, ConfigError> {
+    if n.is_finite() && n > 0.0 {
+        Ok(n)
+    } else {
+        Err(ConfigError::new(
+            setting,
+            format!("must be a finite number above 0, not {n}"),
+        ))
+    }
 }
 
 impl Limit {
-    /// At most `n` frames per second.
-    pub fn frames(n: f64) -> Self {
-        Limit {
-            frames_per_sec: Some(n),
+    /// At most `n` frames per second; `n` must be finite and above 0.
+    pub fn frames(n: f64) -> Result<Self, ConfigError> {
+        Ok(Limit {
+            frames_per_sec: Some(check_rate("frames_per_sec", n)?),
             bytes_per_sec: None,
-        }
+        })
     }
 
-    /// At most `n` payload bytes per second.
-    pub fn bytes(n: f64) -> Self {
-        Limit {
+    /// At most `n` payload bytes per second; `n` must be finite and above 0.
+    pub fn bytes(n: f64) -> Result<Self, ConfigError> {
+        Ok(Limit {
             frames_per_sec: None,
-            bytes_per_sec: Some(n),
-        }
+            bytes_per_sec: Some(check_rate("bytes_per_sec", n)?),
+        })
     }
 
-    /// Adds a bytes-per-second limit.
-    pub fn and_bytes(mut self, n: f64) -> Self {
-        self.bytes_per_sec = Some(n);
-        self
+    /// Adds a bytes-per-second limit; `n` must be finite and above 0.
+    pub fn and_bytes(mut self, n: f64) -> Result<Self, ConfigError> {
+        self.bytes_per_sec = Some(check_rate("bytes_per_sec", n)?);
+        Ok(self)
     }
 
-    fn buckets(&self, now: Instant) -> Buckets {
+    /// The frames-per-second rate, if limited.
+    pub fn frames_per_sec(&self) -> Option<f64> {
+        self.frames_per_sec
+    }
+
+    /// The bytes-per-second rate, if limited.
+    pub fn bytes_per_sec(&self) -> Option<f64> {
+        self.bytes_per_sec
+    }
+
+    fn buckets(&self) -> Buckets {
         Buckets {
-            frames: self.frames_per_sec.map(|r| Bucket::new(r, now)),
-            bytes: self.bytes_per_sec.map(|r| Bucket::new(r, now)),
+            frames: self.frames_per_sec.map(Gcra::new),
+            bytes: self.bytes_per_sec.map(Gcra::new),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    rate: f64,
-    tokens: f64,
-    last: Instant,
+/// What a full bucket holds: one second, in nanoseconds of "credit".
+const CAPACITY_NS: u64 = 1_000_000_000;
+
+/// One token bucket as a generic cell rate algorithm: the state is the
+/// theoretical arrival time (TAT), in nanoseconds since the layer's epoch.
+/// The bucket is full when `tat <= now`, empty when `tat == now + 1 s`, in
+/// debt beyond. Updated with compare-and-swap, never under a lock.
+#[derive(Debug)]
+struct Gcra {
+    /// Nanoseconds of credit one unit (frame or byte) costs: 1e9 / rate.
+    ns_per_unit: f64,
+    tat: AtomicU64,
 }
 
-impl Bucket {
-    fn new(rate: f64, now: Instant) -> Self {
-        let rate = rate.max(f64::MIN_POSITIVE);
-        Bucket {
-            rate,
-            tokens: rate,
-            last: now,
+impl Gcra {
+    fn new(rate: f64) -> Self {
+        Gcra {
+            ns_per_unit: 1e9 / rate,
+            tat: AtomicU64::new(0),
         }
     }
 
-    fn refill(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.last).as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.rate);
-        self.last = now;
+    /// The cost of `units`, in nanoseconds (saturating: `as` does).
+    fn cost(&self, units: f64) -> u64 {
+        (units * self.ns_per_unit) as u64
     }
 
-    /// Time until the bucket is out of debt.
-    fn wait(&self) -> Duration {
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.rate)
-        }
+    /// How long until the bucket is out of debt.
+    fn debt(&self, now: u64) -> u64 {
+        self.tat
+            .load(Ordering::Acquire)
+            .saturating_sub(now.saturating_add(CAPACITY_NS))
     }
 
-    fn allows(&self, n: f64) -> bool {
-        self.tokens >= n.min(self.rate)
+    /// Charges `cost` if the bucket holds it (or is full, for a cost over
+    /// its capacity); false and unchanged otherwise.
+    fn try_take(&self, now: u64, cost: u64) -> bool {
+        self.tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                let start = tat.max(now);
+                let used = start - now;
+                (used.saturating_add(cost.min(CAPACITY_NS)) <= CAPACITY_NS)
+                    .then(|| start.saturating_add(cost))
+            })
+            .is_ok()
+    }
+
+    /// Charges `cost` whatever the bucket holds (it may go into debt).
+    fn take(&self, now: u64, cost: u64) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.max(now).saturating_add(cost))
+            });
+    }
+
+    /// Gives back a charge that did not go through.
+    fn refund(&self, cost: u64) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.saturating_sub(cost))
+            });
     }
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Default)]
 struct Buckets {
-    frames: Option<Bucket>,
-    bytes: Option<Bucket>,
+    frames: Option<Gcra>,
+    bytes: Option<Gcra>,
 }
 
 impl Buckets {
-    fn each(&mut self) -> impl Iterator<Item = (&mut Bucket, bool)> {
+    fn each(&self) -> impl Iterator<Item = (&Gcra, bool)> {
         self.frames
-            .iter_mut()
+            .iter()
             .map(|b| (b, true))
-            .chain(self.bytes.iter_mut().map(|b| (b, false)))
+            .chain(self.bytes.iter().map(|b| (b, false)))
     }
 
-    fn refill(&mut self, now: Instant) {
-        self.each().for_each(|(b, _)| b.refill(now));
+    fn debt(&self, now: u64) -> u64 {
+        self.each().map(|(b, _)| b.debt(now)).max().unwrap_or(0)
     }
 
-    fn wait(&mut self) -> Duration {
-        self.each().map(|(b, _)| b.wait()).max().unwrap_or_default()
+    fn cost(b: &Gcra, frames: bool, bytes: f64) -> u64 {
+        b.cost(if frames { 1.0 } else { bytes })
     }
 
-    fn allows(&mut self, bytes: f64) -> bool {
+    fn take(&self, now: u64, bytes: f64) {
         self.each()
-            .all(|(b, frames)| b.allows(if frames { 1.0 } else { bytes }))
+            .for_each(|(b, frames)| b.take(now, Self::cost(b, frames, bytes)));
     }
 
-    fn take(&mut self, bytes: f64) {
+    /// Charges every bucket, or none: true if all held the frame.
+    fn try_take(&self, now: u64, bytes: f64) -> bool {
+        for (taken, (b, frames)) in self.each().enumerate() {
+            if !b.try_take(now, Self::cost(b, frames, bytes)) {
+                self.each()
+                    .take(taken)
+                    .for_each(|(b, frames)| b.refund(Self::cost(b, frames, bytes)));
+                return false;
+            }
+        }
+        true
+    }
+
+    fn refund(&self, bytes: f64) {
         self.each()
-            .for_each(|(b, frames)| b.tokens -= if frames { 1.0 } else { bytes });
+            .for_each(|(b, frames)| b.refund(Self::cost(b, frames, bytes)));
+    }
+}
+
+/// A clock in nanoseconds since `epoch` (saturating), the buckets' unit.
+fn nanos_since(epoch: Instant, now: Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// `now + wait`, or a very distant deadline when that overflows the clock.
+fn deadline_after(now: Instant, wait_ns: u64) -> Instant {
+    let wait = Duration::from_nanos(wait_ns);
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(86_400 * 365 * 30)))
+        .unwrap_or(now)
+}
+
+/// The per-session buckets of every rate-limit layer, in the session's data.
+#[derive(Clone, Default)]
+struct SessionBuckets(Vec<(u64, Arc<Buckets>)>);
+
+/// What a layer's services share: settings, the epoch, global buckets.
+#[derive(Debug)]
+struct Shared {
+    /// Tells this layer's per-session buckets apart from another layer's in
+    /// the same session's data.
+    key: u64,
+    policy: RatePolicy,
+    per_session: Limit,
+    global_limit: Option<Limit>,
+    global: Buckets,
+    epoch: Instant,
+}
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+impl Shared {
+    fn new(policy: RatePolicy, per_session: Limit, global: Option<Limit>) -> Arc<Self> {
+        Arc::new(Shared {
+            key: NEXT_KEY.fetch_add(1, Ordering::Relaxed),
+            policy,
+            per_session,
+            global_limit: global,
+            global: global.map(|g| g.buckets()).unwrap_or_default(),
+            epoch: Instant::now(),
+        })
+    }
+
+    /// This layer's buckets for `session`, made on first use.
+    fn buckets_of(&self, session: &Session) -> Arc<Buckets> {
+        session.with_data(|data| {
+            if let Some(all) = data.get_mut::<SessionBuckets>() {
+                if let Some((_, b)) = all.0.iter().find(|(k, _)| *k == self.key) {
+                    return b.clone();
+                }
+                let b = Arc::new(self.per_session.buckets());
+                all.0.push((self.key, b.clone()));
+                return b;
+            }
+            let b = Arc::new(self.per_session.buckets());
+            data.insert(SessionBuckets(vec![(self.key, b.clone())]));
+            b
+        })
     }
 }
 
 /// Applies [`RateLimit`] to a service.
+///
+/// ```
+/// use msgi_middleware::{Limit, RateLimitLayer, RatePolicy};
+///
+/// # fn main() -> Result<(), msgi::ConfigError> {
+/// let layer = RateLimitLayer::new(RatePolicy::Reject)
+///     .per_session(Limit::frames(100.0)?.and_bytes(1e6)?)
+///     .global(Limit::frames(10_000.0)?);
+/// # let _ = layer;
+/// assert!(Limit::frames(0.0).is_err());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RateLimitLayer {
-    policy: RatePolicy,
-    per_session: Limit,
-    global: Option<Arc<Mutex<Buckets>>>,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for RateLimitLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
-            .field("policy", &self.policy)
-            .field("per_session", &self.per_session)
-            .field("global", &self.global.is_some())
+            .field("policy", &self.shared.policy)
+            .field("per_session", &self.shared.per_session)
+            .field("global", &self.shared.global_limit)
             .finish()
     }
 }
@@ -178,22 +341,22 @@ impl RateLimitLayer {
     /// No limits yet, with this policy.
     pub fn new(policy: RatePolicy) -> Self {
         RateLimitLayer {
-            policy,
-            per_session: Limit::default(),
-            global: None,
+            shared: Shared::new(policy, Limit::default(), None),
         }
     }
 
-    /// Limits each session (each service clone) to `limit`.
-    pub fn per_session(mut self, limit: Limit) -> Self {
-        self.per_session = limit;
-        self
+    /// Limits each session to `limit`.
+    pub fn per_session(self, limit: Limit) -> Self {
+        RateLimitLayer {
+            shared: Shared::new(self.shared.policy, limit, self.shared.global_limit),
+        }
     }
 
     /// Limits all sessions together to `limit`.
-    pub fn global(mut self, limit: Limit) -> Self {
-        self.global = Some(Arc::new(Mutex::new(limit.buckets(Instant::now()))));
-        self
+    pub fn global(self, limit: Limit) -> Self {
+        RateLimitLayer {
+            shared: Shared::new(self.shared.policy, self.shared.per_session, Some(limit)),
+        }
     }
 }
 
@@ -203,35 +366,38 @@ impl<S> Layer<S> for RateLimitLayer {
     fn layer(&self, inner: S) -> RateLimit<S> {
         RateLimit {
             inner,
-            policy: self.policy,
-            limit: self.per_session,
-            session: self.per_session.buckets(Instant::now()),
-            global: self.global.clone(),
+            shared: self.shared.clone(),
+            unattached: Arc::new(self.shared.per_session.buckets()),
+            current: None,
             sleep: None,
         }
     }
 }
 
 /// Limits the frames and bytes the inner service receives.
+///
+/// Clones share everything: the per-session buckets live in each session,
+/// the global ones in the layer (see the [module docs](self)).
 pub struct RateLimit<S> {
     inner: S,
-    policy: RatePolicy,
-    limit: Limit,
-    session: Buckets,
-    global: Option<Arc<Mutex<Buckets>>>,
+    shared: Arc<Shared>,
+    /// The per-session buckets of frames that carry no session, shared by
+    /// this value and its clones.
+    unattached: Arc<Buckets>,
+    /// The session of the last call and its buckets, so that `poll_ready`
+    /// can hold back on its debt and a call of the same session does not
+    /// look its buckets up again.
+    current: Option<(Session, Arc<Buckets>)>,
     sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S: Clone> Clone for RateLimit<S> {
     fn clone(&self) -> Self {
-        // A clone serves another session: fresh per-session buckets, shared
-        // global ones.
         RateLimit {
             inner: self.inner.clone(),
-            policy: self.policy,
-            limit: self.limit,
-            session: self.limit.buckets(Instant::now()),
-            global: self.global.clone(),
+            shared: self.shared.clone(),
+            unattached: self.unattached.clone(),
+            current: self.current.clone(),
             sleep: None,
         }
     }
@@ -241,8 +407,8 @@ impl<S: fmt::Debug> fmt::Debug for RateLimit<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
-            .field("policy", &self.policy)
-            .field("limit", &self.limit)
+            .field("policy", &self.shared.policy)
+            .field("per_session", &self.shared.per_session)
             .finish_non_exhaustive()
     }
 }
@@ -263,10 +429,27 @@ impl<S> RateLimit<S> {
         self.inner
     }
 
-    fn with_global<R>(&self, f: impl FnOnce(&mut Buckets) -> R) -> Option<R> {
-        self.global
-            .as_ref()
-            .map(|g| f(&mut g.lock().unwrap_or_else(PoisonError::into_inner)))
+    /// The per-session buckets `poll_ready` waits on.
+    fn ready_buckets(&self) -> &Buckets {
+        match &self.current {
+            Some((_, b)) => b,
+            None => &self.unattached,
+        }
+    }
+
+    /// The per-session buckets for `frame`'s session.
+    fn buckets_for(&mut self, frame: &Frame) -> Arc<Buckets> {
+        let Some(session) = frame.extensions().get::<Session>() else {
+            return self.unattached.clone();
+        };
+        if let Some((known, b)) = &self.current {
+            if known == session {
+                return b.clone();
+            }
+        }
+        let b = self.shared.buckets_of(session);
+        self.current = Some((session.clone(), b.clone()));
+        b
     }
 }
 
@@ -279,25 +462,20 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        if self.policy == RatePolicy::Delay {
+        if self.shared.policy == RatePolicy::Delay {
             loop {
                 let now = Instant::now();
-                self.session.refill(now);
-                let global_wait = self
-                    .with_global(|g| {
-                        g.refill(now);
-                        g.wait()
-                    })
-                    .unwrap_or_default();
-                let wait = self.session.wait().max(global_wait);
-                if wait.is_zero() {
+                let t = nanos_since(self.shared.epoch, now);
+                let wait = self.ready_buckets().debt(t).max(self.shared.global.debt(t));
+                if wait == 0 {
                     self.sleep = None;
                     break;
                 }
+                let deadline = deadline_after(now, wait);
                 let sleep = self
                     .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
-                sleep.as_mut().reset(now + wait);
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                sleep.as_mut().reset(deadline);
                 if sleep.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
@@ -308,31 +486,32 @@ where
 
     fn call(&mut self, frame: Frame) -> Self::Future {
         let bytes = frame.payload().len() as f64;
+        let session = self.buckets_for(&frame);
         let now = Instant::now();
-        if self.policy == RatePolicy::Reject {
-            self.session.refill(now);
-            let session_ok = self.session.allows(bytes);
-            let global_ok = self
-                .with_global(|g| {
-                    g.refill(now);
-                    let ok = session_ok && g.allows(bytes);
-                    if ok {
-                        g.take(bytes);
-                    }
-                    ok
-                })
-                .unwrap_or(session_ok);
-            if !global_ok {
-                let mut error = Frame::error("rate limited");
-                error.set_request_id(frame.request_id());
-                return ResponseFuture::limited(error);
+        let t = nanos_since(self.shared.epoch, now);
+        let global = &self.shared.global;
+        match self.shared.policy {
+            RatePolicy::Reject => {
+                if !session.try_take(t, bytes) {
+                    return ResponseFuture::limited(&frame);
+                }
+                if !global.try_take(t, bytes) {
+                    session.refund(bytes);
+                    return ResponseFuture::limited(&frame);
+                }
+                ResponseFuture::inner(self.inner.call(frame), None)
             }
-            self.session.take(bytes);
-        } else {
-            self.session.take(bytes);
-            self.with_global(|g| g.take(bytes));
+            RatePolicy::Delay => {
+                // Zero unless `poll_ready` did not know this session (a
+                // fresh clone): then the call waits here for the debt.
+                let wait = session.debt(t).max(global.debt(t));
+                session.take(t, bytes);
+                global.take(t, bytes);
+                let delay = (wait > 0)
+                    .then(|| Box::pin(tokio::time::sleep_until(deadline_after(now, wait))));
+                ResponseFuture::inner(self.inner.call(frame), delay)
+            }
         }
-        ResponseFuture::inner(self.inner.call(frame))
     }
 }
 
@@ -349,19 +528,27 @@ pin_project_lite::pin_project! {
     #[project = StateProj]
     #[derive(Debug)]
     enum State<F> {
-        Inner { #[pin] fut: F },
+        Inner {
+            // Boxed, and only when a call must wait (see the module docs),
+            // so the usual future stays small.
+            delay: Option<Pin<Box<Sleep>>>,
+            #[pin]
+            fut: F,
+        },
         Limited { answer: Option<Frame> },
     }
 }
 
 impl<F> ResponseFuture<F> {
-    fn inner(fut: F) -> Self {
+    fn inner(fut: F, delay: Option<Pin<Box<Sleep>>>) -> Self {
         ResponseFuture {
-            state: State::Inner { fut },
+            state: State::Inner { delay, fut },
         }
     }
 
-    fn limited(answer: Frame) -> Self {
+    fn limited(frame: &Frame) -> Self {
+        let mut answer = Frame::error("rate limited");
+        answer.set_request_id(frame.request_id());
         ResponseFuture {
             state: State::Limited {
                 answer: Some(answer),
@@ -378,7 +565,15 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Inner { fut } => fut.poll(cx),
+            StateProj::Inner { delay, fut } => {
+                if let Some(sleep) = delay {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    *delay = None;
+                }
+                fut.poll(cx)
+            }
             StateProj::Limited { answer } => Poll::Ready(Ok(answer.take())),
         }
     }
@@ -411,7 +606,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn reject_answers_rate_limited_with_the_id() {
-        let layer = RateLimitLayer::new(RatePolicy::Reject).per_session(Limit::frames(2.0));
+        let layer =
+            RateLimitLayer::new(RatePolicy::Reject).per_session(Limit::frames(2.0).unwrap());
         let mut svc = layer.layer(echo());
         for i in 0..2 {
             let out = call(&mut svc, Frame::data("x").with_request_id(i)).await;
@@ -419,9 +615,10 @@ mod tests {
         }
         let out = call(&mut svc, Frame::data("x").with_request_id(7)).await;
         assert_eq!(out, Frame::error("rate limited").with_request_id(7));
-        // A clone is another session with its own budget...
+        // A clone charges the same budget (these frames carry no session,
+        // so the value and its clones are one "session")...
         let mut other = svc.clone();
-        assert_eq!(call(&mut other, Frame::data("y")).await.kind(), Kind::DATA);
+        assert_eq!(call(&mut other, Frame::data("y")).await.kind(), Kind::ERROR);
         // ...and time refills.
         tokio::time::advance(Duration::from_millis(500)).await;
         assert_eq!(call(&mut svc, Frame::data("x")).await.kind(), Kind::DATA);
@@ -429,7 +626,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn global_limit_is_shared_by_clones() {
-        let layer = RateLimitLayer::new(RatePolicy::Reject).global(Limit::bytes(10.0));
+        let layer = RateLimitLayer::new(RatePolicy::Reject).global(Limit::bytes(10.0).unwrap());
         let mut a = layer.layer(echo());
         let mut b = a.clone();
         assert_eq!(
@@ -445,7 +642,7 @@ mod tests {
         let (inner, mut handle) = mock::pair::<Frame, Option<Frame>>();
         handle.allow(10);
         let mut svc = RateLimitLayer::new(RatePolicy::Delay)
-            .per_session(Limit::frames(1.0))
+            .per_session(Limit::frames(1.0).unwrap())
             .layer(inner);
         let mut task = tokio_test_ready(&mut svc);
         assert!(task.is_ready());
@@ -468,5 +665,56 @@ mod tests {
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         svc.poll_ready(&mut cx)
+    }
+
+    #[test]
+    fn rates_are_checked_when_built() {
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let e = Limit::frames(bad).unwrap_err();
+            assert_eq!(e.setting(), "frames_per_sec");
+            assert_eq!(Limit::bytes(bad).unwrap_err().setting(), "bytes_per_sec");
+            let ok = Limit::frames(1.0).unwrap();
+            assert_eq!(ok.and_bytes(bad).unwrap_err().setting(), "bytes_per_sec");
+        }
+        let l = Limit::frames(3.0).unwrap().and_bytes(5.0).unwrap();
+        assert_eq!(
+            (l.frames_per_sec(), l.bytes_per_sec()),
+            (Some(3.0), Some(5.0))
+        );
+    }
+
+    /// The smallest rates leave a debt longer than the clock can count:
+    /// waiting is "a very long time", never a panic (issue 7, item 6).
+    #[tokio::test(start_paused = true)]
+    async fn a_tiny_rate_waits_without_overflowing_time() {
+        let mut svc = RateLimitLayer::new(RatePolicy::Delay)
+            .per_session(Limit::frames(f64::MIN_POSITIVE).unwrap())
+            .global(Limit::bytes(1e-300).unwrap())
+            .layer(echo());
+        assert!(tokio_test_ready(&mut svc).is_ready());
+        let _ = svc.call(Frame::data("a")).await;
+        assert!(tokio_test_ready(&mut svc).is_pending());
+        tokio::time::advance(Duration::from_secs(86_400 * 365)).await;
+        assert!(tokio_test_ready(&mut svc).is_pending());
+        // A fresh clone, called without waiting, delays its answer instead.
+        let mut fresh = svc.clone();
+        let mut answer = std::pin::pin!(fresh.call(Frame::data("b")));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(answer.as_mut().poll(&mut cx).is_pending());
+    }
+
+    /// `svc.clone().oneshot(frame)` per request is limited like one service.
+    #[tokio::test(start_paused = true)]
+    async fn a_clone_per_request_is_limited() {
+        let svc = RateLimitLayer::new(RatePolicy::Reject)
+            .per_session(Limit::frames(2.0).unwrap())
+            .layer(echo());
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let answer = svc.clone().oneshot(Frame::data("x")).await.unwrap();
+            kinds.push(answer.unwrap().kind());
+        }
+        assert_eq!(kinds, [Kind::DATA, Kind::DATA, Kind::ERROR]);
     }
 }

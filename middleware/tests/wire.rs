@@ -144,7 +144,7 @@ async fn secure_client_and_server_talk_through_every_layer() {
         .load_shed()
         .concurrency_limit(8)
         .layer(FrameTimeoutLayer::new(Duration::from_secs(5)))
-        .layer(RateLimitLayer::new(RatePolicy::Delay).per_session(Limit::frames(10_000.0)))
+        .layer(RateLimitLayer::new(RatePolicy::Delay).per_session(Limit::frames(10_000.0).unwrap()))
         .service(counting_echo(seen.clone()));
     let mut server = serve(Server::builder().framing(framing()), handler).await;
     let client = within(
@@ -396,7 +396,7 @@ async fn bad_hmac_tag_and_replay_are_refused() {
 async fn rate_limit_rejects_with_the_request_id_and_the_session_lives() {
     let seen = Arc::new(AtomicUsize::new(0));
     let handler = RateLimitLayer::new(RatePolicy::Reject)
-        .per_session(Limit::frames(2.0))
+        .per_session(Limit::frames(2.0).unwrap())
         .layer(counting_echo(seen.clone()));
     let mut server = serve(Server::builder(), handler).await;
     let mut peer = RawPeer::connect(server.addr).await;
@@ -450,5 +450,32 @@ async fn timeout_answers_error_with_the_request_id() {
         peer.recv_skip_heartbeats().await.unwrap(),
         Frame::data("quick").with_request_id(9)
     );
+    server.shutdown().await;
+}
+
+/// A maximum frame size below ~73 bytes made inflating panic (`clamp` with
+/// max < min) and ended the session (issue 7, item 6).
+#[tokio::test]
+async fn a_compressing_session_with_a_64_byte_maximum_works() {
+    let framing = || {
+        ServiceBuilder::new()
+            .compression(16)
+            .service(FrameCodec::with_max_frame_size(64))
+    };
+    let seen = Arc::new(AtomicUsize::new(0));
+    let mut server = serve(Server::builder().framing(framing()), counting_echo(seen)).await;
+    let client = within(
+        msgi::Client::builder()
+            .framing(framing())
+            .connect(server.addr),
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let text = "hello hello hello hello hello hello";
+        let answer = within(client.call(Frame::data(text))).await.unwrap();
+        assert_eq!(answer.payload_text(), text);
+    }
+    client.close().await;
     server.shutdown().await;
 }
