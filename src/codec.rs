@@ -55,10 +55,12 @@ pub enum CodecError {
     },
     /// A wire transform (decompression, decryption, authentication)
     /// refused the frame, or could not apply itself to an outgoing one.
-    #[error("{0}")]
-    Transform(#[source] crate::BoxError),
-    /// The transport failed.
-    #[error("i/o error: {0}")]
+    /// Its `Display` and `source` are the transform's error's own, so an
+    /// error chain prints its message once.
+    #[error(transparent)]
+    Transform(crate::BoxError),
+    /// The transport failed (`Display` and `source` are the I/O error's).
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tower::Service;
 
 use crate::codec::Framing;
-use crate::frame::Frame;
+use crate::frame::{Frame, Kind};
 use crate::proto::{Expired, Inbound, Protocol, Role, Timers, WELCOME_PREFIX};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Session};
@@ -306,6 +306,16 @@ where
 
     fn answer(&mut self, request_id: Option<u32>, result: Result<Option<Frame>, BoxError>) {
         let frame = match (request_id, result) {
+            // Only what a client can take as an answer answers a request:
+            // a PING, PONG, HEARTBEAT, DISCONNECT or reserved kind (0
+            // included) would never complete the caller's call.
+            (Some(id), Ok(Some(frame)))
+                if !(frame.kind().is_delivered() || frame.kind() == Kind::ERROR) =>
+            {
+                tracing::debug!(session = %self.session.id(), kind = %frame.kind(), "handler answered with a kind that cannot answer");
+                Frame::error(format!("handler answered with kind {}", frame.kind()))
+                    .with_request_id(id)
+            }
             (Some(id), Ok(Some(mut frame))) => {
                 frame.set_request_id(Some(id));
                 frame
