@@ -46,7 +46,10 @@ async fn error_answers_are_typed() {
     let mut server = serve(Server::builder(), service).await;
     let client = within(Client::connect(server.addr)).await.unwrap();
     let err = within(client.call(Frame::data("x"))).await.unwrap_err();
-    assert!(matches!(&err, ClientError::Remote(r) if r == "no way"), "{err:?}");
+    assert!(
+        matches!(&err, ClientError::Remote(r) if r == "no way"),
+        "{err:?}"
+    );
     // The session lives on.
     within(client.ping()).await.unwrap();
     server.shutdown().await;
@@ -293,7 +296,10 @@ async fn connect_timeout_and_refused() {
             .connect(addr),
     )
     .await;
-    assert!(matches!(result, Err(ClientError::ConnectTimeout)), "{result:?}");
+    assert!(
+        matches!(result, Err(ClientError::ConnectTimeout)),
+        "{result:?}"
+    );
     drop(listener);
     let refused = within(Client::connect(addr)).await;
     // The cause is kept (callers match the io::ErrorKind) and the message
@@ -425,4 +431,402 @@ async fn server_and_client_over_a_unix_socket() {
     let _ = stop.send(());
     within(serving).await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- issue 7: client items pinned against a real server ----
+
+/// A service whose "hang" frames never finish; it reports each one it got.
+fn hanging(
+    got: mpsc::UnboundedSender<String>,
+) -> impl tower::Service<
+    Frame,
+    Response = Option<Frame>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Option<Frame>, std::convert::Infallible>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |f: Frame| {
+        let _ = got.send(f.payload_text().into_owned());
+        async move {
+            if f.payload() == "hang" {
+                std::future::pending::<()>().await;
+            }
+            let mut answer = Frame::data(f.payload().clone());
+            answer.set_request_id(f.request_id());
+            Ok::<_, std::convert::Infallible>(Some(answer))
+        }
+    })
+}
+
+/// Item 14: callers that give up (a timeout drops the answer) free their
+/// place at once; the connection task forgets the call, so the limit never
+/// wedges, and one-way sends, pings and close keep working.
+#[tokio::test]
+async fn abandoned_calls_do_not_wedge_the_client() {
+    let (got_tx, mut got) = mpsc::unbounded_channel();
+    let quick = Server::builder().drain_deadline(Duration::from_millis(50));
+    let mut server = serve(quick, hanging(got_tx)).await;
+    let client = within(Client::builder().max_in_flight(2).connect(server.addr))
+        .await
+        .unwrap();
+    // Four abandoned calls, twice the limit: through the Service API and
+    // through `call`, each dropped once the server has it.
+    for round in 0..2 {
+        let mut svc = client.clone();
+        let answer = within(svc.ready()).await.unwrap().call(Frame::data("hang"));
+        assert_eq!(within(got.recv()).await.unwrap(), "hang");
+        drop(answer);
+        let call = client.call(Frame::data("hang"));
+        tokio::pin!(call);
+        tokio::select! {
+            r = &mut call => panic!("a hanging call finished: {r:?}"),
+            g = got.recv() => assert_eq!(g.unwrap(), "hang", "round {round}"),
+        }
+    }
+    assert_eq!(client.in_flight(), 0);
+    within(client.ping()).await.unwrap();
+    let answer = within(client.call(Frame::data("still here")))
+        .await
+        .unwrap();
+    assert_eq!(answer.payload_text(), "still here");
+    within(client.send(Frame::data("one-way"))).await.unwrap();
+    assert_eq!(within(got.recv()).await.unwrap(), "still here");
+    assert_eq!(within(got.recv()).await.unwrap(), "one-way");
+    within(client.close()).await;
+    server.shutdown().await;
+}
+
+/// Item 14: at the call limit, one-way sends and close do not wait behind
+/// the calls.
+#[tokio::test]
+async fn sends_and_close_do_not_queue_behind_the_call_limit() {
+    let (got_tx, mut got) = mpsc::unbounded_channel();
+    let quick = Server::builder().drain_deadline(Duration::from_millis(50));
+    let mut server = serve(quick, hanging(got_tx)).await;
+    let client = within(Client::builder().max_in_flight(1).connect(server.addr))
+        .await
+        .unwrap();
+    let caller = client.clone();
+    let hung = tokio::spawn(async move { caller.call(Frame::data("hang")).await });
+    assert_eq!(within(got.recv()).await.unwrap(), "hang");
+    let mut svc = client.clone();
+    assert!(
+        futures_util::poll!(std::future::poll_fn(|cx| svc.poll_ready(cx))).is_pending(),
+        "no readiness at the call limit"
+    );
+    within(client.send(Frame::data("one-way"))).await.unwrap();
+    assert_eq!(within(got.recv()).await.unwrap(), "one-way");
+    within(client.close()).await;
+    let lost = within(hung).await.unwrap().unwrap_err();
+    assert!(matches!(lost, ClientError::ConnectionLost(_)), "{lost:?}");
+    server.shutdown().await;
+}
+
+/// Item 15 (server half): a handler answering a correlated request with a
+/// kind that cannot answer (PING, HEARTBEAT, DISCONNECT, kind 0) is refused
+/// by the server with ERROR carrying the id; the caller gets it at once.
+#[tokio::test]
+async fn answers_of_kinds_that_cannot_answer_become_errors() {
+    let service = tower::service_fn(|f: Frame| async move {
+        let answer = match f.payload_text().as_ref() {
+            "ping" => Frame::ping("x"),
+            "heartbeat" => Frame::heartbeat(),
+            "disconnect" => Frame::disconnect("bye"),
+            "zero" => Frame::default(),
+            _ => Frame::data("fine"),
+        };
+        Ok::<_, std::convert::Infallible>(Some(answer))
+    });
+    let mut server = serve(Server::builder(), service).await;
+    let client = within(Client::connect(server.addr)).await.unwrap();
+    for what in ["ping", "heartbeat", "disconnect", "zero"] {
+        let err = within(client.call(Frame::data(what))).await.unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Remote(r) if r.starts_with("handler answered with kind")),
+            "{what}: {err:?}"
+        );
+    }
+    let fine = within(client.call(Frame::data("other"))).await.unwrap();
+    assert_eq!(fine.payload_text(), "fine");
+    server.shutdown().await;
+}
+
+/// Item 16: the connection lives while answers are outstanding, so the
+/// tower idiom on a fresh client gets its answer.
+#[tokio::test]
+async fn oneshot_on_a_fresh_client_gets_its_answer() {
+    let service = tower::service_fn(|f: Frame| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut answer = Frame::data(f.payload().clone());
+        answer.set_request_id(f.request_id());
+        Ok::<_, std::convert::Infallible>(Some(answer))
+    });
+    let mut server = serve(Server::builder(), service).await;
+    let answer = within(async {
+        Client::connect(server.addr)
+            .await?
+            .oneshot(Frame::data("hello"))
+            .await
+    })
+    .await
+    .unwrap();
+    assert_eq!(answer.payload_text(), "hello");
+    // Once the answer is in and no handle is left, the client says goodbye.
+    let (_, reason) = server.next_end().await;
+    assert!(
+        format!("{reason:?}").contains("client closed"),
+        "{reason:?}"
+    );
+    server.shutdown().await;
+}
+
+/// Item 17: readiness and load tell a dead endpoint apart; p2c over a live
+/// and a reconnecting client sends every call to the live one.
+#[tokio::test]
+async fn p2c_prefers_the_live_endpoint() {
+    use tower::balance::p2c::Balance;
+    use tower::discover::ServiceList;
+    use tower::load::Load;
+
+    let tagged = |tag: &'static str| {
+        tower::service_fn(move |f: Frame| async move {
+            let mut answer = Frame::data(tag);
+            answer.set_request_id(f.request_id());
+            Ok::<_, std::convert::Infallible>(Some(answer))
+        })
+    };
+    let mut live = serve(Server::builder(), tagged("live")).await;
+    let mut dead = serve(Server::builder(), tagged("dead")).await;
+    let policy = Reconnect {
+        initial_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(200),
+        ..Reconnect::default()
+    };
+    let to_live = within(Client::builder().reconnect(policy).connect(live.addr))
+        .await
+        .unwrap();
+    let to_dead = within(
+        Client::builder()
+            .reconnect(policy)
+            .queue_timeout(Some(Duration::from_millis(100)))
+            .connect(dead.addr),
+    )
+    .await
+    .unwrap();
+    within(to_dead.ping()).await.unwrap();
+    dead.shutdown().await;
+    // A call made now fails (lost with the link, or not sent within the
+    // queue timeout); either way the link is gone by then.
+    let failed = within(to_dead.call(Frame::data("x"))).await.unwrap_err();
+    assert!(
+        matches!(
+            failed,
+            ClientError::ConnectionLost(_) | ClientError::NotConnected
+        ),
+        "{failed:?}"
+    );
+    assert!(!to_dead.is_connected());
+    assert_eq!(
+        to_dead.load(),
+        usize::MAX,
+        "a dead endpoint never looks best"
+    );
+    assert!(to_live.load() < to_dead.load());
+    let mut probe = to_dead.clone();
+    assert!(
+        futures_util::poll!(std::future::poll_fn(|cx| probe.poll_ready(cx))).is_pending(),
+        "not ready while reconnecting"
+    );
+
+    let mut balance = Balance::new(ServiceList::new(vec![to_live.clone(), to_dead.clone()]));
+    for _ in 0..50 {
+        let answer = within(async { balance.ready().await?.call(Frame::data("x")).await })
+            .await
+            .unwrap();
+        assert_eq!(answer.payload_text(), "live");
+    }
+    live.shutdown().await;
+}
+
+/// Item 17: at `max_in_flight` readiness is Pending, and it comes back when
+/// a call finishes.
+#[tokio::test]
+async fn readiness_waits_for_a_free_call_slot() {
+    let (got_tx, mut got) = mpsc::unbounded_channel();
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let service = tower::service_fn(move |f: Frame| {
+        let _ = got_tx.send(());
+        let mut release = release.clone();
+        async move {
+            let _ = release.wait_for(|r| *r).await;
+            let mut answer = Frame::data("done");
+            answer.set_request_id(f.request_id());
+            Ok::<_, std::convert::Infallible>(Some(answer))
+        }
+    });
+    let mut server = serve(Server::builder(), service).await;
+    let client = within(Client::builder().max_in_flight(2).connect(server.addr))
+        .await
+        .unwrap();
+    let mut svc = client.clone();
+    let a = within(svc.ready()).await.unwrap().call(Frame::data("a"));
+    let b = within(svc.ready()).await.unwrap().call(Frame::data("b"));
+    within(got.recv()).await.unwrap();
+    within(got.recv()).await.unwrap();
+    assert_eq!(client.in_flight(), 2);
+    let mut ready = std::pin::pin!(svc.ready());
+    assert!(futures_util::poll!(&mut ready).is_pending());
+    release_tx.send(true).unwrap();
+    assert_eq!(within(a).await.unwrap().payload_text(), "done");
+    within(ready).await.unwrap();
+    assert_eq!(within(b).await.unwrap().payload_text(), "done");
+    server.shutdown().await;
+}
+
+/// Items 1, 7 and 19: the framing's own limit holds
+/// (`FrameCodec::with_max_frame_size(64)` stays 64); a frame over it is
+/// refused locally with a typed `Encode` error (not `Remote`), one-way or
+/// call, and the connection is not disturbed.
+#[tokio::test]
+async fn local_encode_failures_are_typed_and_disturb_nothing() {
+    let (got_tx, mut got) = mpsc::unbounded_channel();
+    let mut server = serve(Server::builder(), hanging(got_tx)).await;
+    let client = within(
+        Client::builder()
+            .framing(msgi::FrameCodec::with_max_frame_size(64))
+            .connect(server.addr),
+    )
+    .await
+    .unwrap();
+    let big = Frame::data(vec![b'x'; 100]);
+    let err = within(client.send(big.clone())).await.unwrap_err();
+    assert!(matches!(err, ClientError::Encode(_)), "{err:?}");
+    let cause = std::error::Error::source(&err).expect("the codec error");
+    assert!(cause.to_string().contains("max 64"), "{cause}");
+    assert!(matches!(
+        client.try_send(big.clone()),
+        Err(ClientError::Encode(_))
+    ));
+    let err = within(client.call(big)).await.unwrap_err();
+    assert!(matches!(err, ClientError::Encode(_)), "{err:?}");
+    within(client.send(Frame::data("small"))).await.unwrap();
+    assert_eq!(within(got.recv()).await.unwrap(), "small");
+    let answer = within(client.call(Frame::data("ok"))).await.unwrap();
+    assert_eq!(answer.payload_text(), "ok");
+    server.shutdown().await;
+}
+
+/// Item 19: an error chain prints each message once.
+#[test]
+fn codec_errors_print_their_message_once_in_a_chain() {
+    let chain = |e: &dyn std::error::Error| {
+        let mut parts = vec![e.to_string()];
+        let mut next = e.source();
+        while let Some(e) = next {
+            parts.push(e.to_string());
+            next = e.source();
+        }
+        parts
+    };
+    let io = msgi::CodecError::Io(std::io::Error::other("pipe broke"));
+    assert_eq!(chain(&io), ["pipe broke"]);
+    let transform = msgi::CodecError::Transform("decryption failed".into());
+    assert_eq!(chain(&transform), ["decryption failed"]);
+    let encode = ClientError::Encode(Arc::new(msgi::CodecError::LineTooLong { max: 8 }));
+    assert_eq!(
+        chain(&encode),
+        [
+            "frame not sent: it could not be encoded",
+            "line too long (max 8)"
+        ]
+    );
+}
+
+/// Item 6: settings are checked when connecting (a typed error naming the
+/// setting, no silent clamp, no panic later); huge timeouts mean never.
+#[tokio::test]
+async fn settings_are_checked_when_connecting() {
+    let mut server = serve(Server::builder(), echo()).await;
+    let refused = [
+        (Client::builder().outbox_capacity(0), "outbox_capacity"),
+        (Client::builder().incoming_capacity(0), "incoming_capacity"),
+        (Client::builder().max_in_flight(0), "max_in_flight"),
+        (Client::builder().max_frame_size(5), "max_frame_size"),
+        (
+            Client::builder().idle_timeout(Some(Duration::ZERO)),
+            "idle_timeout",
+        ),
+        (
+            Client::builder().connect_timeout(Duration::ZERO),
+            "connect_timeout",
+        ),
+        (
+            Client::builder().reconnect(Reconnect {
+                multiplier: f64::NAN,
+                ..Reconnect::default()
+            }),
+            "reconnect",
+        ),
+    ];
+    for (builder, setting) in refused {
+        match within(builder.connect(server.addr)).await {
+            Err(ClientError::Config(e)) => assert_eq!(e.setting(), setting),
+            other => panic!("{setting}: {other:?}"),
+        }
+    }
+    let forever = within(
+        Client::builder()
+            .connect_timeout(Duration::MAX)
+            .idle_timeout(Some(Duration::MAX))
+            .heartbeat_interval(Some(Duration::MAX))
+            .queue_timeout(Some(Duration::MAX))
+            .connect(server.addr),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        within(forever.call(Frame::data("x")))
+            .await
+            .unwrap()
+            .payload_text(),
+        "x"
+    );
+    within(forever.close()).await;
+    server.shutdown().await;
+}
+
+/// Item 21: a taken but unread `incoming()` stream holds up neither calls
+/// nor the link: pushes beyond the queue are dropped and counted.
+#[tokio::test]
+async fn unread_pushes_do_not_block_answers() {
+    let mut server = serve(Server::builder(), echo()).await;
+    let client = within(
+        Client::builder()
+            .client_id("deaf")
+            .incoming_capacity(8)
+            .connect(server.addr),
+    )
+    .await
+    .unwrap();
+    let mut incoming = client.incoming().unwrap();
+    let session = server.registry.get_by_client_id("deaf").unwrap();
+    for round in 0..75 {
+        for i in 0..20 {
+            // The server's outbox may refuse some; that is its business.
+            let _ = session.send(Frame::data(format!("push {round}/{i}")));
+        }
+        let answer = within(client.call(Frame::data(round.to_string())))
+            .await
+            .unwrap();
+        assert_eq!(answer.payload_text(), round.to_string());
+    }
+    assert!(client.pushes_dropped() > 0);
+    assert!(client.is_connected());
+    // What was kept is the oldest, in order.
+    assert_eq!(
+        within(incoming.recv()).await.unwrap().payload_text(),
+        "push 0/0"
+    );
+    server.shutdown().await;
 }

@@ -204,6 +204,8 @@ where
             };
             link.fail_calls(&why);
             link.give_back(&mut self.queue.carry);
+            // Closes the socket now, not after the reconnect.
+            drop(link);
             tracing::debug!(reason = %why, "connection lost");
             match self.reconnect(&why).await {
                 Ok((next, next_early)) => {
