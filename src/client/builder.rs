@@ -24,7 +24,8 @@ use crate::transport::{ReadError, Transport};
 /// jitter, each delay drawn between half and all of the nominal one.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Reconnect {
-    /// The first delay (default 100 ms; zero is refused when connecting).
+    /// The first delay (default 100 ms). A zero delay (here or in
+    /// `max_delay`) is refused when connecting unless `max_attempts` is set.
     pub initial_delay: Duration,
     /// The longest delay (default 10 s).
     pub max_delay: Duration,
@@ -68,10 +69,12 @@ impl Reconnect {
                 ),
             ));
         }
-        if self.initial_delay.is_zero() || self.max_delay.is_zero() {
+        if (self.initial_delay.is_zero() || self.max_delay.is_zero()) && self.max_attempts.is_none()
+        {
             return Err(ConfigError::new(
                 "reconnect",
-                "delays must be above zero (a zero delay retries in a tight loop)",
+                "delays must be above zero when attempts are unlimited \
+                 (a zero delay would retry in a tight loop)",
             ));
         }
         Ok(())
