@@ -97,6 +97,38 @@ impl std::error::Error for ClientError {
     }
 }
 
+/// Equal when the variant and its text are equal; causes compare by what
+/// can be compared (an [`io::Error`] by its kind, a [`CodecError`] by its
+/// message).
+impl PartialEq for ClientError {
+    fn eq(&self, other: &ClientError) -> bool {
+        use ClientError::*;
+        match (self, other) {
+            (Config(a), Config(b)) => a == b,
+            (ConnectTimeout, ConnectTimeout)
+            | (NotConnected, NotConnected)
+            | (NotReady, NotReady)
+            | (OutboxFull, OutboxFull) => true,
+            (
+                Connect { target, source },
+                Connect {
+                    target: other_target,
+                    source: other_source,
+                },
+            ) => target == other_target && source.kind() == other_source.kind(),
+            (Encode(a), Encode(b)) => a.to_string() == b.to_string(),
+            (Handshake(a), Handshake(b))
+            | (Remote(a), Remote(b))
+            | (Protocol(a), Protocol(b))
+            | (ConnectionLost(a), ConnectionLost(b))
+            | (Closed(a), Closed(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ClientError {}
+
 impl From<ConfigError> for ClientError {
     fn from(e: ConfigError) -> ClientError {
         ClientError::Config(e)
