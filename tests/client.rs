@@ -830,3 +830,26 @@ async fn unread_pushes_do_not_block_answers() {
     );
     server.shutdown().await;
 }
+
+/// Item 18: `call` without readiness does not panic (tokio-util's
+/// `PollSender` would); its future fails with `NotReady` and nothing is sent.
+#[tokio::test]
+async fn call_without_readiness_fails_typed() {
+    let (got_tx, mut got) = mpsc::unbounded_channel();
+    let mut server = serve(Server::builder(), hanging(got_tx)).await;
+    let mut client = within(Client::connect(server.addr)).await.unwrap();
+    let err = within(Service::call(&mut client, Frame::data("unready")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::NotReady), "{err:?}");
+    let answer = within(client.ready().await.unwrap().call(Frame::data("ready")))
+        .await
+        .unwrap();
+    assert_eq!(answer.payload_text(), "ready");
+    assert_eq!(
+        within(got.recv()).await.unwrap(),
+        "ready",
+        "unready never sent"
+    );
+    server.shutdown().await;
+}

@@ -365,7 +365,7 @@ where
             }
             if self.closing.is_none()
                 && (q.shared.close_requested.is_cancelled()
-                    || (q.handles_gone && self.calls.is_empty()))
+                    || (q.handles_gone && self.calls.is_empty() && q.carry.is_empty()))
             {
                 self.begin_close(q, now);
                 progress = true;
