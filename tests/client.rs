@@ -853,3 +853,23 @@ async fn call_without_readiness_fails_typed() {
     );
     server.shutdown().await;
 }
+
+/// Item 20's bound must not deadlock a busy client: the client's own
+/// sends never stop it reading (only replies it owes past twice its
+/// high-water mark do), so large pipelined calls to a server that also
+/// stops reading under backpressure all complete.
+#[tokio::test]
+async fn heavy_pipelining_does_not_deadlock() {
+    let mut server = serve(Server::builder(), echo()).await;
+    let client = within(Client::connect(server.addr)).await.unwrap();
+    let payload = bytes::Bytes::from(vec![7u8; 128 * 1024]);
+    let calls = (0..200).map(|_| {
+        let client = client.clone();
+        let frame = Frame::data(payload.clone());
+        async move { client.call(frame).await }
+    });
+    for answer in within(join_all(calls)).await {
+        assert_eq!(answer.unwrap().payload().len(), 128 * 1024);
+    }
+    server.shutdown().await;
+}

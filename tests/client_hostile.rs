@@ -83,9 +83,10 @@ async fn any_frame_with_a_pending_id_completes_the_call() {
 }
 
 /// Item 20: a server that floods PINGs and never reads cannot grow the
-/// client: the PONGs it owes stay below the write queue's high-water mark,
-/// because the client stops reading there (as the server does). The flood
-/// stalls once the client's queue and the socket buffers are full.
+/// client: the PONGs it owes stay below twice the write queue's high-water
+/// mark, because the client stops reading there (as the server does at its
+/// mark). The flood stalls once the client's queue and the socket buffers
+/// are full.
 #[tokio::test(start_paused = true)]
 async fn a_ping_flood_from_a_server_that_does_not_read_is_bounded() {
     const CHUNK: usize = 64 * 1024;
@@ -106,8 +107,8 @@ async fn a_ping_flood_from_a_server_that_does_not_read_is_bounded() {
     });
     let client = within(Client::connect(addr)).await.unwrap();
     let (written, _stream) = within(flood).await.unwrap();
-    // The client's high-water mark is 1 MiB (its maximum frame size); the
-    // rest is what the two sockets buffer.
+    // The client stops reading at twice its high-water mark (1 MiB, its
+    // maximum frame size); the rest is what the two sockets buffer.
     assert!(
         written < 48 * 1024 * 1024,
         "the server wrote {} MiB before stalling",

@@ -352,6 +352,16 @@ where
         self.transport.pending_write() < self.high_water
     }
 
+    /// Reading stops at twice the high-water mark. What the application
+    /// sends stops being taken at the mark, so it stays below
+    /// `high_water + max_frame_size <= 2 * high_water` and never stops the
+    /// reading by itself (which, with a server that also stops reading
+    /// under backpressure, would deadlock); only replies the client owes
+    /// (PONGs, ERRORs) can reach it.
+    fn may_read(&self) -> bool {
+        self.transport.pending_write() < self.high_water.saturating_mul(2)
+    }
+
     fn poll(&mut self, cx: &mut Context<'_>, q: &mut Queue) -> Poll<LinkEnd> {
         q.shared.task_waker.register(cx.waker());
         for _ in 0..32 {
@@ -398,9 +408,9 @@ where
                 }
             }
 
-            // Stop reading while our own replies (PONGs) wait above the
-            // high-water mark: a peer that does not read cannot grow us.
-            if self.below_high_water() {
+            // Stop reading while replies we owe (PONGs) pile up: a peer
+            // that does not read cannot grow us.
+            if self.may_read() {
                 match self.read(cx, now, q) {
                     Poll::Ready(Ok(())) => progress = true,
                     Poll::Ready(Err(end)) => return Poll::Ready(end),
@@ -493,7 +503,7 @@ where
     }
 
     /// Reads and dispatches frames until the transport has nothing more or
-    /// the write queue is above its high-water mark.
+    /// the write queue reaches twice its high-water mark.
     fn read(
         &mut self,
         cx: &mut Context<'_>,
@@ -501,7 +511,7 @@ where
         q: &mut Queue,
     ) -> Poll<Result<(), LinkEnd>> {
         let mut progress = false;
-        while self.below_high_water() {
+        while self.may_read() {
             let frame = match self.transport.poll_frame(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Ok(Some(frame))) => frame,
