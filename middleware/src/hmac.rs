@@ -23,9 +23,23 @@
 //!
 //! ## Key rotation
 //!
-//! [`HmacKeys`] is shared by every session. [`HmacKeys::rotate`] makes a new
-//! key current for signing at once, and keeps accepting the previous key for
-//! a grace period, so peers can switch over without a flag day.
+//! [`HmacKeys`] is shared by every session (clones share the ring). Both
+//! ends hold their own ring, so a rotation must never have one end sign
+//! with a key the other does not accept yet. The staged way, with no frame
+//! refused at any point:
+//!
+//! 1. **Accept** the new key on every peer: [`HmacKeys::accept`]`(2, key)`.
+//!    Nothing is signed with it yet.
+//! 2. Once every peer accepts it, **sign** with it, peer by peer, in any
+//!    order: [`HmacKeys::sign_with`]`(2)`. The key signed with before stays
+//!    accepted, so frames still signed with it by the others pass.
+//! 3. Once every peer signs with the new key, **retire** the old one on
+//!    every peer: [`HmacKeys::retire`]`(1)` (or [`HmacKeys::retire_after`]).
+//!
+//! [`HmacKeys::rotate`] does steps 1 and 2 at once on one end and retires
+//! the old key after a grace period; the other end refuses the new key's
+//! frames until it accepts it, so use `rotate` only where every peer
+//! already accepts the new key (or shares this ring).
 
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -61,6 +75,10 @@ pub enum HmacError {
     /// The tag did not verify.
     #[error("authentication failed")]
     BadTag,
+    /// The ring has no key to sign with (cannot happen through the
+    /// [`HmacKeys`] API; kept as an error rather than a panic).
+    #[error("no signing key")]
+    NoSigningKey,
     /// The sequence number is not the next one: a replay or reordering.
     #[error("replayed or reordered frame (sequence {got}, expected {expected})")]
     Sequence {
@@ -74,17 +92,51 @@ pub enum HmacError {
 struct Key {
     id: u16,
     mac: Hmac<Sha256>,
+    /// When the key stops being accepted; `None`: until retired.
     retire_at: Option<Instant>,
 }
 
-struct Ring {
-    current: Key,
-    previous: Vec<Key>,
+impl Key {
+    fn is_live(&self, now: Instant) -> bool {
+        self.retire_at.is_none_or(|t| t > now)
+    }
 }
 
-/// The keys of an HMAC-authenticated deployment: one current key for
-/// signing, older ones still accepted until their grace period ends.
-/// Clones share the ring, so a rotation reaches every session.
+struct Ring {
+    /// The id of the key frames are signed with; always in `keys`, never
+    /// scheduled for retirement.
+    signing: u16,
+    /// Every accepted key, the signing one included.
+    keys: Vec<Key>,
+}
+
+impl Ring {
+    fn get(&self, id: u16, now: Instant) -> Option<&Key> {
+        self.keys.iter().find(|k| k.id == id && k.is_live(now))
+    }
+
+    fn prune(&mut self, now: Instant) {
+        self.keys.retain(|k| k.is_live(now));
+    }
+}
+
+/// Why a key-ring change was refused; the ring is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyRingError {
+    /// The id is not (or no longer) an accepted key.
+    #[error("key id {0} is not an accepted key")]
+    NotAccepted(u16),
+    /// The id names the key frames are signed with, which cannot be
+    /// replaced or retired: sign with another key first.
+    #[error("key id {0} is the signing key")]
+    SigningKey(u16),
+}
+
+/// The keys of an HMAC-authenticated deployment: one key for signing,
+/// and every key accepted when verifying (the signing one included, older
+/// and newer ones during a rotation). Clones share the ring, so a change
+/// reaches every session. Rotation steps: [module docs](self).
 #[derive(Clone)]
 pub struct HmacKeys {
     ring: Arc<RwLock<Ring>>,
@@ -92,12 +144,12 @@ pub struct HmacKeys {
 
 impl fmt::Debug for HmacKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ring = self.ring.read().unwrap_or_else(PoisonError::into_inner);
+        let ring = self.read();
         f.debug_struct("HmacKeys")
-            .field("current", &ring.current.id)
+            .field("signing", &ring.signing)
             .field(
-                "previous",
-                &ring.previous.iter().map(|k| k.id).collect::<Vec<_>>(),
+                "accepted",
+                &ring.keys.iter().map(|k| k.id).collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -110,65 +162,144 @@ fn prepared(key: &[u8]) -> Hmac<Sha256> {
 }
 
 impl HmacKeys {
-    /// A ring whose current key is `key`, with id `id`.
+    /// A ring that signs with `key` (id `id`) and accepts only it.
     pub fn new(id: u16, key: &[u8]) -> Self {
         HmacKeys {
             ring: Arc::new(RwLock::new(Ring {
-                current: Key {
+                signing: id,
+                keys: vec![Key {
                     id,
                     mac: prepared(key),
                     retire_at: None,
-                },
-                previous: Vec::new(),
+                }],
             })),
         }
     }
 
-    /// Signs with `key` (id `id`) from now on; the previous current key is
-    /// still accepted for `grace`.
-    pub fn rotate(&self, id: u16, key: &[u8], grace: Duration) {
-        let mut ring = self.ring.write().unwrap_or_else(PoisonError::into_inner);
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Ring> {
+        self.ring.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Step 1 of a rotation: accepts frames signed with `key` (id `id`)
+    /// from now on, without signing with it. An accepted key of the same
+    /// id is replaced; the signing key's id is refused.
+    pub fn accept(&self, id: u16, key: &[u8]) -> Result<(), KeyRingError> {
+        let mut ring = self.write();
+        if ring.signing == id {
+            return Err(KeyRingError::SigningKey(id));
+        }
+        ring.prune(Instant::now());
+        ring.keys.retain(|k| k.id != id);
+        ring.keys.push(Key {
+            id,
+            mac: prepared(key),
+            retire_at: None,
+        });
+        Ok(())
+    }
+
+    /// Step 2: signs with the accepted key `id` from now on. The key signed
+    /// with before stays accepted until it is retired.
+    pub fn sign_with(&self, id: u16) -> Result<(), KeyRingError> {
+        let mut ring = self.write();
         let now = Instant::now();
-        ring.previous
-            .retain(|k| k.retire_at.is_some_and(|t| t > now) && k.id != id);
-        let mut old = std::mem::replace(
-            &mut ring.current,
-            Key {
-                id,
-                mac: prepared(key),
-                retire_at: None,
-            },
-        );
-        old.retire_at = Some(now + grace);
-        if old.id != id {
-            ring.previous.push(old);
+        if ring.get(id, now).is_none() {
+            return Err(KeyRingError::NotAccepted(id));
+        }
+        if let Some(key) = ring.keys.iter_mut().find(|k| k.id == id) {
+            // Signing with it makes it permanent until signing moves on.
+            key.retire_at = None;
+        }
+        ring.signing = id;
+        Ok(())
+    }
+
+    /// Step 3: stops accepting key `id` now. The signing key is refused.
+    pub fn retire(&self, id: u16) -> Result<(), KeyRingError> {
+        self.retire_after(id, Duration::ZERO)
+    }
+
+    /// Stops accepting key `id` once `grace` has passed (a grace too long
+    /// for the clock means never). The signing key is refused.
+    pub fn retire_after(&self, id: u16, grace: Duration) -> Result<(), KeyRingError> {
+        let mut ring = self.write();
+        let now = Instant::now();
+        if ring.signing == id {
+            return Err(KeyRingError::SigningKey(id));
+        }
+        let key = ring
+            .keys
+            .iter_mut()
+            .find(|k| k.id == id && k.is_live(now))
+            .ok_or(KeyRingError::NotAccepted(id))?;
+        key.retire_at = now.checked_add(grace);
+        if grace.is_zero() {
+            ring.prune(now);
+        }
+        Ok(())
+    }
+
+    /// Signs with `key` (id `id`) from now on, at once, and keeps accepting
+    /// the key signed with before for `grace` (a grace too long for the
+    /// clock means until retired).
+    ///
+    /// This is steps 1 and 2 of a rotation in one go on **this** end: a
+    /// peer that does not accept key `id` yet refuses every frame signed
+    /// with it. Between ends with separate rings, use [`accept`], then
+    /// [`sign_with`], then [`retire`] (module docs).
+    ///
+    /// [`accept`]: HmacKeys::accept
+    /// [`sign_with`]: HmacKeys::sign_with
+    /// [`retire`]: HmacKeys::retire
+    pub fn rotate(&self, id: u16, key: &[u8], grace: Duration) {
+        let mut ring = self.write();
+        let now = Instant::now();
+        ring.prune(now);
+        let previous = ring.signing;
+        ring.keys.retain(|k| k.id != id);
+        ring.keys.push(Key {
+            id,
+            mac: prepared(key),
+            retire_at: None,
+        });
+        ring.signing = id;
+        if previous != id {
+            if let Some(old) = ring.keys.iter_mut().find(|k| k.id == previous) {
+                old.retire_at = now.checked_add(grace);
+            }
         }
     }
 
     /// The id of the key used for signing.
     pub fn current_id(&self) -> u16 {
-        self.ring
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .current
-            .id
+        self.read().signing
     }
 
-    fn signer(&self) -> (u16, Hmac<Sha256>) {
-        let ring = self.ring.read().unwrap_or_else(PoisonError::into_inner);
-        (ring.current.id, ring.current.mac.clone())
+    /// The ids of the keys accepted now, the signing one included.
+    pub fn accepted_ids(&self) -> Vec<u16> {
+        let now = Instant::now();
+        let ring = self.read();
+        ring.keys
+            .iter()
+            .filter(|k| k.is_live(now))
+            .map(|k| k.id)
+            .collect()
+    }
+
+    /// The signing key (always in the ring: it cannot be retired or
+    /// replaced while it signs).
+    fn signer(&self) -> Option<(u16, Hmac<Sha256>)> {
+        let ring = self.read();
+        let key = ring.keys.iter().find(|k| k.id == ring.signing)?;
+        Some((key.id, key.mac.clone()))
     }
 
     fn verifier(&self, id: u16) -> Option<Hmac<Sha256>> {
-        let ring = self.ring.read().unwrap_or_else(PoisonError::into_inner);
-        if ring.current.id == id {
-            return Some(ring.current.mac.clone());
-        }
-        let now = Instant::now();
-        ring.previous
-            .iter()
-            .find(|k| k.id == id && k.retire_at.is_some_and(|t| t > now))
-            .map(|k| k.mac.clone())
+        self.read().get(id, Instant::now()).map(|k| k.mac.clone())
     }
 }
 
@@ -272,7 +403,7 @@ impl FrameTransform for Authenticator {
     fn encode(&self, mut frame: Frame) -> Result<Frame, BoxError> {
         let flags = frame.flags().with(Flags::AUTHENTICATED);
         frame.set_flags(flags);
-        let (key_id, mut mac) = self.keys.signer();
+        let (key_id, mut mac) = self.keys.signer().ok_or(HmacError::NoSigningKey)?;
         let seq = self.sent;
         feed(&mut mac, &frame, self.side, frame.payload(), key_id, seq);
         let tag = mac.finalize().into_bytes();
@@ -398,5 +529,66 @@ mod tests {
             err.downcast_ref::<HmacError>(),
             Some(HmacError::UnknownKey(1))
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn staged_rotation_refuses_nothing_and_checks_its_steps() {
+        let server_keys = HmacKeys::new(1, b"one");
+        let client_keys = HmacKeys::new(1, b"one");
+        let mut client = HmacLayer::new(client_keys.clone()).transform();
+        let mut server = HmacLayer::new(server_keys.clone()).transform();
+        client.start_session(Side::Client);
+        server.start_session(Side::Server);
+        let mut both_ways = |want_up: u16, want_down: u16| {
+            let up = server.decode(send(&mut client, Frame::data("up"))).unwrap();
+            let down = client
+                .decode(send(&mut server, Frame::data("down")))
+                .unwrap();
+            assert_eq!(up.extensions().get(), Some(&AuthenticatedKey(want_up)));
+            assert_eq!(down.extensions().get(), Some(&AuthenticatedKey(want_down)));
+        };
+        both_ways(1, 1);
+        // 1. Accept, both ends; nothing signs with it yet.
+        assert_eq!(client_keys.sign_with(2), Err(KeyRingError::NotAccepted(2)));
+        server_keys.accept(2, b"two").unwrap();
+        client_keys.accept(2, b"two").unwrap();
+        assert_eq!(client_keys.current_id(), 1);
+        both_ways(1, 1);
+        // 2. Sign with it, one end first.
+        client_keys.sign_with(2).unwrap();
+        both_ways(2, 1);
+        server_keys.sign_with(2).unwrap();
+        both_ways(2, 2);
+        // 3. Retire the old key; the signing key cannot be retired.
+        assert_eq!(server_keys.retire(2), Err(KeyRingError::SigningKey(2)));
+        assert_eq!(
+            server_keys.accept(2, b"x"),
+            Err(KeyRingError::SigningKey(2))
+        );
+        server_keys.retire(1).unwrap();
+        client_keys.retire_after(1, Duration::from_secs(5)).unwrap();
+        assert_eq!(server_keys.accepted_ids(), vec![2]);
+        assert_eq!(client_keys.accepted_ids(), vec![1, 2]);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(client_keys.accepted_ids(), vec![2]);
+        assert_eq!(server_keys.retire(1), Err(KeyRingError::NotAccepted(1)));
+        both_ways(2, 2);
+
+        // A frame still signed with the retired key is refused.
+        let stale = HmacKeys::new(1, b"one");
+        let mut late = HmacLayer::new(stale).transform();
+        late.start_session(Side::Client);
+        let mut fresh = HmacLayer::new(server_keys.clone()).transform();
+        fresh.start_session(Side::Server);
+        let err = fresh.decode(send(&mut late, Frame::data("x"))).unwrap_err();
+        assert!(matches!(
+            err.downcast_ref::<HmacError>(),
+            Some(HmacError::UnknownKey(1))
+        ));
+        // A grace too long for the clock means "until retired", not a panic.
+        server_keys.accept(3, b"three").unwrap();
+        server_keys.retire_after(3, Duration::MAX).unwrap();
+        server_keys.rotate(4, b"four", Duration::MAX);
+        assert_eq!(server_keys.accepted_ids(), vec![2, 3, 4]);
     }
 }

@@ -63,7 +63,9 @@ pub use compression::{Compression, CompressionError, CompressionLayer, Compresso
 #[cfg(feature = "encryption")]
 pub use encryption::{Encryption, EncryptionError, EncryptionKey, EncryptionLayer, Encryptor};
 #[cfg(feature = "hmac")]
-pub use hmac::{AuthenticatedKey, Authentication, Authenticator, HmacError, HmacKeys, HmacLayer};
+pub use hmac::{
+    AuthenticatedKey, Authentication, Authenticator, HmacError, HmacKeys, HmacLayer, KeyRingError,
+};
 #[cfg(feature = "rate-limit")]
 pub use rate_limit::{Limit, RateLimit, RateLimitLayer, RatePolicy};
 #[cfg(feature = "timeout")]
