@@ -881,6 +881,11 @@ where
                     // make-service that may never finish.
                     this.guard.session.register(cx);
                     if let Some(reason) = this.guard.session.close_requested().cloned() {
+                        if reason == CloseReason::SlowConsumer {
+                            // As a running session does: close at once, writing nothing.
+                            this.guard.reason = Some(reason);
+                            return Poll::Ready(());
+                        }
                         let (Some(io), Some(mut codec)) = (io.take(), codec.take()) else {
                             return Poll::Ready(());
                         };

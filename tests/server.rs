@@ -298,6 +298,34 @@ async fn a_session_closed_while_its_service_is_made_is_closed() {
     assert_eq!(registry.connection_count(), 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_slow_consumer_closed_while_its_service_is_made_gets_nothing() {
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .outbound_queue(1)
+        .on_connect(|s| {
+            for _ in 0..2 {
+                let _ = s.send(Frame::data("welcome"));
+            }
+        })
+        .on_disconnect(move |_, r| {
+            let _ = ended_tx.send(r.clone());
+        })
+        .build()
+        .expect("valid settings");
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let _serving = tokio::spawn(
+        server.serve_make_with_shutdown(pipes, pending_make(), async {
+            let _ = stopped.await;
+        }),
+    );
+    let mut peer = dial(&tx);
+    assert_eq!(ended.recv().await.unwrap(), CloseReason::SlowConsumer);
+    let mut buf = BytesMut::new();
+    assert!(read_frame(&mut peer, &mut buf).await.is_none());
+}
+
 // ---- accept errors ----
 
 #[cfg(unix)]
