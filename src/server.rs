@@ -1100,6 +1100,37 @@ mod tests {
         assert_eq!(server.codec.max_frame_size(), 80);
     }
 
+    /// Remembers the limit it was told, as the decompressor does.
+    #[derive(Clone, Default)]
+    struct Told(usize);
+
+    impl crate::FrameTransform for Told {
+        fn start_session(&mut self, _side: Side) {}
+
+        fn set_max_frame_size(&mut self, max: usize) {
+            self.0 = max;
+        }
+
+        fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+            Ok(frame)
+        }
+
+        fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
+            Ok(frame)
+        }
+    }
+
+    #[test]
+    fn transforms_learn_the_framings_limit() {
+        let framing = crate::Transformed::new(Told(0), FrameCodec::with_max_frame_size(64));
+        let server = Server::builder()
+            .framing(framing)
+            .build()
+            .expect("valid settings");
+        assert_eq!(server.codec.transform().0, 64);
+        assert_eq!(server.codec.max_frame_size(), 64);
+    }
+
     #[test]
     fn the_later_of_max_frame_size_and_framing_wins() {
         let server = Server::builder()
