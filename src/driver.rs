@@ -17,9 +17,10 @@ use tower::Service;
 
 use crate::codec::Framing;
 use crate::frame::{Frame, Kind};
-use crate::proto::{Expired, Inbound, Protocol, Role, Timers, WELCOME_PREFIX};
+use crate::proto::{Expired, Inbound, Protocol, Reading, Role, Timers, WELCOME_PREFIX};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Session};
+use crate::text::PeerText;
 use crate::transport::{Alarm, ReadError, Transport};
 use crate::BoxError;
 
@@ -28,6 +29,9 @@ use crate::BoxError;
 pub(crate) struct SessionConfig {
     pub(crate) timers: Timers,
     pub(crate) max_in_flight: usize,
+    /// Payload bytes (as decoded: after decompression) of the requests in
+    /// the service at or above which the session stops reading.
+    pub(crate) max_in_flight_bytes: usize,
     pub(crate) drain_deadline: Duration,
     /// Queued output bytes above which the session stops reading requests
     /// and taking pushes until the peer has read some.
@@ -44,26 +48,31 @@ const LINGER: Duration = Duration::from_secs(1);
 const BUDGET: usize = 32;
 
 pin_project_lite::pin_project! {
-    /// A service call and the request id its answer must carry.
+    /// A service call, the request id its answer must carry and the payload
+    /// bytes its request counts against the in-flight budget.
     struct Call<F> {
         #[pin]
         fut: F,
         request_id: Option<u32>,
+        bytes: usize,
     }
 }
+
+/// A finished call: its request id, its request's bytes, its result.
+type Finished = (Option<u32>, usize, Result<Option<Frame>, BoxError>);
 
 impl<F, E> Future for Call<F>
 where
     F: Future<Output = Result<Option<Frame>, E>>,
     E: Into<BoxError>,
 {
-    type Output = (Option<u32>, Result<Option<Frame>, BoxError>);
+    type Output = Finished;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         this.fut
             .poll(cx)
-            .map(|r| (*this.request_id, r.map_err(Into::into)))
+            .map(|r| (*this.request_id, *this.bytes, r.map_err(Into::into)))
     }
 }
 
@@ -90,6 +99,10 @@ where
     session: Session,
     registry: Registry,
     max_in_flight: usize,
+    max_in_flight_bytes: usize,
+    /// Payload bytes of the requests handed to the service (or waiting
+    /// for it) and not yet answered.
+    in_flight_bytes: usize,
     high_water: usize,
     drain_deadline: Duration,
     /// Calls still pending after their first poll; made when first needed
@@ -133,6 +146,8 @@ where
             session,
             registry,
             max_in_flight: cfg.max_in_flight,
+            max_in_flight_bytes: cfg.max_in_flight_bytes,
+            in_flight_bytes: 0,
             high_water: cfg.high_water,
             drain_deadline: cfg.drain_deadline,
             in_flight: None,
@@ -164,10 +179,10 @@ where
             }
 
             while let Some(set) = &mut self.in_flight {
-                let Poll::Ready(Some((id, result))) = set.poll_next_unpin(cx) else {
+                let Poll::Ready(Some(finished)) = set.poll_next_unpin(cx) else {
                     break;
                 };
-                self.answer(id, result);
+                self.answer(finished);
                 progress = true;
             }
 
@@ -208,19 +223,24 @@ where
                         .in_flight
                         .as_ref()
                         .is_none_or(FuturesUnordered::is_empty)
-                        && self.waiting.is_none() =>
+                        && self.waiting.is_none()
+                        // Calls done: no push is taken from now on. Those
+                        // taken before are written before the farewell
+                        // (`take_pushes` moves them as the write queue
+                        // drains), so a push that got `Ok` is written
+                        // unless the session ends abnormally.
+                        && self.session.seal_outbox() =>
                 {
                     if let Some(frame) = farewell.take() {
                         self.queue(frame);
                     }
                     self.phase = Phase::Flushing;
-                    self.session.close_outbox();
                     progress = true;
                 }
                 // Errors here only mean the peer is gone already.
                 Phase::Flushing if flushed && self.transport.poll_shutdown(cx).is_ready() => {
                     self.phase = Phase::Lingering;
-                    self.proto.shorten_drain(now + LINGER);
+                    self.proto.shorten_drain(now, LINGER);
                     progress = true;
                 }
                 Phase::Lingering if self.transport.poll_discard(cx).is_ready() => {
@@ -257,8 +277,18 @@ where
     }
 
     fn take_reason(&mut self) -> CloseReason {
-        self.session.close_outbox();
-        self.reason.take().unwrap_or(CloseReason::Aborted)
+        let reason = self.reason.take().unwrap_or(CloseReason::Aborted);
+        self.drop_pushes(&reason);
+        reason
+    }
+
+    /// Refuses further pushes and drops those not written: the session
+    /// ends abnormally, and its close reason says why they were lost.
+    fn drop_pushes(&self, reason: &CloseReason) {
+        let lost = self.session.close_outbox();
+        if lost > 0 {
+            tracing::debug!(session = %self.session.id(), %reason, lost, "pushed frames not written");
+        }
     }
 
     /// Ends the session at once, writing nothing more.
@@ -282,10 +312,11 @@ where
         tracing::debug!(session = %self.session.id(), %reason, "session closing");
         self.in_flight = None;
         self.waiting = None;
+        self.in_flight_bytes = 0;
         self.queue(last);
+        self.drop_pushes(&reason);
         self.reason = Some(reason);
         self.phase = Phase::Flushing;
-        self.session.close_outbox();
         self.proto.start_drain(now, self.drain_deadline);
     }
 
@@ -304,7 +335,8 @@ where
         }
     }
 
-    fn answer(&mut self, request_id: Option<u32>, result: Result<Option<Frame>, BoxError>) {
+    fn answer(&mut self, (request_id, bytes, result): Finished) {
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(bytes);
         let frame = match (request_id, result) {
             // Only what a client can take as an answer answers a request:
             // a PING, PONG, HEARTBEAT, DISCONNECT or reserved kind (0
@@ -375,6 +407,7 @@ where
             Poll::Ready(Ok(())) => {
                 let call = Call {
                     request_id: frame.request_id(),
+                    bytes: frame.payload().len(),
                     fut: self.service.call(frame),
                 };
                 let mut boxed = match self.spare.take() {
@@ -385,8 +418,8 @@ where
                     None => Box::pin(call),
                 };
                 match boxed.as_mut().poll(cx) {
-                    Poll::Ready((id, result)) => {
-                        self.answer(id, result);
+                    Poll::Ready(finished) => {
+                        self.answer(finished);
                         self.spare = Some(boxed);
                     }
                     Poll::Pending => self
@@ -403,11 +436,23 @@ where
         let mut progress = false;
         loop {
             progress |= self.call_waiting(cx);
-            if self.waiting.is_some()
-                || !matches!(self.phase, Phase::Open)
+            if !matches!(self.phase, Phase::Open) {
+                return progress;
+            }
+            // The idle timer must measure the peer, not this backpressure:
+            // tell the protocol why we stop reading.
+            let reading = if self.transport.pending_write() >= self.high_water {
+                Reading::BlockedOnPeer
+            } else if self.waiting.is_some()
                 || self.in_flight_len() >= self.max_in_flight
-                || self.transport.pending_write() >= self.high_water
+                || self.in_flight_bytes >= self.max_in_flight_bytes
             {
+                Reading::HeldBack
+            } else {
+                Reading::Open
+            };
+            self.proto.set_reading(reading, now);
+            if reading != Reading::Open {
                 return progress;
             }
             let frame = match self.transport.poll_frame(cx) {
@@ -435,6 +480,10 @@ where
             self.session.touch(now);
             match self.proto.on_frame(frame, now) {
                 Inbound::Deliver(mut frame) => {
+                    // Counted from here until the call is answered; the
+                    // payload is as decoded, so after decompression.
+                    self.in_flight_bytes =
+                        self.in_flight_bytes.saturating_add(frame.payload().len());
                     frame.extensions_mut().insert(self.session.clone());
                     self.waiting = Some(frame);
                 }
@@ -454,7 +503,7 @@ where
                     self.queue(answer);
                 }
                 Inbound::PeerError(frame) => {
-                    tracing::debug!(session = %self.session.id(), reason = %crate::text::PeerText(frame.payload()), "peer reported an error");
+                    tracing::debug!(session = %self.session.id(), reason = %PeerText(frame.payload()), "peer reported an error");
                 }
                 Inbound::PeerDisconnect(why) => {
                     self.begin_drain(now, CloseReason::PeerDisconnect(why), None);

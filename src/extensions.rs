@@ -119,8 +119,8 @@ mod tests {
     #[test]
     fn session_slot_and_other_types() {
         let mut ext = Extensions::new();
-        let a = Session::new(SessionId(1), PeerAddr::Unknown, 1, usize::MAX);
-        let b = Session::new(SessionId(2), PeerAddr::Unknown, 1, usize::MAX);
+        let a = Session::new(SessionId(1), PeerAddr::Unknown, crate::session::limits(1));
+        let b = Session::new(SessionId(2), PeerAddr::Unknown, crate::session::limits(1));
         assert!(ext.insert(a.clone()).is_none());
         assert_eq!(ext.insert(5u8), None);
         assert_eq!(ext.len(), 2);

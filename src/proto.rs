@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::frame::{Flags, Frame, Kind};
+use crate::text::PeerText;
 
 /// The prefix of the handshake CONTROL payload: `HELLO <client-id>`.
 pub(crate) const HELLO_PREFIX: &[u8] = b"HELLO ";
@@ -79,35 +80,82 @@ pub(crate) enum Expired {
     Drain,
 }
 
+/// Whether the session reads the connection, as the idle timer sees it.
+///
+/// Idleness must measure the peer, not our own backpressure: while the
+/// session holds back from reading, a live peer's HEARTBEATs sit unread in
+/// the socket, so the idle clock stops; it resumes where it stopped when
+/// reading does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reading {
+    /// Reading frames as they come: the idle clock runs.
+    Open,
+    /// Not reading because of this session's own backpressure (requests in
+    /// flight at their limit, the service not ready): the idle clock stops.
+    HeldBack,
+    /// Not reading because the peer does not take our output (the write
+    /// queue is above its high-water mark): the idle clock runs, and every
+    /// write the peer takes counts as a sign of life. A peer that neither
+    /// sends nor reads for the idle timeout is idle.
+    BlockedOnPeer,
+}
+
+/// [`Reading`], with when the idle clock stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadState {
+    Open,
+    HeldBack { since: Instant },
+    BlockedOnPeer,
+}
+
 /// The state of one session's protocol rules.
 #[derive(Debug)]
 pub(crate) struct Protocol {
     role: Role,
-    timers: Timers,
     binary: bool,
-    started: Instant,
-    last_rx: Instant,
-    last_tx: Instant,
-    received_any: bool,
     delivered_any: bool,
     hello_done: bool,
+    draining: bool,
+    idle_timeout: Option<Duration>,
+    heartbeat_interval: Option<Duration>,
+    /// Until the first frame arrives (server role); `None` once it has, or
+    /// when there is no handshake timer (or it is too far away to count).
+    handshake_deadline: Option<Instant>,
+    /// The idle clock's origin: the last frame received, moved forward by
+    /// the time the session held back from reading since.
+    last_rx: Instant,
+    last_tx: Instant,
+    read_state: ReadState,
+    /// While draining: the deadline, `None` for a drain without one.
     drain_deadline: Option<Instant>,
+}
+
+/// `at + after`, or `None` ("never") when that is beyond what an
+/// [`Instant`] can hold: a huge configured timeout means no timeout.
+fn deadline(at: Instant, after: Duration) -> Option<Instant> {
+    at.checked_add(after)
 }
 
 impl Protocol {
     /// A new session at time `now`. `binary` is false for framings without
     /// kinds (text lines): then the handshake does not apply.
     pub(crate) fn new(role: Role, timers: Timers, binary: bool, now: Instant) -> Protocol {
+        let handshake_deadline = match role {
+            Role::Server => timers.handshake_timeout.and_then(|t| deadline(now, t)),
+            Role::Client => None,
+        };
         Protocol {
             role,
-            timers,
             binary,
-            started: now,
-            last_rx: now,
-            last_tx: now,
-            received_any: false,
             delivered_any: false,
             hello_done: false,
+            draining: false,
+            idle_timeout: timers.idle_timeout,
+            heartbeat_interval: timers.heartbeat_interval,
+            handshake_deadline,
+            last_rx: now,
+            last_tx: now,
+            read_state: ReadState::Open,
             drain_deadline: None,
         }
     }
@@ -115,7 +163,7 @@ impl Protocol {
     /// Classifies a received frame and records the activity.
     pub(crate) fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound {
         self.last_rx = now;
-        self.received_any = true;
+        self.handshake_deadline = None;
         // Each wire transform the session runs removes its own flag while
         // decoding; a transform flag still set here has no transform.
         let transforms = frame.flags().without(Flags::CORRELATED);
@@ -128,7 +176,9 @@ impl Protocol {
             Kind::PONG => Inbound::Pong(frame),
             Kind::HEARTBEAT => Inbound::Nothing,
             Kind::ERROR => Inbound::PeerError(frame),
-            Kind::DISCONNECT => Inbound::PeerDisconnect(frame.payload_text().into_owned()),
+            // The reason is the peer's text: kept escaped and capped, as
+            // it ends up in logs and close reasons.
+            Kind::DISCONNECT => Inbound::PeerDisconnect(PeerText(frame.payload()).to_string()),
             _ if kind.is_reserved() => Inbound::Reply(frame.reply(
                 Kind::ERROR,
                 Bytes::from(format!("reserved kind {:#05x}", kind.get())),
@@ -152,70 +202,112 @@ impl Protocol {
         self.role == Role::Server && self.binary && !self.hello_done && !self.delivered_any
     }
 
-    /// Records that a frame was written at `now` (resets the heartbeat timer).
+    /// Records that bytes were written at `now`: resets the heartbeat timer
+    /// and, while reading is blocked on the peer, shows the peer is alive.
     pub(crate) fn on_sent(&mut self, now: Instant) {
         self.last_tx = now;
-    }
-
-    /// Starts the drain: the session must be closed by `now + deadline`.
-    /// A second call keeps the earlier deadline.
-    pub(crate) fn start_drain(&mut self, now: Instant, deadline: Duration) {
-        if self.drain_deadline.is_none() {
-            self.drain_deadline = Some(now + deadline);
+        if self.read_state == ReadState::BlockedOnPeer {
+            self.last_rx = now;
         }
     }
 
-    /// Brings the drain deadline forward to `deadline` if it is later.
-    pub(crate) fn shorten_drain(&mut self, deadline: Instant) {
-        self.drain_deadline = Some(self.drain_deadline.map_or(deadline, |d| d.min(deadline)));
+    /// Records whether the session reads at `now` (see [`Reading`]). Cheap
+    /// when nothing changes.
+    pub(crate) fn set_reading(&mut self, reading: Reading, now: Instant) {
+        let next = match reading {
+            Reading::Open => ReadState::Open,
+            Reading::HeldBack => match self.read_state {
+                ReadState::HeldBack { .. } => return,
+                _ => ReadState::HeldBack { since: now },
+            },
+            Reading::BlockedOnPeer => ReadState::BlockedOnPeer,
+        };
+        if let ReadState::HeldBack { since } = self.read_state {
+            // The idle clock stood still from `since` to `now`.
+            let held = now.saturating_duration_since(since);
+            self.last_rx = self.last_rx.checked_add(held).unwrap_or(now).min(now);
+        }
+        self.read_state = next;
     }
 
-    /// When the driver must next call [`on_timeout`](Protocol::on_timeout).
+    /// Starts the drain: the session must be closed by `now + deadline`
+    /// (never, if that is beyond what the clock can hold). A second call
+    /// keeps the first deadline.
+    pub(crate) fn start_drain(&mut self, now: Instant, within: Duration) {
+        if !self.draining {
+            self.draining = true;
+            self.drain_deadline = deadline(now, within);
+        }
+    }
+
+    /// Brings the drain deadline forward to `now + within` if that is
+    /// earlier (and starts a drain if none was running).
+    pub(crate) fn shorten_drain(&mut self, now: Instant, within: Duration) {
+        let Some(new) = deadline(now, within) else {
+            self.start_drain(now, within);
+            return;
+        };
+        let current = self.drain_deadline.filter(|_| self.draining);
+        self.draining = true;
+        self.drain_deadline = Some(current.map_or(new, |d| d.min(new)));
+    }
+
+    /// When the driver must next call [`on_timeout`](Protocol::on_timeout);
+    /// `None` when no timer runs.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        if let Some(drain) = self.drain_deadline {
+        if self.draining {
             // While draining only the drain deadline matters.
-            return Some(drain);
+            return self.drain_deadline;
         }
-        let idle = self.timers.idle_timeout.map(|t| self.last_rx + t);
-        let heartbeat = self.timers.heartbeat_interval.map(|t| self.last_tx + t);
-        let handshake = self.handshake_deadline();
-        [idle, heartbeat, handshake].into_iter().flatten().min()
+        [
+            self.idle_deadline(),
+            self.heartbeat_deadline(),
+            self.handshake_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
-    fn handshake_deadline(&self) -> Option<Instant> {
-        if self.role == Role::Server && !self.received_any {
-            self.timers.handshake_timeout.map(|t| self.started + t)
-        } else {
-            None
+    fn idle_deadline(&self) -> Option<Instant> {
+        match self.read_state {
+            ReadState::HeldBack { .. } => None,
+            ReadState::Open | ReadState::BlockedOnPeer => {
+                self.idle_timeout.and_then(|t| deadline(self.last_rx, t))
+            }
         }
+    }
+
+    fn heartbeat_deadline(&self) -> Option<Instant> {
+        self.heartbeat_interval
+            .and_then(|t| deadline(self.last_tx, t))
     }
 
     /// Reports the timer that has fired by `now`, if any. After
     /// [`Expired::Heartbeat`] the caller sends a HEARTBEAT; this records it.
     pub(crate) fn on_timeout(&mut self, now: Instant) -> Option<Expired> {
-        if let Some(drain) = self.drain_deadline {
-            return (now >= drain).then_some(Expired::Drain);
+        if self.draining {
+            return self
+                .drain_deadline
+                .is_some_and(|d| now >= d)
+                .then_some(Expired::Drain);
         }
-        if self.handshake_deadline().is_some_and(|d| now >= d) {
+        if self.handshake_deadline.is_some_and(|d| now >= d) {
             return Some(Expired::Handshake);
         }
-        if let Some(t) = self.timers.idle_timeout {
-            if now >= self.last_rx + t {
-                return Some(Expired::Idle);
-            }
+        if self.idle_deadline().is_some_and(|d| now >= d) {
+            return Some(Expired::Idle);
         }
-        if let Some(t) = self.timers.heartbeat_interval {
-            if now >= self.last_tx + t {
-                self.last_tx = now;
-                return Some(Expired::Heartbeat);
-            }
+        if self.heartbeat_deadline().is_some_and(|d| now >= d) {
+            self.last_tx = now;
+            return Some(Expired::Heartbeat);
         }
         None
     }
 }
 
 /// Checks a client id from a handshake: 1 to 255 bytes of UTF-8 without
-/// control characters.
+/// control characters, and not digits only (those are default ids).
 pub(crate) fn parse_client_id(raw: &[u8]) -> Result<String, &'static str> {
     let text = std::str::from_utf8(raw).map_err(|_| "client id is not UTF-8")?;
     if text.is_empty() {
@@ -226,6 +318,11 @@ pub(crate) fn parse_client_id(raw: &[u8]) -> Result<String, &'static str> {
     }
     if text.chars().any(char::is_control) {
         return Err("client id has control characters");
+    }
+    if text.bytes().all(|b| b.is_ascii_digit()) {
+        // A session without a handshake has its session id, in decimal, as
+        // client id: an announced id must never take one over.
+        return Err("digits only (reserved for session ids)");
     }
     Ok(text.to_owned())
 }
@@ -405,6 +502,124 @@ mod tests {
             p.on_frame(both, t0),
             Inbound::Violation("unsupported flags COMPRESSED | ENCRYPTED".into())
         );
+    }
+
+    #[test]
+    fn idle_clock_stops_while_the_session_holds_back_from_reading() {
+        let t0 = Instant::now();
+        let mut p = Protocol::new(
+            Role::Server,
+            Timers {
+                heartbeat_interval: None,
+                ..timers()
+            },
+            true,
+            t0,
+        );
+        p.on_frame(Frame::data("slow request"), t0 + SEC);
+        // Requests in flight at their limit from 2 s: the peer's frames
+        // stay unread, so their absence says nothing about the peer.
+        p.set_reading(Reading::HeldBack, t0 + 2 * SEC);
+        assert_eq!(p.next_deadline(), None);
+        assert_eq!(p.on_timeout(t0 + 11 * SEC), None);
+        assert_eq!(p.on_timeout(t0 + 100 * SEC), None);
+        // Held again while held: the clock does not restart.
+        p.set_reading(Reading::HeldBack, t0 + 50 * SEC);
+        // Reading again at 102 s: the idle clock resumes where it stopped
+        // (1 s used of 10), so a silent peer is still found, 9 s later.
+        p.set_reading(Reading::Open, t0 + 102 * SEC);
+        assert_eq!(p.next_deadline(), Some(t0 + 111 * SEC));
+        assert_eq!(p.on_timeout(t0 + 110 * SEC), None);
+        assert_eq!(p.on_timeout(t0 + 111 * SEC), Some(Expired::Idle));
+    }
+
+    #[test]
+    fn a_peer_that_takes_our_output_is_alive_while_we_are_blocked_on_it() {
+        let t0 = Instant::now();
+        let mut p = Protocol::new(
+            Role::Server,
+            Timers {
+                heartbeat_interval: None,
+                ..timers()
+            },
+            true,
+            t0,
+        );
+        p.on_frame(Frame::data("x"), t0);
+        p.set_reading(Reading::BlockedOnPeer, t0 + SEC);
+        // The peer reads our answers: alive.
+        p.on_sent(t0 + 8 * SEC);
+        assert_eq!(p.on_timeout(t0 + 12 * SEC), None);
+        assert_eq!(p.next_deadline(), Some(t0 + 18 * SEC));
+        // It stops reading and sends nothing we can read: idle.
+        assert_eq!(p.on_timeout(t0 + 18 * SEC), Some(Expired::Idle));
+
+        // Writes while reading normally do not count as the peer's activity.
+        let mut p = Protocol::new(
+            Role::Server,
+            Timers {
+                heartbeat_interval: None,
+                ..timers()
+            },
+            true,
+            t0,
+        );
+        p.on_frame(Frame::data("x"), t0);
+        p.on_sent(t0 + 8 * SEC);
+        assert_eq!(p.on_timeout(t0 + 10 * SEC), Some(Expired::Idle));
+    }
+
+    #[test]
+    fn huge_timeouts_mean_never() {
+        let t0 = Instant::now();
+        let forever = Timers {
+            idle_timeout: Some(Duration::MAX),
+            heartbeat_interval: Some(Duration::MAX),
+            handshake_timeout: Some(Duration::MAX),
+        };
+        let mut p = Protocol::new(Role::Server, forever, true, t0);
+        assert_eq!(p.next_deadline(), None);
+        assert_eq!(p.on_timeout(t0 + 1_000_000 * SEC), None);
+        p.set_reading(Reading::HeldBack, t0 + SEC);
+        p.set_reading(Reading::BlockedOnPeer, t0 + 2 * SEC);
+        p.on_sent(t0 + 3 * SEC);
+        p.on_frame(Frame::heartbeat(), t0 + 4 * SEC);
+        assert_eq!(p.next_deadline(), None);
+        assert_eq!(p.on_timeout(t0 + 1_000_000 * SEC), None);
+        p.start_drain(t0 + 5 * SEC, Duration::MAX);
+        assert_eq!(p.next_deadline(), None);
+        assert_eq!(p.on_timeout(t0 + 1_000_000 * SEC), None);
+        // The linger still bounds the end of a drain without a deadline.
+        p.shorten_drain(t0 + 6 * SEC, SEC);
+        assert_eq!(p.next_deadline(), Some(t0 + 7 * SEC));
+        p.shorten_drain(t0 + 6 * SEC, Duration::MAX);
+        assert_eq!(p.on_timeout(t0 + 7 * SEC), Some(Expired::Drain));
+        // The client role, too.
+        let mut p = Protocol::new(Role::Client, forever, true, t0);
+        assert_eq!(p.on_timeout(t0 + 1_000_000 * SEC), None);
+    }
+
+    #[test]
+    fn disconnect_reasons_are_escaped_and_capped() {
+        let t0 = Instant::now();
+        let mut p = server(t0);
+        let mut hostile = b"bye\x1b[2J\n".to_vec();
+        hostile.resize(1 << 20, b'x');
+        let Inbound::PeerDisconnect(reason) = p.on_frame(Frame::new(Kind::DISCONNECT, hostile), t0)
+        else {
+            panic!("DISCONNECT must be reported");
+        };
+        assert!(reason.starts_with("bye\\u{1b}[2J\\n"), "{reason}");
+        assert!(reason.len() < 300, "{} bytes kept", reason.len());
+        assert!(!reason.chars().any(char::is_control));
+    }
+
+    #[test]
+    fn announced_ids_cannot_take_a_default_id() {
+        assert!(parse_client_id(b"7").is_err());
+        assert!(parse_client_id(b"0042").is_err());
+        assert_eq!(parse_client_id(b"7a"), Ok("7a".to_owned()));
+        assert_eq!(parse_client_id(b"+7"), Ok("+7".to_owned()));
     }
 
     #[test]

@@ -31,7 +31,7 @@ use crate::driver::{Driver, SessionConfig};
 use crate::frame::{Frame, CORRELATED_HEADER_LEN};
 use crate::proto::Timers;
 use crate::registry::Registry;
-use crate::session::{CloseReason, PeerAddr, Session};
+use crate::session::{CloseReason, OutboxLimits, PeerAddr, Session};
 use crate::transform::Side;
 use crate::BoxError;
 
@@ -86,6 +86,11 @@ impl Listener for tokio::net::UnixListener {
     }
 }
 
+/// Default of [`Builder::max_concurrent_request_bytes`]: 4 MiB.
+const DEFAULT_MAX_CONCURRENT_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+/// Default of [`Builder::outbound_queue_bytes`]: 4 MiB.
+const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
 type ConnectHook = Arc<dyn Fn(&Session) + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Session, &CloseReason) + Send + Sync>;
 
@@ -100,7 +105,9 @@ pub struct Builder<C = FrameCodec> {
     heartbeat_interval: Option<Duration>,
     handshake_timeout: Option<Duration>,
     max_concurrent_requests: usize,
+    max_concurrent_request_bytes: usize,
     outbound_queue: usize,
+    outbound_queue_bytes: usize,
     drain_deadline: Duration,
     max_connections_per_ip: Option<usize>,
     on_connect: Option<ConnectHook>,
@@ -117,7 +124,9 @@ impl Default for Builder {
             heartbeat_interval: Some(Duration::from_secs(20)),
             handshake_timeout: Some(Duration::from_secs(10)),
             max_concurrent_requests: 64,
+            max_concurrent_request_bytes: DEFAULT_MAX_CONCURRENT_REQUEST_BYTES,
             outbound_queue: 1024,
+            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
             drain_deadline: Duration::from_secs(5),
             max_connections_per_ip: None,
             on_connect: None,
@@ -185,11 +194,32 @@ impl<C: Framing + Clone> Builder<C> {
         self
     }
 
+    /// Payload bytes that one session's requests may hold in the service
+    /// at once, counted after decoding (so after decompression) from when a
+    /// request is read until it is answered (default 4 MiB; at least 1). At
+    /// or above it the session stops reading until answers free some, as at
+    /// `max_concurrent_requests`. The check is made before each read, so a
+    /// session holds at most this plus one request: a request larger than
+    /// the budget is still served.
+    pub fn max_concurrent_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_concurrent_request_bytes = bytes;
+        self
+    }
+
     /// Frames that may wait in one session's outbox (default 1024; at
     /// least 1). A push to a full outbox closes that session as a slow
     /// consumer.
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.outbound_queue = frames;
+        self
+    }
+
+    /// Bytes that may wait in one session's outbox, each frame counting its
+    /// payload plus 14 bytes (default 4 MiB; at least 1). A push that would
+    /// go beyond it closes that session as a slow consumer, as a push beyond
+    /// `outbound_queue` does; a push into an empty outbox is always taken.
+    pub fn outbound_queue_bytes(mut self, bytes: usize) -> Self {
+        self.outbound_queue_bytes = bytes;
         self
     }
 
@@ -246,7 +276,9 @@ impl<C: Framing + Clone> Builder<C> {
             heartbeat_interval: self.heartbeat_interval,
             handshake_timeout: self.handshake_timeout,
             max_concurrent_requests: self.max_concurrent_requests,
+            max_concurrent_request_bytes: self.max_concurrent_request_bytes,
             outbound_queue: self.outbound_queue,
+            outbound_queue_bytes: self.outbound_queue_bytes,
             drain_deadline: self.drain_deadline,
             max_connections_per_ip: self.max_connections_per_ip,
             on_connect: self.on_connect,
@@ -270,6 +302,8 @@ impl<C: Framing + Clone> Builder<C> {
         // The framing's limit stands; this only tells the transforms stacked
         // in it (which bound what decompression may produce) what it is.
         codec.set_max_frame_size(max_frame_size);
+        // Pushes too large for the framing are refused by `Session::send`.
+        let max_frame_len = u32::try_from(codec.max_encoded_len()).unwrap_or(u32::MAX);
         Ok(Server {
             codec,
             max_connections: self.max_connections,
@@ -280,10 +314,17 @@ impl<C: Framing + Clone> Builder<C> {
                     handshake_timeout: self.handshake_timeout,
                 },
                 max_in_flight: self.max_concurrent_requests,
+                max_in_flight_bytes: self.max_concurrent_request_bytes,
                 drain_deadline: self.drain_deadline,
                 high_water: max_frame_size.max(64 * 1024),
             },
-            outbound_queue: self.outbound_queue,
+            // `validate` keeps the counts within u32; no frame on the MSGI
+            // wire is longer than u32::MAX bytes.
+            outbox: OutboxLimits {
+                frames: u32::try_from(self.outbound_queue).unwrap_or(u32::MAX),
+                bytes: u32::try_from(self.outbound_queue_bytes).unwrap_or(u32::MAX),
+                max_frame_len,
+            },
             common: Arc::new(Common {
                 on_connect: self.on_connect,
                 on_disconnect: self.on_disconnect,
@@ -313,6 +354,23 @@ impl<C: Framing + Clone> Builder<C> {
         }
         at_least_one("max_concurrent_requests", self.max_concurrent_requests)?;
         at_least_one("outbound_queue", self.outbound_queue)?;
+        at_least_one(
+            "max_concurrent_request_bytes",
+            self.max_concurrent_request_bytes,
+        )?;
+        at_least_one("outbound_queue_bytes", self.outbound_queue_bytes)?;
+        // Kept per session in 32 bits (every byte of a session counts).
+        for (setting, n) in [
+            ("outbound_queue", self.outbound_queue),
+            ("outbound_queue_bytes", self.outbound_queue_bytes),
+        ] {
+            if u32::try_from(n).is_err() {
+                return Err(ConfigError::new(
+                    setting,
+                    format_args!("must be at most {}", u32::MAX),
+                ));
+            }
+        }
         if let Some(n) = self.max_connections_per_ip {
             at_least_one("max_connections_per_ip", n)?;
         }
@@ -377,7 +435,12 @@ impl<C> fmt::Debug for Builder<C> {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field(
+                "max_concurrent_request_bytes",
+                &self.max_concurrent_request_bytes,
+            )
             .field("outbound_queue", &self.outbound_queue)
+            .field("outbound_queue_bytes", &self.outbound_queue_bytes)
             .field("drain_deadline", &self.drain_deadline)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .finish_non_exhaustive()
@@ -462,7 +525,7 @@ pub struct Server<C = FrameCodec> {
     codec: C,
     max_connections: usize,
     session: SessionConfig,
-    outbound_queue: usize,
+    outbox: OutboxLimits,
     common: Arc<Common>,
     registry: Registry,
 }
@@ -648,9 +711,7 @@ impl<C: Framing + Clone> Server<C> {
                 result = Err(io::Error::other(e));
                 break;
             }
-            let session =
-                self.registry
-                    .register(remote, self.outbound_queue, self.codec.max_encoded_len());
+            let session = self.registry.register(remote, self.outbox);
             let making = make.make_service(session.clone());
             let span = tracing::debug_span!("session", id = %session.id(), remote = %session.remote_addr());
             let mut codec = self.codec.clone();
@@ -780,6 +841,8 @@ impl Drop for SessionGuard {
         if let Some(hook) = &self.common.on_disconnect {
             hook(&self.session, &reason);
         }
+        // After the hook, which may still read the session's data.
+        self.session.release();
     }
 }
 

@@ -1,15 +1,15 @@
 //! One connected peer: the [`Session`] handle the registry and handlers hold,
 //! and why a session ended ([`CloseReason`]).
 //!
-//! A session's outbound frames wait in a bounded outbox. Pushing to a full
-//! outbox (a peer that stopped reading) closes that session with
-//! [`CloseReason::SlowConsumer`] instead of growing memory or blocking the
-//! pusher; see [`Session::send`].
+//! A session's outbound frames wait in an outbox bounded in frames and in
+//! bytes. Pushing to a full outbox (a peer that stopped reading) closes that
+//! session with [`CloseReason::SlowConsumer`] instead of growing memory or
+//! blocking the pusher; see [`Session::send`].
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Context;
 use std::time::SystemTime;
@@ -18,7 +18,7 @@ use crate::extensions::Extensions;
 use futures_util::task::AtomicWaker;
 use tokio::time::Instant;
 
-use crate::frame::Frame;
+use crate::frame::{Frame, CORRELATED_HEADER_LEN};
 
 /// A session's number, unique within one server for its lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,7 +56,9 @@ impl fmt::Display for PeerAddr {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
-    /// The peer sent DISCONNECT with this reason.
+    /// The peer sent DISCONNECT with this reason: the peer's text with
+    /// control characters escaped, cut to its first 200 characters (the
+    /// cut marked `…(N bytes)`), as it ends up in logs.
     PeerDisconnect(String),
     /// The peer closed the connection cleanly between frames.
     PeerClosed,
@@ -154,14 +156,44 @@ struct Inner {
     /// The announced client id; `None` means the session id is the client id.
     client_id: Mutex<Option<Arc<str>>>,
     data: Mutex<Extensions>,
-    outbox: Mutex<VecDeque<Frame>>,
-    outbox_capacity: usize,
-    /// The largest frame the session's framing is sure to encode
-    /// (`Framing::max_encoded_len`); larger pushes are refused up front.
-    max_frame_len: usize,
-    outbox_closed: AtomicBool,
+    outbox: Mutex<Outbox>,
+    limits: OutboxLimits,
     close_reason: OnceLock<CloseReason>,
     waker: AtomicWaker,
+}
+
+/// What a session's outbox takes: frames up to a size, and how many and
+/// how many bytes (as counted by [`Outbox::cost`]) it may hold. (`u32`s:
+/// this is in every session.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OutboxLimits {
+    pub(crate) frames: u32,
+    pub(crate) bytes: u32,
+    /// The largest frame the session's framing is sure to encode
+    /// (`Framing::max_encoded_len`, capped at 4 GiB - 1, what the MSGI
+    /// length field carries); larger pushes are refused up front.
+    pub(crate) max_frame_len: u32,
+}
+
+/// Pushed frames waiting for the session's task.
+#[derive(Default)]
+struct Outbox {
+    frames: VecDeque<Frame>,
+    /// The sum of [`Outbox::cost`] over `frames` (saturating).
+    bytes: u32,
+    /// No more pushes are taken. Checked under the same lock as the push
+    /// itself, so a push either is refused or is in the queue before the
+    /// session decides what is left to write.
+    closed: bool,
+}
+
+impl Outbox {
+    /// What a frame counts against the byte bound: its payload and the
+    /// largest header.
+    fn cost(frame: &Frame) -> u32 {
+        let bytes = frame.payload().len().saturating_add(CORRELATED_HEADER_LEN);
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,12 +203,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Session {
-    pub(crate) fn new(
-        id: SessionId,
-        remote: PeerAddr,
-        outbox_capacity: usize,
-        max_frame_len: usize,
-    ) -> Session {
+    pub(crate) fn new(id: SessionId, remote: PeerAddr, limits: OutboxLimits) -> Session {
         Session {
             inner: Arc::new(Inner {
                 id,
@@ -186,10 +213,12 @@ impl Session {
                 last_activity_ms: AtomicU64::new(0),
                 client_id: Mutex::new(None),
                 data: Mutex::new(Extensions::new()),
-                outbox: Mutex::new(VecDeque::new()),
-                outbox_capacity: outbox_capacity.max(1),
-                max_frame_len,
-                outbox_closed: AtomicBool::new(false),
+                outbox: Mutex::new(Outbox::default()),
+                limits: OutboxLimits {
+                    frames: limits.frames.max(1),
+                    bytes: limits.bytes.max(1),
+                    max_frame_len: limits.max_frame_len,
+                },
                 close_reason: OnceLock::new(),
                 waker: AtomicWaker::new(),
             }),
@@ -231,7 +260,10 @@ impl Session {
     /// When the last frame was received from the peer (the accept time if none).
     pub fn last_activity(&self) -> Instant {
         let ms = self.inner.last_activity_ms.load(Ordering::Relaxed);
-        self.inner.started + std::time::Duration::from_millis(ms)
+        let started = self.inner.started;
+        started
+            .checked_add(std::time::Duration::from_millis(ms))
+            .unwrap_or(started)
     }
 
     pub(crate) fn touch(&self, now: Instant) {
@@ -245,6 +277,10 @@ impl Session {
 
     /// Stores a value of type `T` in the session's data, replacing and
     /// returning the previous one.
+    ///
+    /// The data lives while the session does: it is dropped once the
+    /// session has ended and its disconnect hook has run. So data may hold
+    /// a `Session` (this one included) without keeping the session alive.
     pub fn insert_data<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
         lock(&self.inner.data).insert(value)
     }
@@ -263,34 +299,53 @@ impl Session {
 
     /// Queues a frame for this session's peer.
     ///
-    /// Never blocks. If the outbox already holds its capacity (the server's
-    /// `outbound_queue`), the peer is not keeping up: the session is closed
-    /// with [`CloseReason::SlowConsumer`] and this returns
+    /// `Ok(())` means the frame will be written, before the DISCONNECT of a
+    /// graceful close, unless the session ends abnormally first (slow
+    /// consumer, reset, protocol violation, timeout, drain deadline); its
+    /// [`CloseReason`] then says why queued frames were lost. Once the
+    /// session has stopped taking pushes this returns
+    /// [`SendError::Closed`].
+    ///
+    /// Never blocks. The outbox holds at most the server's
+    /// `outbound_queue` frames and `outbound_queue_bytes` bytes (a frame
+    /// counts its payload plus 14 header bytes; a frame pushed into an
+    /// empty outbox is always taken). A push beyond either bound means the
+    /// peer is not keeping up: the session is closed with
+    /// [`CloseReason::SlowConsumer`] and this returns
     /// [`SendError::SlowConsumer`]. Frames queued before are not written.
     ///
     /// A frame the session's framing could not encode, because it is over
     /// the maximum frame size once the wire transforms have added their
     /// bytes, is refused here with [`SendError::TooLarge`], so that a frame
     /// accepted by `send` never fails to encode for its size later.
-    pub fn send(&self, frame: Frame) -> Result<(), SendError> {
+    ///
+    /// The frame's extensions are dropped (they never reach the wire).
+    pub fn send(&self, mut frame: Frame) -> Result<(), SendError> {
         let length = frame.wire_len();
-        if length > self.inner.max_frame_len {
-            return Err(SendError::TooLarge {
-                length,
-                max: self.inner.max_frame_len,
-            });
+        let max = usize::try_from(self.inner.limits.max_frame_len).unwrap_or(usize::MAX);
+        if length > max {
+            return Err(SendError::TooLarge { length, max });
         }
-        if self.inner.outbox_closed.load(Ordering::Acquire) {
+        // A queued frame never holds a `Session`, so an outbox cannot keep
+        // its own session (or another) alive.
+        frame.extensions_mut().clear();
+        let cost = Outbox::cost(&frame);
+        let mut outbox = lock(&self.inner.outbox);
+        if outbox.closed {
             return Err(SendError::Closed);
         }
-        let mut queue = lock(&self.inner.outbox);
-        if queue.len() >= self.inner.outbox_capacity {
-            drop(queue);
+        let limits = self.inner.limits;
+        let queued = u32::try_from(outbox.frames.len()).unwrap_or(u32::MAX);
+        let full = queued >= limits.frames
+            || (queued > 0 && outbox.bytes.saturating_add(cost) > limits.bytes);
+        if full {
+            drop(outbox);
             self.close_with(CloseReason::SlowConsumer);
             return Err(SendError::SlowConsumer);
         }
-        queue.push_back(frame);
-        drop(queue);
+        outbox.bytes = outbox.bytes.saturating_add(cost);
+        outbox.frames.push_back(frame);
+        drop(outbox);
         self.inner.waker.wake();
         Ok(())
     }
@@ -328,24 +383,48 @@ impl Session {
     /// Moves queued frames into `sink` while it accepts them; the driver's
     /// waker must have been registered first.
     pub(crate) fn drain_outbox(&self, mut sink: impl FnMut(Frame) -> bool) -> bool {
-        let mut queue = lock(&self.inner.outbox);
+        let mut outbox = lock(&self.inner.outbox);
         let mut moved = false;
-        while let Some(frame) = queue.pop_front() {
+        while let Some(frame) = outbox.frames.pop_front() {
+            outbox.bytes = outbox.bytes.saturating_sub(Outbox::cost(&frame));
             moved = true;
             if !sink(frame) {
                 break;
             }
         }
-        if queue.is_empty() && queue.capacity() > 32 {
-            *queue = VecDeque::new();
+        if outbox.frames.is_empty() && outbox.frames.capacity() > 32 {
+            outbox.frames = VecDeque::new();
         }
         moved
     }
 
-    /// Refuses further frames and drops those still queued.
-    pub(crate) fn close_outbox(&self) {
-        self.inner.outbox_closed.store(true, Ordering::Release);
-        *lock(&self.inner.outbox) = VecDeque::new();
+    /// Refuses further pushes, keeping those already taken; true when none
+    /// of them is left to move into the write queue.
+    pub(crate) fn seal_outbox(&self) -> bool {
+        let mut outbox = lock(&self.inner.outbox);
+        outbox.closed = true;
+        outbox.frames.is_empty()
+    }
+
+    /// Refuses further pushes and drops those still queued; returns how
+    /// many were dropped.
+    pub(crate) fn close_outbox(&self) -> usize {
+        let dropped = {
+            let mut outbox = lock(&self.inner.outbox);
+            outbox.closed = true;
+            outbox.bytes = 0;
+            std::mem::take(&mut outbox.frames)
+        };
+        dropped.len()
+    }
+
+    /// Called once the session has ended and its disconnect hook has run:
+    /// drops what the session holds for others (pushes, data), so that
+    /// no `Session` stored there keeps this one alive.
+    pub(crate) fn release(&self) {
+        self.close_outbox();
+        let data = std::mem::take(&mut *lock(&self.inner.data));
+        drop(data);
     }
 }
 
@@ -366,12 +445,21 @@ impl PartialEq for Session {
 }
 
 #[cfg(test)]
+pub(crate) fn limits(frames: u32) -> OutboxLimits {
+    OutboxLimits {
+        frames,
+        bytes: u32::MAX,
+        max_frame_len: u32::MAX,
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn full_outbox_closes_as_slow_consumer() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, 2, usize::MAX);
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(2));
         assert_eq!(s.send(Frame::data("a")), Ok(()));
         assert_eq!(s.send(Frame::data("b")), Ok(()));
         assert_eq!(s.send(Frame::data("c")), Err(SendError::SlowConsumer));
@@ -382,8 +470,157 @@ mod tests {
     }
 
     #[test]
+    fn outbox_is_bounded_in_bytes_too() {
+        let limits = OutboxLimits {
+            frames: 1024,
+            bytes: 1000,
+            max_frame_len: u32::MAX,
+        };
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits);
+        let payload = bytes::Bytes::from(vec![0u8; 400]);
+        assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
+        assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
+        // 3 x (400 + 14) > 1000.
+        assert_eq!(
+            s.send(Frame::data(payload.clone())),
+            Err(SendError::SlowConsumer)
+        );
+        assert_eq!(s.close_requested(), Some(&CloseReason::SlowConsumer));
+
+        // Moving frames out frees their bytes; one frame larger than the
+        // bound is taken by an empty outbox.
+        let s = Session::new(SessionId(2), PeerAddr::Unknown, limits);
+        assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
+        assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
+        assert!(s.drain_outbox(|_| true));
+        assert_eq!(s.send(Frame::data(vec![0u8; 5000])), Ok(()));
+        assert_eq!(s.send(Frame::data("x")), Err(SendError::SlowConsumer));
+    }
+
+    #[test]
+    fn a_push_after_the_outbox_closed_is_refused_not_lost() {
+        // The order the old race allowed: the session closes its outbox,
+        // then a push arrives. It must be refused, never left queued.
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(8));
+        assert_eq!(s.send(Frame::data("before")), Ok(()));
+        assert_eq!(s.close_outbox(), 1, "the frame taken before is reported");
+        assert_eq!(s.send(Frame::data("after")), Err(SendError::Closed));
+        assert!(!s.drain_outbox(|_| true), "nothing left behind");
+
+        // Sealing keeps what was taken (it is written before the
+        // farewell) and refuses the rest.
+        let s = Session::new(SessionId(2), PeerAddr::Unknown, limits(8));
+        assert_eq!(s.send(Frame::data("taken")), Ok(()));
+        assert!(!s.seal_outbox(), "one frame still to write");
+        assert_eq!(s.send(Frame::data("late")), Err(SendError::Closed));
+        let mut written = Vec::new();
+        s.drain_outbox(|f| {
+            written.push(f);
+            true
+        });
+        assert_eq!(written, vec![Frame::data("taken")]);
+        assert!(s.seal_outbox());
+    }
+
+    #[test]
+    fn a_pushed_frame_does_not_keep_a_session_alive() {
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(8));
+        let weak = Arc::downgrade(&s.inner);
+        let mut frame = Frame::data("forwarded request");
+        frame.extensions_mut().insert(s.clone());
+        assert_eq!(s.send(frame), Ok(()));
+        s.drain_outbox(|f| {
+            assert!(f.extensions().is_empty(), "extensions never reach the wire");
+            true
+        });
+        let mut frame = Frame::data("again");
+        frame.extensions_mut().insert(s.clone());
+        assert_eq!(s.send(frame), Ok(()));
+        drop(s);
+        assert!(weak.upgrade().is_none(), "the outbox kept its own session");
+    }
+
+    #[tokio::test]
+    async fn an_ended_session_is_freed_even_if_its_data_holds_it() {
+        use crate::codec::FrameCodec;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_util::codec::{Decoder, Encoder};
+
+        #[derive(Clone)]
+        struct Partner(#[allow(dead_code)] Session);
+
+        let weak = Arc::new(Mutex::new(None));
+        let seen = weak.clone();
+        let service = tower::service_fn(move |frame: Frame| {
+            let seen = seen.clone();
+            async move {
+                if let Some(session) = frame.extensions().get::<Session>().cloned() {
+                    *lock(&seen) = Some(Arc::downgrade(&session.inner));
+                    session.insert_data(session.clone());
+                    session.insert_data(Partner(session.clone()));
+                    // The request, with the session in its extensions,
+                    // pushed back to its own session.
+                    let _ = session.send(frame.clone());
+                }
+                Ok::<_, std::convert::Infallible>(Some(frame))
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = crate::Server::builder().build().unwrap();
+        let serving = tokio::spawn(server.serve_with_shutdown(listener, service, async {
+            let _ = stopped.await;
+        }));
+
+        let mut peer = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut out = bytes::BytesMut::new();
+        FrameCodec::new()
+            .encode(Frame::data("hi").with_request_id(1), &mut out)
+            .unwrap();
+        peer.write_all(&out).await.unwrap();
+        let mut got = bytes::BytesMut::new();
+        let mut codec = FrameCodec::new();
+        let answers = async {
+            let mut n = 0;
+            while n < 2 {
+                while codec.decode(&mut got).unwrap().is_some() {
+                    n += 1;
+                }
+                if n < 2 && peer.read_buf(&mut got).await.unwrap() == 0 {
+                    break;
+                }
+            }
+            n
+        };
+        let n = tokio::time::timeout(std::time::Duration::from_secs(20), answers)
+            .await
+            .unwrap();
+        assert_eq!(n, 2, "the answer and the push");
+        drop(peer);
+        let _ = stop.send(());
+        tokio::time::timeout(std::time::Duration::from_secs(20), serving)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let weak = lock(&weak).take().expect("the handler ran");
+        assert!(
+            weak.upgrade().is_none(),
+            "the session's data keeps its own session alive"
+        );
+    }
+
+    #[test]
     fn a_frame_the_framing_cannot_send_is_refused_up_front() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, 2, 20);
+        let s = Session::new(
+            SessionId(1),
+            PeerAddr::Unknown,
+            OutboxLimits {
+                max_frame_len: 20,
+                ..limits(2)
+            },
+        );
         assert_eq!(s.send(Frame::data(vec![0u8; 10])), Ok(()));
         assert_eq!(
             s.send(Frame::data(vec![0u8; 11])),
@@ -398,7 +635,7 @@ mod tests {
 
     #[test]
     fn first_close_reason_wins() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, 2, usize::MAX);
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(2));
         assert!(s.close("kicked"));
         assert!(!s.close_with(CloseReason::ServerShutdown));
         assert_eq!(
@@ -409,7 +646,7 @@ mod tests {
 
     #[test]
     fn session_data() {
-        let s = Session::new(SessionId(7), PeerAddr::Unknown, 2, usize::MAX);
+        let s = Session::new(SessionId(7), PeerAddr::Unknown, limits(2));
         assert_eq!(s.client_id(), "7");
         assert_eq!(s.insert_data(5u32), None);
         assert_eq!(s.data::<u32>(), Some(5));
