@@ -186,9 +186,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
 }
 
 async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    // Every setting is checked before anything is bound or announced.
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let server = Server::builder()
         .framing(framing)
@@ -198,13 +196,6 @@ async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Re
         .on_connect(|s| tracing::info!(session = %s.id(), remote = %s.remote_addr(), "connected"))
         .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"))
         .build()?;
-    // Watch the signals before announcing: a SIGTERM sent as soon as the
-    // address is known must already stop the server gracefully.
-    let shutdown = shutdown_signal()?;
-    if args.announce {
-        announce(listener.local_addr()?)?;
-    }
-    tracing::info!(addr = %listener.local_addr()?, layers = %args.wire.describe(), "msgi echo server listening");
     // The frame itself is the answer: same kind, flags, payload and request
     // id (its extensions never reach the wire).
     let echo =
@@ -213,6 +204,16 @@ async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Re
         );
     let echo = stack::request_layers(args.timeout_ms, args.rate_limit, args.rate_limit_policy)?
         .service(echo);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    // Watch the signals before announcing: a SIGTERM sent as soon as the
+    // address is known must already stop the server gracefully.
+    let shutdown = shutdown_signal()?;
+    if args.announce {
+        announce(listener.local_addr()?)?;
+    }
+    tracing::info!(addr = %listener.local_addr()?, layers = %args.wire.describe(), "msgi echo server listening");
     server.serve_with_shutdown(listener, echo, shutdown).await?;
     tracing::info!("stopped");
     Ok(())
