@@ -84,8 +84,26 @@ pub struct WriteBuf {
 /// Payloads at least this large are written from their own buffer.
 const ZERO_COPY_THRESHOLD: usize = 4096;
 
-/// The most a decoder reserves beyond the bytes it has for an incomplete frame.
-const RESERVE_AHEAD: usize = 64 * 1024;
+/// The most a decoder reserves beyond the bytes it has for an incomplete
+/// frame, while it has fewer than this; past it, at most as many bytes as it
+/// has (so a large frame's buffer grows geometrically: each byte is copied
+/// about once, and the buffer never holds more than twice what the peer
+/// actually sent).
+pub(crate) const RESERVE_AHEAD: usize = 64 * 1024;
+
+/// Makes room for `additional` more bytes in `buf` while never making its
+/// capacity more than `buf.len() + additional`: unlike `BytesMut::reserve`,
+/// which may double the buffer. Space already allocated is reused when the
+/// buffer is not shared; otherwise one buffer of exactly the size needed is
+/// allocated and the bytes are copied into it.
+pub(crate) fn reserve_at_most(buf: &mut BytesMut, additional: usize) {
+    if buf.capacity() - buf.len() >= additional || buf.try_reclaim(additional) {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(buf.len().saturating_add(additional));
+    grown.extend_from_slice(buf);
+    *buf = grown;
+}
 
 /// The most slices handed to one vectored write.
 const MAX_IOVECS: usize = 64;
@@ -356,8 +374,16 @@ impl Decoder for FrameCodec {
         if src.len() < length {
             // Grow with what arrives, not with what the header announces: a
             // peer that sends only headers of maximum-size frames must not
-            // make every connection hold the maximum frame size.
-            src.reserve((length - src.len()).min(RESERVE_AHEAD));
+            // make every connection hold the maximum frame size, and one
+            // that trickles a frame byte by byte must not make the buffer
+            // grow with every byte (`reserve` would double it).
+            // Grow only when the room left is small (not on every byte),
+            // then to at most `ahead` of room.
+            let remaining = length - src.len();
+            if src.capacity() - src.len() < remaining.min(RESERVE_AHEAD / 8) {
+                let ahead = RESERVE_AHEAD.max(src.len());
+                reserve_at_most(src, remaining.min(ahead));
+            }
             return Ok(None);
         }
         let mut bytes = src.split_to(length);
@@ -576,6 +602,72 @@ mod tests {
             }
         }
         assert_eq!(got.map(|f| f.payload().len()), Some(1_000_000));
+    }
+
+    /// What a buffer may hold for an incomplete frame of which `received`
+    /// bytes arrived (issue 7, item 10).
+    fn bound(received: usize) -> usize {
+        received + RESERVE_AHEAD.max(received) + 64
+    }
+
+    /// A peer that sends the header of a maximum-size frame, then one byte
+    /// at a time, makes the buffer hold no more than 64 KiB ahead of what
+    /// it sent: it used to grow with every byte.
+    #[test]
+    fn a_trickled_frame_holds_at_most_64_kib_ahead() {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"MSGI\x00\x10\x00\x00\x00\x10");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        for i in 0..100_000u32 {
+            buf.extend_from_slice(&[i as u8]);
+            assert!(codec.decode(&mut buf).unwrap().is_none());
+            let received = buf.len();
+            let limit = if received < RESERVE_AHEAD {
+                received + RESERVE_AHEAD + 64
+            } else {
+                bound(received)
+            };
+            assert!(
+                buf.capacity() <= limit,
+                "{} bytes received, capacity {}",
+                received,
+                buf.capacity()
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// However a frame is cut into pieces, the buffer stays within the
+        /// bound and the frame decodes whole.
+        #[test]
+        fn any_split_stays_within_the_bound(
+            len in 10usize..300_000,
+            cuts in proptest::collection::vec(1usize..70_000, 1..40),
+        ) {
+            let mut codec = FrameCodec::new();
+            let mut whole = BytesMut::new();
+            codec.encode(Frame::data(vec![5u8; len - 10]), &mut whole).unwrap();
+            let mut buf = BytesMut::new();
+            let mut at = 0;
+            let mut cut = cuts.iter().cycle();
+            let mut got = None;
+            while at < whole.len() {
+                let n = (*cut.next().unwrap()).min(whole.len() - at);
+                // A reader that makes exactly the room it reads into.
+                reserve_at_most(&mut buf, n);
+                buf.extend_from_slice(&whole[at..at + n]);
+                at += n;
+                match codec.decode(&mut buf).unwrap() {
+                    Some(f) => got = Some(f),
+                    None => proptest::prop_assert!(
+                        buf.capacity() <= bound(buf.len()),
+                        "{} received, capacity {}", buf.len(), buf.capacity()
+                    ),
+                }
+            }
+            proptest::prop_assert_eq!(got.map(|f| f.payload().len()), Some(len - 10));
+        }
     }
 
     #[test]

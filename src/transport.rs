@@ -71,8 +71,13 @@ where
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(ReadError::Codec(e))),
             }
-            if self.rbuf.capacity() - self.rbuf.len() < READ_CHUNK / 8 {
-                self.rbuf.reserve(READ_CHUNK);
+            // Exactly one chunk more, never `reserve`'s doubling, and not
+            // while a large partial frame is buffered (the decoder has made
+            // room for its rest; copying it to add a chunk would cost more
+            // than the one more read it saves).
+            let free = self.rbuf.capacity() - self.rbuf.len();
+            if free < READ_CHUNK / 8 && (self.rbuf.len() <= READ_CHUNK || free == 0) {
+                crate::codec::reserve_at_most(&mut self.rbuf, READ_CHUNK);
             }
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                 Poll::Ready(Ok(0)) if self.rbuf.is_empty() => return Poll::Ready(Ok(None)),
@@ -180,5 +185,58 @@ impl Alarm {
             self.armed_for = Some(deadline);
         }
         self.sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{FrameCodec, RESERVE_AHEAD};
+    use tokio::io::AsyncWriteExt;
+
+    /// Through the transport's read path too, a frame trickled in one byte
+    /// at a time holds at most 64 KiB (plus one read chunk) ahead of what
+    /// arrived, and is read whole (issue 7, item 10).
+    #[tokio::test]
+    async fn a_trickled_frame_does_not_grow_the_read_buffer_per_read() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let mut transport = Transport::new(io, FrameCodec::new());
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut wire = BytesMut::new();
+        tokio_util::codec::Encoder::encode(
+            &mut FrameCodec::new(),
+            Frame::data(vec![9u8; 100_000]),
+            &mut wire,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (header, body) = wire.split_at(10);
+        peer.write_all(header)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(transport.poll_frame(&mut cx).is_pending());
+        for (i, byte) in body.iter().enumerate() {
+            peer.write_all(&[*byte])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            match transport.poll_frame(&mut cx) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(Some(frame))) => {
+                    assert_eq!(i, body.len() - 1);
+                    assert_eq!(frame.payload().len(), 100_000);
+                    return;
+                }
+                other => panic!("{other:?}"),
+            }
+            let received = transport.rbuf.len();
+            assert_eq!(received, 11 + i);
+            let bound = received + RESERVE_AHEAD.max(received) + READ_CHUNK;
+            assert!(
+                transport.rbuf.capacity() <= bound,
+                "{received} bytes received, capacity {}",
+                transport.rbuf.capacity()
+            );
+        }
+        panic!("the frame was never read");
     }
 }
