@@ -73,7 +73,7 @@ impl Registry {
     }
 
     /// Creates and registers a session for a newly accepted peer.
-    pub(crate) fn register(&self, remote: PeerAddr, outbox: OutboxLimits) -> Session {
+    pub(crate) fn register(&self, remote: PeerAddr, outbox: Arc<OutboxLimits>) -> Session {
         let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed) + 1);
         let session = Session::new(id, remote, outbox);
         self.write().sessions.insert(id, session.clone());

@@ -320,11 +320,11 @@ impl<C: Framing + Clone> Builder<C> {
             },
             // `validate` keeps the counts within u32; no frame on the MSGI
             // wire is longer than u32::MAX bytes.
-            outbox: OutboxLimits {
+            outbox: Arc::new(OutboxLimits {
                 frames: u32::try_from(self.outbound_queue).unwrap_or(u32::MAX),
                 bytes: u32::try_from(self.outbound_queue_bytes).unwrap_or(u32::MAX),
                 max_frame_len,
-            },
+            }),
             common: Arc::new(Common {
                 on_connect: self.on_connect,
                 on_disconnect: self.on_disconnect,
@@ -525,7 +525,7 @@ pub struct Server<C = FrameCodec> {
     codec: C,
     max_connections: usize,
     session: SessionConfig,
-    outbox: OutboxLimits,
+    outbox: Arc<OutboxLimits>,
     common: Arc<Common>,
     registry: Registry,
 }
@@ -711,7 +711,7 @@ impl<C: Framing + Clone> Server<C> {
                 result = Err(io::Error::other(e));
                 break;
             }
-            let session = self.registry.register(remote, self.outbox);
+            let session = self.registry.register(remote, self.outbox.clone());
             let making = make.make_service(session.clone());
             let span = tracing::debug_span!("session", id = %session.id(), remote = %session.remote_addr());
             let mut codec = self.codec.clone();

@@ -157,7 +157,8 @@ struct Inner {
     client_id: Mutex<Option<Arc<str>>>,
     data: Mutex<Extensions>,
     outbox: Mutex<Outbox>,
-    limits: OutboxLimits,
+    /// Shared by the server's sessions: one pointer here, not 12 bytes.
+    limits: Arc<OutboxLimits>,
     close_reason: OnceLock<CloseReason>,
     waker: AtomicWaker,
 }
@@ -203,7 +204,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Session {
-    pub(crate) fn new(id: SessionId, remote: PeerAddr, limits: OutboxLimits) -> Session {
+    /// A session whose outbox takes what `limits` allows (the server's
+    /// `build` checked that both bounds are at least 1).
+    pub(crate) fn new(id: SessionId, remote: PeerAddr, limits: Arc<OutboxLimits>) -> Session {
         Session {
             inner: Arc::new(Inner {
                 id,
@@ -214,11 +217,7 @@ impl Session {
                 client_id: Mutex::new(None),
                 data: Mutex::new(Extensions::new()),
                 outbox: Mutex::new(Outbox::default()),
-                limits: OutboxLimits {
-                    frames: limits.frames.max(1),
-                    bytes: limits.bytes.max(1),
-                    max_frame_len: limits.max_frame_len,
-                },
+                limits,
                 close_reason: OnceLock::new(),
                 waker: AtomicWaker::new(),
             }),
@@ -334,7 +333,7 @@ impl Session {
         if outbox.closed {
             return Err(SendError::Closed);
         }
-        let limits = self.inner.limits;
+        let limits = &*self.inner.limits;
         let queued = u32::try_from(outbox.frames.len()).unwrap_or(u32::MAX);
         let full = queued >= limits.frames
             || (queued > 0 && outbox.bytes.saturating_add(cost) > limits.bytes);
@@ -445,12 +444,12 @@ impl PartialEq for Session {
 }
 
 #[cfg(test)]
-pub(crate) fn limits(frames: u32) -> OutboxLimits {
-    OutboxLimits {
+pub(crate) fn limits(frames: u32) -> Arc<OutboxLimits> {
+    Arc::new(OutboxLimits {
         frames,
         bytes: u32::MAX,
         max_frame_len: u32::MAX,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -471,12 +470,12 @@ mod tests {
 
     #[test]
     fn outbox_is_bounded_in_bytes_too() {
-        let limits = OutboxLimits {
+        let limits = Arc::new(OutboxLimits {
             frames: 1024,
             bytes: 1000,
             max_frame_len: u32::MAX,
-        };
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits);
+        });
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits.clone());
         let payload = bytes::Bytes::from(vec![0u8; 400]);
         assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
         assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
@@ -616,10 +615,10 @@ mod tests {
         let s = Session::new(
             SessionId(1),
             PeerAddr::Unknown,
-            OutboxLimits {
+            Arc::new(OutboxLimits {
                 max_frame_len: 20,
-                ..limits(2)
-            },
+                ..*limits(2)
+            }),
         );
         assert_eq!(s.send(Frame::data(vec![0u8; 10])), Ok(()));
         assert_eq!(

@@ -36,38 +36,26 @@ async fn only_session(server: &support::TestServer, peer: &mut RawPeer) -> Sessi
     sessions.into_iter().next().unwrap()
 }
 
-/// Item 2: while the session stops reading because its requests fill
-/// `max_concurrent_requests`, the peer's HEARTBEATs sit unread; that must not
-/// count as the peer being idle.
-#[tokio::test(start_paused = true)]
-async fn a_handler_slower_than_the_idle_timeout_does_not_idle_out_a_live_peer() {
-    let slow = tower::service_fn(|frame: Frame| async move {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        Ok::<_, Infallible>(Some(frame))
-    });
-    let builder = Server::builder()
-        .idle_timeout(Some(Duration::from_secs(2)))
-        .heartbeat_interval(None)
-        .max_concurrent_requests(2);
-    let mut server = serve(builder, slow).await;
+/// Sends requests 1..=`requests` to a server on `addr`, heartbeats every
+/// second until every one is answered (nothing else may arrive before),
+/// then stops sending and returns what the server sends until it closes.
+async fn heartbeat_until_answered(server: &support::TestServer, requests: u32) -> Option<Frame> {
     let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
     // Nagle would hold a heartbeat back for a real-time ACK while paused
     // time runs ahead.
     stream.set_nodelay(true).unwrap();
-    for id in 1..=3 {
+    for id in 1..=requests {
         stream
             .write_all(&wire(Frame::data("slow").with_request_id(id)))
             .await
             .unwrap();
     }
-    // The peer heartbeats every second, within the idle timeout, while two
-    // requests hold the session for 5 s and the third waits.
     let mut codec = FrameCodec::new();
     let mut buf = BytesMut::new();
     let mut beat = tokio::time::interval(Duration::from_secs(1));
     let mut answered = Vec::new();
     within(async {
-        while answered.len() < 3 {
+        while answered.len() < requests as usize {
             if let Some(frame) = codec.decode(&mut buf).unwrap() {
                 assert_eq!(frame.kind(), Kind::DATA, "before the answers: {frame:?}");
                 answered.push(frame.request_id().unwrap());
@@ -85,16 +73,54 @@ async fn a_handler_slower_than_the_idle_timeout_does_not_idle_out_a_live_peer() 
     })
     .await;
     answered.sort_unstable();
-    assert_eq!(answered, [1, 2, 3]);
+    assert_eq!(answered, (1..=requests).collect::<Vec<_>>());
 
+    let mut rest = Vec::new();
+    within(stream.read_to_end(&mut rest)).await.unwrap();
+    buf.extend_from_slice(&rest);
+    codec.decode(&mut buf).unwrap()
+}
+
+/// Item 2: while the session stops reading because its requests fill
+/// `max_concurrent_requests`, the peer's HEARTBEATs sit unread; that must not
+/// count as the peer being idle.
+#[tokio::test(start_paused = true)]
+async fn a_handler_slower_than_the_idle_timeout_does_not_idle_out_a_live_peer() {
+    let slow = tower::service_fn(|frame: Frame| async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok::<_, Infallible>(Some(frame))
+    });
+    let builder = Server::builder()
+        .idle_timeout(Some(Duration::from_secs(2)))
+        .heartbeat_interval(None)
+        .max_concurrent_requests(2);
+    let mut server = serve(builder, slow).await;
+    // Two requests hold the session for 5 s and the third waits, while the
+    // peer heartbeats every second, within the 2 s idle timeout.
+    let last = heartbeat_until_answered(&server, 3).await;
     // A peer that really goes silent is still found idle.
-    let mut peer_rest = Vec::new();
-    within(stream.read_to_end(&mut peer_rest)).await.unwrap();
-    buf.extend_from_slice(&peer_rest);
-    assert_eq!(
-        codec.decode(&mut buf).unwrap(),
-        Some(Frame::disconnect("idle timeout"))
-    );
+    assert_eq!(last, Some(Frame::disconnect("idle timeout")));
+    assert_eq!(server.next_end().await.1, CloseReason::IdleTimeout);
+    server.shutdown().await;
+}
+
+/// Item 2: the same while the service is not ready (as under a rate
+/// limit's *delay* policy): here a concurrency limit of one in front of a
+/// handler slower than the idle timeout.
+#[tokio::test(start_paused = true)]
+async fn a_service_not_ready_for_longer_than_the_idle_timeout_does_not_idle_out_a_live_peer() {
+    let slow = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service_fn(|frame: Frame| async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, Infallible>(Some(frame))
+        });
+    let builder = Server::builder()
+        .idle_timeout(Some(Duration::from_secs(2)))
+        .heartbeat_interval(None);
+    let mut server = serve(builder, slow).await;
+    let last = heartbeat_until_answered(&server, 2).await;
+    assert_eq!(last, Some(Frame::disconnect("idle timeout")));
     assert_eq!(server.next_end().await.1, CloseReason::IdleTimeout);
     server.shutdown().await;
 }
