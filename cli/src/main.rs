@@ -302,7 +302,14 @@ async fn send(args: SendArgs) -> Result<()> {
         .reconnect(NO_RECONNECT)
         .connect(args.addr.clone())
         .await
-        .with_context(|| format!("connecting to {}", args.addr))?;
+        .map_err(|e| {
+            // Name the address once: the library's error may already.
+            if e.to_string().contains(&args.addr) {
+                anyhow::Error::new(e)
+            } else {
+                anyhow::Error::new(e).context(format!("connecting to {}", args.addr))
+            }
+        })?;
     let frame = Frame::new(args.kind, args.text.into_bytes());
     let answer = if args.correlated || args.kind == Kind::PING {
         match tokio::time::timeout(wait, client.call(frame)).await {

@@ -208,9 +208,10 @@ fn errors_print_their_causes_without_a_backtrace() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.starts_with(&format!("error: connecting to {addr}\n")),
+        err.starts_with(&format!("error: connecting to {addr}")),
         "{err}"
     );
+    assert_eq!(err.matches(&addr).count(), 1, "the address once: {err}");
     assert!(err.contains("caused by: "), "{err}");
     assert!(err.contains("refused"), "{err}");
     assert!(!err.to_lowercase().contains("backtrace"), "{err}");
