@@ -582,3 +582,28 @@ async fn unix_peers_are_not_limited_per_ip() {
     support::within(serving).await.unwrap().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+// ---- settings ----
+
+#[tokio::test]
+async fn huge_durations_mean_never_not_a_panic() {
+    let builder = Server::builder()
+        .idle_timeout(Some(Duration::MAX))
+        .heartbeat_interval(Some(Duration::MAX))
+        .handshake_timeout(Some(Duration::MAX))
+        .drain_deadline(Duration::MAX);
+    let mut server = serve(builder, echo()).await;
+    let mut peer = RawPeer::connect(server.addr).await;
+    peer.send(Frame::ping("still here")).await;
+    assert_eq!(peer.recv().await.unwrap().payload(), "still here");
+    server.begin_shutdown();
+    let bye = peer.recv().await.expect("DISCONNECT");
+    assert_eq!(
+        (bye.kind(), bye.payload_text()),
+        (Kind::DISCONNECT, "server shutdown".into())
+    );
+    drop(peer);
+    let (_, why) = server.next_end().await;
+    assert_eq!(why, CloseReason::ServerShutdown);
+    server.shutdown().await;
+}
