@@ -873,3 +873,55 @@ async fn heavy_pipelining_does_not_deadlock() {
     }
     server.shutdown().await;
 }
+
+/// A transform that adds 16 bytes to every payload (like an AEAD tag).
+#[derive(Debug, Clone, Copy)]
+struct Pad16;
+
+impl msgi::FrameTransform for Pad16 {
+    fn start_session(&mut self, _side: msgi::Side) {}
+
+    fn decode(&mut self, frame: Frame) -> Result<Frame, msgi::BoxError> {
+        let len = frame.payload().len();
+        let kept = len.checked_sub(16).ok_or("no padding")?;
+        let mut out = Frame::new(frame.kind(), frame.payload().slice(..kept));
+        out.set_request_id(frame.request_id());
+        Ok(out)
+    }
+
+    fn encode(&self, frame: Frame) -> Result<Frame, msgi::BoxError> {
+        let mut payload = frame.payload().to_vec();
+        payload.extend_from_slice(&[0u8; 16]);
+        let mut out = Frame::new(frame.kind(), payload);
+        out.set_request_id(frame.request_id());
+        Ok(out)
+    }
+
+    fn max_overhead(&self) -> usize {
+        16
+    }
+}
+
+/// Item 1 (client part): a one-way frame that fits the maximum frame size
+/// but not once the transforms have added their bytes is refused to the
+/// sender (`Encode`), not dropped later in the connection task; nothing
+/// else on the connection is disturbed.
+#[tokio::test]
+async fn a_one_way_frame_too_large_for_the_transforms_is_refused_to_the_sender() {
+    let framing = msgi::Transformed::new(Pad16, msgi::FrameCodec::with_max_frame_size(128));
+    let (got_tx, mut got) = mpsc::unbounded_channel();
+    let mut server = serve(Server::builder().framing(framing.clone()), hanging(got_tx)).await;
+    let client = within(Client::builder().framing(framing).connect(server.addr))
+        .await
+        .unwrap();
+    // 10-byte header + 110 = 120 <= 128, but 136 once padded.
+    let err = within(client.send(Frame::data(vec![b'x'; 110])))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Encode(_)), "{err:?}");
+    within(client.send(Frame::data("small"))).await.unwrap();
+    assert_eq!(within(got.recv()).await.unwrap(), "small");
+    let answer = within(client.call(Frame::data("call"))).await.unwrap();
+    assert_eq!(answer.payload_text(), "call");
+    server.shutdown().await;
+}

@@ -62,9 +62,10 @@ struct Shared {
     /// One permit per call reserved or in flight (`max_in_flight`).
     permits: Arc<Semaphore>,
     max_in_flight: usize,
-    /// Frames larger than this (wire size) are refused by `send` before
-    /// they are queued; `None` for a framing that is not the MSGI wire.
-    max_frame_size: Option<usize>,
+    /// Frames larger than this ([`Frame::wire_len`]) are refused by `send`
+    /// before they are queued: the framing's [`Framing::max_encoded_len`],
+    /// its maximum frame size less what its transforms may add.
+    max_sendable: usize,
     /// Set by [`Client::close`].
     close_requested: CancellationToken,
     /// Wakes the connection task: a close request, an abandoned call.
@@ -127,8 +128,10 @@ impl Drop for DoneGuard {
 ///   frame is written (if its connection drops before all of its bytes were
 ///   written, it is written again first on the next connection), or handed
 ///   back by [`take_unsent`](Client::take_unsent) once the client stops for
-///   good. A frame over the framing's maximum size is refused at once with
-///   [`ClientError::Encode`]. There is no acknowledgement: a frame written
+///   good. A frame the framing could not send for its size (over
+///   [`Framing::max_encoded_len`]) is refused at once with
+///   [`ClientError::Encode`]; one that a wire transform refuses for another
+///   reason when it is written is dropped with a warning in the log. There is no acknowledgement: a frame written
 ///   just before a connection drops may or may not have been processed.
 /// - A call ([`Service::call`], [`call`](Client::call),
 ///   [`ping`](Client::ping)) resolves to the server's answer, or to a
@@ -225,10 +228,7 @@ impl Client {
             status: watch::Sender::new(Status::Connected),
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             max_in_flight: cfg.max_in_flight,
-            max_frame_size: cfg
-                .framing
-                .is_binary()
-                .then(|| cfg.framing.max_frame_size()),
+            max_sendable: cfg.framing.max_encoded_len(),
             close_requested: CancellationToken::new(),
             task_waker: AtomicWaker::new(),
             abandoned: AtomicBool::new(false),
@@ -271,8 +271,10 @@ impl Client {
 
     /// Sends a one-way frame (any request id is removed). Waits while the
     /// outbox is full. Fails with [`ClientError::Encode`] if the frame is
-    /// larger than the framing's maximum frame size (nothing is queued),
-    /// and with [`ClientError::Closed`] once the client is closed.
+    /// larger than the framing can ever send
+    /// ([`Framing::max_encoded_len`]: the maximum frame size less what its
+    /// wire transforms may add), with nothing queued, and with
+    /// [`ClientError::Closed`] once the client is closed.
     pub async fn send(&self, mut frame: Frame) -> Result<(), ClientError> {
         frame.set_request_id(None);
         self.check_size(&frame)?;
@@ -294,15 +296,14 @@ impl Client {
     }
 
     fn check_size(&self, frame: &Frame) -> Result<(), ClientError> {
-        match self.shared.max_frame_size {
-            Some(max) if frame.wire_len() > max => {
-                Err(ClientError::Encode(Arc::new(CodecError::FrameTooLarge {
-                    length: frame.wire_len() as u64,
-                    max,
-                })))
-            }
-            _ => Ok(()),
+        let max = self.shared.max_sendable;
+        if frame.wire_len() > max {
+            return Err(ClientError::Encode(Arc::new(CodecError::FrameTooLarge {
+                length: frame.wire_len() as u64,
+                max,
+            })));
         }
+        Ok(())
     }
 
     /// Sends `frame` correlated and waits for the answer (see the type's
@@ -632,5 +633,18 @@ mod tests {
             let d20 = policy.delay(20);
             assert!(d20 >= Duration::from_millis(500) && d20 <= Duration::from_secs(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod assertions {
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        send_sync::<super::Client>();
+        send_sync::<super::ResponseFuture>();
+        send_sync::<super::Incoming>();
+        send_sync::<super::ClientError>();
     }
 }
