@@ -105,7 +105,13 @@ async fn a_ping_flood_from_a_server_that_does_not_read_is_bounded() {
         }
         (written, stream)
     });
-    let client = within(Client::connect(addr)).await.unwrap();
+    let client = within(
+        Client::builder()
+            .idle_timeout(Some(Duration::from_secs(5)))
+            .connect(addr),
+    )
+    .await
+    .unwrap();
     let (written, _stream) = within(flood).await.unwrap();
     // The client stops reading at twice its high-water mark (1 MiB, its
     // maximum frame size); the rest is what the two sockets buffer.
@@ -114,7 +120,10 @@ async fn a_ping_flood_from_a_server_that_does_not_read_is_bounded() {
         "the server wrote {} MiB before stalling",
         written >> 20
     );
-    drop(client);
+    // A server that neither reads nor lets the client read is idle: the
+    // client gives up on it after the idle timeout (paused time).
+    let reason = within(client.closed()).await;
+    assert!(reason.to_string().contains("idle timeout"), "{reason}");
 }
 
 /// The raw server for the handshake tests: reads HELLO, then floods

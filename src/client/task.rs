@@ -17,7 +17,7 @@ use super::builder::{finite, ClientBuilder, Connector, HANDSHAKE_ID};
 use super::{ClientError, DoneGuard, Shared, Status};
 use crate::codec::Framing;
 use crate::frame::{Frame, Kind};
-use crate::proto::{Expired, Inbound, Protocol, Role};
+use crate::proto::{Expired, Inbound, Protocol, Reading, Role};
 use crate::text::PeerText;
 use crate::transport::{Alarm, ReadError, Transport};
 
@@ -409,13 +409,18 @@ where
             }
 
             // Stop reading while replies we owe (PONGs) pile up: a peer
-            // that does not read cannot grow us.
+            // that does not read cannot grow us. The idle clock keeps
+            // running then, and every write the peer takes counts as a sign
+            // of life (a peer that neither sends nor reads is idle).
             if self.may_read() {
+                self.proto.set_reading(Reading::Open, now);
                 match self.read(cx, now, q) {
                     Poll::Ready(Ok(())) => progress = true,
                     Poll::Ready(Err(end)) => return Poll::Ready(end),
                     Poll::Pending => {}
                 }
+            } else {
+                self.proto.set_reading(Reading::BlockedOnPeer, now);
             }
 
             let flushed = match self.transport.poll_write(cx) {
