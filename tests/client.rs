@@ -368,7 +368,9 @@ async fn a_full_server_says_why_the_client_was_closed() {
     server.shutdown().await;
 }
 
-#[tokio::test]
+/// On a multi-threaded runtime: `close` returns only once the unsent
+/// frames can be taken (the status says `Done` last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_while_reconnecting_stops_and_hands_back_the_queue() {
     let mut server = serve(Server::builder(), echo()).await;
     let policy = Reconnect {

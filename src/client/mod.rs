@@ -57,8 +57,12 @@ const DONE: u8 = 2;
 struct Shared {
     /// The status as a number, read on every `poll_ready`.
     state: AtomicU8,
-    /// The status, to wait for a change and to learn why the client stopped.
+    /// The status, to wait for a change.
     status: watch::Sender<Status>,
+    /// Why the client stopped, set as it starts stopping: before the outbox
+    /// is closed (so a refused sender learns why), and before the status
+    /// says `Done` (which comes last, once unsent frames can be taken).
+    stop_reason: std::sync::OnceLock<ClientError>,
     /// One permit per call reserved or in flight (`max_in_flight`).
     permits: Arc<Semaphore>,
     max_in_flight: usize,
@@ -86,16 +90,15 @@ impl Shared {
             Status::Connected => CONNECTED,
             Status::Done(_) => DONE,
         };
-        // The reason is in place before the state says DONE.
+        if let Status::Done(reason) = &status {
+            let _ = self.stop_reason.set(reason.clone());
+        }
         self.status.send_replace(status);
         self.state.store(state, Ordering::Release);
     }
 
     fn done_reason(&self) -> Option<ClientError> {
-        match &*self.status.borrow() {
-            Status::Done(reason) => Some(reason.clone()),
-            _ => None,
-        }
+        self.stop_reason.get().cloned()
     }
 
     fn closed_error(&self) -> ClientError {
@@ -111,9 +114,11 @@ struct DoneGuard(Arc<Shared>);
 impl Drop for DoneGuard {
     fn drop(&mut self) {
         if self.0.state.load(Ordering::Acquire) != DONE {
-            self.0.set_status(Status::Done(ClientError::Closed(
-                "client task ended".into(),
-            )));
+            let _ = self
+                .0
+                .stop_reason
+                .set(ClientError::Closed("client task ended".into()));
+            self.0.set_status(Status::Done(self.0.closed_error()));
         }
         self.0.permits.close();
     }
@@ -226,6 +231,7 @@ impl Client {
         let shared = Arc::new(Shared {
             state: AtomicU8::new(CONNECTED),
             status: watch::Sender::new(Status::Connected),
+            stop_reason: std::sync::OnceLock::new(),
             permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
             max_in_flight: cfg.max_in_flight,
             max_sendable: cfg.framing.max_encoded_len(),

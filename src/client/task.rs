@@ -268,7 +268,7 @@ where
     /// fails everything else still queued.
     fn finish(mut self, reason: ClientError) {
         let shared = self.queue.shared.clone();
-        shared.set_status(Status::Done(reason.clone()));
+        let _ = shared.stop_reason.set(reason.clone());
         shared.permits.close();
         self.queue.rx.close();
         let mut unsent = Vec::new();
@@ -296,6 +296,9 @@ where
                 .unwrap_or_else(PoisonError::into_inner)
                 .extend(unsent);
         }
+        // Last: whoever waits for the end (`close`, `closed`) finds the
+        // unsent frames in place.
+        shared.set_status(Status::Done(reason));
     }
 }
 
