@@ -93,8 +93,9 @@ impl Shared {
         if let Status::Done(reason) = &status {
             let _ = self.stop_reason.set(reason.clone());
         }
-        self.status.send_replace(status);
+        // The number first: whoever the status change wakes sees it.
         self.state.store(state, Ordering::Release);
+        self.status.send_replace(status);
     }
 
     fn done_reason(&self) -> Option<ClientError> {
