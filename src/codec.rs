@@ -3,7 +3,10 @@
 //! [`FrameCodec`] is the MSGI wire format. It checks every header field as
 //! soon as its bytes have arrived, before it reserves room for the rest of a
 //! frame, so a hostile length never becomes an allocation. The payload of a
-//! decoded frame is split off the read buffer without copying.
+//! decoded frame is split off the read buffer without copying, except a
+//! payload under 4 KiB whose frame ends the bytes read so far: that one is
+//! copied out, so a handler that keeps it does not keep the whole read chunk
+//! alive (at most one small copy per read; docs/BENCHMARKS.md).
 //!
 //! [`LineCodec`] frames newline-terminated text instead, so the same server
 //! and service can answer a telnet-style client. Both implement [`Framing`],
@@ -386,19 +389,33 @@ impl Decoder for FrameCodec {
             }
             return Ok(None);
         }
-        let mut bytes = src.split_to(length);
         let request_id = if correlated {
-            be_u32(&bytes, HEADER_LEN)
+            be_u32(src, HEADER_LEN)
         } else {
             None
         };
-        bytes.advance(if correlated {
+        let header = if correlated {
             CORRELATED_HEADER_LEN
         } else {
             HEADER_LEN
-        });
+        };
+        let payload = if length - header < ZERO_COPY_THRESHOLD && src.len() == length {
+            // A small frame that ends what has been read (typical of a
+            // request/response peer: one frame per read) is copied out, so a
+            // handler that keeps its payload does not keep the whole read
+            // chunk alive; the buffer stays unshared and is reused or freed.
+            // A frame followed by more bytes (a busy, pipelining peer) is
+            // split off without a copy: at most one copy per read.
+            let payload = Bytes::copy_from_slice(src.get(header..length).unwrap_or_default());
+            src.clear();
+            payload
+        } else {
+            let mut bytes = src.split_to(length);
+            bytes.advance(header);
+            bytes.freeze()
+        };
         let kind = Kind::new(type_field & Kind::MAX).unwrap_or(Kind::DATA);
-        let mut frame = Frame::new(kind, bytes.freeze()).with_flags(flags);
+        let mut frame = Frame::new(kind, payload).with_flags(flags);
         frame.set_request_id(request_id);
         Ok(Some(frame))
     }
@@ -668,6 +685,57 @@ mod tests {
             }
             proptest::prop_assert_eq!(got.map(|f| f.payload().len()), Some(len - 10));
         }
+    }
+
+    /// A one-frame read: the buffer of a request/response peer.
+    fn read_chunk_with(frames: &[Frame]) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(32 * 1024);
+        for f in frames {
+            FrameCodec::new().encode(f.clone(), &mut buf).unwrap();
+        }
+        buf
+    }
+
+    /// A handler that keeps a small payload must not keep the 32 KiB read
+    /// chunk alive (issue 7, item 12): a small frame that ends the bytes
+    /// read is copied out, and the read buffer stays unshared.
+    #[test]
+    fn a_small_payload_does_not_pin_the_read_chunk() {
+        let mut codec = FrameCodec::new();
+        let mut buf = read_chunk_with(&[Frame::data(vec![7u8; 16]).with_request_id(3)]);
+        let frame = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.payload(), &vec![7u8; 16]);
+        assert_eq!(frame.request_id(), Some(3));
+        assert!(buf.is_empty());
+        // No other handle shares the chunk: it can be taken back whole.
+        assert!(
+            buf.try_reclaim(32 * 1024),
+            "the payload pins the read chunk"
+        );
+    }
+
+    /// The zero-copy path stays for large payloads, and for frames followed
+    /// by more bytes (a pipelining peer: no copy, no allocation per frame).
+    #[test]
+    fn large_or_pipelined_payloads_are_not_copied() {
+        let mut codec = FrameCodec::new();
+        let mut buf = read_chunk_with(&[Frame::data(vec![1u8; ZERO_COPY_THRESHOLD])]);
+        let big = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(
+            !buf.try_reclaim(32 * 1024),
+            "a large payload is shared, not copied"
+        );
+        drop(big);
+
+        let mut buf = read_chunk_with(&[Frame::data("first"), Frame::data("second")]);
+        let first = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(
+            !buf.try_reclaim(32 * 1024),
+            "split off the chunk, not copied"
+        );
+        let second = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(first.payload(), "first");
+        assert_eq!(second.payload(), "second");
     }
 
     #[test]
