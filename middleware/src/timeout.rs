@@ -186,4 +186,21 @@ mod tests {
         reply.send_error("boom");
         assert_eq!(call.await.unwrap_err().to_string(), "boom");
     }
+
+    /// A timeout too long for the clock means "never", not a panic
+    /// (issue 7, item 6).
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_timeout_never_fires_and_does_not_panic() {
+        let (svc, mut handle) = tower_test::mock::pair::<Frame, Option<Frame>>();
+        handle.allow(1);
+        let mut svc = FrameTimeout::new(svc, Duration::MAX);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(svc.poll_ready(&mut cx).is_ready());
+        let mut answer = std::pin::pin!(svc.call(Frame::data("x")));
+        assert!(answer.as_mut().poll(&mut cx).is_pending());
+        // tokio puts a deadline past its clock about 30 years ahead.
+        tokio::time::advance(Duration::from_secs(86_400 * 365 * 10)).await;
+        assert!(answer.as_mut().poll(&mut cx).is_pending());
+    }
 }
