@@ -6,13 +6,17 @@
 //! correlated calls (the [`Service`] implementation, [`Client::call`],
 //! [`Client::ping`]) wait there in order. With [`Reconnect`] set, a lost
 //! connection is re-established with exponential backoff and jitter; what
-//! is sent in the meantime waits (calls at most the queue timeout). Nothing
-//! accepted into the outbox is dropped without a word: correlated calls get
-//! an answer or a [`ClientError`]; one-way frames are written, or handed
-//! back by [`Client::take_unsent`] once the client has given up.
+//! is sent in the meantime waits (calls at most the queue timeout).
+//! Correlated calls get an answer or a [`ClientError`]; one-way frames are
+//! written, or handed back by [`Client::take_unsent`] once the client has
+//! given up (two exceptions, logged: a frame a wire transform refuses when
+//! it is written for another reason than its size, and frames still queued
+//! when every handle is gone, with nobody left to hand them to). Written is
+//! not delivered: there are no acknowledgements.
 
 mod builder;
 mod error;
+mod gate;
 mod task;
 
 pub use builder::{ClientBuilder, Reconnect};
@@ -29,14 +33,15 @@ use std::time::Duration;
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::ToSocketAddrs;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, PollSemaphore, PollSender, ReusableBoxFuture};
+use tokio_util::sync::{CancellationToken, PollSender, ReusableBoxFuture};
 use tower::Service;
 
 use crate::codec::{CodecError, Framing};
 use crate::frame::Frame;
 use builder::Connector;
+use gate::CallGate;
 use task::{ClientTask, Command, Queue};
 
 /// The connection state handles see.
@@ -63,9 +68,8 @@ struct Shared {
     /// is closed (so a refused sender learns why), and before the status
     /// says `Done` (which comes last, once unsent frames can be taken).
     stop_reason: std::sync::OnceLock<ClientError>,
-    /// One permit per call reserved or in flight (`max_in_flight`).
-    permits: Arc<Semaphore>,
-    max_in_flight: usize,
+    /// One place per call reserved or in flight (`max_in_flight`).
+    calls: CallGate,
     /// Frames larger than this ([`Frame::wire_len`]) are refused by `send`
     /// before they are queued: the framing's [`Framing::max_encoded_len`],
     /// its maximum frame size less what its transforms may add.
@@ -121,7 +125,7 @@ impl Drop for DoneGuard {
                 .set(ClientError::Closed("client task ended".into()));
             self.0.set_status(Status::Done(self.0.closed_error()));
         }
-        self.0.permits.close();
+        self.0.calls.close();
     }
 }
 
@@ -173,9 +177,8 @@ impl Drop for DoneGuard {
 pub struct Client {
     tx: mpsc::Sender<Command>,
     poll: PollSender<Command>,
-    permits: PollSemaphore,
-    /// The in-flight permit taken by `poll_ready`.
-    permit: Option<OwnedSemaphorePermit>,
+    /// `poll_ready` took a place in the call limit (given back on drop).
+    slot: bool,
     /// `poll_ready` returned `Ready(Ok)`: a permit and an outbox place are
     /// held for the next `call`.
     reserved: bool,
@@ -189,6 +192,14 @@ impl Clone for Client {
     fn clone(&self) -> Self {
         // The clone starts without the original's reservation.
         Client::handle(self.tx.clone(), self.shared.clone())
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if self.slot {
+            self.shared.calls.give_back();
+        }
     }
 }
 
@@ -233,8 +244,7 @@ impl Client {
             state: AtomicU8::new(CONNECTED),
             status: watch::Sender::new(Status::Connected),
             stop_reason: std::sync::OnceLock::new(),
-            permits: Arc::new(Semaphore::new(cfg.max_in_flight)),
-            max_in_flight: cfg.max_in_flight,
+            calls: CallGate::new(cfg.max_in_flight),
             max_sendable: cfg.framing.max_encoded_len(),
             close_requested: CancellationToken::new(),
             task_waker: AtomicWaker::new(),
@@ -267,8 +277,7 @@ impl Client {
         Client {
             poll: PollSender::new(tx.clone()),
             tx,
-            permits: PollSemaphore::new(shared.permits.clone()),
-            permit: None,
+            slot: false,
             reserved: false,
             wait: None,
             waiting: false,
@@ -319,19 +328,19 @@ impl Client {
     /// unlike `poll_ready` it does not wait for a connection: a call queued
     /// while the client is connecting again waits at most the queue timeout.
     pub async fn call(&self, frame: Frame) -> Result<Frame, ClientError> {
-        let permit = self
-            .shared
-            .permits
-            .clone()
-            .acquire_owned()
+        self.shared
+            .calls
+            .take()
             .await
             .map_err(|_| self.shared.closed_error())?;
         let (tx, rx) = oneshot::channel();
+        // Owns the place from here: given back however this ends.
+        let answer = ResponseFuture::new(rx, &self.shared);
         self.tx
             .send(Command::Call(frame, tx))
             .await
             .map_err(|_| self.shared.closed_error())?;
-        ResponseFuture::new(rx, permit, &self.shared).await
+        answer.await
     }
 
     /// Sends a PING and returns the round-trip time once the PONG is back.
@@ -421,9 +430,7 @@ impl Client {
     /// Correlated calls reserved (by `poll_ready`) or in flight, across all
     /// clones.
     pub fn in_flight(&self) -> usize {
-        self.shared
-            .max_in_flight
-            .saturating_sub(self.shared.permits.available_permits())
+        self.shared.calls.used()
     }
 
     /// Waits until the status is no longer `Connecting`.
@@ -466,11 +473,11 @@ impl Service<Frame> for Client {
                 _ => ready!(self.poll_connected(cx)),
             }
         }
-        if self.permit.is_none() {
-            match ready!(self.permits.poll_acquire(cx)) {
-                Some(permit) => self.permit = Some(permit),
-                None => return Poll::Ready(Err(self.shared.closed_error())),
+        if !self.slot {
+            if ready!(self.shared.calls.poll_take(cx)).is_err() {
+                return Poll::Ready(Err(self.shared.closed_error()));
             }
+            self.slot = true;
         }
         if ready!(self.poll.poll_reserve(cx)).is_err() {
             return Poll::Ready(Err(self.shared.closed_error()));
@@ -480,15 +487,16 @@ impl Service<Frame> for Client {
     }
 
     fn call(&mut self, frame: Frame) -> ResponseFuture {
-        let permit = self.permit.take();
-        let Some(permit) = permit.filter(|_| std::mem::take(&mut self.reserved)) else {
+        if !std::mem::take(&mut self.reserved) {
             return ResponseFuture::failed(ClientError::NotReady, &self.shared);
-        };
+        }
+        // The place taken by `poll_ready` moves into the answer.
+        self.slot = false;
         let (tx, rx) = oneshot::channel();
         // Closed meanwhile: the sender is dropped and the future reports
         // why the client stopped.
         let _ = self.poll.send_item(Command::Call(frame, tx));
-        ResponseFuture::new(rx, permit, &self.shared)
+        ResponseFuture::new(rx, &self.shared)
     }
 }
 
@@ -514,26 +522,17 @@ pub struct ResponseFuture {
 }
 
 enum Answer {
-    Waiting {
-        rx: oneshot::Receiver<Result<Frame, ClientError>>,
-        /// Held until the answer is taken or abandoned.
-        _permit: OwnedSemaphorePermit,
-    },
+    /// Waiting for the answer; holds a place in the call limit.
+    Waiting(oneshot::Receiver<Result<Frame, ClientError>>),
     Failed(ClientError),
     Done,
 }
 
 impl ResponseFuture {
-    fn new(
-        rx: oneshot::Receiver<Result<Frame, ClientError>>,
-        permit: OwnedSemaphorePermit,
-        shared: &Arc<Shared>,
-    ) -> Self {
+    /// Takes over a place already taken in the call limit.
+    fn new(rx: oneshot::Receiver<Result<Frame, ClientError>>, shared: &Arc<Shared>) -> Self {
         ResponseFuture {
-            state: Answer::Waiting {
-                rx,
-                _permit: permit,
-            },
+            state: Answer::Waiting(rx),
             shared: shared.clone(),
         }
     }
@@ -548,12 +547,13 @@ impl ResponseFuture {
 
 impl Drop for ResponseFuture {
     fn drop(&mut self) {
-        if let Answer::Waiting { rx, .. } = &mut self.state {
+        if let Answer::Waiting(rx) = &mut self.state {
             // Closed before the task is told, so that it finds the call
             // abandoned when it looks.
             rx.close();
             self.shared.abandoned.store(true, Ordering::Release);
             self.shared.task_waker.wake();
+            self.shared.calls.give_back();
         }
     }
 }
@@ -569,7 +569,7 @@ impl Future for ResponseFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = match &mut self.state {
-            Answer::Waiting { rx, .. } => ready!(Pin::new(rx).poll(cx)),
+            Answer::Waiting(rx) => ready!(Pin::new(rx).poll(cx)),
             Answer::Failed(_) => match std::mem::replace(&mut self.state, Answer::Done) {
                 Answer::Failed(error) => return Poll::Ready(Err(error)),
                 _ => return Poll::Ready(Err(ClientError::NotReady)),
@@ -580,8 +580,8 @@ impl Future for ResponseFuture {
                 )))
             }
         };
-        // Frees the in-flight permit.
         self.state = Answer::Done;
+        self.shared.calls.give_back();
         Poll::Ready(match result {
             Ok(answer) => answer,
             Err(_) => Err(self.shared.closed_error()),

@@ -269,7 +269,7 @@ where
     fn finish(mut self, reason: ClientError) {
         let shared = self.queue.shared.clone();
         let _ = shared.stop_reason.set(reason.clone());
-        shared.permits.close();
+        shared.calls.close();
         self.queue.rx.close();
         let mut unsent = Vec::new();
         for held in self.queue.carry.drain(..) {
