@@ -55,6 +55,9 @@ struct ServeArgs {
     /// Most concurrent sessions.
     #[arg(long, default_value_t = 10_000, value_parser = flags::count)]
     max_connections: usize,
+    /// Most concurrent sessions from one IP address (no limit unless given).
+    #[arg(long, value_parser = flags::count)]
+    max_connections_per_ip: Option<usize>,
     /// Largest frame accepted, header included, in bytes.
     #[arg(long, default_value_t = msgi::DEFAULT_MAX_FRAME_SIZE)]
     max_frame_size: usize,
@@ -191,6 +194,7 @@ async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Re
     let server = Server::builder()
         .framing(framing)
         .max_connections(args.max_connections)
+        .max_connections_per_ip(args.max_connections_per_ip)
         .max_frame_size(args.max_frame_size)
         .idle_timeout(idle)
         .on_connect(|s| tracing::info!(session = %s.id(), remote = %s.remote_addr(), "connected"))

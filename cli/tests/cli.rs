@@ -226,6 +226,7 @@ fn serve_refuses_zero_rates_and_timeouts_without_panicking() {
         &["--rate-limit", "NaN"],
         &["--timeout-ms", "0"],
         &["--max-connections", "0"],
+        &["--max-connections-per-ip", "0"],
     ] {
         let args = [&["serve", "--listen", "127.0.0.1:0"][..], flags].concat();
         // The old binary started serving: it would not finish at all.
@@ -491,4 +492,25 @@ fn send_fails_when_a_one_way_frame_is_answered_with_error() {
         "{err}"
     );
     server.join().unwrap();
+}
+
+#[test]
+fn serve_limits_connections_per_address() {
+    use std::io::Read;
+    let server = Serve::start(&["--max-connections-per-ip", "1"]);
+    let first = std::net::TcpStream::connect(&server.addr).unwrap();
+    // The second connection from 127.0.0.1 is refused with ERROR and closed.
+    let mut second = std::net::TcpStream::connect(&server.addr).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    second.read_to_end(&mut bytes).unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(bytes.get(..4), Some(&b"MSGI"[..]), "{text}");
+    assert!(
+        text.contains("too many connections from this address"),
+        "{text}"
+    );
+    drop(first);
 }
