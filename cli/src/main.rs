@@ -311,7 +311,7 @@ async fn send(args: SendArgs) -> Result<()> {
             if e.to_string().contains(&args.addr) {
                 anyhow::Error::new(e)
             } else {
-                anyhow::Error::new(e).context(format!("connecting to {}", args.addr))
+                anyhow::Error::new(e).context(format!("could not connect to {}", args.addr))
             }
         })?;
     let frame = Frame::new(args.kind, args.text.into_bytes());

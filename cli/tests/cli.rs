@@ -208,7 +208,7 @@ fn errors_print_their_causes_without_a_backtrace() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.starts_with(&format!("error: connecting to {addr}")),
+        err.starts_with(&format!("error: could not connect to {addr}")),
         "{err}"
     );
     assert_eq!(err.matches(&addr).count(), 1, "the address once: {err}");

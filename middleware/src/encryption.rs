@@ -252,17 +252,16 @@ pub fn key_from_file_contents(contents: &[u8]) -> Option<EncryptionKey> {
         return EncryptionKey::from_slice(contents);
     }
     let text = std::str::from_utf8(contents).ok()?.trim();
-    if text.len() != 64 {
+    // Hex digits only: `u8::from_str_radix` alone would also take a sign (`+f`).
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let bytes: Option<Vec<u8>> = (0..64)
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect();
-    EncryptionKey::from_slice(&bytes?)
+    let mut key = [0u8; 32];
+    for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(EncryptionKey::new(key))
 }
 
 #[cfg(test)]
@@ -360,5 +359,10 @@ mod tests {
         let hex = "00".repeat(32) + "\n";
         assert!(key_from_file_contents(hex.as_bytes()).is_some());
         assert!(key_from_file_contents(b"short").is_none());
+        // A sign is not a hex digit, though `u8::from_str_radix` takes one.
+        let signed = format!("+f{}", "0".repeat(62));
+        assert!(key_from_file_contents(signed.as_bytes()).is_none());
+        let upper = "AB".repeat(32);
+        assert!(key_from_file_contents(upper.as_bytes()).is_some());
     }
 }

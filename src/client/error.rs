@@ -64,9 +64,8 @@ impl fmt::Display for ClientError {
         match self {
             ClientError::Config(e) => fmt::Display::fmt(e, f),
             ClientError::ConnectTimeout => f.write_str("connect timed out"),
-            ClientError::Connect { target, source } => {
-                write!(f, "connecting to {target}: {}", source.kind())
-            }
+            // The io::Error is the source: printed by whoever walks the chain, not twice.
+            ClientError::Connect { target, .. } => write!(f, "could not connect to {target}"),
             ClientError::Handshake(reason) => write!(f, "handshake refused: {reason}"),
             ClientError::Remote(reason) => write!(f, "server error: {reason}"),
             ClientError::Encode(_) => f.write_str("frame not sent: it could not be encoded"),
