@@ -15,8 +15,18 @@ pub(crate) struct PeerText<'a>(pub(crate) &'a [u8]);
 
 impl fmt::Display for PeerText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = String::from_utf8_lossy(self.0);
-        let mut chars = text.chars();
+        // A character is at most 4 bytes, and an invalid byte shows as one
+        // character: one more than the shown characters lies within this
+        // prefix, so the whole payload (up to the maximum frame size) is
+        // never decoded or copied.
+        let prefix = self
+            .0
+            .get(..self.0.len().min(4 * (PEER_TEXT_MAX_CHARS + 1)))
+            .unwrap_or(self.0);
+        let mut chars = prefix.utf8_chunks().flat_map(|chunk| {
+            let bad = (!chunk.invalid().is_empty()).then_some(char::REPLACEMENT_CHARACTER);
+            chunk.valid().chars().chain(bad)
+        });
         for c in chars.by_ref().take(PEER_TEXT_MAX_CHARS) {
             fmt::Display::fmt(&c.escape_debug(), f)?;
         }
@@ -56,5 +66,30 @@ mod tests {
     #[test]
     fn replaces_invalid_utf8() {
         assert_eq!(PeerText(b"ok\xff").to_string(), "ok\u{fffd}");
+        // As `String::from_utf8_lossy` does: one replacement per maximal
+        // invalid sequence, a sequence cut at the end included.
+        assert_eq!(
+            PeerText(b"a\xf0\x9f\x98b\xe2\x82").to_string(),
+            "a\u{fffd}b\u{fffd}"
+        );
+    }
+
+    #[test]
+    fn the_cut_is_the_same_for_any_text_at_the_limit() {
+        // Exactly the limit: nothing cut. One more character (of any width,
+        // or an invalid byte): cut, with the total length.
+        for one in ["a", "é", "€", "😀", "\u{fffd}"] {
+            let text = one.repeat(PEER_TEXT_MAX_CHARS);
+            assert_eq!(PeerText(text.as_bytes()).to_string(), text);
+            let longer = one.repeat(PEER_TEXT_MAX_CHARS + 1);
+            let shown = PeerText(longer.as_bytes()).to_string();
+            assert_eq!(shown, format!("{text}…({} bytes)", longer.len()));
+        }
+        let invalid = vec![0xffu8; 1 << 20];
+        let shown = PeerText(&invalid).to_string();
+        let replaced = "\u{fffd}".repeat(PEER_TEXT_MAX_CHARS);
+        assert_eq!(shown, format!("{replaced}…(1048576 bytes)"));
+        let at_limit = vec![0xffu8; PEER_TEXT_MAX_CHARS];
+        assert_eq!(PeerText(&at_limit).to_string(), replaced);
     }
 }
