@@ -46,12 +46,33 @@ use crate::BoxError;
 /// one of kind [`io::ErrorKind::NotConnected`] (what an implementation
 /// returns when its source of connections has closed for good), or an OS
 /// error saying the descriptor is not a listening socket (`EBADF`,
-/// `ENOTSOCK`, `EINVAL`, `EFAULT`, and their Winsock equivalents). Any
-/// other error (out of descriptors or memory: `EMFILE`, `ENFILE`,
-/// `ENOBUFS`, `ENOMEM`; a connection reset before it was accepted) is
-/// logged and retried after a back-off that starts at 1 ms and doubles up
-/// to 1 s while errors continue, so the loop never spins; a successful
-/// accept resets it.
+/// `ENOTSOCK`, `EINVAL`, `EFAULT`, and their Winsock equivalents).
+///
+/// One connection's trouble is logged at debug level and the next accept
+/// starts at once, with no back-off: an error of kind
+/// [`ConnectionAborted`](io::ErrorKind::ConnectionAborted),
+/// [`ConnectionReset`](io::ErrorKind::ConnectionReset) or
+/// [`ConnectionRefused`](io::ErrorKind::ConnectionRefused) (`ECONNABORTED`
+/// and `EPROTO` from `accept` included), so a peer that keeps failing its
+/// connections cannot slow down anyone else's. An implementation that fails
+/// one connection (a TLS acceptor whose handshake failed for one client)
+/// should say so with one of these kinds.
+///
+/// Any other error (out of descriptors or memory: `EMFILE`, `ENFILE`,
+/// `ENOBUFS`, `ENOMEM`; or an error that cannot be classified) is logged
+/// and retried after a back-off that starts at 1 ms and doubles up to 1 s
+/// while such errors continue, so the loop never spins on a lasting
+/// error; a successful accept resets it.
+///
+/// # Slow accepts
+///
+/// `serve` awaits one `accept` at a time: whatever `accept` waits for (a
+/// TLS handshake, a proxy header) holds back every later connection, so a
+/// peer that is slow to finish its handshake stalls everyone's accepts.
+/// Keep `accept` to taking the connection; a handshake belongs after it,
+/// on the connection's own task: for now, return an [`Io`](Listener::Io)
+/// that completes its handshake on its first read or write (the session's
+/// task drives it); a per-connection step in the server is planned.
 pub trait Listener: Send + 'static {
     /// The connection type.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
@@ -665,9 +686,18 @@ impl<C: Framing + Clone> Server<C> {
                     result = Err(e);
                     break;
                 }
+                Err(e) if is_connection_error(&e) => {
+                    // One connection's trouble: the next one must not wait
+                    // for it. (The yield keeps a listener that fails at once
+                    // for ever from starving its thread.)
+                    tracing::debug!(error = %e, "connection failed before it was accepted");
+                    tokio::task::yield_now().await;
+                    continue;
+                }
                 Err(e) => {
-                    // Out of descriptors or memory, or one connection's
-                    // trouble: wait instead of spinning, then go on.
+                    // Out of descriptors or memory, or an error we cannot
+                    // tell apart from a lasting one: wait instead of
+                    // spinning, then go on.
                     tracing::warn!(error = %e, ?backoff, "accept failed; retrying");
                     tokio::select! {
                         () = &mut shutdown => break,
@@ -739,8 +769,31 @@ impl<C: Framing + Clone> Server<C> {
     }
 }
 
+/// True when an accept error is one connection's trouble, not the
+/// listener's (see [`Listener`]): the accept loop goes on at once. The kinds
+/// hyper and axum retry at once, and `EPROTO` (a protocol error on the
+/// incoming connection, BSD and macOS).
+fn is_connection_error(e: &io::Error) -> bool {
+    if matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    ) {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        e.raw_os_error() == Some(libc::EPROTO)
+    }
+    #[cfg(not(unix))]
+    {
+        false
+    }
+}
+
 /// True when an accept error means the listener itself is gone (see
-/// [`Listener`]); anything else is retried after a back-off.
+/// [`Listener`]).
 fn listener_gone(e: &io::Error) -> bool {
     if e.kind() == io::ErrorKind::NotConnected {
         return true;
@@ -1129,23 +1182,34 @@ mod tests {
             assert!(listener_gone(&os(code)), "{code}");
         }
         assert!(listener_gone(&io::Error::from(io::ErrorKind::NotConnected)));
+        for code in [libc::ECONNABORTED, libc::EPROTO, libc::ECONNRESET] {
+            assert!(is_connection_error(&os(code)), "{code}");
+            assert!(!listener_gone(&os(code)), "{code}");
+        }
+        for kind in [
+            io::ErrorKind::ConnectionAborted,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionRefused,
+        ] {
+            assert!(is_connection_error(&kind.into()), "{kind:?}");
+        }
+        // Backed off: resources, and whatever cannot be classified.
         for code in [
             libc::EMFILE,
             libc::ENFILE,
             libc::ENOBUFS,
             libc::ENOMEM,
-            libc::ECONNABORTED,
-            libc::EPROTO,
             libc::EPERM,
             libc::ENETDOWN,
             libc::EHOSTUNREACH,
             libc::EOPNOTSUPP,
         ] {
             assert!(!listener_gone(&os(code)), "{code}");
+            assert!(!is_connection_error(&os(code)), "{code}");
         }
-        assert!(!listener_gone(&io::Error::other(
-            "a custom listener's trouble"
-        )));
+        let custom = io::Error::other("a custom listener's trouble");
+        assert!(!listener_gone(&custom));
+        assert!(!is_connection_error(&custom));
     }
 
     #[test]

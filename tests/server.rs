@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Ready;
 use std::io;
@@ -17,8 +16,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use msgi::{CloseReason, Frame, FrameCodec, Kind, LineCodec, Listener, PeerAddr, Server, Session};
-use support::{echo, serve, RawPeer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use support::{dial, echo, read_frame, serve, within, write_frame, Pipes, RawPeer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::codec::{Decoder, Encoder};
@@ -69,69 +68,6 @@ async fn a_line_codecs_own_max_line_is_served() {
 }
 
 // ---- in-memory connections, for tests on paused time ----
-
-/// A listener over in-memory pipes; once its sender is gone it reports
-/// itself gone (`NotConnected`), after any scripted errors.
-struct Pipes {
-    conns: mpsc::UnboundedReceiver<DuplexStream>,
-    /// Errors returned, in order, before any connection.
-    script: VecDeque<io::Error>,
-    /// Every `accept` call.
-    calls: Arc<AtomicUsize>,
-}
-
-impl Pipes {
-    fn new(script: Vec<io::Error>) -> (Pipes, mpsc::UnboundedSender<DuplexStream>) {
-        let (tx, conns) = mpsc::unbounded_channel();
-        let pipes = Pipes {
-            conns,
-            script: script.into(),
-            calls: Arc::new(AtomicUsize::new(0)),
-        };
-        (pipes, tx)
-    }
-}
-
-impl Listener for Pipes {
-    type Io = DuplexStream;
-
-    async fn accept(&mut self) -> io::Result<(DuplexStream, PeerAddr)> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if let Some(e) = self.script.pop_front() {
-            return Err(e);
-        }
-        match self.conns.recv().await {
-            Some(io) => Ok((io, PeerAddr::Unknown)),
-            None => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-}
-
-/// Connects a new in-memory peer to `pipes`' server.
-fn dial(tx: &mpsc::UnboundedSender<DuplexStream>) -> DuplexStream {
-    let (ours, theirs) = tokio::io::duplex(64 * 1024);
-    tx.send(theirs).unwrap();
-    ours
-}
-
-/// The next frame from an in-memory peer, or `None` at EOF.
-async fn read_frame(io: &mut DuplexStream, buf: &mut BytesMut) -> Option<Frame> {
-    let mut codec = FrameCodec::new();
-    loop {
-        if let Some(frame) = codec.decode(buf).unwrap() {
-            return Some(frame);
-        }
-        if io.read_buf(buf).await.unwrap() == 0 {
-            return None;
-        }
-    }
-}
-
-async fn write_frame(io: &mut DuplexStream, frame: Frame) {
-    let mut out = BytesMut::new();
-    FrameCodec::new().encode(frame, &mut out).unwrap();
-    io.write_all(&out).await.unwrap();
-}
 
 /// A service that answers nothing; only its type matters here.
 #[derive(Clone)]
@@ -328,23 +264,9 @@ async fn a_slow_consumer_closed_while_its_service_is_made_gets_nothing() {
 
 // ---- accept errors ----
 
-#[cfg(unix)]
-#[tokio::test(start_paused = true)]
-async fn accept_errors_back_off_and_the_server_recovers() {
-    let os = io::Error::from_raw_os_error;
-    // Resource errors, a connection's own trouble, and errors outside any
-    // list (EPROTO, ENETDOWN, EPERM ended the server before).
-    let script = vec![
-        os(libc::EMFILE),
-        os(libc::ENFILE),
-        os(libc::ENOBUFS),
-        os(libc::ENOMEM),
-        os(libc::EPROTO),
-        os(libc::ENETDOWN),
-        os(libc::EPERM),
-        os(libc::ECONNABORTED),
-        io::Error::other("a custom listener's trouble"),
-    ];
+/// Serves on `pipes` (which fails its first accepts), connects, and
+/// returns how much (paused) time passed until a PING was answered.
+async fn time_to_serve_after(script: Vec<io::Error>) -> Duration {
     let errors = script.len();
     let (pipes, tx) = Pipes::new(script);
     let calls = pipes.calls.clone();
@@ -357,7 +279,7 @@ async fn accept_errors_back_off_and_the_server_recovers() {
     let mut peer = dial(&tx);
     write_frame(&mut peer, Frame::ping("hi")).await;
     let mut buf = BytesMut::new();
-    let pong = read_frame(&mut peer, &mut buf)
+    let pong = within(read_frame(&mut peer, &mut buf))
         .await
         .expect("served after the errors");
     assert_eq!(
@@ -366,9 +288,53 @@ async fn accept_errors_back_off_and_the_server_recovers() {
     );
     // One call per error, one for the connection, one waiting: no spin.
     assert_eq!(calls.load(Ordering::SeqCst), errors + 2);
+    start.elapsed()
+}
+
+/// Resource errors, and errors outside any list (EPROTO, ENETDOWN, EPERM
+/// ended the server before), are retried after a back-off: the loop does
+/// not spin on a lasting error.
+#[cfg(unix)]
+#[tokio::test(start_paused = true)]
+async fn accept_errors_back_off_and_the_server_recovers() {
+    let os = io::Error::from_raw_os_error;
+    let script = vec![
+        os(libc::EMFILE),
+        os(libc::ENFILE),
+        os(libc::ENOBUFS),
+        os(libc::ENOMEM),
+        os(libc::ENETDOWN),
+        os(libc::EPERM),
+        io::Error::other("a custom listener's trouble"),
+    ];
+    let errors = script.len();
+    let elapsed = time_to_serve_after(script).await;
     // It waited 1, 2, 4, ... ms between them.
     let backoff = Duration::from_millis((1 << errors) - 1);
-    assert!(start.elapsed() >= backoff, "{:?}", start.elapsed());
+    assert!(elapsed >= backoff, "{elapsed:?}");
+}
+
+/// One connection's trouble (aborted or reset before it was accepted, a
+/// custom listener's failed handshake) is retried at once: a peer that
+/// keeps failing its connections must not make the next accept wait.
+#[cfg(unix)]
+#[tokio::test(start_paused = true)]
+async fn connection_errors_are_retried_at_once() {
+    let os = io::Error::from_raw_os_error;
+    let mut script = vec![
+        os(libc::ECONNABORTED),
+        os(libc::EPROTO),
+        os(libc::ECONNRESET),
+        io::Error::new(io::ErrorKind::ConnectionAborted, "TLS handshake failed"),
+        io::ErrorKind::ConnectionRefused.into(),
+    ];
+    // Many of them: with any back-off this would add up to seconds.
+    for _ in 0..100 {
+        script.push(io::ErrorKind::ConnectionReset.into());
+    }
+    let elapsed = time_to_serve_after(script).await;
+    // Paused time: any back-off sleep would have moved the clock.
+    assert_eq!(elapsed, Duration::ZERO);
 }
 
 #[cfg(unix)]

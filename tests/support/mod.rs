@@ -1,17 +1,26 @@
 //! Helpers shared by the socket tests: a server on 127.0.0.1:0 and a raw
-//! peer that speaks bytes, so the tests see exactly what is on the wire.
+//! peer that speaks bytes, so the tests see exactly what is on the wire;
+//! and a server on in-memory pipes, for tests on paused time.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use msgi::{CloseReason, Frame, FrameCodec, Framing, Registry, ServerBuilder, Session, SessionId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use msgi::{
+    CloseReason, Frame, FrameCodec, Framing, Listener, PeerAddr, Registry, ServerBuilder, Session,
+    SessionId,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Every wait in the tests is bounded by this.
 pub const LIMIT: Duration = Duration::from_secs(20);
@@ -25,6 +34,8 @@ pub async fn within<T>(fut: impl Future<Output = T>) -> T {
 
 /// A running server and what the tests need to observe it.
 pub struct TestServer {
+    /// Where it listens; `0.0.0.0:0` for a server on pipes (see
+    /// [`serve_pipes`]), which has no address.
     pub addr: SocketAddr,
     pub registry: Registry,
     /// Every session end, as (session id, reason), from the disconnect hook.
@@ -43,6 +54,41 @@ where
 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    start(builder, listener, addr, service)
+}
+
+/// Starts `builder` on in-memory pipes serving `service`; connect to it
+/// with [`dial`]. Nothing crosses the OS, so on paused time the clock
+/// only moves when every task waits for a timer, never while bytes are on
+/// their way (as they can be over loopback on a busy machine).
+pub fn serve_pipes<C, S>(
+    builder: ServerBuilder<C>,
+    service: S,
+) -> (TestServer, mpsc::UnboundedSender<DuplexStream>)
+where
+    C: Framing + Clone,
+    S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
+    S::Error: Into<msgi::BoxError>,
+    S::Future: Send + 'static,
+{
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+    (start(builder, pipes, addr, service), tx)
+}
+
+fn start<C, L, S>(
+    builder: ServerBuilder<C>,
+    listener: L,
+    addr: SocketAddr,
+    service: S,
+) -> TestServer
+where
+    C: Framing + Clone,
+    L: Listener,
+    S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
+    S::Error: Into<msgi::BoxError>,
+    S::Future: Send + 'static,
+{
     let (ended_tx, ended) = mpsc::unbounded_channel();
     let server = builder
         .on_disconnect(move |s: &Session, r: &CloseReason| {
@@ -62,6 +108,70 @@ where
         shutdown: Some(tx),
         task: Some(task),
     }
+}
+
+/// A listener over in-memory pipes; once its sender is gone it reports
+/// itself gone (`NotConnected`), after any scripted errors.
+pub struct Pipes {
+    conns: mpsc::UnboundedReceiver<DuplexStream>,
+    /// Errors returned, in order, before any connection.
+    script: VecDeque<io::Error>,
+    /// Every `accept` call.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Pipes {
+    pub fn new(script: Vec<io::Error>) -> (Pipes, mpsc::UnboundedSender<DuplexStream>) {
+        let (tx, conns) = mpsc::unbounded_channel();
+        let pipes = Pipes {
+            conns,
+            script: script.into(),
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        (pipes, tx)
+    }
+}
+
+impl Listener for Pipes {
+    type Io = DuplexStream;
+
+    async fn accept(&mut self) -> io::Result<(DuplexStream, PeerAddr)> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = self.script.pop_front() {
+            return Err(e);
+        }
+        match self.conns.recv().await {
+            Some(io) => Ok((io, PeerAddr::Unknown)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+/// Connects a new in-memory peer to the server on `pipes`.
+pub fn dial(pipes: &mpsc::UnboundedSender<DuplexStream>) -> DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    pipes.send(theirs).unwrap();
+    ours
+}
+
+/// The next frame from `io`, or `None` at EOF.
+pub async fn read_frame(io: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> Option<Frame> {
+    let mut codec = FrameCodec::new();
+    loop {
+        if let Some(frame) = codec.decode(buf).unwrap() {
+            return Some(frame);
+        }
+        if io.read_buf(buf).await.unwrap() == 0 {
+            return None;
+        }
+    }
+}
+
+/// Writes `frame` to `io`.
+pub async fn write_frame(io: &mut (impl AsyncWrite + Unpin), frame: Frame) {
+    let mut out = BytesMut::new();
+    FrameCodec::new().encode(frame, &mut out).unwrap();
+    io.write_all(&out).await.unwrap();
 }
 
 impl TestServer {
