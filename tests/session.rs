@@ -1,6 +1,7 @@
-//! Sessions over real loopback sockets: the idle timer against our own
-//! backpressure, pushes across a close, the outbox and in-flight byte
-//! bounds, client ids, and peer text.
+//! Sessions over real loopback sockets, and over in-memory pipes for the
+//! tests on paused time: the idle timer against our own backpressure,
+//! pushes across a close, the outbox and in-flight byte bounds, client ids,
+//! and peer text.
 
 #![allow(clippy::unwrap_used)]
 
@@ -13,9 +14,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use msgi::{CloseReason, Frame, FrameCodec, Kind, SendError, Server, Session};
-use support::{echo, serve, within, RawPeer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use support::{dial, echo, serve, serve_pipes, within, RawPeer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::mpsc;
 use tokio_util::codec::{Decoder, Encoder};
 
 fn wire(frame: Frame) -> BytesMut {
@@ -36,14 +37,18 @@ async fn only_session(server: &support::TestServer, peer: &mut RawPeer) -> Sessi
     sessions.into_iter().next().unwrap()
 }
 
-/// Sends requests 1..=`requests` to a server on `addr`, heartbeats every
+/// Sends requests 1..=`requests` to a server on pipes, heartbeats every
 /// second until every one is answered (nothing else may arrive before),
 /// then stops sending and returns what the server sends until it closes.
-async fn heartbeat_until_answered(server: &support::TestServer, requests: u32) -> Option<Frame> {
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
-    // Nagle would hold a heartbeat back for a real-time ACK while paused
-    // time runs ahead.
-    stream.set_nodelay(true).unwrap();
+///
+/// In-memory pipes, not loopback: on paused time the clock jumps to the
+/// next timer whenever the runtime parks, and a heartbeat still on its way
+/// through the OS on a busy machine would let the idle timer fire.
+async fn heartbeat_until_answered(
+    pipes: &mpsc::UnboundedSender<DuplexStream>,
+    requests: u32,
+) -> Option<Frame> {
+    let mut stream = dial(pipes);
     for id in 1..=requests {
         stream
             .write_all(&wire(Frame::data("slow").with_request_id(id)))
@@ -94,10 +99,10 @@ async fn a_handler_slower_than_the_idle_timeout_does_not_idle_out_a_live_peer() 
         .idle_timeout(Some(Duration::from_secs(2)))
         .heartbeat_interval(None)
         .max_concurrent_requests(2);
-    let mut server = serve(builder, slow).await;
+    let (mut server, pipes) = serve_pipes(builder, slow);
     // Two requests hold the session for 5 s and the third waits, while the
     // peer heartbeats every second, within the 2 s idle timeout.
-    let last = heartbeat_until_answered(&server, 3).await;
+    let last = heartbeat_until_answered(&pipes, 3).await;
     // A peer that really goes silent is still found idle.
     assert_eq!(last, Some(Frame::disconnect("idle timeout")));
     assert_eq!(server.next_end().await.1, CloseReason::IdleTimeout);
@@ -118,8 +123,8 @@ async fn a_service_not_ready_for_longer_than_the_idle_timeout_does_not_idle_out_
     let builder = Server::builder()
         .idle_timeout(Some(Duration::from_secs(2)))
         .heartbeat_interval(None);
-    let mut server = serve(builder, slow).await;
-    let last = heartbeat_until_answered(&server, 2).await;
+    let (mut server, pipes) = serve_pipes(builder, slow);
+    let last = heartbeat_until_answered(&pipes, 2).await;
     assert_eq!(last, Some(Frame::disconnect("idle timeout")));
     assert_eq!(server.next_end().await.1, CloseReason::IdleTimeout);
     server.shutdown().await;
@@ -260,10 +265,10 @@ async fn requests_in_the_service_are_bounded_in_bytes() {
             }
         })
     };
-    let mut server = serve(Server::builder(), service).await;
-    let stream = within(TcpStream::connect(server.addr)).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    let (mut rd, mut wr) = stream.into_split();
+    // Pipes: on paused time, bytes still crossing loopback would let the
+    // clock run ahead of what the session has read.
+    let (mut server, pipes) = serve_pipes(Server::builder(), service);
+    let (mut rd, mut wr) = tokio::io::split(dial(&pipes));
     let half_mib = Bytes::from(vec![1u8; 512 * 1024]);
     let writer = tokio::spawn(async move {
         for id in 0..20 {
