@@ -95,8 +95,12 @@ impl Queue {
         }
     }
 
+    /// A held call whose caller still waits (abandoned ones do not count:
+    /// nobody is left to answer).
     fn holds_calls(&self) -> bool {
-        self.carry.iter().any(|h| matches!(h, Held::Call(..)))
+        self.carry
+            .iter()
+            .any(|h| matches!(h, Held::Call(_, reply, _) if !reply.is_closed()))
     }
 
     /// Runs `fut` while disconnected: keeps taking commands off the outbox
@@ -126,8 +130,12 @@ impl Queue {
                 () = shared.close_requested.cancelled() => return None,
                 out = &mut fut => return Some(out),
                 () = sleep_until_some(next_expiry) => self.expire(Instant::now()),
+                // A caller gave up: its held call goes now, freeing its
+                // place (and, with every handle gone, maybe the task).
+                () = abandoned(&shared) => self.expire(Instant::now()),
                 command = self.rx.recv(), if can_take => match command {
                     Some(Command::Send(frame)) => self.carry.push_back(Held::Resend(frame)),
+                    Some(Command::Call(_, reply)) if reply.is_closed() => {}
                     Some(Command::Call(frame, reply)) => {
                         let deadline = self
                             .queue_timeout
@@ -155,6 +163,34 @@ impl Queue {
         }
         self.carry = kept;
     }
+}
+
+/// Why the client closes gracefully.
+fn closed_reason(shared: &Shared) -> ClientError {
+    if shared.close_requested.is_cancelled() {
+        ClientError::Closed("closed by the application".into())
+    } else {
+        ClientError::Closed("every handle was dropped".into())
+    }
+}
+
+/// A frame answering no pending call (its caller gave up, or the server
+/// made the id up): dropped, never delivered as a push.
+fn late_answer(id: Option<u32>, kind: Kind) {
+    tracing::debug!(id, %kind, "answer to no pending call dropped");
+}
+
+/// Resolves once a caller has abandoned a call since the last look.
+async fn abandoned(shared: &Shared) {
+    std::future::poll_fn(|cx| {
+        shared.task_waker.register(cx.waker());
+        if shared.abandoned.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 async fn sleep_until_some(deadline: Option<Instant>) {
@@ -219,11 +255,7 @@ where
     }
 
     fn closed_reason(&self) -> ClientError {
-        if self.queue.shared.close_requested.is_cancelled() {
-            ClientError::Closed("closed by the application".into())
-        } else {
-            ClientError::Closed("every handle was dropped".into())
-        }
+        closed_reason(&self.queue.shared)
     }
 
     /// Tries to connect again under the reconnect policy, racing the
@@ -488,6 +520,8 @@ where
     /// before the close go out; calls not yet written fail unsent; then
     /// DISCONNECT.
     fn begin_close(&mut self, q: &mut Queue, now: Instant) {
+        // The reason first: a sender the closed outbox refuses learns why.
+        let _ = q.shared.stop_reason.set(closed_reason(&q.shared));
         q.rx.close();
         let not_sent = || ClientError::Closed("the client closed before the call was sent".into());
         for held in q.carry.drain(..) {
@@ -545,17 +579,27 @@ where
             };
             progress = true;
             let kind = frame.kind();
-            let id = frame.request_id().filter(|id| self.calls.contains_key(id));
+            let request_id = frame.request_id();
+            // One lookup per answer: the call is taken out at once.
+            let call = request_id.and_then(|id| self.calls.remove(&id).map(|reply| (id, reply)));
             match self.proto.on_frame(frame, now) {
-                Inbound::Deliver(frame) | Inbound::Pong(frame) => match id {
-                    Some(id) => self.complete(id, Ok(frame)),
+                Inbound::Deliver(frame) | Inbound::Pong(frame) => match call {
+                    Some((_, reply)) => {
+                        let _ = reply.send(Ok(frame));
+                    }
                     None if kind == Kind::PONG => {}
+                    // Pushes are uncorrelated: a request id that matches no
+                    // pending call is a late answer to an abandoned call.
+                    None if request_id.is_some() => late_answer(request_id, kind),
                     None => q.push(frame),
                 },
                 Inbound::PeerError(frame) => {
                     let reason = PeerText(frame.payload()).to_string();
-                    match id {
-                        Some(id) => self.complete(id, Err(ClientError::Remote(reason))),
+                    match call {
+                        Some((_, reply)) => {
+                            let _ = reply.send(Err(ClientError::Remote(reason)));
+                        }
+                        None if request_id.is_some() => late_answer(request_id, kind),
                         None => {
                             // Kept to explain a close that may follow
                             // (`server full`, a protocol violation).
@@ -568,20 +612,22 @@ where
                 // call's answer, of a kind that cannot answer: the call
                 // fails instead of waiting for ever, and the frame is not
                 // acted on (no PONG, no ERROR back).
-                Inbound::Reply(_) | Inbound::Nothing | Inbound::Hello { .. } if id.is_some() => {
-                    if let Some(id) = id {
+                Inbound::Reply(_) | Inbound::Nothing | Inbound::Hello { .. } if call.is_some() => {
+                    if let Some((id, reply)) = call {
                         let why = format!("call {id} answered with a {kind} frame");
-                        self.complete(id, Err(ClientError::Protocol(why)));
+                        let _ = reply.send(Err(ClientError::Protocol(why)));
                     }
                 }
                 Inbound::Reply(frame) => self.queue(frame),
                 Inbound::PeerDisconnect(why) => {
+                    self.put_back(call);
                     return Poll::Ready(Err(LinkEnd::Lost(format!(
                         "server disconnected: {}",
                         PeerText(why.as_bytes())
-                    ))))
+                    ))));
                 }
                 Inbound::Violation(reason) => {
+                    self.put_back(call);
                     self.queue(Frame::error(reason.clone()));
                     let _ = self.transport.poll_write(cx);
                     return Poll::Ready(Err(LinkEnd::Lost(format!(
@@ -598,9 +644,11 @@ where
         }
     }
 
-    fn complete(&mut self, id: u32, result: Result<Frame, ClientError>) {
-        if let Some(reply) = self.calls.remove(&id) {
-            let _ = reply.send(result);
+    /// A call taken out for a frame that ends the connection instead of
+    /// answering it goes back, to fail with the others.
+    fn put_back(&mut self, call: Option<(u32, Reply)>) {
+        if let Some((id, reply)) = call {
+            self.calls.insert(id, reply);
         }
     }
 
