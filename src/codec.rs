@@ -137,6 +137,29 @@ impl WriteBuf {
         &mut self.tail
     }
 
+    /// Drops every byte queued after the first `len` (nothing if fewer are
+    /// queued): undoes a partial write of a frame that was then refused.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            self.tail.truncate(len - self.len);
+            return;
+        }
+        self.tail.clear();
+        while self.len > len {
+            let Some(last) = self.chunks.back_mut() else {
+                break;
+            };
+            let excess = self.len - len;
+            if excess >= last.len() {
+                self.len -= last.len();
+                self.chunks.pop_back();
+            } else {
+                last.truncate(last.len() - excess);
+                self.len = len;
+            }
+        }
+    }
+
     /// Appends a buffer without copying it (small ones are copied instead,
     /// which is cheaper than one more slice in the write).
     pub fn put_bytes(&mut self, bytes: Bytes) {
@@ -555,6 +578,34 @@ impl Framing for LineCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn queued(buf: &WriteBuf) -> Vec<u8> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = buf.chunks_vectored(&mut slices);
+        slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn write_buf_truncate_cuts_back_across_chunks() {
+        let big = Bytes::from(vec![7u8; ZERO_COPY_THRESHOLD]);
+        let mut buf = WriteBuf::new();
+        buf.put_slice(b"abc");
+        let mark = buf.len();
+        buf.put_bytes(big.clone());
+        buf.put_slice(b"tail");
+        buf.truncate(mark);
+        assert_eq!(buf.len(), 3);
+        assert_eq!(queued(&buf), b"abc");
+        // Cut inside a large chunk, then in the packed tail.
+        buf.put_bytes(big);
+        buf.truncate(5);
+        assert_eq!(queued(&buf), b"abc\x07\x07");
+        buf.put_slice(b"xyz");
+        buf.truncate(6);
+        assert_eq!(queued(&buf), b"abc\x07\x07x");
+        buf.truncate(100);
+        assert_eq!(buf.len(), 6);
+    }
 
     fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<Frame>, CodecError> {
         let mut buf = BytesMut::from(bytes);

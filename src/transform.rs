@@ -76,16 +76,22 @@ impl Side {
 /// split in two:
 ///
 /// - [`encode`](FrameTransform::encode) prepares the frame **without
-///   changing any state** (it takes `&self`); it may fail, and then nothing
-///   happened;
+///   advancing the sequence** (it takes `&self`); it may fail, and then the
+///   peer sees nothing of it;
 /// - [`commit`](FrameTransform::commit) advances the state (sequence
 ///   numbers) and cannot fail. [`Transformed`] calls it only after every
 ///   transform nearer the wire and the codec itself accepted the frame, so
 ///   the sequence counts the frames written.
 ///
-/// `encode` on a value equals `encode` on an unchanged clone of it until
-/// `commit` is called: encoding twice without a commit gives the same frame
-/// twice (same sequence number, same nonce).
+/// Encoding twice without a commit gives two frames with the same sequence
+/// number; a transform whose output must never repeat for different frames
+/// (a nonce) must make it unique on every `encode`, not on `commit` (the
+/// encryption transform in msgi-middleware counts its nonces per seal).
+///
+/// [`Transformed`] never lets a refused frame leave: if the framing below
+/// wrote part of a frame and then failed, the bytes it wrote are dropped
+/// again (`dst` is cut back to its length before the call), nothing is
+/// committed, and the error is returned.
 pub trait FrameTransform: Clone + Send + 'static {
     /// Resets per-session state for a new connection on `side`.
     fn start_session(&mut self, side: Side);
@@ -96,8 +102,10 @@ pub trait FrameTransform: Clone + Send + 'static {
     /// Undoes the transform on a received frame.
     fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError>;
 
-    /// Applies the transform to a frame about to be sent, without changing
-    /// any state: see [`commit`](FrameTransform::commit).
+    /// Applies the transform to a frame about to be sent, without advancing
+    /// the session's sequence: see [`commit`](FrameTransform::commit). Anything
+    /// that must never serve two frames (a nonce) is used up here, not on
+    /// commit.
     fn encode(&self, frame: Frame) -> Result<Frame, BoxError>;
 
     /// Records that the frame last returned by [`encode`](FrameTransform::encode)
@@ -184,7 +192,12 @@ impl<T: FrameTransform, C: Framing> Encoder<Frame> for Transformed<T, C> {
             .transform
             .encode(frame)
             .map_err(CodecError::Transform)?;
-        self.inner.encode(frame, dst)?;
+        let before = dst.len();
+        if let Err(e) = self.inner.encode(frame, dst) {
+            // A framing that wrote and then failed: the frame is not sent.
+            dst.truncate(before);
+            return Err(e);
+        }
         self.transform.commit();
         Ok(())
     }
@@ -196,7 +209,12 @@ impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
             .transform
             .encode(frame)
             .map_err(CodecError::Transform)?;
-        self.inner.encode_into(frame, dst)?;
+        let before = dst.len();
+        if let Err(e) = self.inner.encode_into(frame, dst) {
+            // A framing that wrote and then failed: the frame is not sent.
+            dst.truncate(before);
+            return Err(e);
+        }
         self.transform.commit();
         Ok(())
     }

@@ -26,8 +26,10 @@
 //! One pre-shared key serves every session, across restarts, with no key
 //! exchange, so a nonce must never repeat across sessions. XChaCha20's
 //! 192-bit nonces make that easy: this layer draws 16 random bytes from the
-//! operating system when a connection starts and appends the 8-byte frame
-//! sequence, so nonces are unique within a connection by construction and
+//! operating system when a connection starts and appends an 8-byte count of
+//! the frames sealed so far (advanced by every seal, even of a frame that
+//! is then not written, so it equals the sequence as long as every sealed
+//! frame is sent), so nonces are unique within a connection by construction and
 //! across connections with overwhelming probability, without a system call
 //! per frame. Receivers do not interpret the nonce; any unique 24 bytes will
 //! do. The price is 24 bytes per frame.
@@ -47,6 +49,7 @@
 //! matters.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
@@ -122,7 +125,8 @@ impl EncryptionLayer {
             side: Side::Client,
             sent: 0,
             received: 0,
-            nonce_prefix: Err("session not started".into()),
+            sealed: AtomicU64::new(0),
+            nonce_prefix: NoncePrefix::NotStarted,
         }
     }
 }
@@ -139,14 +143,71 @@ impl<C> Layer<C> for EncryptionLayer {
 pub type Encryption<C> = Transformed<Encryptor, C>;
 
 /// The encryption transform of one session.
-#[derive(Clone, Debug)]
+///
+/// Nonces never repeat, however the transform is driven: the nonce is the
+/// connection's random prefix followed by a count of the frames *sealed*,
+/// advanced by every [`encode`](FrameTransform::encode) (committed or not),
+/// while the authenticated sequence advances only on
+/// [`commit`](FrameTransform::commit). Two `encode`s without a `commit`
+/// give two frames with the same sequence (the peer accepts at most one of
+/// them) but never two frames under one nonce. A clone of a started
+/// transform draws its own prefix (so a sending half and a receiving half
+/// may be split off by cloning); a clone of an unstarted one draws nothing
+/// until [`start_session`](FrameTransform::start_session).
+#[derive(Debug)]
 pub struct Encryptor {
     key: EncryptionKey,
     side: Side,
+    /// Frames sent and committed: the authenticated sequence.
     sent: u64,
     received: u64,
-    /// Random first 16 bytes of this connection's nonces (drawn in `start_session`).
-    nonce_prefix: Result<[u8; 16], String>,
+    /// Frames sealed under `nonce_prefix`, committed or not: the last 8
+    /// bytes of the nonce. An atomic only because `encode` takes `&self`
+    /// (one uncontended add per frame, next to the AEAD).
+    sealed: AtomicU64,
+    /// Random first 16 bytes of this connection's nonces.
+    nonce_prefix: NoncePrefix,
+}
+
+/// The random part of a connection's nonces.
+#[derive(Debug, Clone, Copy)]
+enum NoncePrefix {
+    /// `start_session` not called yet: nothing may be sealed.
+    NotStarted,
+    /// Drawn from the operating system.
+    Drawn([u8; 16]),
+    /// The operating system gave no randomness: nothing may be sealed.
+    Failed(getrandom::Error),
+}
+
+impl NoncePrefix {
+    fn draw() -> NoncePrefix {
+        let mut prefix = [0u8; 16];
+        match getrandom::fill(&mut prefix) {
+            Ok(()) => NoncePrefix::Drawn(prefix),
+            Err(e) => NoncePrefix::Failed(e),
+        }
+    }
+}
+
+impl Clone for Encryptor {
+    /// A clone of a started transform gets a fresh nonce prefix (and nonce
+    /// count), so the original and the clone never seal under one nonce; it
+    /// keeps the sequences, so either may go on with the session.
+    fn clone(&self) -> Self {
+        let nonce_prefix = match self.nonce_prefix {
+            NoncePrefix::Drawn(_) => NoncePrefix::draw(),
+            other => other,
+        };
+        Encryptor {
+            key: self.key.clone(),
+            side: self.side,
+            sent: self.sent,
+            received: self.received,
+            sealed: AtomicU64::new(0),
+            nonce_prefix,
+        }
+    }
 }
 
 /// The associated data for a frame of `type_field` (ENCRYPTED set) sent by `from`.
@@ -160,9 +221,11 @@ fn associated_data(frame: &Frame, type_field: u16, from: Side, seq: u64) -> [u8;
 }
 
 impl Encryptor {
-    /// Seals `frame` with the given nonce and the next sequence number
-    /// (public for the documented worked example; `encode` uses the
-    /// connection's nonce prefix). Like `encode`, it changes no state:
+    /// Seals `frame` with the given nonce and the next sequence number.
+    /// Only for test vectors (the documented worked example): the caller
+    /// owns the nonce, and a nonce used twice under a key leaks the XOR of
+    /// the plaintexts and allows forgeries. [`encode`](FrameTransform::encode)
+    /// draws unique nonces itself. It changes no state:
     /// [`commit`](FrameTransform::commit) moves to the next sequence.
     pub fn seal_with_nonce(
         &self,
@@ -192,10 +255,8 @@ impl FrameTransform for Encryptor {
         self.side = side;
         self.sent = 0;
         self.received = 0;
-        let mut prefix = [0u8; 16];
-        self.nonce_prefix = getrandom::fill(&mut prefix)
-            .map(|()| prefix)
-            .map_err(|e| e.to_string());
+        self.sealed = AtomicU64::new(0);
+        self.nonce_prefix = NoncePrefix::draw();
     }
 
     fn decode(&mut self, mut frame: Frame) -> Result<Frame, BoxError> {
@@ -224,19 +285,29 @@ impl FrameTransform for Encryptor {
         Ok(frame)
     }
 
+    /// Seals under the next nonce: the nonce count advances here, on every
+    /// seal, so no nonce seals two frames even without a
+    /// [`commit`](FrameTransform::commit) between them; the authenticated
+    /// sequence does not.
     fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
-        let prefix = self
-            .nonce_prefix
-            .as_ref()
-            .map_err(|e| EncryptionError::Random(e.clone()))?;
+        let prefix = match self.nonce_prefix {
+            NoncePrefix::Drawn(prefix) => prefix,
+            NoncePrefix::NotStarted => {
+                return Err(EncryptionError::Random("session not started".into()).into())
+            }
+            NoncePrefix::Failed(e) => return Err(EncryptionError::Random(e.to_string()).into()),
+        };
+        // 2^64 seals under one prefix cannot happen (centuries at a
+        // billion frames a second), so the count never wraps in practice.
+        let count = self.sealed.fetch_add(1, Ordering::Relaxed);
         let mut nonce = [0u8; NONCE_LEN];
-        nonce[..16].copy_from_slice(prefix);
-        nonce[16..].copy_from_slice(&self.sent.to_be_bytes());
+        nonce[..16].copy_from_slice(&prefix);
+        nonce[16..].copy_from_slice(&count.to_be_bytes());
         self.seal_with_nonce(frame, nonce)
     }
 
     /// The frame sealed under the current sequence was written: the next
-    /// one uses the next sequence (and so the next nonce).
+    /// one uses the next sequence.
     fn commit(&mut self) {
         self.sent += 1;
     }
@@ -351,6 +422,24 @@ mod tests {
         assert_ne!(a0, a1);
         assert_ne!(a0, b0);
         assert_eq!(a0[..16], a1[..16], "one prefix per connection");
+    }
+
+    #[test]
+    fn encode_twice_without_commit_never_reuses_a_nonce() {
+        let (client, mut server) = pair([3; 32]);
+        let n = |f: &Frame| f.payload().slice(..NONCE_LEN);
+        let first = client.encode(Frame::data("one")).unwrap();
+        let second = client.encode(Frame::data("two")).unwrap();
+        assert_ne!(n(&first), n(&second), "two frames sealed under one nonce");
+        // A clone of the started transform seals under a nonce of its own.
+        let third = client.clone().encode(Frame::data("three")).unwrap();
+        assert_ne!(n(&third), n(&first));
+        assert_ne!(n(&third), n(&second));
+        // The sequence did not move: either frame is the peer's frame 0,
+        // and only one of them is accepted.
+        assert_eq!(server.clone().decode(second).unwrap(), Frame::data("two"));
+        assert_eq!(server.decode(first).unwrap(), Frame::data("one"));
+        assert!(server.decode(third).is_err(), "frame 0 again");
     }
 
     #[test]

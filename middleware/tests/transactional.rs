@@ -132,3 +132,83 @@ async fn a_push_over_the_limit_is_refused_to_the_pusher_and_the_session_goes_on(
     client.close().await;
     server.shutdown().await;
 }
+
+/// A framing that writes the frame and then fails, once (a user framing
+/// breaking the "check before writing" rule); it keeps what it wrote.
+#[derive(Clone, Default)]
+struct WritesThenFails {
+    codec: FrameCodec,
+    failed: bool,
+    wrote: Vec<u8>,
+}
+
+impl tokio_util::codec::Decoder for WritesThenFails {
+    type Item = Frame;
+    type Error = msgi::CodecError;
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Frame>, msgi::CodecError> {
+        self.codec.decode(src)
+    }
+}
+
+impl tokio_util::codec::Encoder<Frame> for WritesThenFails {
+    type Error = msgi::CodecError;
+    fn encode(&mut self, frame: Frame, dst: &mut bytes::BytesMut) -> Result<(), msgi::CodecError> {
+        let before = dst.len();
+        self.codec.encode(frame, dst)?;
+        if !self.failed {
+            self.failed = true;
+            self.wrote = dst[before..].to_vec();
+            return Err(msgi::CodecError::Io(std::io::Error::other(
+                "failed after writing",
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Framing for WritesThenFails {
+    fn set_max_frame_size(&mut self, max: usize) {
+        self.codec.set_max_frame_size(max);
+    }
+    fn max_frame_size(&self) -> usize {
+        self.codec.max_frame_size()
+    }
+}
+
+#[test]
+fn a_framing_that_writes_then_fails_sends_nothing_and_reuses_no_nonce() {
+    use msgi::{FrameTransform, WriteBuf};
+    use tokio_util::codec::Decoder;
+    let layer = msgi_middleware::EncryptionLayer::new(EncryptionKey::new([9; 32]));
+    let mut client = msgi::Transformed::new(layer.transform(), WritesThenFails::default());
+    client.start_session(msgi::Side::Client);
+    let mut server = layer.transform();
+    server.start_session(msgi::Side::Server);
+
+    let mut out = WriteBuf::new();
+    out.put_slice(b"queued");
+    assert!(client.encode_into(Frame::data("one"), &mut out).is_err());
+    assert_eq!(out.len(), 6, "the refused frame's bytes were left queued");
+    client.encode_into(Frame::data("two"), &mut out).unwrap();
+
+    // The frame that went out is the peer's frame 0, under another nonce
+    // than the refused one.
+    let mut sent = bytes::BytesMut::new();
+    let mut slices = [std::io::IoSlice::new(&[]); 8];
+    let n = out.chunks_vectored(&mut slices);
+    for s in &slices[..n] {
+        sent.extend_from_slice(s);
+    }
+    let refused = FrameCodec::new()
+        .decode(&mut bytes::BytesMut::from(&client.get_ref().wrote[..]))
+        .unwrap()
+        .unwrap();
+    let mut wire = sent.split_off(6);
+    let frame = FrameCodec::new().decode(&mut wire).unwrap().unwrap();
+    assert_ne!(
+        refused.payload().slice(..24),
+        frame.payload().slice(..24),
+        "two frames sealed under one nonce"
+    );
+    assert_eq!(server.decode(frame).unwrap(), Frame::data("two"));
+}
