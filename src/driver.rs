@@ -118,6 +118,9 @@ where
     phase: Phase,
     reason: Option<CloseReason>,
     aborted: bool,
+    /// Pushes were moved out of the outbox since the session last went
+    /// quiet: its buffer is freed when it does.
+    took_pushes: bool,
 }
 
 impl<T, C, S> Driver<T, C, S>
@@ -157,6 +160,7 @@ where
             phase: Phase::Open,
             reason: None,
             aborted: false,
+            took_pushes: false,
         }
     }
 
@@ -168,11 +172,11 @@ where
             let now = Instant::now();
             let mut progress = false;
 
-            if let Some(reason) = self.session.close_requested().cloned() {
+            if let Some(reason) = self.session.closing() {
                 if reason == CloseReason::SlowConsumer {
                     self.abort(reason);
                 } else if matches!(self.phase, Phase::Open) {
-                    let farewell = Frame::disconnect(reason.to_string());
+                    let farewell = self.session.farewell(&reason);
                     self.begin_drain(now, reason, Some(farewell));
                     progress = true;
                 }
@@ -186,8 +190,9 @@ where
                 progress = true;
             }
 
-            if matches!(self.phase, Phase::Open | Phase::Draining { .. }) {
-                progress |= self.take_pushes();
+            if matches!(self.phase, Phase::Open | Phase::Draining { .. }) && self.take_pushes() {
+                progress = true;
+                self.took_pushes = true;
             }
 
             match self.phase {
@@ -264,6 +269,12 @@ where
                     self.in_flight = None;
                 }
                 self.spare = None;
+                if std::mem::take(&mut self.took_pushes) {
+                    // Quiet after taking pushes: give the outbox's buffer
+                    // back (one lock, only after pushes), so an idle
+                    // session holds none.
+                    self.session.free_outbox();
+                }
                 return Poll::Pending;
             }
         }
@@ -294,6 +305,7 @@ where
     /// Ends the session at once, writing nothing more.
     fn abort(&mut self, reason: CloseReason) {
         if !self.aborted {
+            self.session.close_with(reason.clone());
             self.aborted = true;
             self.reason = Some(reason);
         }
@@ -302,6 +314,9 @@ where
     /// Stops reading; answers what was received, then sends `farewell`.
     fn begin_drain(&mut self, now: Instant, reason: CloseReason, farewell: Option<Frame>) {
         tracing::debug!(session = %self.session.id(), %reason, "session draining");
+        // The session is closing, whoever began it: a later
+        // `Session::close` returns false rather than being ignored.
+        self.session.close_with(reason.clone());
         self.reason = Some(reason);
         self.phase = Phase::Draining { farewell };
         self.proto.start_drain(now, self.drain_deadline);
@@ -310,6 +325,7 @@ where
     /// Drops pending work, sends `last` and closes.
     fn close_now(&mut self, now: Instant, reason: CloseReason, last: Frame) {
         tracing::debug!(session = %self.session.id(), %reason, "session closing");
+        self.session.close_with(reason.clone());
         self.in_flight = None;
         self.waiting = None;
         self.in_flight_bytes = 0;
@@ -542,8 +558,9 @@ where
                     // Lingering ran out: a normal end, keep the reason.
                     self.aborted = true;
                 } else {
+                    // Cut short: the reason says so, and why it was closing.
                     let reason = self.reason.take().unwrap_or(CloseReason::Aborted);
-                    self.abort(reason);
+                    self.abort(CloseReason::DrainTimeout(Box::new(reason)));
                 }
             }
         }

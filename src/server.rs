@@ -891,11 +891,21 @@ impl Drop for SessionGuard {
         }
         let reason = self.reason.take().unwrap_or(CloseReason::Aborted);
         tracing::debug!(%reason, "session ended");
+        // After the hook, which may still read the session's data, and
+        // even if the hook panics.
+        let _release = Release(&self.session);
         if let Some(hook) = &self.common.on_disconnect {
             hook(&self.session, &reason);
         }
-        // After the hook, which may still read the session's data.
-        self.session.release();
+    }
+}
+
+/// Releases a session's pushes and data when dropped, unwinding included.
+struct Release<'a>(&'a Session);
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        self.0.release();
     }
 }
 
@@ -996,7 +1006,7 @@ where
                     // A close (shutdown, the application) must not wait for a
                     // make-service that may never finish.
                     this.guard.session.register(cx);
-                    if let Some(reason) = this.guard.session.close_requested().cloned() {
+                    if let Some(reason) = this.guard.session.closing() {
                         if reason == CloseReason::SlowConsumer {
                             // As a running session does: close at once, writing nothing.
                             this.guard.reason = Some(reason);
@@ -1005,8 +1015,20 @@ where
                         let (Some(io), Some(mut codec)) = (io.take(), codec.take()) else {
                             return Poll::Ready(());
                         };
+                        // Pushes taken so far (the connect hook's welcome)
+                        // got `Ok`: they go out before the DISCONNECT, through
+                        // the session's framing, as a running session's do.
+                        this.guard.session.seal_outbox();
                         let mut bytes = BytesMut::new();
-                        let _ = codec.encode(Frame::disconnect(reason.to_string()), &mut bytes);
+                        let guard = &*this.guard;
+                        guard.session.drain_outbox(|frame| {
+                            if let Err(e) = codec.encode(frame, &mut bytes) {
+                                tracing::warn!(session = %guard.session.id(), error = %e, "pushed frame could not be encoded; dropped");
+                            }
+                            true
+                        });
+                        let farewell = this.guard.session.farewell(&reason);
+                        let _ = codec.encode(farewell, &mut bytes);
                         let linger = LINGER.min(cfg.drain_deadline);
                         this.guard.reason = Some(reason);
                         this.state.set(TaskState::Closing {

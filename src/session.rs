@@ -82,6 +82,11 @@ pub enum CloseReason {
     ServiceFailed(String),
     /// The session task ended without a reason (a handler panicked).
     Aborted,
+    /// The drain deadline passed before the session finished closing for
+    /// the reason it carries (a graceful close, or the last frame of an
+    /// abnormal one, not written in time): answers, pushes and the
+    /// farewell not written by then were dropped.
+    DrainTimeout(Box<CloseReason>),
 }
 
 impl fmt::Display for CloseReason {
@@ -100,6 +105,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Closed(r) => f.write_str(r),
             CloseReason::ServiceFailed(r) => write!(f, "service failed: {r}"),
             CloseReason::Aborted => f.write_str("aborted"),
+            CloseReason::DrainTimeout(r) => write!(f, "drain deadline passed ({r})"),
         }
     }
 }
@@ -186,6 +192,15 @@ struct Outbox {
     /// itself, so a push either is refused or is in the queue before the
     /// session decides what is left to write.
     closed: bool,
+    /// A push found the outbox full: the session ends as a slow consumer,
+    /// whatever close was under way (the close reason is set once, so a
+    /// graceful close set earlier cannot say it).
+    slow: bool,
+    /// The session has ended and released its data: data inserted now
+    /// would never be dropped before the session itself (see
+    /// [`Session::insert_data`]). Kept here, where a `bool` costs no
+    /// memory, and only ever checked under the data lock.
+    released: bool,
 }
 
 impl Outbox {
@@ -280,8 +295,23 @@ impl Session {
     /// The data lives while the session does: it is dropped once the
     /// session has ended and its disconnect hook has run. So data may hold
     /// a `Session` (this one included) without keeping the session alive.
+    /// Once that has happened (a task still holding the session inserts
+    /// late), the value is not stored: it is dropped at once and `None` is
+    /// returned.
     pub fn insert_data<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
-        lock(&self.inner.data).insert(value)
+        let mut data = lock(&self.inner.data);
+        if self.is_released() {
+            drop(data);
+            drop(value);
+            return None;
+        }
+        data.insert(value)
+    }
+
+    /// Whether the session's data was released; the caller holds the data
+    /// lock, so a release cannot slip in between the check and an insert.
+    fn is_released(&self) -> bool {
+        lock(&self.inner.outbox).released
     }
 
     /// A clone of the session's value of type `T`.
@@ -291,9 +321,16 @@ impl Session {
 
     /// Runs `f` on the session's data, under the session's own lock: keep
     /// it brief, and do not call this session's data methods from inside `f`
-    /// (the lock is not re-entrant).
+    /// (the lock is not re-entrant). Once the session's data was released
+    /// (see [`insert_data`](Session::insert_data)), `f` gets an empty map
+    /// that is dropped when it returns.
     pub fn with_data<R>(&self, f: impl FnOnce(&mut Extensions) -> R) -> R {
-        f(&mut lock(&self.inner.data))
+        let mut data = lock(&self.inner.data);
+        if self.is_released() {
+            drop(data);
+            return f(&mut Extensions::new());
+        }
+        f(&mut data)
     }
 
     /// Queues a frame for this session's peer.
@@ -311,35 +348,46 @@ impl Session {
     /// empty outbox is always taken). A push beyond either bound means the
     /// peer is not keeping up: the session is closed with
     /// [`CloseReason::SlowConsumer`] and this returns
-    /// [`SendError::SlowConsumer`]. Frames queued before are not written.
+    /// [`SendError::SlowConsumer`]. Frames queued before are not written,
+    /// and no later push is taken. This holds during a graceful close too:
+    /// the session then ends as a slow consumer, not gracefully.
     ///
     /// A frame the session's framing could not encode, because it is over
     /// the maximum frame size once the wire transforms have added their
     /// bytes, is refused here with [`SendError::TooLarge`], so that a frame
-    /// accepted by `send` never fails to encode for its size later.
+    /// accepted by `send` never fails to encode for its size later. A
+    /// session that no longer takes pushes says [`SendError::Closed`]
+    /// first, whatever the frame's size.
     ///
     /// The frame's extensions are dropped (they never reach the wire).
     pub fn send(&self, mut frame: Frame) -> Result<(), SendError> {
-        let length = frame.wire_len();
-        let max = usize::try_from(self.inner.limits.max_frame_len).unwrap_or(usize::MAX);
-        if length > max {
-            return Err(SendError::TooLarge { length, max });
-        }
         // A queued frame never holds a `Session`, so an outbox cannot keep
-        // its own session (or another) alive.
+        // its own session (or another) alive. (Cleared before the lock: the
+        // frame is consumed either way.)
         frame.extensions_mut().clear();
+        let length = frame.wire_len();
         let cost = Outbox::cost(&frame);
+        let limits = &*self.inner.limits;
         let mut outbox = lock(&self.inner.outbox);
         if outbox.closed {
             return Err(SendError::Closed);
         }
-        let limits = &*self.inner.limits;
+        let max = usize::try_from(limits.max_frame_len).unwrap_or(usize::MAX);
+        if length > max {
+            return Err(SendError::TooLarge { length, max });
+        }
         let queued = u32::try_from(outbox.frames.len()).unwrap_or(u32::MAX);
         let full = queued >= limits.frames
             || (queued > 0 && outbox.bytes.saturating_add(cost) > limits.bytes);
         if full {
+            // Sealed under the lock: no later push can be taken after this
+            // one was refused (the peer would see a gap). `slow` overrides
+            // a graceful close already requested; the driver aborts on it.
+            outbox.closed = true;
+            outbox.slow = true;
             drop(outbox);
             self.close_with(CloseReason::SlowConsumer);
+            self.inner.waker.wake();
             return Err(SendError::SlowConsumer);
         }
         outbox.bytes = outbox.bytes.saturating_add(cost);
@@ -351,7 +399,15 @@ impl Session {
 
     /// Closes the session gracefully: requests already received are
     /// answered, then the peer gets DISCONNECT with `reason` and the
-    /// connection closes. Returns false if the session was already closing.
+    /// connection closes. Returns false, and changes nothing, if the
+    /// session was already closing for any reason: closed before, the
+    /// server shutting down, or the peer closing (its DISCONNECT or
+    /// half-close, after which no DISCONNECT is sent back) or the session
+    /// ending on its own (timeout, violation, reset).
+    ///
+    /// The DISCONNECT carries `reason` cut (at a character boundary) to
+    /// what fits in the largest frame the session can send; the
+    /// [`CloseReason::Closed`] given to the disconnect hook keeps it whole.
     pub fn close(&self, reason: impl Into<String>) -> bool {
         self.close_with(CloseReason::Closed(reason.into()))
     }
@@ -364,7 +420,8 @@ impl Session {
         first
     }
 
-    /// True once the session has been asked to close (by anyone but the peer).
+    /// True once the session is closing or has ended, whoever began it
+    /// (the application, the server, the peer, or a timeout).
     pub fn is_closing(&self) -> bool {
         self.inner.close_reason.get().is_some()
     }
@@ -374,9 +431,35 @@ impl Session {
         self.inner.waker.register(cx.waker());
     }
 
-    /// The close request, if any (register first to be woken by one).
-    pub(crate) fn close_requested(&self) -> Option<&CloseReason> {
-        self.inner.close_reason.get()
+    /// Why the session must close, if it must: the close request, except
+    /// that a full outbox ([`CloseReason::SlowConsumer`]) overrides any
+    /// graceful close requested before it. Locks the outbox only once a
+    /// close was requested.
+    pub(crate) fn closing(&self) -> Option<CloseReason> {
+        let reason = self.inner.close_reason.get()?;
+        if *reason != CloseReason::SlowConsumer && lock(&self.inner.outbox).slow {
+            return Some(CloseReason::SlowConsumer);
+        }
+        Some(reason.clone())
+    }
+
+    /// The DISCONNECT frame for `reason`, its text cut (at a character
+    /// boundary) so that the frame fits the largest frame this session's
+    /// framing sends: an over-long application reason must not turn the
+    /// farewell into an ERROR.
+    pub(crate) fn farewell(&self, reason: &CloseReason) -> Frame {
+        let mut text = reason.to_string();
+        let max = usize::try_from(self.inner.limits.max_frame_len)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(crate::frame::HEADER_LEN);
+        if text.len() > max {
+            let mut end = max;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        Frame::disconnect(text)
     }
 
     /// Moves queued frames into `sink` while it accepts them; the driver's
@@ -395,6 +478,17 @@ impl Session {
             outbox.frames = VecDeque::new();
         }
         moved
+    }
+
+    /// Frees the outbox's buffer if it is empty: the driver calls this
+    /// when the session goes quiet after taking pushes, so an idle session
+    /// holds no outbox buffer, while pushes that find a busy session
+    /// (its driver not yet run since the last ones) reuse it.
+    pub(crate) fn free_outbox(&self) {
+        let mut outbox = lock(&self.inner.outbox);
+        if outbox.frames.is_empty() && outbox.frames.capacity() > 0 {
+            outbox.frames = VecDeque::new();
+        }
     }
 
     /// Refuses further pushes, keeping those already taken; true when none
@@ -422,7 +516,13 @@ impl Session {
     /// no `Session` stored there keeps this one alive.
     pub(crate) fn release(&self) {
         self.close_outbox();
-        let data = std::mem::take(&mut *lock(&self.inner.data));
+        let data = {
+            let mut data = lock(&self.inner.data);
+            // Under the data lock, so no insert checks `released` before
+            // this and stores after the take below.
+            lock(&self.inner.outbox).released = true;
+            std::mem::take(&mut *data)
+        };
         drop(data);
     }
 }
@@ -463,7 +563,7 @@ mod tests {
         assert_eq!(s.send(Frame::data("b")), Ok(()));
         assert_eq!(s.send(Frame::data("c")), Err(SendError::SlowConsumer));
         assert!(s.is_closing());
-        assert_eq!(s.close_requested(), Some(&CloseReason::SlowConsumer));
+        assert_eq!(s.closing(), Some(CloseReason::SlowConsumer));
         s.close_outbox();
         assert_eq!(s.send(Frame::data("d")), Err(SendError::Closed));
     }
@@ -484,7 +584,7 @@ mod tests {
             s.send(Frame::data(payload.clone())),
             Err(SendError::SlowConsumer)
         );
-        assert_eq!(s.close_requested(), Some(&CloseReason::SlowConsumer));
+        assert_eq!(s.closing(), Some(CloseReason::SlowConsumer));
 
         // Moving frames out frees their bytes; one frame larger than the
         // bound is taken by an empty outbox.
@@ -637,10 +737,74 @@ mod tests {
         let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(2));
         assert!(s.close("kicked"));
         assert!(!s.close_with(CloseReason::ServerShutdown));
-        assert_eq!(
-            s.close_requested(),
-            Some(&CloseReason::Closed("kicked".into()))
+        assert_eq!(s.closing(), Some(CloseReason::Closed("kicked".into())));
+    }
+
+    #[test]
+    fn a_full_outbox_during_a_graceful_close_ends_the_session_as_slow_consumer() {
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(2));
+        assert!(s.close("bye"));
+        assert_eq!(s.send(Frame::data("a")), Ok(()));
+        assert_eq!(s.send(Frame::data("b")), Ok(()));
+        assert_eq!(s.send(Frame::data("c")), Err(SendError::SlowConsumer));
+        // The slow consumer overrides the graceful close ...
+        assert_eq!(s.closing(), Some(CloseReason::SlowConsumer));
+        // ... and nothing is taken after the refused push: no gap.
+        let mut out = Vec::new();
+        s.drain_outbox(|f| {
+            out.push(f);
+            true
+        });
+        assert_eq!(s.send(Frame::data("d")), Err(SendError::Closed));
+    }
+
+    #[test]
+    fn a_closed_session_says_closed_before_too_large() {
+        let s = Session::new(
+            SessionId(1),
+            PeerAddr::Unknown,
+            Arc::new(OutboxLimits {
+                max_frame_len: 20,
+                ..*limits(2)
+            }),
         );
+        s.close_outbox();
+        assert_eq!(s.send(Frame::data(vec![0u8; 100])), Err(SendError::Closed));
+    }
+
+    #[test]
+    fn the_farewell_fits_the_largest_frame_the_session_sends() {
+        let s = Session::new(
+            SessionId(1),
+            PeerAddr::Unknown,
+            Arc::new(OutboxLimits {
+                max_frame_len: 64,
+                ..*limits(2)
+            }),
+        );
+        // 'é' is two bytes: the cut must fall on a character boundary.
+        let reason = CloseReason::Closed("é".repeat(100));
+        let frame = s.farewell(&reason);
+        assert_eq!(frame.kind(), crate::Kind::DISCONNECT);
+        assert!(frame.wire_len() <= 64, "{}", frame.wire_len());
+        assert_eq!(frame.payload().as_ref(), "é".repeat(27).as_bytes());
+        let short = s.farewell(&CloseReason::Closed("bye".into()));
+        assert_eq!(short.payload().as_ref(), b"bye");
+    }
+
+    #[test]
+    fn data_inserted_after_release_is_not_kept() {
+        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(2));
+        let weak = Arc::downgrade(&s.inner);
+        s.release();
+        // A task spawned by a handler, still holding the session, stores
+        // the session in its own data after the session ended.
+        assert_eq!(s.insert_data(s.clone()), None);
+        assert_eq!(s.data::<Session>(), None);
+        s.with_data(|d| d.insert(s.clone()));
+        assert_eq!(s.data::<Session>(), None);
+        drop(s);
+        assert!(weak.upgrade().is_none(), "the session keeps itself alive");
     }
 
     #[test]

@@ -15,8 +15,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use msgi::{CloseReason, Frame, FrameCodec, Kind, LineCodec, Listener, PeerAddr, Server, Session};
-use support::{dial, echo, read_frame, serve, within, write_frame, Pipes, RawPeer};
+use msgi::{
+    CloseReason, Frame, FrameCodec, Kind, LineCodec, Listener, PeerAddr, SendError, Server, Session,
+};
+use support::{dial, echo, read_frame, serve, within, write_frame, Pipes, RawPeer, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::time::Instant;
@@ -572,4 +574,233 @@ async fn huge_durations_mean_never_not_a_panic() {
     let (_, why) = server.next_end().await;
     assert_eq!(why, CloseReason::ServerShutdown);
     server.shutdown().await;
+}
+
+// ---- how sessions close ----
+
+/// The only session of `server`, once it is running (answered a PING).
+async fn running_session(server: &TestServer, peer: &mut RawPeer) -> Session {
+    peer.send(Frame::ping("")).await;
+    assert_eq!(
+        peer.recv_skip_heartbeats().await.unwrap().kind(),
+        Kind::PONG
+    );
+    server.registry.sessions().pop().expect("one session")
+}
+
+#[tokio::test]
+async fn a_full_outbox_during_a_graceful_close_ends_as_slow_consumer() {
+    let mut server = serve(Server::builder().outbound_queue(2), echo()).await;
+    let mut peer = RawPeer::connect(server.addr).await;
+    let session = running_session(&server, &mut peer).await;
+    // No await in between: the session's task does not run meanwhile.
+    assert!(session.close("bye"));
+    assert_eq!(session.send(Frame::data("a")), Ok(()));
+    assert_eq!(session.send(Frame::data("b")), Ok(()));
+    assert_eq!(session.send(Frame::data("c")), Err(SendError::SlowConsumer));
+    // Before, the graceful close kept the session going: this push was
+    // taken and written after the lost "c".
+    assert_eq!(session.send(Frame::data("d")), Err(SendError::Closed));
+    let (_, why) = server.next_end().await;
+    assert_eq!(why, CloseReason::SlowConsumer);
+    while let Some(frame) = within(peer.recv()).await {
+        assert_ne!(
+            frame.payload_text(),
+            "d",
+            "a push taken after a refused one"
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_push_taken_while_the_service_is_made_is_written_on_a_graceful_close() {
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let (conn_tx, mut connected) = mpsc::unbounded_channel::<Session>();
+    let server = Server::builder()
+        .drain_deadline(DRAIN)
+        .on_connect(move |s| {
+            assert_eq!(s.send(Frame::data("welcome")), Ok(()));
+            let _ = conn_tx.send(s.clone());
+        })
+        .on_disconnect(move |_, r| {
+            let _ = ended_tx.send(r.clone());
+        })
+        .build()
+        .expect("valid settings");
+    let registry = server.registry();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let _serving = tokio::spawn(
+        server.serve_make_with_shutdown(pipes, pending_make(), async {
+            let _ = stopped.await;
+        }),
+    );
+    let mut peer = dial(&tx);
+    let session = connected.recv().await.unwrap();
+    assert!(registry.disconnect(session.id(), "maintenance"));
+    // Taken before the session's task saw the close: written too.
+    assert_eq!(session.send(Frame::data("news")), Ok(()));
+    let mut buf = BytesMut::new();
+    // Before, the peer got the DISCONNECT alone: both pushes were dropped.
+    let first = read_frame(&mut peer, &mut buf).await.unwrap();
+    assert_eq!(first, Frame::data("welcome"));
+    let second = read_frame(&mut peer, &mut buf).await.unwrap();
+    assert_eq!(second, Frame::data("news"));
+    assert_eq!(session.send(Frame::data("late")), Err(SendError::Closed));
+    let bye = read_frame(&mut peer, &mut buf).await.unwrap();
+    assert_eq!(bye.kind(), Kind::DISCONNECT);
+    assert_eq!(bye.payload_text(), "maintenance");
+    assert!(read_frame(&mut peer, &mut buf).await.is_none());
+    drop(peer);
+    assert_eq!(
+        ended.recv().await.unwrap(),
+        CloseReason::Closed("maintenance".into())
+    );
+}
+
+/// A server over `pipes` whose handler never answers; `called` hears of
+/// every request handed to it, `connected` of every session, `ended` of
+/// every close reason.
+fn never_answering(
+    pipes: Pipes,
+    called: mpsc::UnboundedSender<()>,
+    connected: mpsc::UnboundedSender<Session>,
+    ended: mpsc::UnboundedSender<CloseReason>,
+) -> tokio::task::JoinHandle<io::Result<()>> {
+    let server = Server::builder()
+        .drain_deadline(DRAIN)
+        .on_connect(move |s| {
+            let _ = connected.send(s.clone());
+        })
+        .on_disconnect(move |_, r| {
+            let _ = ended.send(r.clone());
+        })
+        .build()
+        .expect("valid settings");
+    let make = tower::service_fn(move |_: Session| {
+        let called = called.clone();
+        std::future::ready(Ok::<_, Infallible>(tower::service_fn(move |_: Frame| {
+            let _ = called.send(());
+            std::future::pending::<Result<Option<Frame>, Infallible>>()
+        })))
+    });
+    tokio::spawn(server.serve_make_with_shutdown(pipes, make, std::future::pending()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_cut_short_by_its_deadline_says_so() {
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let (called_tx, mut called) = mpsc::unbounded_channel();
+    let (conn_tx, mut connected) = mpsc::unbounded_channel();
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let _serving = never_answering(pipes, called_tx, conn_tx, ended_tx);
+    let mut peer = dial(&tx);
+    let session = connected.recv().await.unwrap();
+    write_frame(&mut peer, Frame::data("never answered").with_request_id(1)).await;
+    called.recv().await.unwrap();
+    let start = Instant::now();
+    assert!(session.close("maintenance"));
+    // Before, the reason was `Closed("maintenance")`, as if the drain had
+    // completed.
+    assert_eq!(
+        ended.recv().await.unwrap(),
+        CloseReason::DrainTimeout(Box::new(CloseReason::Closed("maintenance".into())))
+    );
+    assert!(start.elapsed() >= DRAIN);
+    let mut buf = BytesMut::new();
+    assert!(
+        read_frame(&mut peer, &mut buf).await.is_none(),
+        "no farewell"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_close_during_the_peers_drain_is_refused_not_ignored() {
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let (called_tx, mut called) = mpsc::unbounded_channel();
+    let (conn_tx, mut connected) = mpsc::unbounded_channel();
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
+    let _serving = never_answering(pipes, called_tx, conn_tx, ended_tx);
+    let mut peer = dial(&tx);
+    let session = connected.recv().await.unwrap();
+    // One write: the session reads both in the same pass, so it is
+    // draining for the peer once the handler has the request.
+    let mut out = BytesMut::new();
+    let mut codec = FrameCodec::new();
+    codec
+        .encode(Frame::data("pending").with_request_id(1), &mut out)
+        .unwrap();
+    codec.encode(Frame::disconnect("bye"), &mut out).unwrap();
+    peer.write_all(&out).await.unwrap();
+    called.recv().await.unwrap();
+    assert!(session.is_closing());
+    // Before, this returned true and nothing happened.
+    assert!(!session.close("too late"));
+    assert_eq!(
+        ended.recv().await.unwrap(),
+        CloseReason::DrainTimeout(Box::new(CloseReason::PeerDisconnect("bye".into())))
+    );
+}
+
+#[tokio::test]
+async fn an_over_long_close_reason_is_cut_to_fit_the_disconnect() {
+    let builder = Server::builder().framing(FrameCodec::with_max_frame_size(64));
+    let mut server = serve(builder, echo()).await;
+    let mut peer = RawPeer::connect(server.addr).await;
+    let session = running_session(&server, &mut peer).await;
+    let reason = "x".repeat(100);
+    assert!(server.registry.disconnect(session.id(), reason.clone()));
+    // Before, the DISCONNECT was over 64 bytes and became ERROR
+    // `answer not sent: ...`.
+    let bye = within(peer.recv_skip_heartbeats()).await.unwrap();
+    assert_eq!(bye.kind(), Kind::DISCONNECT);
+    assert_eq!(bye.payload_text(), "x".repeat(54));
+    drop(peer);
+    let (_, why) = server.next_end().await;
+    assert_eq!(why, CloseReason::Closed(reason));
+    server.shutdown().await;
+}
+
+#[derive(Clone)]
+struct Marker(#[allow(dead_code)] Arc<()>);
+
+#[tokio::test]
+async fn a_panicking_disconnect_hook_still_releases_the_session() {
+    let marker = Arc::new(());
+    let weak = Arc::downgrade(&marker);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = Server::builder()
+        .on_connect(move |s| {
+            // The session's data holds the session: only `release` breaks
+            // the cycle.
+            s.insert_data(s.clone());
+            s.insert_data(Marker(marker.clone()));
+        })
+        .on_disconnect(|_, _| panic!("disconnect hook fails (on purpose)"))
+        .build()
+        .expect("valid settings");
+    let registry = server.registry();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_with_shutdown(listener, echo(), async {
+        let _ = stopped.await;
+    }));
+    let mut peer = RawPeer::connect(addr).await;
+    peer.send(Frame::ping("")).await;
+    assert_eq!(
+        peer.recv_skip_heartbeats().await.unwrap().kind(),
+        Kind::PONG
+    );
+    drop(peer);
+    stop.send(()).unwrap();
+    // `serve` returns once every session task has ended.
+    within(serving).await.unwrap().unwrap();
+    assert_eq!(registry.connection_count(), 0);
+    // Before, the panic skipped `release`: the session kept itself (and
+    // its data) alive.
+    assert!(
+        weak.upgrade().is_none(),
+        "the session's data was not released"
+    );
 }
