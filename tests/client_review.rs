@@ -197,3 +197,65 @@ async fn senders_refused_during_a_close_learn_why() {
     drop(server);
     within(closing).await;
 }
+/// Review 2, item 2: a call made while disconnected behind one-way frames
+/// that fill what the task holds still fails with `NotConnected` after the
+/// queue timeout.
+#[tokio::test(start_paused = true)]
+async fn a_call_behind_held_one_way_frames_keeps_its_queue_timeout() {
+    let (client, _dials) = disconnected(
+        Client::builder()
+            .outbox_capacity(2)
+            .queue_timeout(Some(Duration::from_millis(100))),
+    )
+    .await;
+    for _ in 0..2 {
+        within(client.send(Frame::data("one-way"))).await.unwrap();
+    }
+    let start = tokio::time::Instant::now();
+    let r = within(client.call(Frame::data("x"))).await;
+    assert!(matches!(r, Err(ClientError::NotConnected)), "{r:?}");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(100) && waited < Duration::from_secs(1),
+        "{waited:?}"
+    );
+    within(client.close()).await;
+    assert_eq!(client.take_unsent().len(), 2);
+}
+
+/// Review 2, item 2: a call made while connected that waits in the outbox
+/// when the connection drops, behind more unwritten one-way frames than the
+/// outbox holds, is still taken by the task and fails with `NotConnected`
+/// after the queue timeout (frames given back by the lost connection do
+/// not stop the task from taking work).
+#[tokio::test(start_paused = true)]
+async fn a_call_queued_when_the_connection_drops_keeps_its_queue_timeout() {
+    let (ends_tx, mut ends) = mpsc::unbounded_channel();
+    let (dials_tx, _dials) = mpsc::unbounded_channel();
+    let client = within(
+        Client::builder()
+            .outbox_capacity(3)
+            .queue_timeout(Some(Duration::from_millis(100)))
+            .reconnect(slow_reconnect())
+            .connect_with(pipe_once(1024, ends_tx, dials_tx)),
+    )
+    .await
+    .unwrap();
+    // The server reads nothing: three 512 KiB frames take the write queue
+    // past its high-water mark (1 MiB, the maximum frame size), two more
+    // wait in the outbox.
+    let server = within(ends.recv()).await.unwrap();
+    for _ in 0..5 {
+        within(client.send(Frame::data(vec![0u8; 512 * 1024])))
+            .await
+            .unwrap();
+    }
+    let caller = client.clone();
+    let call = tokio::spawn(async move { caller.call(Frame::data("x")).await });
+    tokio::task::yield_now().await;
+    drop(server);
+    let r = within(call).await.unwrap();
+    assert!(matches!(r, Err(ClientError::NotConnected)), "{r:?}");
+    within(client.close()).await;
+    assert_eq!(client.take_unsent().len(), 5);
+}

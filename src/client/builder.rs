@@ -252,10 +252,13 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
         self
     }
 
-    /// How long a call taken off the outbox while the client is
-    /// disconnected (reconnecting) waits for a connection before it fails
-    /// with [`ClientError::NotConnected`] without being sent (default 10 s;
-    /// `None` waits as long as the client reconnects).
+    /// How long a call waits for a connection while the client is
+    /// disconnected (reconnecting) before it fails with
+    /// [`ClientError::NotConnected`] without being sent (default 10 s;
+    /// `None` waits as long as the client reconnects). The time runs from
+    /// the call if it was made while disconnected (waiting for room in the
+    /// outbox, or in it behind held one-way frames, included), else from
+    /// when the task takes it off the outbox after the connection dropped.
     pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.queue_timeout = timeout;
         self

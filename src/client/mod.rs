@@ -42,7 +42,7 @@ use crate::codec::{CodecError, Framing};
 use crate::frame::Frame;
 use builder::Connector;
 use gate::CallGate;
-use task::{ClientTask, Command, Queue};
+use task::{ClientTask, Command, Queue, Stamp};
 
 /// The connection state handles see.
 #[derive(Debug, Clone)]
@@ -74,6 +74,8 @@ struct Shared {
     /// before they are queued: the framing's [`Framing::max_encoded_len`],
     /// its maximum frame size less what its transforms may add.
     max_sendable: usize,
+    /// How long a call may wait for a connection (`None`: for ever).
+    queue_timeout: Option<Duration>,
     /// Set by [`Client::close`].
     close_requested: CancellationToken,
     /// Wakes the connection task: a close request, an abandoned call.
@@ -246,6 +248,7 @@ impl Client {
             stop_reason: std::sync::OnceLock::new(),
             calls: CallGate::new(cfg.max_in_flight),
             max_sendable: cfg.framing.max_encoded_len(),
+            queue_timeout: builder::finite(cfg.queue_timeout),
             close_requested: CancellationToken::new(),
             task_waker: AtomicWaker::new(),
             abandoned: AtomicBool::new(false),
@@ -336,11 +339,47 @@ impl Client {
         let (tx, rx) = oneshot::channel();
         // Owns the place from here: given back however this ends.
         let answer = ResponseFuture::new(rx, &self.shared);
-        self.tx
-            .send(Command::Call(frame, tx))
-            .await
-            .map_err(|_| self.shared.closed_error())?;
-        answer.await
+        // Made while not connected: the queue timeout runs from now, also
+        // while the call waits for room in the outbox or in it, behind
+        // one-way frames the task holds (one atomic load when connected).
+        let stamp = match self.shared.state.load(Ordering::Acquire) {
+            CONNECTED => None,
+            _ => self
+                .shared
+                .queue_timeout
+                .and_then(|t| Instant::now().checked_add(t))
+                .map(Stamp::new),
+        };
+        let Some(stamp) = stamp else {
+            self.tx
+                .send(Command::Call(frame, tx, None))
+                .await
+                .map_err(|_| self.shared.closed_error())?;
+            return answer.await;
+        };
+        let deadline = stamp.deadline;
+        let queued = tokio::time::timeout_at(
+            deadline,
+            self.tx.send(Command::Call(frame, tx, Some(stamp.clone()))),
+        );
+        match queued.await {
+            Err(_) => return Err(ClientError::NotConnected),
+            Ok(sent) => sent.map_err(|_| self.shared.closed_error())?,
+        }
+        tokio::pin!(answer);
+        tokio::select! {
+            result = &mut answer => result,
+            () = tokio::time::sleep_until(deadline) => {
+                if stamp.withdraw() {
+                    // Still in the outbox: never sent, and the task drops
+                    // it when it gets to it.
+                    Err(ClientError::NotConnected)
+                } else {
+                    // The task has it and answers it.
+                    answer.await
+                }
+            }
+        }
     }
 
     /// Sends a PING and returns the round-trip time once the PONG is back.
@@ -495,7 +534,7 @@ impl Service<Frame> for Client {
         let (tx, rx) = oneshot::channel();
         // Closed meanwhile: the sender is dropped and the future reports
         // why the client stopped.
-        let _ = self.poll.send_item(Command::Call(frame, tx));
+        let _ = self.poll.send_item(Command::Call(frame, tx, None));
         ResponseFuture::new(rx, &self.shared)
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
 
@@ -26,13 +26,54 @@ pub(super) type Reply = oneshot::Sender<Result<Frame, ClientError>>;
 /// What handles put in the outbox.
 pub(super) enum Command {
     Send(Frame),
-    Call(Frame, Reply),
+    /// A call, stamped if it was made while the client was not connected.
+    Call(Frame, Reply, Option<Arc<Stamp>>),
+}
+
+/// A call made while the client was not connected: its queue deadline, and
+/// who had it first, the task (took it off the outbox) or its caller (gave
+/// up at the deadline while it still waited in the outbox, unsent).
+pub(super) struct Stamp {
+    pub(super) deadline: Instant,
+    state: AtomicU8,
+}
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
+impl Stamp {
+    pub(super) fn new(deadline: Instant) -> Arc<Stamp> {
+        Arc::new(Stamp {
+            deadline,
+            state: AtomicU8::new(QUEUED),
+        })
+    }
+
+    /// The caller gives up; false if the task took the call first (the task
+    /// then answers it, `NotConnected` at the same deadline if unsent).
+    pub(super) fn withdraw(&self) -> bool {
+        self.swap_from_queued(WITHDRAWN)
+    }
+
+    fn swap_from_queued(&self, to: u8) -> bool {
+        self.state
+            .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// The task takes a call off the outbox; false if its caller withdrew it.
+fn take(stamp: Option<&Arc<Stamp>>) -> bool {
+    stamp.is_none_or(|stamp| stamp.swap_from_queued(TAKEN))
 }
 
 /// Work the task holds outside the outbox, in order.
 enum Held {
-    /// A one-way frame to (re)send first on the next connection.
-    Resend(Frame),
+    /// A one-way frame to (re)send first on the next connection; `true`
+    /// if it was taken off the outbox while disconnected (counted in
+    /// `Queue::taken`).
+    Resend(Frame, bool),
     /// A call taken off the outbox while disconnected, failed with
     /// [`ClientError::NotConnected`] at its deadline (`None`: never).
     Call(Frame, Reply, Option<Instant>),
@@ -46,8 +87,14 @@ pub(super) struct Queue {
     carry: VecDeque<Held>,
     /// Every handle is gone (the outbox reported its end).
     handles_gone: bool,
-    /// At most this many items are taken into `carry` while disconnected.
+    /// At most this many one-way frames taken off the outbox while
+    /// disconnected are held in `carry` (calls taken do not count: the call
+    /// limit bounds them, and a call must not wait unseen behind one-way
+    /// frames past its queue timeout).
     carry_cap: usize,
+    /// One-way frames taken off the outbox while disconnected and still in
+    /// `carry`.
+    taken: usize,
     incoming_bytes: usize,
     queue_timeout: Option<std::time::Duration>,
     /// Declared last: dropped after everything above.
@@ -69,6 +116,7 @@ impl Queue {
             carry: VecDeque::new(),
             handles_gone: false,
             carry_cap: cfg.outbox,
+            taken: 0,
             incoming_bytes: cfg.incoming_bytes,
             queue_timeout: finite(cfg.queue_timeout),
             _done: done,
@@ -120,10 +168,10 @@ impl Queue {
                 .iter()
                 .filter_map(|h| match h {
                     Held::Call(_, _, deadline) => *deadline,
-                    Held::Resend(_) => None,
+                    Held::Resend(..) => None,
                 })
                 .min();
-            let can_take = !self.handles_gone && self.carry.len() < self.carry_cap;
+            let can_take = !self.handles_gone && self.taken < self.carry_cap;
             let shared = self.shared.clone();
             tokio::select! {
                 biased;
@@ -134,13 +182,20 @@ impl Queue {
                 // place (and, with every handle gone, maybe the task).
                 () = abandoned(&shared) => self.expire(Instant::now()),
                 command = self.rx.recv(), if can_take => match command {
-                    Some(Command::Send(frame)) => self.carry.push_back(Held::Resend(frame)),
-                    Some(Command::Call(_, reply)) if reply.is_closed() => {}
-                    Some(Command::Call(frame, reply)) => {
-                        let deadline = self
-                            .queue_timeout
-                            .and_then(|t| Instant::now().checked_add(t));
-                        self.carry.push_back(Held::Call(frame, reply, deadline));
+                    Some(Command::Send(frame)) => {
+                        self.taken += 1;
+                        self.carry.push_back(Held::Resend(frame, true));
+                    }
+                    Some(Command::Call(frame, reply, stamp)) => {
+                        if take(stamp.as_ref()) && !reply.is_closed() {
+                            // The deadline runs from the call if it was made
+                            // while disconnected, else from now.
+                            let deadline = match stamp {
+                                Some(stamp) => Some(stamp.deadline),
+                                None => self.queue_timeout.and_then(|t| Instant::now().checked_add(t)),
+                            };
+                            self.carry.push_back(Held::Call(frame, reply, deadline));
+                        }
                     }
                     None => self.handles_gone = true,
                 },
@@ -306,7 +361,7 @@ where
         let mut unsent = Vec::new();
         for held in self.queue.carry.drain(..) {
             match held {
-                Held::Resend(frame) => unsent.push(frame),
+                Held::Resend(frame, _) => unsent.push(frame),
                 Held::Call(_, reply, _) => {
                     let _ = reply.send(Err(reason.clone()));
                 }
@@ -315,7 +370,7 @@ where
         while let Ok(command) = self.queue.rx.try_recv() {
             match command {
                 Command::Send(frame) => unsent.push(frame),
-                Command::Call(_, reply) => {
+                Command::Call(_, reply, _) => {
                     let _ = reply.send(Err(reason.clone()));
                 }
             }
@@ -420,7 +475,10 @@ where
             // disconnected, goes first, in order.
             while self.below_high_water() {
                 match q.carry.pop_front() {
-                    Some(Held::Resend(frame)) => self.queue_one_way(frame),
+                    Some(Held::Resend(frame, taken)) => {
+                        q.taken = q.taken.saturating_sub(usize::from(taken));
+                        self.queue_one_way(frame)
+                    }
                     Some(Held::Call(frame, reply, _)) => self.queue_call(frame, reply),
                     None => break,
                 }
@@ -430,8 +488,10 @@ where
                 while self.below_high_water() {
                     match q.rx.poll_recv(cx) {
                         Poll::Ready(Some(Command::Send(frame))) => self.queue_one_way(frame),
-                        Poll::Ready(Some(Command::Call(frame, reply))) => {
-                            self.queue_call(frame, reply)
+                        Poll::Ready(Some(Command::Call(frame, reply, stamp))) => {
+                            if take(stamp.as_ref()) {
+                                self.queue_call(frame, reply)
+                            }
                         }
                         Poll::Ready(None) => {
                             q.handles_gone = true;
@@ -526,7 +586,7 @@ where
         let not_sent = || ClientError::Closed("the client closed before the call was sent".into());
         for held in q.carry.drain(..) {
             match held {
-                Held::Resend(frame) => self.queue_one_way(frame),
+                Held::Resend(frame, _) => self.queue_one_way(frame),
                 Held::Call(_, reply, _) => {
                     let _ = reply.send(Err(not_sent()));
                 }
@@ -535,7 +595,7 @@ where
         while let Ok(command) = q.rx.try_recv() {
             match command {
                 Command::Send(frame) => self.queue_one_way(frame),
-                Command::Call(_, reply) => {
+                Command::Call(_, reply, _) => {
                     let _ = reply.send(Err(not_sent()));
                 }
             }
@@ -703,7 +763,7 @@ where
     /// for the next connection.
     fn give_back(&mut self, carry: &mut VecDeque<Held>) {
         for (_, frame) in self.unwritten.drain(..).rev() {
-            carry.push_front(Held::Resend(frame));
+            carry.push_front(Held::Resend(frame, false));
         }
     }
 
