@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,7 +25,8 @@ use crate::text::PeerText;
 use crate::transport::{Alarm, ReadError, Transport};
 use crate::BoxError;
 
-/// Per-session settings, taken from the server builder.
+/// Per-session settings, taken from the server builder; one copy shared by
+/// all of a server's sessions.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionConfig {
     pub(crate) timers: Timers,
@@ -98,13 +100,11 @@ where
     service: S,
     session: Session,
     registry: Registry,
-    max_in_flight: usize,
-    max_in_flight_bytes: usize,
+    /// The server's settings, shared (a pointer here, not 40 bytes of copies).
+    cfg: Arc<SessionConfig>,
     /// Payload bytes of the requests handed to the service (or waiting
     /// for it) and not yet answered.
     in_flight_bytes: usize,
-    high_water: usize,
-    drain_deadline: Duration,
     /// Calls still pending after their first poll; made when first needed
     /// and dropped whenever the session goes quiet, so an idle session does
     /// not hold it.
@@ -137,7 +137,7 @@ where
         service: S,
         session: Session,
         registry: Registry,
-        cfg: SessionConfig,
+        cfg: Arc<SessionConfig>,
     ) -> Self {
         let transport = Transport::new(io, codec);
         let now = Instant::now();
@@ -148,11 +148,8 @@ where
             service,
             session,
             registry,
-            max_in_flight: cfg.max_in_flight,
-            max_in_flight_bytes: cfg.max_in_flight_bytes,
+            cfg,
             in_flight_bytes: 0,
-            high_water: cfg.high_water,
-            drain_deadline: cfg.drain_deadline,
             in_flight: None,
             spare: None,
             waiting: None,
@@ -319,7 +316,7 @@ where
         self.session.close_with(reason.clone());
         self.reason = Some(reason);
         self.phase = Phase::Draining { farewell };
-        self.proto.start_drain(now, self.drain_deadline);
+        self.proto.start_drain(now, self.cfg.drain_deadline);
     }
 
     /// Drops pending work, sends `last` and closes.
@@ -333,7 +330,7 @@ where
         self.drop_pushes(&reason);
         self.reason = Some(reason);
         self.phase = Phase::Flushing;
-        self.proto.start_drain(now, self.drain_deadline);
+        self.proto.start_drain(now, self.cfg.drain_deadline);
     }
 
     fn queue(&mut self, frame: Frame) {
@@ -383,7 +380,7 @@ where
     /// Moves pushed frames (broadcasts, sends) into the write queue while
     /// it is below the high-water mark.
     fn take_pushes(&mut self) -> bool {
-        let high_water = self.high_water;
+        let high_water = self.cfg.high_water;
         if self.transport.pending_write() >= high_water {
             return false;
         }
@@ -457,11 +454,11 @@ where
             }
             // The idle timer must measure the peer, not this backpressure:
             // tell the protocol why we stop reading.
-            let reading = if self.transport.pending_write() >= self.high_water {
+            let reading = if self.transport.pending_write() >= self.cfg.high_water {
                 Reading::BlockedOnPeer
             } else if self.waiting.is_some()
-                || self.in_flight_len() >= self.max_in_flight
-                || self.in_flight_bytes >= self.max_in_flight_bytes
+                || self.in_flight_len() >= self.cfg.max_in_flight
+                || self.in_flight_bytes >= self.cfg.max_in_flight_bytes
             {
                 Reading::HeldBack
             } else {

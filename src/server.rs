@@ -328,7 +328,7 @@ impl<C: Framing + Clone> Builder<C> {
         Ok(Server {
             codec,
             max_connections: self.max_connections,
-            session: SessionConfig {
+            session: Arc::new(SessionConfig {
                 timers: Timers {
                     idle_timeout: self.idle_timeout,
                     heartbeat_interval: self.heartbeat_interval,
@@ -338,7 +338,7 @@ impl<C: Framing + Clone> Builder<C> {
                 max_in_flight_bytes: self.max_concurrent_request_bytes,
                 drain_deadline: self.drain_deadline,
                 high_water: max_frame_size.max(64 * 1024),
-            },
+            }),
             // `validate` keeps the counts within u32; no frame on the MSGI
             // wire is longer than u32::MAX bytes.
             outbox: Arc::new(OutboxLimits {
@@ -545,7 +545,8 @@ fn limited_ip(remote: &PeerAddr) -> Option<IpAddr> {
 pub struct Server<C = FrameCodec> {
     codec: C,
     max_connections: usize,
-    session: SessionConfig,
+    /// Shared by the server's sessions: one pointer in each, not a copy.
+    session: Arc<SessionConfig>,
     outbox: Arc<OutboxLimits>,
     common: Arc<Common>,
     registry: Registry,
@@ -757,7 +758,7 @@ impl<C: Framing + Clone> Server<C> {
                     reason: None,
                     _permit: permit,
                 },
-                self.session,
+                self.session.clone(),
             );
             tracker.spawn(task.instrument(span));
         }
@@ -935,7 +936,7 @@ pin_project_lite::pin_project! {
             making: F,
             io: Option<T>,
             codec: Option<C>,
-            cfg: SessionConfig,
+            cfg: Arc<SessionConfig>,
             connected: bool,
         },
         Running {
@@ -954,7 +955,7 @@ fn run_session<T, C, F, S>(
     codec: C,
     making: F,
     guard: SessionGuard,
-    cfg: SessionConfig,
+    cfg: Arc<SessionConfig>,
 ) -> SessionTask<T, C, F, S>
 where
     S: Service<Frame>,
@@ -1054,7 +1055,7 @@ where
                         service,
                         this.guard.session.clone(),
                         this.guard.registry.clone(),
-                        *cfg,
+                        cfg.clone(),
                     );
                     this.state.set(TaskState::Running { driver });
                 }
