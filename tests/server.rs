@@ -804,3 +804,70 @@ async fn a_panicking_disconnect_hook_still_releases_the_session() {
         "the session's data was not released"
     );
 }
+
+/// A transform that appends the frame's sequence number (one byte) to
+/// every payload it sends, counting frames written.
+#[derive(Debug, Clone, Default)]
+struct Numbered {
+    next: u8,
+}
+
+impl msgi::FrameTransform for Numbered {
+    fn start_session(&mut self, _side: msgi::Side) {
+        self.next = 0;
+    }
+
+    fn decode(&mut self, frame: Frame) -> Result<Frame, msgi::BoxError> {
+        Ok(frame)
+    }
+
+    fn encode(&self, frame: Frame) -> Result<Frame, msgi::BoxError> {
+        let mut payload = frame.payload().to_vec();
+        payload.push(b'0' + self.next);
+        Ok(Frame::new(frame.kind(), payload))
+    }
+
+    fn commit(&mut self) {
+        self.next += 1;
+    }
+
+    fn max_overhead(&self) -> usize {
+        1
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn pushes_written_before_the_service_is_made_go_through_the_sessions_transforms() {
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let (conn_tx, mut connected) = mpsc::unbounded_channel::<Session>();
+    let server = Server::builder()
+        .framing(msgi::Transformed::new(
+            Numbered::default(),
+            FrameCodec::new(),
+        ))
+        .drain_deadline(DRAIN)
+        .on_connect(move |s| {
+            assert_eq!(s.send(Frame::data("welcome")), Ok(()));
+            let _ = conn_tx.send(s.clone());
+        })
+        .build()
+        .expect("valid settings");
+    let registry = server.registry();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    let _serving = tokio::spawn(
+        server.serve_make_with_shutdown(pipes, pending_make(), async {
+            let _ = stopped.await;
+        }),
+    );
+    let mut peer = dial(&tx);
+    let session = connected.recv().await.unwrap();
+    assert!(registry.disconnect(session.id(), "bye"));
+    let mut buf = BytesMut::new();
+    let first = read_frame(&mut peer, &mut buf).await.unwrap();
+    assert_eq!(first, Frame::data("welcome0"));
+    let bye = read_frame(&mut peer, &mut buf).await.unwrap();
+    assert_eq!(
+        (bye.kind(), bye.payload_text()),
+        (Kind::DISCONNECT, "bye1".into())
+    );
+}
