@@ -479,8 +479,12 @@ impl Framing for FrameCodec {
 /// A trailing `\r` is stripped, so `telnet` and `nc -C` both work. Outgoing
 /// DATA, CONTROL, application kinds and PONG are written as their payload;
 /// ERROR and DISCONNECT as `ERROR <reason>` and `DISCONNECT <reason>`;
-/// HEARTBEAT is not written at all. Payloads are written as they are: one
-/// holding a newline reads as two lines on the other side.
+/// HEARTBEAT and PING are not written at all. Payloads are written as they
+/// are: one holding a newline reads as two lines on the other side.
+///
+/// Wire transforms ([`Transformed`](crate::Transformed)) over a `LineCodec`
+/// are not supported: a line carries no flags, so the peer cannot tell
+/// what to undo. (A frame it drops is not counted by the transforms.)
 #[derive(Debug, Clone, Copy)]
 pub struct LineCodec {
     max_line: usize,

@@ -91,7 +91,11 @@ impl Side {
 /// [`Transformed`] never lets a refused frame leave: if the framing below
 /// wrote part of a frame and then failed, the bytes it wrote are dropped
 /// again (`dst` is cut back to its length before the call), nothing is
-/// committed, and the error is returned.
+/// committed, and the error is returned. It commits only when the framing
+/// below wrote bytes, so a frame a framing drops without an error
+/// ([`LineCodec`](crate::LineCodec) drops HEARTBEAT and PING) is not
+/// counted either. (Transforms over `LineCodec` are not supported all the
+/// same: a line carries no flags, so the peer cannot tell what to undo.)
 pub trait FrameTransform: Clone + Send + 'static {
     /// Resets per-session state for a new connection on `side`.
     fn start_session(&mut self, side: Side);
@@ -198,7 +202,11 @@ impl<T: FrameTransform, C: Framing> Encoder<Frame> for Transformed<T, C> {
             dst.truncate(before);
             return Err(e);
         }
-        self.transform.commit();
+        // A framing may drop a frame it cannot carry (LineCodec drops
+        // HEARTBEAT and PING): nothing written, nothing committed.
+        if dst.len() > before {
+            self.transform.commit();
+        }
         Ok(())
     }
 }
@@ -215,7 +223,11 @@ impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
             dst.truncate(before);
             return Err(e);
         }
-        self.transform.commit();
+        // A framing may drop a frame it cannot carry (LineCodec drops
+        // HEARTBEAT and PING): nothing written, nothing committed.
+        if dst.len() > before {
+            self.transform.commit();
+        }
         Ok(())
     }
 
@@ -281,5 +293,45 @@ impl<T: FrameTransform> FrameTransform for Option<T> {
 
     fn max_overhead(&self) -> usize {
         self.as_ref().map_or(0, FrameTransform::max_overhead)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::LineCodec;
+
+    /// Counts its commits; changes nothing else.
+    #[derive(Clone, Default)]
+    struct Counting {
+        commits: u32,
+    }
+
+    impl FrameTransform for Counting {
+        fn start_session(&mut self, _side: Side) {}
+        fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+            Ok(frame)
+        }
+        fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
+            Ok(frame)
+        }
+        fn commit(&mut self) {
+            self.commits += 1;
+        }
+    }
+
+    #[test]
+    fn a_frame_the_framing_drops_is_not_committed() {
+        let mut t = Transformed::new(Counting::default(), LineCodec::new());
+        let mut out = WriteBuf::new();
+        t.encode_into(Frame::heartbeat(), &mut out).unwrap();
+        t.encode_into(Frame::ping("p"), &mut out).unwrap();
+        let mut bytes = BytesMut::new();
+        Encoder::encode(&mut t, Frame::heartbeat(), &mut bytes).unwrap();
+        assert_eq!(t.transform().commits, 0, "nothing was written");
+        t.encode_into(Frame::data(""), &mut out).unwrap();
+        Encoder::encode(&mut t, Frame::data("x"), &mut bytes).unwrap();
+        assert_eq!(t.transform().commits, 2);
+        assert_eq!((out.len(), &bytes[..]), (1, &b"x\n"[..]));
     }
 }

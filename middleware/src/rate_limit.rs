@@ -41,13 +41,33 @@
 //! theoretical arrival time (GCRA), so sessions on different threads do not
 //! queue on a mutex.
 //!
-//! With [`RatePolicy::Delay`], a service value learns its session from the
-//! first frame it is called with and from then on holds `poll_ready` while
-//! that session's bucket is in debt. A fresh clone cannot know the session
-//! before its first call, so when a call finds its session in debt, the
-//! answer's future first waits until the debt is paid, then runs the inner
-//! call's future: the handler still runs no faster than the limit, and the
-//! session stops reading once `max_concurrent_requests` calls wait.
+//! With [`RatePolicy::Delay`], a service value remembers the session of
+//! its **last** call, and its `poll_ready` stays pending while that
+//! session's buckets (or the global ones) are in debt; a call whose session
+//! is in debt when it is made (a session other than the remembered one)
+//! has its answer's future wait until the debt is paid, then run the inner
+//! call's future. What that means for a session depends on how the service
+//! is shared:
+//!
+//! - one service per session (a server clones the service it was given for
+//!   each session): `poll_ready` waits on the session's own debt, so the
+//!   session stops reading until it has paid;
+//! - a fresh clone per request (`svc.clone().oneshot(frame)`): a clone
+//!   never called has no session, so it is ready at once and the answer
+//!   waits instead. The session goes on reading and delays each request,
+//!   until `max_concurrent_requests` (or `max_concurrent_request_bytes`)
+//!   requests wait; then it stops reading. The handler still runs no
+//!   faster than the limit;
+//! - one service shared by several sessions (behind `tower::buffer::Buffer`):
+//!   `poll_ready` waits on the debt of whichever session called last, so a
+//!   session in debt holds back every session's next request until it has
+//!   paid. Give each session its own service if that matters.
+//!
+//! The remembered session is a [`msgi::Session`] handle (a clone): a service
+//! shared by several sessions keeps the last caller's session state (its
+//! data and outbox) allocated after that session ended, until its next call
+//! of another session or until the service is dropped. One service per
+//! session is dropped with its session.
 //!
 //! tower's own `RateLimit` limits requests only, is not `Clone`, and so
 //! cannot be shared by the clones a server makes; this one is, counts bytes
@@ -386,7 +406,7 @@ pub struct RateLimit<S> {
     unattached: Arc<Buckets>,
     /// The session of the last call and its buckets, so that `poll_ready`
     /// can hold back on its debt and a call of the same session does not
-    /// look its buckets up again.
+    /// look its buckets up again (a strong handle: see the module docs).
     current: Option<(Session, Arc<Buckets>)>,
     sleep: Option<Pin<Box<Sleep>>>,
 }

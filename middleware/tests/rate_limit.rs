@@ -75,3 +75,30 @@ async fn delay_a_clone_per_request_is_held_per_session() {
     b.close().await;
     server.shutdown().await;
 }
+
+/// One limited service shared by every session (behind a `Buffer`) waits,
+/// before any session's next request, for the debt of the session that
+/// called last (as the module docs and docs/PROTOCOL.md section 5 say).
+#[tokio::test]
+async fn delay_one_service_shared_by_sessions_waits_on_the_last_callers_debt() {
+    let builder = Server::builder().drain_deadline(Duration::from_millis(200));
+    let limited = layer(RatePolicy::Delay).layer(tower::service_fn(|f: Frame| async move {
+        Ok::<_, Infallible>(Some(Frame::data(f.payload().clone())))
+    }));
+    let shared = tower::buffer::Buffer::new(limited, 16);
+    let handler = tower::service_fn(move |f: Frame| {
+        let shared = shared.clone();
+        async move { shared.oneshot(f).await.map_err(|e| e.to_string()) }
+    });
+    let mut server = serve(builder, handler).await;
+    let (a, b) = (client(&server).await, client(&server).await);
+
+    // Session a's first frame passes and leaves a in debt for 100 s...
+    assert!(within(a.call(Frame::data("a1"))).await.is_ok());
+    // ...and session b, with a budget of its own, waits for a's debt.
+    let held = tokio::time::timeout(Duration::from_millis(300), b.call(Frame::data("b1"))).await;
+    assert!(held.is_err(), "answered at once: {held:?}");
+    a.close().await;
+    b.close().await;
+    server.shutdown().await;
+}
