@@ -1,13 +1,18 @@
 //! The call limit: at most `max` calls reserved or in flight.
 //!
 //! A counter on the fast path (one compare-and-swap to take a place, one
-//! subtraction to give it back); a lock only while someone waits at the
-//! limit. tokio's `Semaphore` would take its wait-list lock on every
-//! release, that is on every answer.
+//! subtraction and one load to give it back); [`tokio::sync::Notify`] only
+//! while someone waits at the limit. tokio's `Semaphore` would take its
+//! wait-list lock on every release, that is on every answer. A waiter is a
+//! `Notified` future: dropping it (a caller that gave up) unlinks it, so
+//! cancelled waiters leave nothing behind, and a returned place wakes one
+//! waiter, not all of them (a waiter woken and dropped before it took the
+//! place passes the wake-up on).
 
+use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+
+use tokio::sync::Notify;
 
 /// The gate is closed: the client has stopped for good.
 #[derive(Debug)]
@@ -18,9 +23,19 @@ pub(super) struct CallGate {
     max: usize,
     used: AtomicUsize,
     closed: AtomicBool,
-    /// Set while `waiters` may hold a waker (only at the limit).
-    has_waiters: AtomicBool,
-    waiters: Mutex<Vec<Waker>>,
+    /// Takers past the fast path (waiting or about to); a place given back
+    /// wakes one only when this is not zero.
+    waiters: AtomicUsize,
+    notify: Notify,
+}
+
+/// Counts a taker in [`CallGate::waiters`] for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl CallGate {
@@ -29,8 +44,8 @@ impl CallGate {
             max,
             used: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
-            has_waiters: AtomicBool::new(false),
-            waiters: Mutex::new(Vec::new()),
+            waiters: AtomicUsize::new(0),
+            notify: Notify::new(),
         }
     }
 
@@ -39,76 +54,68 @@ impl CallGate {
         self.used.load(Ordering::Relaxed)
     }
 
-    fn try_take(&self) -> bool {
+    /// Takers waiting at the limit.
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.waiters.load(Ordering::SeqCst)
+    }
+
+    /// Takes a place without waiting, unless the gate is closed.
+    pub(super) fn try_take(&self) -> Option<Result<(), GateClosed>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Some(Err(GateClosed));
+        }
         self.used
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                 (used < self.max).then_some(used + 1)
             })
-            .is_ok()
+            .ok()
+            .map(|_| Ok(()))
     }
 
-    /// Takes a place, or registers to be woken when one is given back.
-    /// The caller owns the place until it calls [`give_back`](CallGate::give_back).
-    pub(super) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Result<(), GateClosed>> {
-        if self.closed.load(Ordering::SeqCst) {
-            return Poll::Ready(Err(GateClosed));
-        }
-        if self.try_take() {
-            return Poll::Ready(Ok(()));
-        }
-        {
-            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
-            self.has_waiters.store(true, Ordering::SeqCst);
-            if !waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                waiters.push(cx.waker().clone());
-            }
-        }
-        // A place given back before we registered is seen here.
-        if self.closed.load(Ordering::SeqCst) {
-            return Poll::Ready(Err(GateClosed));
-        }
-        if self.try_take() {
-            return Poll::Ready(Ok(()));
-        }
-        Poll::Pending
-    }
-
-    /// Takes a place, waiting at the limit.
+    /// Takes a place, waiting at the limit. The caller owns the place until
+    /// it calls [`give_back`](CallGate::give_back). Dropping the future
+    /// while it waits leaves nothing behind.
     pub(super) async fn take(&self) -> Result<(), GateClosed> {
-        std::future::poll_fn(|cx| self.poll_take(cx)).await
+        if let Some(taken) = self.try_take() {
+            return taken;
+        }
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let _waiting = Waiting(&self.waiters);
+        loop {
+            let mut notified = pin!(self.notify.notified());
+            notified.as_mut().enable();
+            // A place given back, or a close, before we registered is seen
+            // here: `waiters` was counted first, so the giver either saw it
+            // (and notifies) or gave back before this.
+            if let Some(taken) = self.try_take() {
+                return taken;
+            }
+            notified.await;
+        }
     }
 
-    /// Gives a place back and wakes whoever waits for one.
+    /// Gives a place back and wakes one waiter, if any.
     pub(super) fn give_back(&self) {
         self.used.fetch_sub(1, Ordering::SeqCst);
-        if self.has_waiters.load(Ordering::SeqCst) {
-            self.wake_all();
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            self.notify.notify_one();
         }
     }
 
     /// Refuses every later `take`; wakes the waiting ones to learn it.
     pub(super) fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        self.wake_all();
-    }
-
-    fn wake_all(&self) {
-        let wakers = {
-            let mut waiters = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
-            self.has_waiters.store(false, Ordering::SeqCst);
-            std::mem::take(&mut *waiters)
-        };
-        for waker in wakers {
-            waker.wake();
-        }
+        self.notify.notify_waiters();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use std::sync::Arc;
-    use std::task::Wake;
+    use std::task::{Context, Poll, Wake, Waker};
 
     struct Flag(AtomicBool);
 
@@ -118,22 +125,82 @@ mod tests {
         }
     }
 
+    fn flag() -> (Arc<Flag>, Waker) {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        (flag, waker)
+    }
+
     #[test]
     fn waits_at_the_limit_and_is_woken_by_a_give_back() {
         let gate = CallGate::new(2);
-        let flag = Arc::new(Flag(AtomicBool::new(false)));
-        let waker = Waker::from(flag.clone());
+        let (flag, waker) = flag();
         let mut cx = Context::from_waker(&waker);
-        assert!(gate.poll_take(&mut cx).is_ready());
-        assert!(gate.poll_take(&mut cx).is_ready());
+        assert!(matches!(gate.try_take(), Some(Ok(()))));
+        assert!(matches!(gate.try_take(), Some(Ok(()))));
         assert_eq!(gate.used(), 2);
-        assert!(gate.poll_take(&mut cx).is_pending());
-        assert!(gate.poll_take(&mut cx).is_pending(), "registered once");
+        let mut take = Box::pin(gate.take());
+        assert!(take.as_mut().poll(&mut cx).is_pending());
+        assert!(take.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(gate.waiting(), 1, "counted once");
         gate.give_back();
         assert!(flag.0.load(Ordering::SeqCst), "woken");
-        assert!(matches!(gate.poll_take(&mut cx), Poll::Ready(Ok(()))));
+        assert!(matches!(take.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+        drop(take);
+        assert_eq!(gate.waiting(), 0);
         gate.close();
         gate.give_back();
-        assert!(matches!(gate.poll_take(&mut cx), Poll::Ready(Err(_))));
+        assert!(matches!(gate.try_take(), Some(Err(_))));
+    }
+
+    /// Review 2, item 4: a waiter that gives up (its future dropped while
+    /// pending) leaves nothing behind; many of them do not grow the gate.
+    #[test]
+    fn a_dropped_waiter_leaves_nothing_behind() {
+        let gate = CallGate::new(1);
+        assert!(matches!(gate.try_take(), Some(Ok(()))));
+        for _ in 0..1000 {
+            let (_, waker) = flag();
+            let mut cx = Context::from_waker(&waker);
+            let mut take = Box::pin(gate.take());
+            assert!(take.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(gate.waiting(), 1);
+        }
+        assert_eq!(gate.waiting(), 0);
+        // And the gate still works: a new waiter is woken by a give-back.
+        let (flag, waker) = flag();
+        let mut cx = Context::from_waker(&waker);
+        let mut take = Box::pin(gate.take());
+        assert!(take.as_mut().poll(&mut cx).is_pending());
+        gate.give_back();
+        assert!(flag.0.load(Ordering::SeqCst));
+        assert!(matches!(take.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
+    }
+
+    /// Review 2, item 4: one place given back wakes one waiter; a woken
+    /// waiter dropped before it took the place passes the wake-up on.
+    #[test]
+    fn a_given_back_place_wakes_one_waiter() {
+        let gate = CallGate::new(1);
+        assert!(matches!(gate.try_take(), Some(Ok(()))));
+        let (flag_a, waker_a) = flag();
+        let (flag_b, waker_b) = flag();
+        let mut a = Box::pin(gate.take());
+        let mut b = Box::pin(gate.take());
+        assert!(a
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker_a))
+            .is_pending());
+        assert!(b
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker_b))
+            .is_pending());
+        gate.give_back();
+        assert!(flag_a.0.load(Ordering::SeqCst), "the first waiter is woken");
+        assert!(!flag_b.0.load(Ordering::SeqCst), "only one");
+        drop(a);
+        assert!(flag_b.0.load(Ordering::SeqCst), "the wake-up passed on");
+        let mut cx = Context::from_waker(&waker_b);
+        assert!(matches!(b.as_mut().poll(&mut cx), Poll::Ready(Ok(()))));
     }
 }

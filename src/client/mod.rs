@@ -41,7 +41,7 @@ use tower::Service;
 use crate::codec::{CodecError, Framing};
 use crate::frame::Frame;
 use builder::Connector;
-use gate::CallGate;
+use gate::{CallGate, GateClosed};
 use task::{ClientTask, Command, Queue, Stamp};
 
 /// The connection state handles see.
@@ -187,6 +187,10 @@ pub struct Client {
     /// Waits for the status to leave `Connecting` (only while it is).
     wait: Option<ReusableBoxFuture<'static, ()>>,
     waiting: bool,
+    /// Waits for a place in the call limit (only at the limit); dropped
+    /// with the handle, which leaves nothing in the gate.
+    slot_wait: Option<ReusableBoxFuture<'static, Result<(), GateClosed>>>,
+    taking: bool,
     shared: Arc<Shared>,
 }
 
@@ -284,6 +288,8 @@ impl Client {
             reserved: false,
             wait: None,
             waiting: false,
+            slot_wait: None,
+            taking: false,
             shared,
         }
     }
@@ -472,6 +478,29 @@ impl Client {
         self.shared.calls.used()
     }
 
+    /// Takes a place in the call limit: at once below it, else through a
+    /// wait kept across polls.
+    fn poll_slot(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GateClosed>> {
+        if !self.taking {
+            if let Some(taken) = self.shared.calls.try_take() {
+                return Poll::Ready(taken);
+            }
+            let shared = self.shared.clone();
+            let take = async move { shared.calls.take().await };
+            match &mut self.slot_wait {
+                Some(wait) => wait.set(take),
+                None => self.slot_wait = Some(ReusableBoxFuture::new(take)),
+            }
+            self.taking = true;
+        }
+        let taken = match &mut self.slot_wait {
+            Some(wait) => ready!(wait.poll(cx)),
+            None => Err(GateClosed),
+        };
+        self.taking = false;
+        Poll::Ready(taken)
+    }
+
     /// Waits until the status is no longer `Connecting`.
     fn poll_connected(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         if !self.waiting {
@@ -513,7 +542,7 @@ impl Service<Frame> for Client {
             }
         }
         if !self.slot {
-            if ready!(self.shared.calls.poll_take(cx)).is_err() {
+            if ready!(self.poll_slot(cx)).is_err() {
                 return Poll::Ready(Err(self.shared.closed_error()));
             }
             self.slot = true;
