@@ -20,7 +20,7 @@ use crate::codec::Framing;
 use crate::frame::{Frame, Kind};
 use crate::proto::{Expired, Inbound, Protocol, Reading, Role, Timers, WELCOME_PREFIX};
 use crate::registry::Registry;
-use crate::session::{CloseReason, Session};
+use crate::session::{CloseReason, Session, IDLE_OUTBOX_SLOTS};
 use crate::text::PeerText;
 use crate::transport::{Alarm, ReadError, Transport};
 use crate::BoxError;
@@ -118,9 +118,10 @@ where
     phase: Phase,
     reason: Option<CloseReason>,
     aborted: bool,
-    /// Pushes were moved out of the outbox since the session last went
-    /// quiet: its buffer is freed when it does.
-    took_pushes: bool,
+    /// Pushes moved out of the outbox since the session last went quiet
+    /// (saturating). Only more than [`IDLE_OUTBOX_SLOTS`] can have grown
+    /// its buffer past what an idle session keeps.
+    pushes_taken: u8,
 }
 
 impl<T, C, S> Driver<T, C, S>
@@ -157,7 +158,7 @@ where
             phase: Phase::Open,
             reason: None,
             aborted: false,
-            took_pushes: false,
+            pushes_taken: 0,
         }
     }
 
@@ -189,7 +190,6 @@ where
 
             if matches!(self.phase, Phase::Open | Phase::Draining { .. }) && self.take_pushes() {
                 progress = true;
-                self.took_pushes = true;
             }
 
             match self.phase {
@@ -266,10 +266,11 @@ where
                     self.in_flight = None;
                 }
                 self.spare = None;
-                if std::mem::take(&mut self.took_pushes) {
-                    // Quiet after taking pushes: give the outbox's buffer
-                    // back (one lock, only after pushes), so an idle
-                    // session holds none.
+                if usize::from(std::mem::take(&mut self.pushes_taken)) > IDLE_OUTBOX_SLOTS {
+                    // Quiet after a burst of pushes: give back the buffer
+                    // the burst grew (one lock, only after such a burst).
+                    // A session that takes a few pushes at a time keeps its
+                    // small buffer, so a broadcast allocates nothing.
                     self.session.free_outbox();
                 }
                 return Poll::Pending;
@@ -386,7 +387,9 @@ where
         }
         let transport = &mut self.transport;
         let session = &self.session;
+        let taken = &mut self.pushes_taken;
         session.drain_outbox(|frame| {
+            *taken = taken.saturating_add(1);
             // `Session::send` refused every push too large for the framing,
             // so only a transform's own failure is left here. It consumed
             // nothing (encoding is transactional); the session goes on.

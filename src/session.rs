@@ -20,6 +20,12 @@ use tokio::time::Instant;
 
 use crate::frame::{Frame, CORRELATED_HEADER_LEN};
 
+/// Outbox slots an idle session may keep: the first push allocates this many
+/// (the standard collections' smallest buffer for a value of `Frame`'s size),
+/// about 256 bytes, so a session that takes a few pushes at a time allocates
+/// once, not once per push.
+pub(crate) const IDLE_OUTBOX_SLOTS: usize = 4;
+
 /// A session's number, unique within one server for its lifetime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId(pub u64);
@@ -480,13 +486,14 @@ impl Session {
         moved
     }
 
-    /// Frees the outbox's buffer if it is empty: the driver calls this
-    /// when the session goes quiet after taking pushes, so an idle session
-    /// holds no outbox buffer, while pushes that find a busy session
-    /// (its driver not yet run since the last ones) reuse it.
+    /// Frees the outbox's buffer if it is empty and larger than an idle
+    /// session keeps ([`IDLE_OUTBOX_SLOTS`]): the driver calls this when the
+    /// session goes quiet after a burst of pushes. A session that takes a
+    /// few pushes at a time keeps its small buffer, so steady broadcasts
+    /// allocate nothing per delivery.
     pub(crate) fn free_outbox(&self) {
         let mut outbox = lock(&self.inner.outbox);
-        if outbox.frames.is_empty() && outbox.frames.capacity() > 0 {
+        if outbox.frames.is_empty() && outbox.frames.capacity() > IDLE_OUTBOX_SLOTS {
             outbox.frames = VecDeque::new();
         }
     }

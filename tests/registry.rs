@@ -1,5 +1,6 @@
-//! The registry over real sessions: a broadcast allocates nothing but, for
-//! a session gone quiet since its last push, that session's outbox buffer.
+//! The registry over real sessions: a broadcast allocates nothing per
+//! delivery, and a session gone quiet after a burst of pushes gives back the
+//! buffer the burst grew.
 //!
 //! This file holds one test only: the allocation count is process-wide.
 
@@ -17,7 +18,7 @@ use support::{echo, serve, RawPeer};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 #[tokio::test]
-async fn a_broadcast_allocates_only_the_outbox_buffers_of_quiet_sessions() {
+async fn a_broadcast_allocates_nothing_per_delivery() {
     let mut server = serve(Server::builder(), echo()).await;
     let mut peers = Vec::new();
     for _ in 0..70 {
@@ -31,42 +32,64 @@ async fn a_broadcast_allocates_only_the_outbox_buffers_of_quiet_sessions() {
     }
     assert_eq!(server.registry.connection_count(), 70);
     let frame = Frame::data(bytes::Bytes::from_static(b"news"));
-
-    // Every session has taken a push and gone quiet since: it gave its
-    // outbox's buffer back (an idle session holds none), so the next
-    // broadcast makes one buffer per session and nothing else (no snapshot
-    // of the sessions). Before, an idle session kept its buffer.
+    // The first push a session takes gives it a small outbox buffer, which
+    // it keeps while it takes a few pushes at a time.
     assert_eq!(server.registry.broadcast(frame.clone()), 70);
     for peer in &mut peers {
         assert_eq!(peer.recv_skip_heartbeats().await.unwrap(), frame);
     }
-    // No await in between: this single-threaded runtime runs nothing else
-    // while the broadcasts are measured, so the sessions stay busy (their
-    // tasks have not run since the first push).
+
+    // No await inside a measured region: this single-threaded runtime runs
+    // nothing else meanwhile. A broadcast to 70 quiet sessions allocates
+    // nothing: no snapshot of the sessions (before: one per broadcast), no
+    // outbox buffer.
     let region = Region::new(GLOBAL);
-    let sent = server.registry.broadcast(frame.clone());
-    let refill = region.change();
-    assert_eq!(sent, 70);
+    assert_eq!(server.registry.broadcast(frame.clone()), 70);
+    let quiet = region.change();
     assert_eq!(
-        (refill.allocations, refill.reallocations),
-        (70, 0),
-        "first broadcast to 70 quiet sessions: one outbox buffer each"
+        quiet.allocations + quiet.reallocations,
+        0,
+        "a broadcast to 70 quiet sessions: {quiet:?}"
     );
-    // Further broadcasts to the busy sessions reuse those buffers.
+    // Three more before the sessions run: four queued each, still in the
+    // buffer they have.
     let region = Region::new(GLOBAL);
     for _ in 0..3 {
         assert_eq!(server.registry.broadcast(frame.clone()), 70);
     }
-    let stats = region.change();
+    let busy = region.change();
     assert_eq!(
-        stats.allocations + stats.reallocations,
+        busy.allocations + busy.reallocations,
         0,
-        "three more broadcasts to 70 busy sessions: {stats:?}"
+        "three more broadcasts to 70 busy sessions: {busy:?}"
     );
     for peer in &mut peers {
         for _ in 0..4 {
             assert_eq!(peer.recv_skip_heartbeats().await.unwrap(), frame);
         }
+    }
+
+    // A burst grows each outbox; a session that goes quiet after it gives
+    // that buffer back, so the next broadcast makes one small buffer each.
+    // (20 queued: a 32-slot buffer, which only the quiet session frees.)
+    for _ in 0..20 {
+        assert_eq!(server.registry.broadcast(frame.clone()), 70);
+    }
+    for peer in &mut peers {
+        for _ in 0..20 {
+            assert_eq!(peer.recv_skip_heartbeats().await.unwrap(), frame);
+        }
+    }
+    let region = Region::new(GLOBAL);
+    assert_eq!(server.registry.broadcast(frame.clone()), 70);
+    let after_burst = region.change();
+    assert_eq!(
+        (after_burst.allocations, after_burst.reallocations),
+        (70, 0),
+        "after a burst, quiet sessions hold no large buffer"
+    );
+    for peer in &mut peers {
+        assert_eq!(peer.recv_skip_heartbeats().await.unwrap(), frame);
     }
     server.shutdown().await;
 }
