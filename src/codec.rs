@@ -319,10 +319,15 @@ impl FrameCodec {
     }
 
     /// A codec that rejects frames longer than `max` bytes, header included.
-    /// Values below the correlated header size are raised to it.
+    ///
+    /// The value is kept as given: a server or client built with a limit
+    /// below the 14-byte correlated header or above what the 32-bit length
+    /// field carries refuses it with a [`ConfigError`](crate::ConfigError)
+    /// (`ServerBuilder::build`, `ClientBuilder::connect`). A codec used on
+    /// its own with such a limit refuses every frame it cannot carry.
     pub fn with_max_frame_size(max: usize) -> FrameCodec {
         FrameCodec {
-            max_frame_size: max.clamp(CORRELATED_HEADER_LEN, u32::MAX as usize),
+            max_frame_size: max,
         }
     }
 
@@ -333,7 +338,9 @@ impl FrameCodec {
 
     fn check_outgoing(&self, frame: &Frame) -> Result<(), CodecError> {
         let length = frame.wire_len();
-        if length > self.max_frame_size {
+        // Nothing longer than the 32-bit length field can be written,
+        // whatever the configured limit.
+        if length > self.max_frame_size || u32::try_from(length).is_err() {
             return Err(CodecError::FrameTooLarge {
                 length: length as u64,
                 max: self.max_frame_size,

@@ -1127,6 +1127,10 @@ mod tests {
             .max_frame_size(CORRELATED_HEADER_LEN)
             .build()
             .is_ok());
+        // A codec's own limit is kept as given and checked here too (it
+        // used to be raised to 14 without a word).
+        let e = refused(Server::builder().framing(FrameCodec::with_max_frame_size(5)));
+        assert_eq!(e.setting(), "framing");
     }
 
     #[test]
@@ -1135,6 +1139,10 @@ mod tests {
         let e = refused(Server::builder().max_frame_size(too_big));
         assert_eq!(e.setting(), "max_frame_size");
         assert!(e.reason().contains("32-bit length field"), "{e}");
+        if too_big != usize::MAX || MAX_WIRE_FRAME < usize::MAX as u64 {
+            let e = refused(Server::builder().framing(FrameCodec::with_max_frame_size(too_big)));
+            assert_eq!(e.setting(), "framing");
+        }
         let e = refused(
             Server::builder()
                 .framing(LineCodec::new())

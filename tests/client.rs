@@ -753,6 +753,10 @@ async fn settings_are_checked_when_connecting() {
         (Client::builder().max_in_flight(0), "max_in_flight"),
         (Client::builder().max_frame_size(5), "max_frame_size"),
         (
+            Client::builder().framing(msgi::FrameCodec::with_max_frame_size(5)),
+            "framing",
+        ),
+        (
             Client::builder().idle_timeout(Some(Duration::ZERO)),
             "idle_timeout",
         ),

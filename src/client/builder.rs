@@ -266,16 +266,30 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
 
     /// Checks every setting; a bad one is a [`ConfigError`] naming it.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(bytes) = self.max_frame_size {
+        let frame_size = |setting: &'static str, bytes: usize| {
             if bytes < CORRELATED_HEADER_LEN || bytes > u32::MAX as usize {
                 return Err(ConfigError::new(
-                    "max_frame_size",
+                    setting,
                     format!(
                         "must be between {CORRELATED_HEADER_LEN} and {} bytes, not {bytes}",
                         u32::MAX
                     ),
                 ));
             }
+            Ok(())
+        };
+        if let Some(bytes) = self.max_frame_size {
+            frame_size("max_frame_size", bytes)?;
+        }
+        // The framing's own limit (`FrameCodec::with_max_frame_size`) too;
+        // a text framing (no header) only needs room for one byte.
+        if self.framing.is_binary() {
+            frame_size("framing", self.framing.max_frame_size())?;
+        } else if self.framing.max_frame_size() == 0 {
+            return Err(ConfigError::new(
+                "framing",
+                "maximum line must be at least 1",
+            ));
         }
         if self.connect_timeout.is_zero() {
             return Err(ConfigError::new("connect_timeout", "must be above zero"));
