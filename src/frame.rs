@@ -396,7 +396,7 @@ impl fmt::Debug for PayloadPreview<'_> {
                 }
             }
         }
-        write!(f, "\"{}\"", PeerText(shown))?;
+        write!(f, "{:?}", PeerText(shown))?;
         if shown.len() < self.0.len() {
             f.write_str("…")?;
         }

@@ -7,14 +7,16 @@ pub(crate) const PEER_TEXT_MAX_CHARS: usize = 200;
 
 /// Displays bytes a peer chose (an ERROR or DISCONNECT reason, a client id)
 /// for a log line or an error message: invalid UTF-8 is replaced, control
-/// characters and quotes are escaped as Rust escapes them, and only the first
-/// [`PEER_TEXT_MAX_CHARS`] characters are shown, followed by `…` and the total
-/// length in bytes when cut.
+/// and other invisible characters and backslashes are escaped as Rust
+/// escapes them (quotes too in `Debug`, which wraps the text in quotes; not
+/// in `Display`, so a reason that quotes something reads as written), and
+/// only the first [`PEER_TEXT_MAX_CHARS`] characters are shown, followed by
+/// `…` and the total length in bytes when cut.
 #[derive(Clone, Copy)]
 pub(crate) struct PeerText<'a>(pub(crate) &'a [u8]);
 
-impl fmt::Display for PeerText<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl PeerText<'_> {
+    fn write(&self, f: &mut fmt::Formatter<'_>, escape_quotes: bool) -> fmt::Result {
         // A character is at most 4 bytes, and an invalid byte shows as one
         // character: one more than the shown characters lies within this
         // prefix, so the whole payload (up to the maximum frame size) is
@@ -28,7 +30,11 @@ impl fmt::Display for PeerText<'_> {
             chunk.valid().chars().chain(bad)
         });
         for c in chars.by_ref().take(PEER_TEXT_MAX_CHARS) {
-            fmt::Display::fmt(&c.escape_debug(), f)?;
+            if matches!(c, '"' | '\'') && !escape_quotes {
+                fmt::Write::write_char(f, c)?;
+            } else {
+                fmt::Display::fmt(&c.escape_debug(), f)?;
+            }
         }
         if chars.next().is_some() {
             write!(f, "…({} bytes)", self.0.len())?;
@@ -37,9 +43,17 @@ impl fmt::Display for PeerText<'_> {
     }
 }
 
+impl fmt::Display for PeerText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, false)
+    }
+}
+
 impl fmt::Debug for PeerText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{self}\"")
+        f.write_str("\"")?;
+        self.write(f, true)?;
+        f.write_str("\"")
     }
 }
 
@@ -49,9 +63,17 @@ mod tests {
 
     #[test]
     fn escapes_control_characters() {
-        let shown = PeerText(b"bye\n\x1b[2J\r\0\"x\"").to_string();
-        assert_eq!(shown, "bye\\n\\u{1b}[2J\\r\\0\\\"x\\\"");
+        let text = "bye\n\x1b[2J\r\0\u{202e} \"x\" \\";
+        let shown = PeerText(text.as_bytes()).to_string();
+        // Quotes read as written; backslashes stay escaped, so `\n` in the
+        // output always means an escaped newline.
+        assert_eq!(shown, "bye\\n\\u{1b}[2J\\r\\0\\u{202e} \"x\" \\\\");
         assert!(!shown.chars().any(char::is_control));
+        // Debug wraps the text in quotes, so it escapes them.
+        assert_eq!(
+            format!("{:?}", PeerText(b"say \"hi\"")),
+            "\"say \\\"hi\\\"\""
+        );
     }
 
     #[test]

@@ -12,6 +12,15 @@ pub(crate) fn count(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A whole number of at least one (milliseconds, seconds).
+pub(crate) fn positive(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// A rate above zero (frames per second).
 pub(crate) fn rate(text: &str) -> Result<f64, String> {
     let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
@@ -39,6 +48,8 @@ mod tests {
     #[test]
     fn zero_negative_and_non_finite_values_are_refused() {
         assert!(count("0").is_err());
+        assert_eq!(positive("0"), Err("must be at least 1".to_owned()));
+        assert_eq!(positive("7"), Ok(7));
         assert_eq!(count("3"), Ok(3));
         for bad in ["0", "-1", "NaN", "inf", "x"] {
             assert!(rate(bad).is_err(), "{bad}");

@@ -67,7 +67,7 @@ struct ServeArgs {
     #[command(flatten)]
     wire: stack::WireArgs,
     /// Answer requests not handled within this many milliseconds with ERROR.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = flags::positive)]
     timeout_ms: Option<u64>,
     /// Print `LISTENING <addr>` on stdout once listening (for scripts).
     #[arg(long)]
@@ -93,10 +93,10 @@ struct SendArgs {
     #[arg(long, default_value = "data", value_parser = parse_kind)]
     kind: Kind,
     /// Seconds to wait for the answer.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 5, value_parser = flags::positive)]
     wait: u64,
     /// Milliseconds to wait for the answer (overrides --wait).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = flags::positive)]
     timeout_ms: Option<u64>,
     #[command(flatten)]
     wire: stack::WireArgs,
@@ -360,20 +360,30 @@ async fn lost(client: &Client, wire: &stack::WireArgs) -> Hint {
     let reason = tokio::time::timeout(Duration::from_secs(1), client.closed())
         .await
         .ok();
-    let undecodable = reason
-        .as_ref()
-        .is_some_and(|r| r.to_string().contains("protocol violation by"));
-    let message = if undecodable {
-        format!(
-            "the server's frames could not be decoded with this side's layers ({})",
-            wire.describe()
+    let text = reason.as_ref().map(ToString::to_string).unwrap_or_default();
+    let (message, hint) = if text.contains("bad magic") {
+        // Not a layer mismatch: what answered is not an MSGI server at all.
+        (
+            "what answered does not speak MSGI (its bytes do not start with `MSGI`)".to_owned(),
+            "check the address and port: is `msgi serve` (or another MSGI server) listening there?",
+        )
+    } else if text.contains("protocol violation by") {
+        (
+            format!(
+                "the server's frames could not be decoded with this side's layers ({})",
+                wire.describe()
+            ),
+            LAYERS_HINT,
         )
     } else {
-        "the server closed the connection before answering".to_owned()
+        (
+            "the server closed the connection before answering".to_owned(),
+            LAYERS_HINT,
+        )
     };
     Hint {
         message,
-        hint: LAYERS_HINT.to_owned(),
+        hint: hint.to_owned(),
         source: reason,
     }
 }

@@ -514,3 +514,24 @@ fn serve_limits_connections_per_address() {
     );
     drop(first);
 }
+
+#[test]
+fn send_says_when_the_peer_does_not_speak_msgi() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let http = std::thread::spawn(move || {
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut request = [0u8; 64];
+        let _ = peer.read(&mut request);
+        peer.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
+        // Keep the socket open until msgi has read the answer and gone.
+        let _ = peer.read(&mut request);
+    });
+    let out = run(&["send", "--addr", &addr, "--correlated", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("does not speak MSGI"), "{err}");
+    assert!(!err.contains("--key-file"), "not a layer mismatch: {err}");
+    http.join().unwrap();
+}
