@@ -22,7 +22,6 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_util::codec::{Decoder, Encoder};
 
 use crate::stack::WireArgs;
 

@@ -1,0 +1,863 @@
+//! Byte framing: turning a stream of bytes into [`Frame`]s and back.
+//!
+//! [`FrameCodec`] is the MSGI wire format. It checks every header field as
+//! soon as its bytes have arrived, before it reserves room for the rest of a
+//! frame, so a hostile length never becomes an allocation. The payload of a
+//! decoded frame is split off the read buffer without copying, except a
+//! payload under 4 KiB whose frame ends the bytes read so far: that one is
+//! copied out, so a handler that keeps it does not keep the whole read chunk
+//! alive (at most one small copy per read; docs/BENCHMARKS.md).
+//!
+//! [`LineCodec`] frames newline-terminated text instead, so the same server
+//! and service can answer a telnet-style client. Both implement [`Framing`],
+//! which is what a session is generic over.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::frame::{
+    Flags, Frame, Kind, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
+};
+
+/// Why bytes could not be framed. Every variant but `Io` is a protocol
+/// violation by the peer (or, when encoding, by the local application).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The first four bytes are not `MSGI`.
+    #[error("bad magic")]
+    BadMagic,
+    /// The length field is smaller than the 10-byte header.
+    #[error("length below header ({length} < 10)")]
+    LengthBelowHeader {
+        /// The length field as received.
+        length: u32,
+    },
+    /// A correlated frame whose length cannot hold the 14-byte header.
+    #[error("length below correlated header ({length} < 14)")]
+    LengthBelowCorrelatedHeader {
+        /// The length field as received.
+        length: u32,
+    },
+    /// The frame is larger than the configured maximum.
+    #[error("frame too large (max {max}): {length} bytes")]
+    FrameTooLarge {
+        /// The frame length (from the header, or of the frame being encoded).
+        length: u64,
+        /// The configured maximum frame size.
+        max: usize,
+    },
+    /// A text line longer than the configured maximum.
+    #[error("line too long (max {max})")]
+    LineTooLong {
+        /// The configured maximum line length.
+        max: usize,
+    },
+    /// A wire transform (decompression, decryption, authentication)
+    /// refused the frame, or could not apply itself to an outgoing one.
+    /// Its `Display` and `source` are the transform's error's own, so an
+    /// error chain prints its message once.
+    #[error(transparent)]
+    Transform(crate::BoxError),
+    /// The transport failed (`Display` and `source` are the I/O error's).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl CodecError {
+    /// True when the error is the peer's fault (anything but I/O).
+    pub fn is_protocol_violation(&self) -> bool {
+        !matches!(self, CodecError::Io(_))
+    }
+}
+
+/// Bytes waiting to be written: small frames are packed into one buffer,
+/// large payloads are kept as their own [`Bytes`] and written with a
+/// vectored write, so they are never copied.
+#[derive(Debug, Default)]
+pub struct WriteBuf {
+    chunks: VecDeque<Bytes>,
+    tail: BytesMut,
+    len: usize,
+}
+
+/// Payloads at least this large are written from their own buffer.
+const ZERO_COPY_THRESHOLD: usize = 4096;
+
+/// The most a decoder reserves beyond the bytes it has for an incomplete
+/// frame, while it has fewer than this; past it, at most as many bytes as it
+/// has (so a large frame's buffer grows geometrically: each byte is copied
+/// about once, and the buffer never holds more than twice what the peer
+/// actually sent).
+pub const RESERVE_AHEAD: usize = 64 * 1024;
+
+/// Makes room for `additional` more bytes in `buf` while never making its
+/// capacity more than `buf.len() + additional`: unlike `BytesMut::reserve`,
+/// which may double the buffer. Space already allocated is reused when the
+/// buffer is not shared; otherwise one buffer of exactly the size needed is
+/// allocated and the bytes are copied into it.
+pub fn reserve_at_most(buf: &mut BytesMut, additional: usize) {
+    if buf.capacity() - buf.len() >= additional || buf.try_reclaim(additional) {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(buf.len().saturating_add(additional));
+    grown.extend_from_slice(buf);
+    *buf = grown;
+}
+
+/// The most slices handed to one vectored write.
+const MAX_IOVECS: usize = 64;
+
+impl WriteBuf {
+    /// An empty buffer; allocates nothing.
+    pub fn new() -> WriteBuf {
+        WriteBuf::default()
+    }
+
+    /// Bytes queued.
+    pub fn len(&self) -> usize {
+        self.len + self.tail.len()
+    }
+
+    /// True when nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends bytes to the packed buffer (they are copied).
+    pub fn put_slice(&mut self, bytes: &[u8]) {
+        self.tail.extend_from_slice(bytes);
+    }
+
+    /// The packed buffer, to encode into directly.
+    pub fn tail_mut(&mut self) -> &mut BytesMut {
+        &mut self.tail
+    }
+
+    /// Drops every byte queued after the first `len` (nothing if fewer are
+    /// queued): undoes a partial write of a frame that was then refused.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            self.tail.truncate(len - self.len);
+            return;
+        }
+        self.tail.clear();
+        while self.len > len {
+            let Some(last) = self.chunks.back_mut() else {
+                break;
+            };
+            let excess = self.len - len;
+            if excess >= last.len() {
+                self.len -= last.len();
+                self.chunks.pop_back();
+            } else {
+                last.truncate(last.len() - excess);
+                self.len = len;
+            }
+        }
+    }
+
+    /// Appends a buffer without copying it (small ones are copied instead,
+    /// which is cheaper than one more slice in the write).
+    pub fn put_bytes(&mut self, bytes: Bytes) {
+        if bytes.len() < ZERO_COPY_THRESHOLD {
+            self.tail.extend_from_slice(&bytes);
+            return;
+        }
+        if !self.tail.is_empty() {
+            let packed = self.tail.split().freeze();
+            self.len += packed.len();
+            self.chunks.push_back(packed);
+        }
+        self.len += bytes.len();
+        self.chunks.push_back(bytes);
+    }
+
+    /// Fills `dst` with slices of the queued bytes, in order; returns how many.
+    pub fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for chunk in &self.chunks {
+            if n == dst.len() {
+                return n;
+            }
+            dst[n] = IoSlice::new(chunk);
+            n += 1;
+        }
+        if n < dst.len() && !self.tail.is_empty() {
+            dst[n] = IoSlice::new(&self.tail);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drops the first `cnt` bytes (they were written).
+    pub fn advance(&mut self, mut cnt: usize) {
+        while cnt > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                let n = cnt.min(self.tail.len());
+                self.tail.advance(n);
+                break;
+            };
+            if cnt >= front.len() {
+                cnt -= front.len();
+                self.len -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(cnt);
+                self.len -= cnt;
+                cnt = 0;
+            }
+        }
+        if self.is_empty() {
+            self.release_if_large();
+        }
+    }
+
+    /// Frees the packed buffer's memory; used when a session goes idle.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.tail = BytesMut::new();
+            self.chunks = VecDeque::new();
+        }
+    }
+
+    fn release_if_large(&mut self) {
+        // Keep a modest buffer for the next burst; drop anything a single
+        // large frame made it grow to.
+        if self.tail.capacity() > 64 * 1024 {
+            self.tail = BytesMut::new();
+        }
+    }
+
+    /// Number of slices a vectored write would use at most.
+    pub const MAX_IOVECS: usize = MAX_IOVECS;
+}
+
+/// A byte framing a session can speak: a decoder and encoder of [`Frame`]s.
+///
+/// Implemented by [`FrameCodec`] (the MSGI wire) and [`LineCodec`] (text
+/// lines). Decoders must never panic and must not allocate from a length
+/// they have not checked.
+pub trait Framing: Send + 'static {
+    /// Takes one frame off the front of `src`, or `Ok(None)` when `src` does
+    /// not hold a whole frame yet (the framing may reserve room in `src` for
+    /// the rest, never more than the limits in docs/ARCHITECTURE.md).
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError>;
+
+    /// Encodes `frame` at the end of `dst`. On `Err` nothing was written
+    /// and no state changed.
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError>;
+
+    /// Encodes `frame` into `dst`. The default encodes into the packed buffer;
+    /// [`FrameCodec`] hands large payloads over without copying them.
+    ///
+    /// On `Err` nothing was written into `dst` and no state changed (a
+    /// framing checks before it writes; transforms commit only after the
+    /// framing below them succeeded), so the caller can send something else
+    /// instead, such as an ERROR.
+    fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
+        self.encode(frame, dst.tail_mut())
+    }
+
+    /// The largest frame, as [`Frame::wire_len`] counts it before any
+    /// transform, that this framing never refuses for size: the maximum
+    /// frame size minus what the transforms may add
+    /// ([`FrameTransform::max_overhead`](crate::FrameTransform::max_overhead)).
+    /// Sessions refuse larger pushes up front
+    /// (`msgi::SendError::TooLarge`). The default
+    /// is [`max_frame_size`](Framing::max_frame_size); [`LineCodec`], which
+    /// writes lines of any length, says `usize::MAX`.
+    fn max_encoded_len(&self) -> usize {
+        self.max_frame_size()
+    }
+
+    /// Sets the largest unit this framing accepts or sends, in bytes.
+    fn set_max_frame_size(&mut self, max: usize);
+
+    /// The largest unit this framing accepts or sends, in bytes: the one
+    /// source of truth for the limit (a server or client built with this
+    /// framing uses it, it never overrides it).
+    fn max_frame_size(&self) -> usize;
+
+    /// Called on a fresh copy of the framing before a connection's first
+    /// frame; transforms reset their per-session state here.
+    fn start_session(&mut self, _side: crate::Side) {}
+
+    /// Whether this framing carries request ids, kinds and flags. A session
+    /// over a framing that does not (text lines) delivers every input as
+    /// uncorrelated DATA and skips the handshake.
+    fn is_binary(&self) -> bool {
+        true
+    }
+}
+
+/// The MSGI wire format.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use msgi_proto::{Frame, FrameCodec, Framing};
+///
+/// let mut codec = FrameCodec::new();
+/// let mut buf = BytesMut::new();
+/// codec.encode(Frame::data("abc").with_request_id(7), &mut buf).unwrap();
+/// assert_eq!(&buf[..], b"MSGI\x00\x00\x00\x11\x10\x10\x00\x00\x00\x07abc");
+/// let frame = codec.decode(&mut buf).unwrap().unwrap();
+/// assert_eq!(frame.request_id(), Some(7));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    max_frame_size: usize,
+}
+
+impl Default for FrameCodec {
+    fn default() -> Self {
+        FrameCodec::new()
+    }
+}
+
+impl FrameCodec {
+    /// A codec with the default maximum frame size (1 MiB).
+    pub fn new() -> FrameCodec {
+        FrameCodec::with_max_frame_size(DEFAULT_MAX_FRAME_SIZE)
+    }
+
+    /// A codec that rejects frames longer than `max` bytes, header included.
+    ///
+    /// The value is kept as given: a server or client built with a limit
+    /// below the 14-byte correlated header or above what the 32-bit length
+    /// field carries refuses it with a [`ConfigError`](crate::ConfigError)
+    /// (`ServerBuilder::build`, `ClientBuilder::connect`). A codec used on
+    /// its own with such a limit refuses every frame it cannot carry.
+    pub fn with_max_frame_size(max: usize) -> FrameCodec {
+        FrameCodec {
+            max_frame_size: max,
+        }
+    }
+
+    /// The maximum frame size, header included.
+    pub fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+
+    fn check_outgoing(&self, frame: &Frame) -> Result<(), CodecError> {
+        let length = frame.wire_len();
+        // Nothing longer than the 32-bit length field can be written,
+        // whatever the configured limit.
+        if length > self.max_frame_size || u32::try_from(length).is_err() {
+            return Err(CodecError::FrameTooLarge {
+                length: length as u64,
+                max: self.max_frame_size,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Writes the header of `frame` (10 or 14 bytes) into `dst`.
+pub fn encode_header(frame: &Frame, dst: &mut impl BufMut) {
+    dst.put_slice(&MAGIC);
+    // `check_outgoing` bounds the length by the maximum frame size, which
+    // fits in u32.
+    dst.put_u32(frame.wire_len() as u32);
+    dst.put_u16(frame.type_field());
+    if let Some(id) = frame.request_id() {
+        dst.put_u32(id);
+    }
+}
+
+fn be_u32(src: &[u8], at: usize) -> Option<u32> {
+    let bytes = src.get(at..at + 4)?;
+    Some(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+fn be_u16(src: &[u8], at: usize) -> Option<u16> {
+    let bytes = src.get(at..at + 2)?;
+    Some(u16::from_be_bytes([bytes[0], bytes[1]]))
+}
+
+impl FrameCodec {
+    fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        // Check each field as soon as its bytes are here: a stream of garbage
+        // fails on its first byte, an oversized length on its eighth.
+        let seen = src.len().min(MAGIC.len());
+        if src.get(..seen) != MAGIC.get(..seen) {
+            return Err(CodecError::BadMagic);
+        }
+        let Some(length) = be_u32(src, 4) else {
+            return Ok(None);
+        };
+        if (length as usize) < HEADER_LEN {
+            return Err(CodecError::LengthBelowHeader { length });
+        }
+        if length as usize > self.max_frame_size {
+            return Err(CodecError::FrameTooLarge {
+                length: u64::from(length),
+                max: self.max_frame_size,
+            });
+        }
+        let Some(type_field) = be_u16(src, 8) else {
+            return Ok(None);
+        };
+        let flags = Flags::from_bits_truncate(type_field);
+        let correlated = flags.contains(Flags::CORRELATED);
+        if correlated && (length as usize) < CORRELATED_HEADER_LEN {
+            return Err(CodecError::LengthBelowCorrelatedHeader { length });
+        }
+        let length = length as usize;
+        if src.len() < length {
+            // Grow with what arrives, not with what the header announces: a
+            // peer that sends only headers of maximum-size frames must not
+            // make every connection hold the maximum frame size, and one
+            // that trickles a frame byte by byte must not make the buffer
+            // grow with every byte (`reserve` would double it).
+            // Grow only when the room left is small (not on every byte),
+            // then to at most `ahead` of room.
+            let remaining = length - src.len();
+            if src.capacity() - src.len() < remaining.min(RESERVE_AHEAD / 8) {
+                let ahead = RESERVE_AHEAD.max(src.len());
+                reserve_at_most(src, remaining.min(ahead));
+            }
+            return Ok(None);
+        }
+        let request_id = if correlated {
+            be_u32(src, HEADER_LEN)
+        } else {
+            None
+        };
+        let header = if correlated {
+            CORRELATED_HEADER_LEN
+        } else {
+            HEADER_LEN
+        };
+        let payload = if length - header < ZERO_COPY_THRESHOLD && src.len() == length {
+            // A small frame that ends what has been read (typical of a
+            // request/response peer: one frame per read) is copied out, so a
+            // handler that keeps its payload does not keep the whole read
+            // chunk alive; the buffer stays unshared and is reused or freed.
+            // A frame followed by more bytes (a busy, pipelining peer) is
+            // split off without a copy: at most one copy per read.
+            let payload = Bytes::copy_from_slice(src.get(header..length).unwrap_or_default());
+            src.clear();
+            payload
+        } else {
+            let mut bytes = src.split_to(length);
+            bytes.advance(header);
+            bytes.freeze()
+        };
+        let kind = Kind::new(type_field & Kind::MAX).unwrap_or(Kind::DATA);
+        let mut frame = Frame::new(kind, payload).with_flags(flags);
+        frame.set_request_id(request_id);
+        Ok(Some(frame))
+    }
+}
+
+impl FrameCodec {
+    fn encode_frame(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.check_outgoing(&frame)?;
+        dst.reserve(frame.wire_len());
+        encode_header(&frame, dst);
+        dst.extend_from_slice(frame.payload());
+        Ok(())
+    }
+}
+
+impl Framing for FrameCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        self.decode_frame(src)
+    }
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode_frame(frame, dst)
+    }
+
+    fn set_max_frame_size(&mut self, max: usize) {
+        *self = FrameCodec::with_max_frame_size(max);
+    }
+
+    fn max_frame_size(&self) -> usize {
+        self.max_frame_size
+    }
+
+    fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
+        self.check_outgoing(&frame)?;
+        encode_header(&frame, dst.tail_mut());
+        dst.put_bytes(frame.into_payload());
+        Ok(())
+    }
+}
+
+/// Newline-delimited text: each line in is a DATA frame, each frame out is
+/// a line.
+///
+/// A trailing `\r` is stripped, so `telnet` and `nc -C` both work. Outgoing
+/// DATA, CONTROL, application kinds and PONG are written as their payload;
+/// ERROR and DISCONNECT as `ERROR <reason>` and `DISCONNECT <reason>`;
+/// HEARTBEAT and PING are not written at all. Payloads are written as they
+/// are: one holding a newline reads as two lines on the other side.
+///
+/// Wire transforms ([`Transformed`](crate::Transformed)) over a `LineCodec`
+/// are not supported: a line carries no flags, so the peer cannot tell
+/// what to undo. (A frame it drops is not counted by the transforms.)
+#[derive(Debug, Clone, Copy)]
+pub struct LineCodec {
+    max_line: usize,
+    scanned: usize,
+}
+
+impl Default for LineCodec {
+    fn default() -> Self {
+        LineCodec::new()
+    }
+}
+
+impl LineCodec {
+    /// A codec accepting lines up to 64 KiB.
+    pub fn new() -> LineCodec {
+        LineCodec::with_max_line(64 * 1024)
+    }
+
+    /// A codec accepting lines up to `max` bytes (newline excluded).
+    pub fn with_max_line(max: usize) -> LineCodec {
+        LineCodec {
+            max_line: max,
+            scanned: 0,
+        }
+    }
+}
+
+impl LineCodec {
+    fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        let start = self.scanned.min(src.len());
+        let newline = src
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|b| *b == b'\n'));
+        let Some(pos) = newline.map(|p| start + p) else {
+            if src.len() > self.max_line {
+                return Err(CodecError::LineTooLong { max: self.max_line });
+            }
+            self.scanned = src.len();
+            return Ok(None);
+        };
+        self.scanned = 0;
+        if pos > self.max_line {
+            return Err(CodecError::LineTooLong { max: self.max_line });
+        }
+        let mut line = src.split_to(pos + 1);
+        line.truncate(pos);
+        if line.last() == Some(&b'\r') {
+            line.truncate(pos - 1);
+        }
+        Ok(Some(Frame::data(line.freeze())))
+    }
+}
+
+impl LineCodec {
+    fn encode_frame(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        let prefix: &[u8] = match frame.kind() {
+            Kind::HEARTBEAT | Kind::PING => return Ok(()),
+            Kind::ERROR => b"ERROR ",
+            Kind::DISCONNECT => b"DISCONNECT ",
+            _ => b"",
+        };
+        dst.reserve(prefix.len() + frame.payload().len() + 1);
+        dst.extend_from_slice(prefix);
+        dst.extend_from_slice(frame.payload());
+        dst.put_u8(b'\n');
+        Ok(())
+    }
+}
+
+impl Framing for LineCodec {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        self.decode_frame(src)
+    }
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode_frame(frame, dst)
+    }
+
+    fn set_max_frame_size(&mut self, max: usize) {
+        self.max_line = max;
+    }
+
+    /// The maximum line length.
+    fn max_frame_size(&self) -> usize {
+        self.max_line
+    }
+
+    /// Outgoing lines are not limited (the limit is on what is read).
+    fn max_encoded_len(&self) -> usize {
+        usize::MAX
+    }
+
+    fn is_binary(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(buf: &WriteBuf) -> Vec<u8> {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = buf.chunks_vectored(&mut slices);
+        slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn write_buf_truncate_cuts_back_across_chunks() {
+        let big = Bytes::from(vec![7u8; ZERO_COPY_THRESHOLD]);
+        let mut buf = WriteBuf::new();
+        buf.put_slice(b"abc");
+        let mark = buf.len();
+        buf.put_bytes(big.clone());
+        buf.put_slice(b"tail");
+        buf.truncate(mark);
+        assert_eq!(buf.len(), 3);
+        assert_eq!(queued(&buf), b"abc");
+        // Cut inside a large chunk, then in the packed tail.
+        buf.put_bytes(big);
+        buf.truncate(5);
+        assert_eq!(queued(&buf), b"abc\x07\x07");
+        buf.put_slice(b"xyz");
+        buf.truncate(6);
+        assert_eq!(queued(&buf), b"abc\x07\x07x");
+        buf.truncate(100);
+        assert_eq!(buf.len(), 6);
+    }
+
+    fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<Frame>, CodecError> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(frame) = codec.decode(&mut buf)? {
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn worked_example_from_the_contract() {
+        let mut codec = FrameCodec::new();
+        let frames = decode_all(&mut codec, b"MSGI\x00\x00\x00\x0c\x00\x01hi").unwrap();
+        assert_eq!(frames, vec![Frame::ping("hi")]);
+    }
+
+    #[test]
+    fn garbage_fails_on_first_byte() {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::from(&b"G"[..]);
+        assert!(matches!(codec.decode(&mut buf), Err(CodecError::BadMagic)));
+    }
+
+    #[test]
+    fn oversized_length_does_not_reserve() {
+        let mut codec = FrameCodec::with_max_frame_size(100);
+        let mut buf = BytesMut::from(&b"MSGI\x00\x00\x00\x65"[..]);
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(matches!(
+            err,
+            CodecError::FrameTooLarge {
+                length: 101,
+                max: 100
+            }
+        ));
+        assert!(buf.capacity() < 100);
+    }
+
+    #[test]
+    fn a_partial_large_frame_reserves_only_a_chunk_ahead() {
+        let mut codec = FrameCodec::new();
+        // The header of a 1 MiB frame, then nothing more.
+        let mut buf = BytesMut::from(&b"MSGI\x00\x10\x00\x00\x00\x10"[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        assert!(
+            buf.capacity() <= 10 + RESERVE_AHEAD + 64,
+            "{}",
+            buf.capacity()
+        );
+        // Fed in pieces, the whole frame still decodes.
+        let mut whole = BytesMut::new();
+        codec
+            .encode(Frame::data(vec![3u8; 1_000_000]), &mut whole)
+            .unwrap();
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for piece in whole.chunks(50_000) {
+            buf.extend_from_slice(piece);
+            if let Some(f) = codec.decode(&mut buf).unwrap() {
+                got = Some(f);
+            }
+        }
+        assert_eq!(got.map(|f| f.payload().len()), Some(1_000_000));
+    }
+
+    /// What a buffer may hold for an incomplete frame of which `received`
+    /// bytes arrived (issue 7, item 10).
+    fn bound(received: usize) -> usize {
+        received + RESERVE_AHEAD.max(received) + 64
+    }
+
+    /// A peer that sends the header of a maximum-size frame, then one byte
+    /// at a time, makes the buffer hold no more than 64 KiB ahead of what
+    /// it sent: it used to grow with every byte.
+    #[test]
+    fn a_trickled_frame_holds_at_most_64_kib_ahead() {
+        let mut codec = FrameCodec::new();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"MSGI\x00\x10\x00\x00\x00\x10");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        for i in 0..100_000u32 {
+            buf.extend_from_slice(&[i as u8]);
+            assert!(codec.decode(&mut buf).unwrap().is_none());
+            let received = buf.len();
+            let limit = if received < RESERVE_AHEAD {
+                received + RESERVE_AHEAD + 64
+            } else {
+                bound(received)
+            };
+            assert!(
+                buf.capacity() <= limit,
+                "{} bytes received, capacity {}",
+                received,
+                buf.capacity()
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// However a frame is cut into pieces, the buffer stays within the
+        /// bound and the frame decodes whole.
+        #[test]
+        fn any_split_stays_within_the_bound(
+            len in 10usize..300_000,
+            cuts in proptest::collection::vec(1usize..70_000, 1..40),
+        ) {
+            let mut codec = FrameCodec::new();
+            let mut whole = BytesMut::new();
+            codec.encode(Frame::data(vec![5u8; len - 10]), &mut whole).unwrap();
+            let mut buf = BytesMut::new();
+            let mut at = 0;
+            let mut cut = cuts.iter().cycle();
+            let mut got = None;
+            while at < whole.len() {
+                let n = (*cut.next().unwrap()).min(whole.len() - at);
+                // A reader that makes exactly the room it reads into.
+                reserve_at_most(&mut buf, n);
+                buf.extend_from_slice(&whole[at..at + n]);
+                at += n;
+                match codec.decode(&mut buf).unwrap() {
+                    Some(f) => got = Some(f),
+                    None => proptest::prop_assert!(
+                        buf.capacity() <= bound(buf.len()),
+                        "{} received, capacity {}", buf.len(), buf.capacity()
+                    ),
+                }
+            }
+            proptest::prop_assert_eq!(got.map(|f| f.payload().len()), Some(len - 10));
+        }
+    }
+
+    /// A one-frame read: the buffer of a request/response peer.
+    fn read_chunk_with(frames: &[Frame]) -> BytesMut {
+        let mut buf = BytesMut::with_capacity(32 * 1024);
+        for f in frames {
+            FrameCodec::new().encode(f.clone(), &mut buf).unwrap();
+        }
+        buf
+    }
+
+    /// A handler that keeps a small payload must not keep the 32 KiB read
+    /// chunk alive (issue 7, item 12): a small frame that ends the bytes
+    /// read is copied out, and the read buffer stays unshared.
+    #[test]
+    fn a_small_payload_does_not_pin_the_read_chunk() {
+        let mut codec = FrameCodec::new();
+        let mut buf = read_chunk_with(&[Frame::data(vec![7u8; 16]).with_request_id(3)]);
+        let frame = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(frame.payload(), &vec![7u8; 16]);
+        assert_eq!(frame.request_id(), Some(3));
+        assert!(buf.is_empty());
+        // No other handle shares the chunk: it can be taken back whole.
+        assert!(
+            buf.try_reclaim(32 * 1024),
+            "the payload pins the read chunk"
+        );
+    }
+
+    /// The zero-copy path stays for large payloads, and for frames followed
+    /// by more bytes (a pipelining peer: no copy, no allocation per frame).
+    #[test]
+    fn large_or_pipelined_payloads_are_not_copied() {
+        let mut codec = FrameCodec::new();
+        let mut buf = read_chunk_with(&[Frame::data(vec![1u8; ZERO_COPY_THRESHOLD])]);
+        let big = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(
+            !buf.try_reclaim(32 * 1024),
+            "a large payload is shared, not copied"
+        );
+        drop(big);
+
+        let mut buf = read_chunk_with(&[Frame::data("first"), Frame::data("second")]);
+        let first = codec.decode(&mut buf).unwrap().unwrap();
+        assert!(
+            !buf.try_reclaim(32 * 1024),
+            "split off the chunk, not copied"
+        );
+        let second = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(first.payload(), "first");
+        assert_eq!(second.payload(), "second");
+    }
+
+    #[test]
+    fn outgoing_frame_over_max_is_refused() {
+        let mut codec = FrameCodec::with_max_frame_size(20);
+        let mut buf = BytesMut::new();
+        assert!(codec.encode(Frame::data(vec![0u8; 11]), &mut buf).is_err());
+        assert!(codec.encode(Frame::data(vec![0u8; 10]), &mut buf).is_ok());
+    }
+
+    #[test]
+    fn write_buf_keeps_order_across_chunks() {
+        let mut codec = FrameCodec::new();
+        let mut wb = WriteBuf::new();
+        let big = Bytes::from(vec![7u8; 5000]);
+        codec.encode_into(Frame::data("a"), &mut wb).unwrap();
+        codec
+            .encode_into(Frame::data(big.clone()), &mut wb)
+            .unwrap();
+        codec.encode_into(Frame::data("b"), &mut wb).unwrap();
+        let mut slices = [IoSlice::new(&[]); 8];
+        let n = wb.chunks_vectored(&mut slices);
+        let flat: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+        assert_eq!(flat.len(), wb.len());
+        let frames = decode_all(&mut codec, &flat).unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[1].payload(), &big);
+        wb.advance(13);
+        assert_eq!(wb.len(), flat.len() - 13);
+        wb.advance(wb.len());
+        assert!(wb.is_empty());
+    }
+
+    #[test]
+    fn lines() {
+        let mut codec = LineCodec::with_max_line(8);
+        let mut buf = BytesMut::from(&b"hello\r\nwor"[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::data("hello")));
+        assert_eq!(codec.decode(&mut buf).unwrap(), None);
+        buf.extend_from_slice(b"ld\n");
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::data("world")));
+        buf.extend_from_slice(b"123456789");
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::LineTooLong { max: 8 })
+        ));
+        let mut out = BytesMut::new();
+        codec.encode(Frame::error("nope"), &mut out).unwrap();
+        codec.encode(Frame::heartbeat(), &mut out).unwrap();
+        assert_eq!(&out[..], b"ERROR nope\n");
+    }
+}

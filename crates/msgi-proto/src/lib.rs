@@ -1,0 +1,36 @@
+//! The MSGI wire and session rules, without I/O.
+//!
+//! This crate is the bottom of msgi: the [`Frame`] and its [`Kind`]s and
+//! [`Flags`], the codec that checks every header field before it parses or
+//! allocates ([`FrameCodec`], [`LineCodec`], the [`Framing`] trait), the wire
+//! transform trait ([`FrameTransform`], [`Transformed`]), and the session
+//! rules ([`session::Protocol`]). It has no tokio, no sockets and no clock:
+//! time is an argument (`now`), so every rule runs in tests on simulated
+//! time, and the same code serves a fuzzer, a browser client compiled to
+//! WASM, or a cluster bus.
+//!
+//! Most users want the `msgi` crate, which drives these rules over tokio and
+//! re-exports the public items here.
+#![deny(missing_docs)]
+
+mod codec;
+mod config;
+mod extensions;
+mod frame;
+pub mod session;
+pub mod text;
+mod transform;
+
+pub use codec::{
+    encode_header, reserve_at_most, CodecError, FrameCodec, Framing, LineCodec, WriteBuf,
+    RESERVE_AHEAD,
+};
+pub use config::ConfigError;
+pub use extensions::Extensions;
+pub use frame::{
+    Flags, Frame, Kind, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
+};
+pub use transform::{FrameTransform, Side, Transformed};
+
+/// The error type at service and transform boundaries, as in tower.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

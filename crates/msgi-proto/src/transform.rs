@@ -1,0 +1,339 @@
+//! Wire transforms: a pair of halves that rewrite every frame of a session,
+//! inbound after decoding and outbound before encoding.
+//!
+//! A [`FrameTransform`] is installed *in the framing*, not around the
+//! service, so it applies to everything that crosses the wire: answers,
+//! pushes (broadcasts, sends to a session), one-way client frames, and the
+//! session's own frames (PONG, HEARTBEAT, ERROR, DISCONNECT). Wrapping a
+//! [`Framing`] in [`Transformed`] gives a framing again, so transforms stack:
+//!
+//! ```text
+//! application ⇄ Transformed<A, Transformed<B, FrameCodec>> ⇄ wire
+//!   outbound:  A.encode, then B.encode, then bytes
+//!   inbound:   bytes, then B.decode, then A.decode
+//! ```
+//!
+//! The transform nearest the codec is nearest the wire. Built with
+//! `tower::ServiceBuilder`, the first layer added is the one nearest the
+//! application.
+//!
+//! Each session gets its own copy of the framing (it is cloned), and
+//! [`FrameTransform::start_session`] is called on that copy before the first
+//! frame, so per-session state (sequence numbers, replay windows) starts
+//! fresh for every connection, reconnects included.
+
+use std::fmt;
+
+use bytes::BytesMut;
+
+use crate::codec::{CodecError, Framing, WriteBuf};
+use crate::frame::Frame;
+use crate::BoxError;
+
+/// Which end of a connection a framing serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The end that accepted the connection.
+    Server,
+    /// The end that opened it.
+    Client,
+}
+
+impl Side {
+    /// The other end.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Server => Side::Client,
+            Side::Client => Side::Server,
+        }
+    }
+
+    /// The direction byte the wire transforms authenticate for frames sent
+    /// by this side: `0x01` client to server, `0x02` server to client
+    /// (docs/PROTOCOL.md, section 4).
+    pub fn direction_byte(self) -> u8 {
+        match self {
+            Side::Client => 0x01,
+            Side::Server => 0x02,
+        }
+    }
+}
+
+/// One reversible rewrite of frames, with per-session state.
+///
+/// `decode` sees frames as they came off the wire (after the transforms
+/// nearer the wire) and must remove the flag it owns; a frame it must
+/// refuse (bad tag, replay, plaintext where a transform is required) is an
+/// `Err`, which closes the session with an ERROR frame carrying the error
+/// text. `encode` does the opposite on the way out.
+///
+/// ## Sending is transactional
+///
+/// A frame that is not written must consume nothing: an answer over the
+/// maximum frame size is replaced by an ERROR, and that ERROR (and every
+/// later frame) must still be accepted by the peer. So the outbound step is
+/// split in two:
+///
+/// - [`encode`](FrameTransform::encode) prepares the frame **without
+///   advancing the sequence** (it takes `&self`); it may fail, and then the
+///   peer sees nothing of it;
+/// - [`commit`](FrameTransform::commit) advances the state (sequence
+///   numbers) and cannot fail. [`Transformed`] calls it only after every
+///   transform nearer the wire and the codec itself accepted the frame, so
+///   the sequence counts the frames written.
+///
+/// Encoding twice without a commit gives two frames with the same sequence
+/// number; a transform whose output must never repeat for different frames
+/// (a nonce) must make it unique on every `encode`, not on `commit` (the
+/// encryption transform in msgi-middleware counts its nonces per seal).
+///
+/// [`Transformed`] never lets a refused frame leave: if the framing below
+/// wrote part of a frame and then failed, the bytes it wrote are dropped
+/// again (`dst` is cut back to its length before the call), nothing is
+/// committed, and the error is returned. It commits only when the framing
+/// below wrote bytes, so a frame a framing drops without an error
+/// ([`LineCodec`](crate::LineCodec) drops HEARTBEAT and PING) is not
+/// counted either. (Transforms over `LineCodec` are not supported all the
+/// same: a line carries no flags, so the peer cannot tell what to undo.)
+pub trait FrameTransform: Clone + Send + 'static {
+    /// Resets per-session state for a new connection on `side`.
+    fn start_session(&mut self, side: Side);
+
+    /// Learns the session's maximum frame size (to bound what decoding may produce).
+    fn set_max_frame_size(&mut self, _max: usize) {}
+
+    /// Undoes the transform on a received frame.
+    fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError>;
+
+    /// Applies the transform to a frame about to be sent, without advancing
+    /// the session's sequence: see [`commit`](FrameTransform::commit). Anything
+    /// that must never serve two frames (a nonce) is used up here, not on
+    /// commit.
+    fn encode(&self, frame: Frame) -> Result<Frame, BoxError>;
+
+    /// Records that the frame last returned by [`encode`](FrameTransform::encode)
+    /// was written: advances per-session state (the sending sequence).
+    /// Called exactly once per frame written, never for a frame refused
+    /// further down the stack. The default does nothing (stateless transforms).
+    fn commit(&mut self) {}
+
+    /// The most bytes [`encode`](FrameTransform::encode) adds to a payload
+    /// (an authentication tag, a nonce). A frame whose size plus this fits
+    /// the maximum frame size is never refused for size further down.
+    /// The default is 0 (a transform that never makes a payload larger).
+    fn max_overhead(&self) -> usize {
+        0
+    }
+}
+
+/// A framing `C` whose frames pass through the transform `T`.
+#[derive(Clone)]
+pub struct Transformed<T, C> {
+    transform: T,
+    inner: C,
+}
+
+impl<T, C> Transformed<T, C> {
+    /// Wraps `inner` with `transform`.
+    pub fn new(transform: T, inner: C) -> Self {
+        Transformed { transform, inner }
+    }
+
+    /// The transform.
+    pub fn transform(&self) -> &T {
+        &self.transform
+    }
+
+    /// The wrapped framing.
+    pub fn get_ref(&self) -> &C {
+        &self.inner
+    }
+
+    /// The wrapped framing, mutably.
+    pub fn get_mut(&mut self) -> &mut C {
+        &mut self.inner
+    }
+
+    /// Unwraps the framing.
+    pub fn into_inner(self) -> C {
+        self.inner
+    }
+}
+
+impl<T: fmt::Debug, C: fmt::Debug> fmt::Debug for Transformed<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transformed")
+            .field("transform", &self.transform)
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<T: FrameTransform, C: Framing> Transformed<T, C> {
+    fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        match self.inner.decode(src)? {
+            Some(frame) => self
+                .transform
+                .decode(frame)
+                .map(Some)
+                .map_err(CodecError::Transform),
+            None => Ok(None),
+        }
+    }
+}
+
+impl<T: FrameTransform, C: Framing> Transformed<T, C> {
+    fn encode_frame(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        // Check, then commit: the transform's state moves only once
+        // everything below it has accepted the frame.
+        let frame = self
+            .transform
+            .encode(frame)
+            .map_err(CodecError::Transform)?;
+        let before = dst.len();
+        if let Err(e) = self.inner.encode(frame, dst) {
+            // A framing that wrote and then failed: the frame is not sent.
+            dst.truncate(before);
+            return Err(e);
+        }
+        // A framing may drop a frame it cannot carry (LineCodec drops
+        // HEARTBEAT and PING): nothing written, nothing committed.
+        if dst.len() > before {
+            self.transform.commit();
+        }
+        Ok(())
+    }
+}
+
+impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+        self.decode_frame(src)
+    }
+
+    fn encode(&mut self, frame: Frame, dst: &mut BytesMut) -> Result<(), CodecError> {
+        self.encode_frame(frame, dst)
+    }
+
+    fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
+        let frame = self
+            .transform
+            .encode(frame)
+            .map_err(CodecError::Transform)?;
+        let before = dst.len();
+        if let Err(e) = self.inner.encode_into(frame, dst) {
+            // A framing that wrote and then failed: the frame is not sent.
+            dst.truncate(before);
+            return Err(e);
+        }
+        // A framing may drop a frame it cannot carry (LineCodec drops
+        // HEARTBEAT and PING): nothing written, nothing committed.
+        if dst.len() > before {
+            self.transform.commit();
+        }
+        Ok(())
+    }
+
+    fn max_encoded_len(&self) -> usize {
+        self.inner
+            .max_encoded_len()
+            .saturating_sub(self.transform.max_overhead())
+    }
+
+    fn set_max_frame_size(&mut self, max: usize) {
+        self.transform.set_max_frame_size(max);
+        self.inner.set_max_frame_size(max);
+    }
+
+    fn max_frame_size(&self) -> usize {
+        self.inner.max_frame_size()
+    }
+
+    fn start_session(&mut self, side: Side) {
+        self.transform.start_session(side);
+        self.inner.start_session(side);
+    }
+
+    fn is_binary(&self) -> bool {
+        self.inner.is_binary()
+    }
+}
+
+/// `None` is the identity transform, so a stack can hold optional layers
+/// (chosen at run time) with one static type.
+impl<T: FrameTransform> FrameTransform for Option<T> {
+    fn start_session(&mut self, side: Side) {
+        if let Some(t) = self {
+            t.start_session(side);
+        }
+    }
+
+    fn set_max_frame_size(&mut self, max: usize) {
+        if let Some(t) = self {
+            t.set_max_frame_size(max);
+        }
+    }
+
+    fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+        match self {
+            Some(t) => t.decode(frame),
+            None => Ok(frame),
+        }
+    }
+
+    fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
+        match self {
+            Some(t) => t.encode(frame),
+            None => Ok(frame),
+        }
+    }
+
+    fn commit(&mut self) {
+        if let Some(t) = self {
+            t.commit();
+        }
+    }
+
+    fn max_overhead(&self) -> usize {
+        self.as_ref().map_or(0, FrameTransform::max_overhead)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::LineCodec;
+
+    /// Counts its commits; changes nothing else.
+    #[derive(Clone, Default)]
+    struct Counting {
+        commits: u32,
+    }
+
+    impl FrameTransform for Counting {
+        fn start_session(&mut self, _side: Side) {}
+        fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+            Ok(frame)
+        }
+        fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
+            Ok(frame)
+        }
+        fn commit(&mut self) {
+            self.commits += 1;
+        }
+    }
+
+    #[test]
+    fn a_frame_the_framing_drops_is_not_committed() {
+        let mut t = Transformed::new(Counting::default(), LineCodec::new());
+        let mut out = WriteBuf::new();
+        t.encode_into(Frame::heartbeat(), &mut out).unwrap();
+        t.encode_into(Frame::ping("p"), &mut out).unwrap();
+        let mut bytes = BytesMut::new();
+        Framing::encode(&mut t, Frame::heartbeat(), &mut bytes).unwrap();
+        assert_eq!(t.transform().commits, 0, "nothing was written");
+        t.encode_into(Frame::data(""), &mut out).unwrap();
+        Framing::encode(&mut t, Frame::data("x"), &mut bytes).unwrap();
+        assert_eq!(t.transform().commits, 2);
+        assert_eq!((out.len(), &bytes[..]), (1, &b"x\n"[..]));
+    }
+}

@@ -1,0 +1,499 @@
+//! [`ClientBuilder`] and [`Reconnect`]: the settings, checked when the
+//! client connects, and opening one connection (connect plus handshake).
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::Semaphore;
+
+use super::{Client, ClientError};
+use crate::transport::{ReadError, Transport};
+use msgi_proto::session::{self, Timers, WELCOME_PREFIX};
+use msgi_proto::text::PeerText;
+use msgi_proto::ConfigError;
+use msgi_proto::Side;
+use msgi_proto::{Frame, Kind, CORRELATED_HEADER_LEN};
+use msgi_proto::{FrameCodec, Framing};
+
+/// How to reconnect after the connection is lost: exponential backoff with
+/// jitter, each delay drawn between half and all of the nominal one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reconnect {
+    /// The first delay (default 100 ms). A zero delay (here or in
+    /// `max_delay`) is refused when connecting unless `max_attempts` is set.
+    pub initial_delay: Duration,
+    /// The longest delay (default 10 s).
+    pub max_delay: Duration,
+    /// Factor between successive delays (default 2; must be finite and at
+    /// least 1).
+    pub multiplier: f64,
+    /// Attempts before giving up; `None` tries for ever (default).
+    pub max_attempts: Option<u32>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            initial_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(10),
+            multiplier: 2.0,
+            max_attempts: None,
+        }
+    }
+}
+
+impl Reconnect {
+    /// The delay before attempt `attempt` (0-based), jitter included. Never
+    /// panics: a nominal delay that is not a finite number of seconds is
+    /// `max_delay`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let nominal =
+            self.initial_delay.as_secs_f64() * self.multiplier.powi(attempt.min(64) as i32);
+        let capped = nominal.min(self.max_delay.as_secs_f64()).max(0.0);
+        Duration::try_from_secs_f64(capped * (0.5 + fastrand::f64() * 0.5))
+            .unwrap_or(self.max_delay)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.multiplier.is_finite() || self.multiplier < 1.0 {
+            return Err(ConfigError::new(
+                "reconnect",
+                format!(
+                    "multiplier must be a finite number >= 1, not {}",
+                    self.multiplier
+                ),
+            ));
+        }
+        if (self.initial_delay.is_zero() || self.max_delay.is_zero()) && self.max_attempts.is_none()
+        {
+            return Err(ConfigError::new(
+                "reconnect",
+                "delays must be above zero when attempts are unlimited \
+                 (a zero delay would retry in a tight loop)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Timeouts at least this long mean "never": no clock arithmetic is done
+/// with them, so a huge setting cannot overflow.
+const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+pub(super) fn finite(timeout: Option<Duration>) -> Option<Duration> {
+    timeout.filter(|t| *t < NEVER)
+}
+
+/// Settings for a [`Client`]. Made by [`Client::builder`]; checked by
+/// [`connect`](ClientBuilder::connect), which refuses a setting that cannot
+/// work with [`ClientError::Config`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder<C = FrameCodec> {
+    pub(super) framing: C,
+    /// The value of the last [`ClientBuilder::max_frame_size`] call since
+    /// the framing was chosen (already written into `framing`), kept to
+    /// validate it.
+    max_frame_size: Option<usize>,
+    pub(super) connect_timeout: Duration,
+    client_id: Option<String>,
+    nodelay: bool,
+    pub(super) reconnect: Option<Reconnect>,
+    heartbeat_interval: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    pub(super) outbox: usize,
+    pub(super) incoming: usize,
+    pub(super) incoming_bytes: usize,
+    pub(super) max_in_flight: usize,
+    pub(super) queue_timeout: Option<Duration>,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            framing: FrameCodec::new(),
+            max_frame_size: None,
+            connect_timeout: Duration::from_secs(5),
+            client_id: None,
+            nodelay: true,
+            reconnect: None,
+            heartbeat_interval: Some(Duration::from_secs(20)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            outbox: 1024,
+            incoming: 1024,
+            incoming_bytes: 4 * 1024 * 1024,
+            max_in_flight: 1024,
+            queue_timeout: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// Opens one transport; called again for each reconnect.
+pub(super) type Connector<T> =
+    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<T, ClientError>> + Send>> + Send>;
+
+impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
+    /// Uses another framing, such as a stack of wire transforms from
+    /// `msgi-middleware`; it must match the server's. The framing keeps
+    /// the limit it was made with (`FrameCodec::with_max_frame_size(64)`
+    /// stays 64): this replaces an earlier
+    /// [`max_frame_size`](ClientBuilder::max_frame_size) setting, so call
+    /// `max_frame_size` after this to change it (the later call wins).
+    pub fn framing<C2: Framing + Clone + fmt::Debug + Sync>(
+        self,
+        framing: C2,
+    ) -> ClientBuilder<C2> {
+        ClientBuilder {
+            framing,
+            max_frame_size: None,
+            connect_timeout: self.connect_timeout,
+            client_id: self.client_id,
+            nodelay: self.nodelay,
+            reconnect: self.reconnect,
+            heartbeat_interval: self.heartbeat_interval,
+            idle_timeout: self.idle_timeout,
+            outbox: self.outbox,
+            incoming: self.incoming,
+            incoming_bytes: self.incoming_bytes,
+            max_in_flight: self.max_in_flight,
+            queue_timeout: self.queue_timeout,
+        }
+    }
+
+    /// Time allowed for connecting and the handshake (default 5 s; zero is
+    /// refused; 100 years or more means never). Also bounds how long
+    /// [`Client::close`] waits for queued bytes to be written.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Announce this client id in the handshake (default: none, the server
+    /// uses the session id).
+    pub fn client_id(mut self, id: impl Into<String>) -> Self {
+        self.client_id = Some(id.into());
+        self
+    }
+
+    /// Set TCP_NODELAY on the socket (default true).
+    pub fn nodelay(mut self, nodelay: bool) -> Self {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// Reconnect after a lost connection with this policy (default: off).
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = Some(policy);
+        self
+    }
+
+    /// Largest frame accepted or sent, header included (default: the
+    /// framing's own limit, 1 MiB for [`FrameCodec::new`]).
+    ///
+    /// The framing is the one source of truth for this limit: this writes
+    /// `bytes` into the framing chosen so far (see
+    /// [`Framing::set_max_frame_size`]); a later
+    /// [`framing`](ClientBuilder::framing) call replaces it. Connecting
+    /// refuses a value below the 14-byte correlated header or above what
+    /// the 32-bit length field can carry.
+    pub fn max_frame_size(mut self, bytes: usize) -> Self {
+        self.framing.set_max_frame_size(bytes);
+        self.max_frame_size = Some(bytes);
+        self
+    }
+
+    /// Send HEARTBEAT after this long without sending (default 20 s; zero
+    /// is refused; `None` or 100 years or more means never).
+    pub fn heartbeat_interval(mut self, interval: Option<Duration>) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// Treat the connection as lost after this long without receiving
+    /// (default 60 s; zero is refused; `None` or 100 years or more means
+    /// never).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// Capacity of the outbox, in frames (default 1024; zero is refused).
+    pub fn outbox_capacity(mut self, frames: usize) -> Self {
+        self.outbox = frames;
+        self
+    }
+
+    /// Capacity of the queue of server-pushed frames, in frames (default
+    /// 1024; zero is refused). It also bounds the frames a server may send
+    /// before answering the handshake. See [`Client::incoming`] for what
+    /// happens to a push that does not fit.
+    pub fn incoming_capacity(mut self, frames: usize) -> Self {
+        self.incoming = frames;
+        self
+    }
+
+    /// Capacity of the queue of server-pushed frames, in bytes (wire size;
+    /// default 4 MiB; zero is refused). A single push larger than this is
+    /// still taken when the queue is empty. It also bounds the bytes a
+    /// server may send before answering the handshake.
+    pub fn incoming_bytes(mut self, bytes: usize) -> Self {
+        self.incoming_bytes = bytes;
+        self
+    }
+
+    /// Correlated calls reserved or in flight, at most (default 1024; zero
+    /// is refused). At the limit, `poll_ready` and [`Client::call`] wait.
+    pub fn max_in_flight(mut self, calls: usize) -> Self {
+        self.max_in_flight = calls;
+        self
+    }
+
+    /// How long a call waits for a connection while the client is
+    /// disconnected (reconnecting) before it fails with
+    /// [`ClientError::NotConnected`] without being sent (default 10 s;
+    /// `None` waits as long as the client reconnects). The time runs from
+    /// the call if it was made while disconnected (waiting for room in the
+    /// outbox, or in it behind held one-way frames, included), else from
+    /// when the task takes it off the outbox after the connection dropped.
+    pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// Checks every setting; a bad one is a [`ConfigError`] naming it.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let frame_size = |setting: &'static str, bytes: usize| {
+            if bytes < CORRELATED_HEADER_LEN || bytes > u32::MAX as usize {
+                return Err(ConfigError::new(
+                    setting,
+                    format!(
+                        "must be between {CORRELATED_HEADER_LEN} and {} bytes, not {bytes}",
+                        u32::MAX
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        if let Some(bytes) = self.max_frame_size {
+            frame_size("max_frame_size", bytes)?;
+        }
+        // The framing's own limit (`FrameCodec::with_max_frame_size`) too;
+        // a text framing (no header) only needs room for one byte.
+        if self.framing.is_binary() {
+            frame_size("framing", self.framing.max_frame_size())?;
+        } else if self.framing.max_frame_size() == 0 {
+            return Err(ConfigError::new(
+                "framing",
+                "maximum line must be at least 1",
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(ConfigError::new("connect_timeout", "must be above zero"));
+        }
+        if self.heartbeat_interval.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(
+                "heartbeat_interval",
+                "must be above zero (None disables it)",
+            ));
+        }
+        if self.idle_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::new(
+                "idle_timeout",
+                "must be above zero (None disables it)",
+            ));
+        }
+        let counts = [
+            ("outbox_capacity", self.outbox),
+            ("incoming_capacity", self.incoming),
+            ("incoming_bytes", self.incoming_bytes),
+            ("max_in_flight", self.max_in_flight),
+        ];
+        for (setting, value) in counts {
+            if value == 0 {
+                return Err(ConfigError::new(setting, "must be at least 1"));
+            }
+        }
+        // tokio's channels and semaphores refuse more than this.
+        let most = Semaphore::MAX_PERMITS;
+        for (setting, value) in [
+            ("outbox_capacity", self.outbox),
+            ("incoming_capacity", self.incoming),
+            ("max_in_flight", self.max_in_flight),
+        ] {
+            if value > most {
+                return Err(ConfigError::new(setting, format!("must be at most {most}")));
+            }
+        }
+        if let Some(policy) = &self.reconnect {
+            policy.validate()?;
+        }
+        Ok(())
+    }
+
+    /// Connects over TCP to `addr` (each address it resolves to is tried in
+    /// turn; an error names the last one tried).
+    pub async fn connect<A>(self, addr: A) -> Result<Client, ClientError>
+    where
+        A: ToSocketAddrs + Clone + Send + Sync + 'static,
+    {
+        let nodelay = self.nodelay;
+        let connector: Connector<TcpStream> = Box::new(move || {
+            let addr = addr.clone();
+            Box::pin(tcp_connect(addr, nodelay))
+        });
+        Client::start(self, connector).await
+    }
+
+    /// Connects with `connector`, called again for each reconnect: any
+    /// transport (TLS, Unix socket, in-memory pipe) works.
+    pub async fn connect_with<T, F>(self, mut connector: F) -> Result<Client, ClientError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        F: FnMut() -> Pin<Box<dyn Future<Output = io::Result<T>> + Send>> + Send + 'static,
+    {
+        let connector: Connector<T> = Box::new(move || {
+            let opening = connector();
+            Box::pin(async move {
+                opening
+                    .await
+                    .map_err(|e| ClientError::connect("the transport", e))
+            })
+        });
+        Client::start(self, connector).await
+    }
+
+    pub(super) fn timers(&self) -> Timers {
+        Timers {
+            idle_timeout: finite(self.idle_timeout),
+            heartbeat_interval: finite(self.heartbeat_interval),
+            handshake_timeout: None,
+        }
+    }
+
+    /// Opens a connection and runs the handshake, within the connect timeout.
+    /// Returns frames that arrived before the handshake's answer.
+    pub(super) async fn open<T>(
+        &self,
+        connector: &mut Connector<T>,
+    ) -> Result<(Transport<T, C>, Vec<Frame>), ClientError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let opening = async {
+            let io = connector().await?;
+            let mut framing = self.framing.clone();
+            framing.start_session(Side::Client);
+            let mut transport = Transport::new(io, framing);
+            let early = match &self.client_id {
+                Some(id) => {
+                    let limit = EarlyLimit {
+                        frames: self.incoming,
+                        bytes: self.incoming_bytes,
+                    };
+                    handshake(&mut transport, id, limit).await?
+                }
+                None => Vec::new(),
+            };
+            Ok((transport, early))
+        };
+        match finite(Some(self.connect_timeout)) {
+            Some(limit) => tokio::time::timeout(limit, opening)
+                .await
+                .map_err(|_| ClientError::ConnectTimeout)?,
+            None => opening.await,
+        }
+    }
+}
+
+async fn tcp_connect<A: ToSocketAddrs>(addr: A, nodelay: bool) -> Result<TcpStream, ClientError> {
+    let addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| ClientError::connect("the host (name lookup)", e))?;
+    let mut last = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => {
+                stream
+                    .set_nodelay(nodelay)
+                    .map_err(|e| ClientError::connect(addr, e))?;
+                return Ok(stream);
+            }
+            Err(e) => last = Some(ClientError::connect(addr, e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        ClientError::connect(
+            "the host (name lookup)",
+            io::Error::new(io::ErrorKind::NotFound, "no address"),
+        )
+    }))
+}
+
+/// The request id of the handshake; calls use ids from 1.
+pub(super) const HANDSHAKE_ID: u32 = 0;
+
+/// What a server may send before it answers the handshake.
+struct EarlyLimit {
+    frames: usize,
+    bytes: usize,
+}
+
+async fn handshake<T, C>(
+    transport: &mut Transport<T, C>,
+    client_id: &str,
+    limit: EarlyLimit,
+) -> Result<Vec<Frame>, ClientError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    C: Framing,
+{
+    transport
+        .queue(session::hello_frame(client_id).with_request_id(HANDSHAKE_ID))
+        .map_err(|e| ClientError::Encode(e.into()))?;
+    std::future::poll_fn(|cx| transport.poll_write(cx))
+        .await
+        .map_err(|e| ClientError::connect("the server (writing HELLO)", e))?;
+    let lost = |why: &dyn fmt::Display| {
+        ClientError::ConnectionLost(format!("during the handshake: {why}"))
+    };
+    let mut early = Vec::new();
+    let (mut frames, mut bytes) = (0usize, 0usize);
+    loop {
+        let frame = std::future::poll_fn(|cx| transport.poll_frame(cx)).await;
+        let frame = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Err(lost(&"connection closed")),
+            Err(ReadError::Codec(e)) => return Err(lost(&e)),
+            Err(ReadError::Reset(e)) => return Err(lost(&e)),
+        };
+        match (frame.kind(), frame.request_id()) {
+            (Kind::CONTROL, Some(HANDSHAKE_ID))
+                if frame.payload().starts_with(WELCOME_PREFIX.as_bytes()) =>
+            {
+                return Ok(early)
+            }
+            (Kind::ERROR, Some(HANDSHAKE_ID)) | (Kind::ERROR | Kind::DISCONNECT, None) => {
+                return Err(ClientError::Handshake(
+                    PeerText(frame.payload()).to_string(),
+                ))
+            }
+            _ => {}
+        }
+        // Everything else counts against the bound, kept or not.
+        frames += 1;
+        bytes = bytes.saturating_add(frame.wire_len());
+        if frames > limit.frames || bytes > limit.bytes {
+            return Err(ClientError::Protocol(format!(
+                "more than {} frames or {} bytes before WELCOME",
+                limit.frames, limit.bytes
+            )));
+        }
+        if !matches!(frame.kind(), Kind::HEARTBEAT | Kind::PONG | Kind::PING) {
+            early.push(frame);
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! High-performance framed TCP messaging on tokio and tower.
+//!
+//! msgi speaks the MSGI wire format (see `docs/PROTOCOL.md`): every
+//! connection is a stream of [`Frame`]s handled by a
+//! [`tower::Service<Frame>`]. The [`Server`] runs one session per connection
+//! with heartbeats, idle timeouts, bounded queues and graceful shutdown; the
+//! [`Client`] sends one-way frames, makes correlated calls as a tower
+//! service, receives server pushes and reconnects with backoff.
+//!
+//! ```no_run
+//! use msgi::{Client, Frame, Server};
+//! use tower::{service_fn, ServiceExt};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let echo = service_fn(|frame: Frame| async move {
+//!     Ok::<_, std::convert::Infallible>(Some(frame))
+//! });
+//! tokio::spawn(Server::builder().build()?.serve(listener, echo));
+//!
+//! let client = Client::connect(addr).await?;
+//! let answer = client.clone().oneshot(Frame::data("hello")).await?;
+//! assert_eq!(answer.payload(), "hello");
+//! # Ok(())
+//! # }
+//! ```
+#![deny(missing_docs)]
+
+mod client;
+mod codec;
+mod driver;
+mod registry;
+mod server;
+mod session;
+mod transport;
+
+pub use client::{Client, ClientBuilder, ClientError, Incoming, Reconnect};
+pub use codec::TokioCodec;
+pub use msgi_proto::{
+    encode_header, CodecError, ConfigError, Extensions, Flags, Frame, FrameCodec, FrameTransform,
+    Framing, Kind, LineCodec, Side, Transformed, WriteBuf, CORRELATED_HEADER_LEN,
+    DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
+};
+pub use registry::Registry;
+pub use server::{Builder as ServerBuilder, Listener, Server};
+pub use session::{CloseReason, PeerAddr, SendError, Session, SessionId};
+
+/// The error type at service boundaries, as in tower.
+pub use msgi_proto::BoxError;
+
+/// The sans-IO layer under this crate: wire, codec, transforms, session rules.
+pub use msgi_proto as proto;

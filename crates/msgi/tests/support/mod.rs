@@ -1,0 +1,301 @@
+//! Helpers shared by the socket tests: a server on 127.0.0.1:0 and a raw
+//! peer that speaks bytes, so the tests see exactly what is on the wire;
+//! and a server on in-memory pipes, for tests on paused time.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use msgi::{
+    CloseReason, Frame, FrameCodec, Framing, Listener, PeerAddr, Registry, ServerBuilder, Session,
+    SessionId,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Every wait in the tests is bounded by this.
+pub const LIMIT: Duration = Duration::from_secs(20);
+
+/// Awaits `fut`, failing the test if it takes longer than [`LIMIT`].
+pub async fn within<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .expect("test step timed out")
+}
+
+/// A running server and what the tests need to observe it.
+pub struct TestServer {
+    /// Where it listens; `0.0.0.0:0` for a server on pipes (see
+    /// [`serve_pipes`]), which has no address.
+    pub addr: SocketAddr,
+    pub registry: Registry,
+    /// Every session end, as (session id, reason), from the disconnect hook.
+    pub ended: mpsc::UnboundedReceiver<(SessionId, CloseReason)>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// Starts `builder` on 127.0.0.1:0 serving `service`.
+pub async fn serve<C, S>(builder: ServerBuilder<C>, service: S) -> TestServer
+where
+    C: Framing + Clone,
+    S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
+    S::Error: Into<msgi::BoxError>,
+    S::Future: Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    start(builder, listener, addr, service)
+}
+
+/// Starts `builder` on in-memory pipes serving `service`; connect to it
+/// with [`dial`]. Nothing crosses the OS, so on paused time the clock
+/// only moves when every task waits for a timer, never while bytes are on
+/// their way (as they can be over loopback on a busy machine).
+pub fn serve_pipes<C, S>(
+    builder: ServerBuilder<C>,
+    service: S,
+) -> (TestServer, mpsc::UnboundedSender<DuplexStream>)
+where
+    C: Framing + Clone,
+    S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
+    S::Error: Into<msgi::BoxError>,
+    S::Future: Send + 'static,
+{
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+    (start(builder, pipes, addr, service), tx)
+}
+
+fn start<C, L, S>(
+    builder: ServerBuilder<C>,
+    listener: L,
+    addr: SocketAddr,
+    service: S,
+) -> TestServer
+where
+    C: Framing + Clone,
+    L: Listener,
+    S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
+    S::Error: Into<msgi::BoxError>,
+    S::Future: Send + 'static,
+{
+    let (ended_tx, ended) = mpsc::unbounded_channel();
+    let server = builder
+        .on_disconnect(move |s: &Session, r: &CloseReason| {
+            let _ = ended_tx.send((s.id(), r.clone()));
+        })
+        .build()
+        .expect("valid settings");
+    let registry = server.registry();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve_with_shutdown(listener, service, async {
+        let _ = rx.await;
+    }));
+    TestServer {
+        addr,
+        registry,
+        ended,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// A listener over in-memory pipes; once its sender is gone it reports
+/// itself gone (`NotConnected`), after any scripted errors.
+pub struct Pipes {
+    conns: mpsc::UnboundedReceiver<DuplexStream>,
+    /// Errors returned, in order, before any connection.
+    script: VecDeque<io::Error>,
+    /// Every `accept` call.
+    pub calls: Arc<AtomicUsize>,
+}
+
+impl Pipes {
+    pub fn new(script: Vec<io::Error>) -> (Pipes, mpsc::UnboundedSender<DuplexStream>) {
+        let (tx, conns) = mpsc::unbounded_channel();
+        let pipes = Pipes {
+            conns,
+            script: script.into(),
+            calls: Arc::new(AtomicUsize::new(0)),
+        };
+        (pipes, tx)
+    }
+}
+
+impl Listener for Pipes {
+    type Io = DuplexStream;
+
+    async fn accept(&mut self) -> io::Result<(DuplexStream, PeerAddr)> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(e) = self.script.pop_front() {
+            return Err(e);
+        }
+        match self.conns.recv().await {
+            Some(io) => Ok((io, PeerAddr::Unknown)),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+/// Connects a new in-memory peer to the server on `pipes`.
+pub fn dial(pipes: &mpsc::UnboundedSender<DuplexStream>) -> DuplexStream {
+    let (ours, theirs) = tokio::io::duplex(64 * 1024);
+    pipes.send(theirs).unwrap();
+    ours
+}
+
+/// The next frame from `io`, or `None` at EOF.
+pub async fn read_frame(io: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> Option<Frame> {
+    let mut codec = FrameCodec::new();
+    loop {
+        if let Some(frame) = codec.decode(buf).unwrap() {
+            return Some(frame);
+        }
+        if io.read_buf(buf).await.unwrap() == 0 {
+            return None;
+        }
+    }
+}
+
+/// Writes `frame` to `io`.
+pub async fn write_frame(io: &mut (impl AsyncWrite + Unpin), frame: Frame) {
+    let mut out = BytesMut::new();
+    FrameCodec::new().encode(frame, &mut out).unwrap();
+    io.write_all(&out).await.unwrap();
+}
+
+impl TestServer {
+    /// Starts the graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts down and waits until `serve` has returned.
+    pub async fn shutdown(&mut self) {
+        self.begin_shutdown();
+        if let Some(task) = self.task.take() {
+            within(task).await.unwrap().unwrap();
+        }
+    }
+
+    /// The next session end reported by the disconnect hook.
+    pub async fn next_end(&mut self) -> (SessionId, CloseReason) {
+        within(self.ended.recv()).await.expect("server gone")
+    }
+}
+
+/// An echo service: answers every delivered frame with itself.
+pub fn echo() -> impl tower::Service<
+    Frame,
+    Response = Option<Frame>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Option<Frame>, std::convert::Infallible>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|frame: Frame| async move {
+        let mut answer =
+            Frame::new(frame.kind(), frame.payload().clone()).with_flags(frame.flags());
+        answer.set_request_id(frame.request_id());
+        Ok(Some(answer))
+    })
+}
+
+/// A peer that reads and writes raw bytes, framing them with `C` (the
+/// plain MSGI codec unless a test stacks transforms on it).
+pub struct RawPeer<C = FrameCodec> {
+    pub stream: TcpStream,
+    buf: BytesMut,
+    pub codec: C,
+}
+
+impl RawPeer {
+    pub async fn connect(addr: SocketAddr) -> RawPeer {
+        RawPeer::connect_with(addr, FrameCodec::new()).await
+    }
+}
+
+impl<C: Framing> RawPeer<C> {
+    pub async fn connect_with(addr: SocketAddr, mut codec: C) -> RawPeer<C> {
+        let stream = within(TcpStream::connect(addr)).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        codec.start_session(msgi::Side::Client);
+        RawPeer {
+            stream,
+            buf: BytesMut::new(),
+            codec,
+        }
+    }
+
+    /// The bytes `frame` becomes on the wire under this peer's framing.
+    pub fn encode(&mut self, frame: Frame) -> BytesMut {
+        let mut out = BytesMut::new();
+        self.codec.encode(frame, &mut out).unwrap();
+        out
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send(&mut self, frame: Frame) {
+        let out = self.encode(frame);
+        self.write(&out).await;
+    }
+
+    /// The next frame, or `None` if the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        within(async {
+            loop {
+                if let Some(frame) = self
+                    .codec
+                    .decode(&mut self.buf)
+                    .expect("server sent a bad frame")
+                {
+                    return Some(frame);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+    }
+
+    /// The next frame that is not a HEARTBEAT.
+    pub async fn recv_skip_heartbeats(&mut self) -> Option<Frame> {
+        loop {
+            let frame = self.recv().await?;
+            if frame.kind() != msgi::Kind::HEARTBEAT {
+                return Some(frame);
+            }
+        }
+    }
+
+    /// Waits until the server closes the connection; returns the bytes read
+    /// after any complete frames.
+    pub async fn expect_closed(&mut self) {
+        if let Some(frame) = self.recv().await {
+            panic!("expected the connection to close, got {frame:?}");
+        }
+    }
+
+    /// Raw bytes until the server closes the connection.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        let mut out = self.buf.split().to_vec();
+        within(self.stream.read_to_end(&mut out)).await.ok();
+        out
+    }
+}
