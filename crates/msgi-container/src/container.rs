@@ -96,7 +96,10 @@ impl Container {
     }
 
     /// Sets the message type. Fails, changing nothing, when it is too long.
-    pub fn set_message_type(&mut self, message_type: impl Into<ByteString>) -> Result<(), BuildError> {
+    pub fn set_message_type(
+        &mut self,
+        message_type: impl Into<ByteString>,
+    ) -> Result<(), BuildError> {
         let message_type = message_type.into();
         check_short(Field::MessageType, &message_type)?;
         self.message_type = message_type;

@@ -140,7 +140,10 @@ pub enum GetError {
 #[non_exhaustive]
 pub enum DecodeError {
     /// The first byte is not a version this decoder reads.
-    #[error("unsupported container version {version} (this decoder reads version {})", crate::FORMAT_VERSION)]
+    #[error(
+        "unsupported container version {version} (this decoder reads version {})",
+        crate::FORMAT_VERSION
+    )]
     UnsupportedVersion {
         /// The version byte.
         version: u8,

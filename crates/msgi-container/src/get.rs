@@ -230,10 +230,7 @@ mod tests {
         let Value::Bytes(inner) = &b else { panic!() };
         assert_eq!(got.as_ptr(), inner.as_ptr());
         assert_eq!(b.to::<&[u8]>(), Ok(&b"\x00\x01"[..]));
-        assert!(matches!(
-            s.to::<&[u8]>(),
-            Err(ValueError::WrongType { .. })
-        ));
+        assert!(matches!(s.to::<&[u8]>(), Err(ValueError::WrongType { .. })));
         assert_eq!(Value::Null.to::<Option<i64>>(), Ok(None));
         assert_eq!(Value::I64(3).to::<Option<i64>>(), Ok(Some(3)));
     }

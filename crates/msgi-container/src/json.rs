@@ -88,9 +88,15 @@ mod tests {
     #[test]
     fn reading_json_defaults_ids_and_refuses_unknown_fields() {
         let c = Container::from_json_str(r#"{"message_type":"ping"}"#).unwrap();
-        assert_eq!((c.message_type(), c.source_id(), c.values().len()), ("ping", "", 0));
+        assert_eq!(
+            (c.message_type(), c.source_id(), c.values().len()),
+            ("ping", "", 0)
+        );
         let err = Container::from_json_str(r#"{"values":{}}"#).unwrap_err();
-        assert!(err.message().contains("missing field `message_type`"), "{err}");
+        assert!(
+            err.message().contains("missing field `message_type`"),
+            "{err}"
+        );
         let err = Container::from_json_str(r#"{"message_type":"t","extra":1}"#).unwrap_err();
         assert!(err.message().contains("unknown field `extra`"), "{err}");
         let long = format!(r#"{{"message_type":"{}"}}"#, "t".repeat(256));

@@ -37,8 +37,8 @@
 //! With the `serde` feature (on by default), a `#[derive(Serialize, Deserialize)]`
 //! struct converts to and from a container's values ([`to_values`], [`from_values`],
 //! [`Container::from_serialize`], [`Container::deserialize`]); with the `json`
-//! feature a container converts to and from JSON ([`Container::to_json_string`],
-//! [`Container::from_json_str`]).
+//! feature a container converts to and from JSON (`Container::to_json_string`,
+//! `Container::from_json_str`).
 //!
 //! The crate knows nothing of sockets or msgi's runtime: it depends on `bytes` (and
 //! serde, serde_json for those features) only.

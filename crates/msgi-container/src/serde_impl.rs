@@ -836,8 +836,13 @@ impl<'de> Deserializer<'de> for &'de Values {
     }
 }
 
-fn visit_array<'de, V: Visitor<'de>>(items: &'de [Value], visitor: V) -> Result<V::Value, SerdeError> {
-    let mut access = SeqRef { items: items.iter() };
+fn visit_array<'de, V: Visitor<'de>>(
+    items: &'de [Value],
+    visitor: V,
+) -> Result<V::Value, SerdeError> {
+    let mut access = SeqRef {
+        items: items.iter(),
+    };
     let out = visitor.visit_seq(&mut access)?;
     match access.items.len() {
         0 => Ok(out),
@@ -879,13 +884,17 @@ impl<'de> de::MapAccess<'de> for MapRef<'de> {
         match self.entries.next() {
             Some((name, value)) => {
                 self.value = Some(value);
-                seed.deserialize(BorrowedStrDeserializer::new(name)).map(Some)
+                seed.deserialize(BorrowedStrDeserializer::new(name))
+                    .map(Some)
             }
             None => Ok(None),
         }
     }
 
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, SerdeError> {
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, SerdeError> {
         match self.value.take() {
             Some(v) => seed.deserialize(v),
             None => Err(SerdeError::new("a map value was asked for before its key")),
@@ -928,11 +937,18 @@ impl<'de> de::VariantAccess<'de> for &'de Value {
         }
     }
 
-    fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, SerdeError> {
+    fn newtype_variant_seed<T: DeserializeSeed<'de>>(
+        self,
+        seed: T,
+    ) -> Result<T::Value, SerdeError> {
         seed.deserialize(self)
     }
 
-    fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, SerdeError> {
+    fn tuple_variant<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, SerdeError> {
         de::Deserializer::deserialize_seq(self, visitor)
     }
 
@@ -996,7 +1012,9 @@ mod tests {
                 Shape::Pair(-1, 1),
                 Shape::Rect { w: 2, h: 3 },
             ],
-            map: [("a".to_owned(), 1), ("b".to_owned(), -2)].into_iter().collect(),
+            map: [("a".to_owned(), 1), ("b".to_owned(), -2)]
+                .into_iter()
+                .collect(),
             unit: (),
         }
     }
@@ -1077,7 +1095,10 @@ mod tests {
     #[test]
     fn values_deserialize_refuses_repeated_and_long_names() {
         let err = serde_json::from_str::<Values>(r#"{"a":1,"a":2}"#).unwrap_err();
-        assert!(err.to_string().contains("value name \"a\" given twice"), "{err}");
+        assert!(
+            err.to_string().contains("value name \"a\" given twice"),
+            "{err}"
+        );
         let long = format!(r#"{{"{}":1}}"#, "k".repeat(256));
         assert!(serde_json::from_str::<Values>(&long).is_err());
     }

@@ -465,7 +465,14 @@ mod tests {
 
     #[test]
     fn zigzag_maps_small_magnitudes_to_small_numbers() {
-        for (n, z) in [(0i64, 0u64), (-1, 1), (1, 2), (-2, 3), (i64::MAX, u64::MAX - 1), (i64::MIN, u64::MAX)] {
+        for (n, z) in [
+            (0i64, 0u64),
+            (-1, 1),
+            (1, 2),
+            (-2, 3),
+            (i64::MAX, u64::MAX - 1),
+            (i64::MIN, u64::MAX),
+        ] {
             assert_eq!(zigzag(n), z);
             assert_eq!(unzigzag(z), n);
         }
@@ -473,7 +480,14 @@ mod tests {
 
     #[test]
     fn varint_lengths() {
-        for (n, len) in [(0u64, 1), (127, 1), (128, 2), (16_383, 2), (16_384, 3), (u64::MAX, 10)] {
+        for (n, len) in [
+            (0u64, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (u64::MAX, 10),
+        ] {
             assert_eq!(varint_len(n), len, "{n}");
             let mut buf = BytesMut::new();
             put_varint(&mut buf, n);
