@@ -1,11 +1,24 @@
 //! High-performance framed TCP messaging on tokio and tower.
 //!
-//! msgi speaks the MSGI wire format (see `docs/PROTOCOL.md`): every
-//! connection is a stream of [`Frame`]s handled by a
-//! [`tower::Service<Frame>`]. The [`Server`] runs one session per connection
-//! with heartbeats, idle timeouts, bounded queues and graceful shutdown; the
-//! [`Client`] sends one-way frames, makes correlated calls as a tower
-//! service, receives server pushes and reconnects with backoff.
+//! # Start here
+//!
+//! msgi speaks the MSGI wire format ([`guide::protocol`]): every connection
+//! is a stream of [`Frame`]s handled by a [`tower::Service<Frame>`] that you
+//! write. The [`Server`] runs one session per connection with heartbeats,
+//! idle timeouts, bounded queues and graceful shutdown; the [`Registry`]
+//! pushes to one session or all of them; the [`Client`] sends one-way
+//! frames, makes correlated calls as a tower service, receives server pushes
+//! and reconnects with backoff.
+//!
+//! | you want | start with |
+//! |---|---|
+//! | a server | [`Server::builder`], a `tower::service_fn` handler, the example below |
+//! | to push to sessions (chat, presence, live updates) | [`Registry`], [`Session`] (in each request's [`Extensions`]) |
+//! | a client | [`Client::connect`], [`ClientBuilder`] |
+//! | compression, encryption, HMAC, timeouts, rate limits | the `msgi-middleware` crate |
+//! | the wire and session rules without I/O (fuzzing, other runtimes) | [`proto`] (the `msgi-proto` crate) |
+//! | how it is built, memory bounds, where each rule lives | [`guide::architecture`] |
+//! | figures, and how they were measured | [`guide::benchmarks`] |
 //!
 //! ```no_run
 //! use msgi::{Client, Frame, Server};
@@ -51,3 +64,15 @@ pub use msgi_proto::BoxError;
 
 /// The sans-IO layer under this crate: wire, codec, transforms, session rules.
 pub use msgi_proto as proto;
+
+/// The guides of the repository's `docs/` folder, as rustdoc pages.
+pub mod guide {
+    #[doc = include_str!("../../../docs/ARCHITECTURE.md")]
+    pub mod architecture {}
+
+    #[doc = include_str!("../../../docs/PROTOCOL.md")]
+    pub mod protocol {}
+
+    #[doc = include_str!("../../../docs/BENCHMARKS.md")]
+    pub mod benchmarks {}
+}
