@@ -13,6 +13,7 @@
 //! re-exports the public items here.
 #![deny(missing_docs)]
 
+pub mod client;
 mod codec;
 mod config;
 mod extensions;

@@ -11,13 +11,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::Semaphore;
 
+use super::connector::Connector;
 use super::{Client, ClientError};
-use crate::transport::{ReadError, Transport};
-use msgi_proto::session::{self, Timers, WELCOME_PREFIX};
-use msgi_proto::text::PeerText;
+use msgi_proto::session::Timers;
 use msgi_proto::ConfigError;
-use msgi_proto::Side;
-use msgi_proto::{Frame, Kind, CORRELATED_HEADER_LEN};
+use msgi_proto::CORRELATED_HEADER_LEN;
 use msgi_proto::{FrameCodec, Framing};
 
 /// How to reconnect after the connection is lost: exponential backoff with
@@ -100,7 +98,7 @@ pub struct ClientBuilder<C = FrameCodec> {
     /// validate it.
     max_frame_size: Option<usize>,
     pub(super) connect_timeout: Duration,
-    client_id: Option<String>,
+    pub(super) client_id: Option<String>,
     nodelay: bool,
     pub(super) reconnect: Option<Reconnect>,
     heartbeat_interval: Option<Duration>,
@@ -131,10 +129,6 @@ impl Default for ClientBuilder {
         }
     }
 }
-
-/// Opens one transport; called again for each reconnect.
-pub(super) type Connector<T> =
-    Box<dyn FnMut() -> Pin<Box<dyn Future<Output = Result<T, ClientError>> + Send>> + Send>;
 
 impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
     /// Uses another framing, such as a stack of wire transforms from
@@ -341,7 +335,7 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
         A: ToSocketAddrs + Clone + Send + Sync + 'static,
     {
         let nodelay = self.nodelay;
-        let connector: Connector<TcpStream> = Box::new(move || {
+        let connector = Connector::new(move || {
             let addr = addr.clone();
             Box::pin(tcp_connect(addr, nodelay))
         });
@@ -355,7 +349,7 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: FnMut() -> Pin<Box<dyn Future<Output = io::Result<T>> + Send>> + Send + 'static,
     {
-        let connector: Connector<T> = Box::new(move || {
+        let connector = Connector::new(move || {
             let opening = connector();
             Box::pin(async move {
                 opening
@@ -371,40 +365,6 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
             idle_timeout: finite(self.idle_timeout),
             heartbeat_interval: finite(self.heartbeat_interval),
             handshake_timeout: None,
-        }
-    }
-
-    /// Opens a connection and runs the handshake, within the connect timeout.
-    /// Returns frames that arrived before the handshake's answer.
-    pub(super) async fn open<T>(
-        &self,
-        connector: &mut Connector<T>,
-    ) -> Result<(Transport<T, C>, Vec<Frame>), ClientError>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let opening = async {
-            let io = connector().await?;
-            let mut framing = self.framing.clone();
-            framing.start_session(Side::Client);
-            let mut transport = Transport::new(io, framing);
-            let early = match &self.client_id {
-                Some(id) => {
-                    let limit = EarlyLimit {
-                        frames: self.incoming,
-                        bytes: self.incoming_bytes,
-                    };
-                    handshake(&mut transport, id, limit).await?
-                }
-                None => Vec::new(),
-            };
-            Ok((transport, early))
-        };
-        match finite(Some(self.connect_timeout)) {
-            Some(limit) => tokio::time::timeout(limit, opening)
-                .await
-                .map_err(|_| ClientError::ConnectTimeout)?,
-            None => opening.await,
         }
     }
 }
@@ -431,69 +391,4 @@ async fn tcp_connect<A: ToSocketAddrs>(addr: A, nodelay: bool) -> Result<TcpStre
             io::Error::new(io::ErrorKind::NotFound, "no address"),
         )
     }))
-}
-
-/// The request id of the handshake; calls use ids from 1.
-pub(super) const HANDSHAKE_ID: u32 = 0;
-
-/// What a server may send before it answers the handshake.
-struct EarlyLimit {
-    frames: usize,
-    bytes: usize,
-}
-
-async fn handshake<T, C>(
-    transport: &mut Transport<T, C>,
-    client_id: &str,
-    limit: EarlyLimit,
-) -> Result<Vec<Frame>, ClientError>
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-    C: Framing,
-{
-    transport
-        .queue(session::hello_frame(client_id).with_request_id(HANDSHAKE_ID))
-        .map_err(|e| ClientError::Encode(e.into()))?;
-    std::future::poll_fn(|cx| transport.poll_write(cx))
-        .await
-        .map_err(|e| ClientError::connect("the server (writing HELLO)", e))?;
-    let lost = |why: &dyn fmt::Display| {
-        ClientError::ConnectionLost(format!("during the handshake: {why}"))
-    };
-    let mut early = Vec::new();
-    let (mut frames, mut bytes) = (0usize, 0usize);
-    loop {
-        let frame = std::future::poll_fn(|cx| transport.poll_frame(cx)).await;
-        let frame = match frame {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Err(lost(&"connection closed")),
-            Err(ReadError::Codec(e)) => return Err(lost(&e)),
-            Err(ReadError::Reset(e)) => return Err(lost(&e)),
-        };
-        match (frame.kind(), frame.request_id()) {
-            (Kind::CONTROL, Some(HANDSHAKE_ID))
-                if frame.payload().starts_with(WELCOME_PREFIX.as_bytes()) =>
-            {
-                return Ok(early)
-            }
-            (Kind::ERROR, Some(HANDSHAKE_ID)) | (Kind::ERROR | Kind::DISCONNECT, None) => {
-                return Err(ClientError::Handshake(
-                    PeerText(frame.payload()).to_string(),
-                ))
-            }
-            _ => {}
-        }
-        // Everything else counts against the bound, kept or not.
-        frames += 1;
-        bytes = bytes.saturating_add(frame.wire_len());
-        if frames > limit.frames || bytes > limit.bytes {
-            return Err(ClientError::Protocol(format!(
-                "more than {} frames or {} bytes before WELCOME",
-                limit.frames, limit.bytes
-            )));
-        }
-        if !matches!(frame.kind(), Kind::HEARTBEAT | Kind::PONG | Kind::PING) {
-            early.push(frame);
-        }
-    }
 }

@@ -15,9 +15,10 @@
 //! not delivered: there are no acknowledgements.
 
 mod builder;
+mod connection;
+mod connector;
 mod error;
 mod gate;
-mod task;
 
 pub use builder::{ClientBuilder, Reconnect};
 pub use error::ClientError;
@@ -38,11 +39,11 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, PollSender, ReusableBoxFuture};
 use tower::Service;
 
-use builder::Connector;
+use connection::{ClientTask, Command, Reply, Stamp};
+use connector::Connector;
 use gate::{CallGate, GateClosed};
 use msgi_proto::Frame;
 use msgi_proto::{CodecError, Framing};
-use task::{ClientTask, Command, Queue, Stamp};
 
 /// The connection state handles see.
 #[derive(Debug, Clone)]
@@ -235,20 +236,19 @@ impl Client {
 
     async fn start<T, C>(
         cfg: ClientBuilder<C>,
-        mut connector: Connector<T>,
+        connector: Connector<T>,
     ) -> Result<Client, ClientError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         C: Framing + Clone + fmt::Debug + Sync,
     {
         cfg.validate()?;
-        let (transport, early) = cfg.open(&mut connector).await?;
         let (tx, rx) = mpsc::channel(cfg.outbox);
         let (incoming_tx, incoming_rx) = mpsc::channel(cfg.incoming);
         let incoming_held = Arc::new(AtomicUsize::new(0));
         let shared = Arc::new(Shared {
-            state: AtomicU8::new(CONNECTED),
-            status: watch::Sender::new(Status::Connected),
+            state: AtomicU8::new(CONNECTING),
+            status: watch::Sender::new(Status::Connecting),
             stop_reason: std::sync::OnceLock::new(),
             calls: CallGate::new(cfg.max_in_flight),
             max_sendable: cfg.framing.max_encoded_len(),
@@ -264,19 +264,9 @@ impl Client {
             pushes_dropped: AtomicU64::new(0),
             unsent: Mutex::new(Vec::new()),
         });
-        let queue = Queue::new(
-            rx,
-            incoming_tx,
-            shared.clone(),
-            &cfg,
-            DoneGuard(shared.clone()),
-        );
-        let task = ClientTask {
-            cfg,
-            connector,
-            queue,
-        };
-        tokio::spawn(task.run(transport, early));
+        let mut task = ClientTask::new(cfg, connector, rx, incoming_tx, shared.clone());
+        task.first_connection().await?;
+        tokio::spawn(task.run());
         Ok(Client::handle(tx, shared))
     }
 
@@ -358,7 +348,7 @@ impl Client {
         };
         let Some(stamp) = stamp else {
             self.tx
-                .send(Command::Call(frame, tx, None))
+                .send(Command::Call(frame, Reply(tx), None))
                 .await
                 .map_err(|_| self.shared.closed_error())?;
             return answer.await;
@@ -366,7 +356,8 @@ impl Client {
         let deadline = stamp.deadline;
         let queued = tokio::time::timeout_at(
             Instant::from_std(deadline),
-            self.tx.send(Command::Call(frame, tx, Some(stamp.clone()))),
+            self.tx
+                .send(Command::Call(frame, Reply(tx), Some(stamp.clone()))),
         );
         match queued.await {
             Err(_) => return Err(ClientError::NotConnected),
@@ -563,7 +554,7 @@ impl Service<Frame> for Client {
         let (tx, rx) = oneshot::channel();
         // Closed meanwhile: the sender is dropped and the future reports
         // why the client stopped.
-        let _ = self.poll.send_item(Command::Call(frame, tx, None));
+        let _ = self.poll.send_item(Command::Call(frame, Reply(tx), None));
         ResponseFuture::new(rx, &self.shared)
     }
 }

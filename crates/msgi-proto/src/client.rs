@@ -1,0 +1,1096 @@
+//! The client side of a connection, without I/O: the handshake, the
+//! timers, request ids, matching answers to calls, what a lost connection
+//! does to calls and one-way frames, and the graceful close.
+//!
+//! [`Connection`] is one client's state across its successive transports
+//! (a reconnect is a new transport for the same `Connection`). It never
+//! touches a socket, a task or a clock: the driver feeds it what happened
+//! (`handle_*(.., now)`) and what the application asks ([`send`], [`call`],
+//! [`close`]), and acts on what it asks for (`poll_*`): frames to encode
+//! ([`poll_transmit`]), when to wake it ([`poll_timeout`]), and what to tell
+//! the application ([`poll_event`]). Every rule here runs in tests on a
+//! simulated clock.
+//!
+//! The rules, in PROTOCOL.md's terms:
+//!
+//! - **Handshake.** With a client id over a binary framing, a new transport
+//!   sends HELLO (request id 0) and waits for WELCOME. An ERROR with id 0,
+//!   or an ERROR or DISCONNECT without an id, refuses it
+//!   ([`ConnectionError::HandshakeRefused`]). Other frames before WELCOME
+//!   count against [`Config::early_frames`] and [`Config::early_bytes`]
+//!   (beyond: [`Violation::TooManyBeforeWelcome`]); all but HEARTBEAT, PING
+//!   and PONG are delivered as pushes once WELCOME arrives.
+//! - **Request ids** are allocated per transport from 1 (0 is the
+//!   handshake's), skipping ids still pending, wrapping around past
+//!   `u32::MAX`.
+//! - **Matching.** Any frame carrying the id of a pending call completes
+//!   it: an ERROR as [`CallError::Remote`], a kind that cannot answer (PING,
+//!   HEARTBEAT, a reserved kind) as [`CallError::BadAnswer`], without acting
+//!   on the frame. A frame whose id matches no pending call is a late
+//!   answer: dropped ([`Event::LateAnswer`]), never a push.
+//! - **Abandoned calls** ([`Caller::is_abandoned`]) are forgotten at the
+//!   next [`handle_abandoned`](Connection::handle_abandoned), written or
+//!   not.
+//! - **A lost transport** fails the calls written on it
+//!   ([`CallError::ConnectionLost`]); calls not written yet stay held for
+//!   the next transport, each failing with [`CallError::NotConnected`] at
+//!   its queue deadline; one-way frames whose bytes were not all written go
+//!   first on the next transport, in order.
+//! - **Close.** [`close`](Connection::close) fails the calls not written
+//!   ([`CallError::NotSent`]), writes the held one-way frames, then
+//!   DISCONNECT, and ends when they are flushed or at the close linger.
+//!
+//! [`send`]: Connection::send
+//! [`call`]: Connection::call
+//! [`close`]: Connection::close
+//! [`poll_transmit`]: Connection::poll_transmit
+//! [`poll_timeout`]: Connection::poll_timeout
+//! [`poll_event`]: Connection::poll_event
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::codec::CodecError;
+use crate::frame::{Frame, Kind};
+use crate::session::{self, Expired, Inbound, Protocol, Reading, Role, Timers, WELCOME_PREFIX};
+use crate::text::PeerText;
+
+/// The request id of the handshake; calls use ids from 1.
+pub const HANDSHAKE_ID: u32 = 0;
+
+/// The least write-queue high-water mark, as the server's.
+pub const MIN_HIGH_WATER: usize = 64 * 1024;
+
+/// What waits for a call's answer: the driver's reply handle (a oneshot
+/// sender in msgi), kept by the [`Connection`] until the call completes.
+pub trait Caller {
+    /// True once nobody waits for the answer any more (the caller dropped
+    /// its future): the call may be forgotten.
+    fn is_abandoned(&self) -> bool;
+}
+
+/// Settings of a client [`Connection`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Heartbeat and idle timers (the handshake timer is not used: the
+    /// driver gives each transport its handshake deadline).
+    pub timers: Timers,
+    /// False for framings without kinds and request ids (text lines): no
+    /// handshake, no calls.
+    pub binary: bool,
+    /// The client id announced in HELLO; `None`: no handshake.
+    pub client_id: Option<String>,
+    /// Frames the server may send before WELCOME, at most.
+    pub early_frames: usize,
+    /// Wire bytes the server may send before WELCOME, at most.
+    pub early_bytes: usize,
+    /// Bytes queued for writing at or above which no more held work is
+    /// encoded ([`Connection::accepts_work`] is false); reading stops at
+    /// twice this ([`Connection::may_read`]).
+    pub high_water: usize,
+    /// One-way frames taken while not connected and held, at most (the
+    /// outbox capacity): [`Connection::accepts_work`] is false beyond.
+    pub held_sends: usize,
+    /// How long a call held while not connected waits for a connection;
+    /// `None`: as long as the client tries.
+    pub queue_timeout: Option<Duration>,
+    /// How long a graceful close waits for its bytes to be written; `None`:
+    /// for ever.
+    pub close_linger: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            timers: Timers {
+                idle_timeout: Some(Duration::from_secs(60)),
+                heartbeat_interval: Some(Duration::from_secs(20)),
+                handshake_timeout: None,
+            },
+            binary: true,
+            client_id: None,
+            early_frames: 1024,
+            early_bytes: 4 * 1024 * 1024,
+            high_water: MIN_HIGH_WATER,
+            held_sends: 1024,
+            queue_timeout: Some(Duration::from_secs(10)),
+            close_linger: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// How the server broke the protocol.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Violation {
+    /// Its bytes could not be decoded (bad magic, a length out of range, a
+    /// wire transform refusing a frame): `Display` and `source` are the
+    /// codec error's.
+    Codec(Arc<CodecError>),
+    /// A frame broke a session rule (flags for a transform this session
+    /// does not run), with the rule's text.
+    Rule(String),
+    /// More frames or bytes than allowed arrived before WELCOME.
+    TooManyBeforeWelcome {
+        /// The frame limit.
+        frames: usize,
+        /// The byte limit.
+        bytes: usize,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::Codec(e) => fmt::Display::fmt(e, f),
+            Violation::Rule(rule) => f.write_str(rule),
+            Violation::TooManyBeforeWelcome { frames, bytes } => {
+                write!(
+                    f,
+                    "more than {frames} frames or {bytes} bytes before WELCOME"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for Violation {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Transparent: the codec error's own source.
+            Violation::Codec(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a transport ended.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// The server closed the connection between frames; with the text of
+    /// its last uncorrelated ERROR, if one came (`server full`).
+    ServerClosed {
+        /// The reason of the server's last ERROR without a request id.
+        last_error: Option<String>,
+    },
+    /// The server sent DISCONNECT with this reason (escaped, capped).
+    ServerDisconnected(String),
+    /// Nothing arrived from the server for the idle timeout.
+    IdleTimeout,
+    /// The server broke the protocol; an ERROR naming it was queued.
+    Violation(Violation),
+    /// The server refused the handshake, with this reason (escaped, capped).
+    HandshakeRefused(String),
+    /// WELCOME did not arrive by the handshake deadline.
+    HandshakeTimeout,
+    /// The transport failed or ended inside a frame (reported by the
+    /// driver), with what it said.
+    Transport(String),
+    /// The client closed the connection itself.
+    ClientClosed,
+}
+
+impl ConnectionError {
+    /// A short label for the cause, from a bounded set (for metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectionError::ServerClosed { .. } => "server_closed",
+            ConnectionError::ServerDisconnected(_) => "server_disconnected",
+            ConnectionError::IdleTimeout => "idle_timeout",
+            ConnectionError::Violation(Violation::Codec(_)) => "undecodable",
+            ConnectionError::Violation(_) => "protocol_violation",
+            ConnectionError::HandshakeRefused(_) => "handshake_refused",
+            ConnectionError::HandshakeTimeout => "handshake_timeout",
+            ConnectionError::Transport(_) => "transport",
+            ConnectionError::ClientClosed => "client_closed",
+        }
+    }
+
+    /// The server broke the protocol: how.
+    pub fn violation(&self) -> Option<&Violation> {
+        match self {
+            ConnectionError::Violation(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionError::ServerClosed { last_error: None } => f.write_str("closed by server"),
+            ConnectionError::ServerClosed {
+                last_error: Some(error),
+            } => write!(f, "closed by server after ERROR \"{error}\""),
+            ConnectionError::ServerDisconnected(why) => write!(f, "server disconnected: {why}"),
+            ConnectionError::IdleTimeout => f.write_str("server silent for the idle timeout"),
+            ConnectionError::Violation(v) => write!(f, "protocol violation by server: {v}"),
+            ConnectionError::HandshakeRefused(why) => write!(f, "handshake refused: {why}"),
+            ConnectionError::HandshakeTimeout => f.write_str("handshake not answered in time"),
+            ConnectionError::Transport(why) => f.write_str(why),
+            ConnectionError::ClientClosed => f.write_str("the client closed"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectionError {
+    /// The violation's own source (its text is part of `Display`).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectionError::Violation(v) => std::error::Error::source(v),
+            _ => None,
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The server answered with an ERROR carrying this reason (escaped,
+    /// capped).
+    Remote(String),
+    /// The server answered with a frame of a kind that cannot answer.
+    BadAnswer {
+        /// The call's request id.
+        id: u32,
+        /// The kind of the frame that carried it.
+        kind: Kind,
+    },
+    /// Written, then the transport ended before the answer: it may or may
+    /// not have been processed.
+    ConnectionLost(ConnectionError),
+    /// Held past its queue deadline without a connection; not sent.
+    NotConnected,
+    /// The framing refused to encode it; not sent.
+    Encode(Arc<CodecError>),
+    /// The client closed or stopped before the call was written; not sent.
+    NotSent,
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Remote(why) => write!(f, "server error: {why}"),
+            CallError::BadAnswer { id, kind } => {
+                write!(f, "call {id} answered with a {kind} frame")
+            }
+            CallError::ConnectionLost(e) => {
+                write!(f, "connection dropped before the answer arrived ({e})")
+            }
+            CallError::NotConnected => f.write_str("not connected within the queue timeout"),
+            CallError::Encode(_) => f.write_str("the call could not be encoded"),
+            CallError::NotSent => f.write_str("the client stopped before the call was sent"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::ConnectionLost(e) => std::error::Error::source(e),
+            CallError::Encode(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+/// What the driver must tell the application, or do.
+#[derive(Debug)]
+pub enum Event<R> {
+    /// The transport is ready for calls (WELCOME arrived, or there is no
+    /// handshake).
+    Connected,
+    /// A frame the server pushed (no request id, or no handshake yet).
+    Push(Frame),
+    /// A call completed: hand the result to its caller.
+    Answer(R, Result<Frame, CallError>),
+    /// A frame whose request id matches no pending call was dropped (its
+    /// caller gave up, or the server made the id up).
+    LateAnswer {
+        /// Its request id.
+        id: u32,
+        /// Its kind.
+        kind: Kind,
+    },
+    /// A one-way frame the framing refused to encode was dropped.
+    Unsendable(Arc<CodecError>),
+    /// The transport ended: write what [`Connection::poll_transmit`] still
+    /// gives (best effort: an ERROR naming a violation), then drop it.
+    Lost(ConnectionError),
+    /// The client is done: drop the transport (after a graceful close its
+    /// bytes are written) and stop; [`Connection::take_unsent`] gives the
+    /// one-way frames never written.
+    Closed,
+}
+
+/// Where a [`Connection`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No transport (before the first, or between two).
+    Disconnected,
+    /// A transport, waiting for WELCOME.
+    Handshaking,
+    /// Ready for calls.
+    Open,
+    /// DISCONNECT queued or about to be; waiting for the bytes to go.
+    Closing,
+    /// Done for good.
+    Closed,
+}
+
+enum State {
+    Disconnected,
+    Handshaking {
+        deadline: Option<Instant>,
+        frames: usize,
+        bytes: usize,
+        early: Vec<Frame>,
+    },
+    Open,
+    Closing {
+        linger: Option<Instant>,
+        disconnect_queued: bool,
+    },
+    Closed,
+}
+
+/// Work held by the connection, not yet encoded, in order.
+enum Held<R> {
+    /// A one-way frame; `counted`: taken while not connected (it counts
+    /// against [`Config::held_sends`]).
+    Send { frame: Frame, counted: bool },
+    /// A call, failed with [`CallError::NotConnected`] at its deadline
+    /// while not connected (`None`: never).
+    Call {
+        frame: Frame,
+        caller: R,
+        deadline: Option<Instant>,
+    },
+}
+
+/// One client's protocol state across its successive transports. See the
+/// [module documentation](self) for the rules it keeps.
+pub struct Connection<R> {
+    config: Config,
+    state: State,
+    proto: Protocol,
+    /// Calls written on the current transport, by request id.
+    calls: HashMap<u32, R>,
+    next_id: u32,
+    held: VecDeque<Held<R>>,
+    /// `Held::Send`s with `counted` set.
+    held_taken: usize,
+    /// The client's own frames (HELLO, PONG, ERROR, HEARTBEAT), written
+    /// before held work and regardless of the high-water mark (reading
+    /// stops at twice the mark, which bounds them).
+    own: VecDeque<Frame>,
+    /// One-way frames encoded on this transport, with the stream offset
+    /// where each ends; given back to `held` if the transport drops first.
+    unwritten: VecDeque<(u64, Frame)>,
+    queued: u64,
+    written: u64,
+    /// The reason of the server's last uncorrelated ERROR on this transport.
+    last_error: Option<String>,
+    handles_gone: bool,
+    events: VecDeque<Event<R>>,
+}
+
+impl<R: Caller> fmt::Debug for Connection<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("phase", &self.phase())
+            .field("calls", &self.calls.len())
+            .field("held", &self.held.len())
+            .field("pending_bytes", &self.pending_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+fn after(now: Instant, d: Option<Duration>) -> Option<Instant> {
+    d.and_then(|d| now.checked_add(d))
+}
+
+impl<R: Caller> Connection<R> {
+    /// A client without a transport yet, at `now`.
+    pub fn new(config: Config, now: Instant) -> Self {
+        let proto = Protocol::new(Role::Client, config.timers, config.binary, now);
+        Connection {
+            config,
+            state: State::Disconnected,
+            proto,
+            calls: HashMap::new(),
+            next_id: HANDSHAKE_ID + 1,
+            held: VecDeque::new(),
+            held_taken: 0,
+            own: VecDeque::new(),
+            unwritten: VecDeque::new(),
+            queued: 0,
+            written: 0,
+            last_error: None,
+            handles_gone: false,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Where the connection is.
+    pub fn phase(&self) -> Phase {
+        match self.state {
+            State::Disconnected => Phase::Disconnected,
+            State::Handshaking { .. } => Phase::Handshaking,
+            State::Open => Phase::Open,
+            State::Closing { .. } => Phase::Closing,
+            State::Closed => Phase::Closed,
+        }
+    }
+
+    fn has_transport(&self) -> bool {
+        matches!(
+            self.state,
+            State::Handshaking { .. } | State::Open | State::Closing { .. }
+        )
+    }
+
+    /// Calls written on the current transport and not yet answered.
+    pub fn pending_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Work held, not yet encoded (one-way frames and calls).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Bytes encoded on the current transport and not yet written.
+    pub fn pending_bytes(&self) -> usize {
+        usize::try_from(self.queued.saturating_sub(self.written)).unwrap_or(usize::MAX)
+    }
+
+    /// A new transport is up at `now`: sends HELLO and waits for WELCOME
+    /// until `handshake_deadline`, or is ready at once without a handshake.
+    /// Ignored once closed or closing.
+    pub fn handle_connected(&mut self, now: Instant, handshake_deadline: Option<Instant>) {
+        if !matches!(self.state, State::Disconnected) {
+            if self.has_transport() {
+                // A second transport replaces the first: that one is lost.
+                self.lose(ConnectionError::Transport("replaced".into()), now);
+            }
+            if !matches!(self.state, State::Disconnected) {
+                return;
+            }
+        }
+        self.own.clear();
+        self.unwritten.clear();
+        self.queued = 0;
+        self.written = 0;
+        self.next_id = HANDSHAKE_ID + 1;
+        self.last_error = None;
+        self.proto = Protocol::new(Role::Client, self.config.timers, self.config.binary, now);
+        match &self.config.client_id {
+            Some(id) if self.config.binary => {
+                self.own
+                    .push_back(session::hello_frame(id).with_request_id(HANDSHAKE_ID));
+                self.state = State::Handshaking {
+                    deadline: handshake_deadline,
+                    frames: 0,
+                    bytes: 0,
+                    early: Vec::new(),
+                };
+            }
+            _ => self.open(now),
+        }
+    }
+
+    fn open(&mut self, now: Instant) {
+        self.state = State::Open;
+        // Timers from now: the handshake's wait is not the server's silence.
+        self.proto = Protocol::new(Role::Client, self.config.timers, self.config.binary, now);
+        // Held calls wait for nothing more: their queue deadline no longer runs.
+        self.events.push_back(Event::Connected);
+        self.check_orphaned(now);
+    }
+
+    /// The transport ended (end of stream, a read or write error): calls
+    /// written on it fail, what it did not write is held for the next one.
+    pub fn handle_connection_lost(&mut self, error: ConnectionError, now: Instant) {
+        if self.has_transport() {
+            self.lose(error, now);
+        }
+    }
+
+    fn lose(&mut self, error: ConnectionError, now: Instant) {
+        let closing = matches!(self.state, State::Closing { .. });
+        self.state = State::Disconnected;
+        for (_, caller) in self.calls.drain() {
+            self.events.push_back(Event::Answer(
+                caller,
+                Err(CallError::ConnectionLost(error.clone())),
+            ));
+        }
+        // Not all of their bytes went out: first on the next transport.
+        for (_, frame) in self.unwritten.drain(..).rev() {
+            self.held.push_front(Held::Send {
+                frame,
+                counted: false,
+            });
+        }
+        let deadline = after(now, self.config.queue_timeout);
+        for held in &mut self.held {
+            if let Held::Call { deadline: d, .. } = held {
+                if d.is_none() {
+                    *d = deadline;
+                }
+            }
+        }
+        self.last_error = None;
+        self.events.push_back(Event::Lost(error));
+        if closing {
+            self.stop();
+        } else {
+            self.check_orphaned(now);
+        }
+    }
+
+    /// Queues a one-way frame (its request id removed).
+    pub fn send(&mut self, mut frame: Frame, _now: Instant) {
+        frame.set_request_id(None);
+        let counted = !matches!(self.state, State::Open | State::Closing { .. });
+        self.held_taken += usize::from(counted);
+        self.held.push_back(Held::Send { frame, counted });
+    }
+
+    /// Queues a call. `deadline`: when it fails with
+    /// [`CallError::NotConnected`] if still held without a connection
+    /// (`None`: the queue timeout from when the connection is missed).
+    pub fn call(&mut self, frame: Frame, caller: R, deadline: Option<Instant>, now: Instant) {
+        if caller.is_abandoned() {
+            return;
+        }
+        match self.state {
+            State::Closing { .. } | State::Closed => {
+                self.events
+                    .push_back(Event::Answer(caller, Err(CallError::NotSent)));
+                return;
+            }
+            State::Open => {}
+            State::Disconnected | State::Handshaking { .. } => {
+                let deadline = deadline.or_else(|| after(now, self.config.queue_timeout));
+                self.held.push_back(Held::Call {
+                    frame,
+                    caller,
+                    deadline,
+                });
+                return;
+            }
+        }
+        self.held.push_back(Held::Call {
+            frame,
+            caller,
+            deadline,
+        });
+    }
+
+    /// Whether the driver should take more work off the application's
+    /// queue: while open, when nothing is held and the write queue is below
+    /// the high-water mark; while not connected, until
+    /// [`Config::held_sends`] one-way frames are held; never once closing
+    /// or after every handle is gone.
+    pub fn accepts_work(&self) -> bool {
+        if self.handles_gone {
+            return false;
+        }
+        match self.state {
+            State::Open => self.held.is_empty() && self.pending_bytes() < self.config.high_water,
+            State::Disconnected | State::Handshaking { .. } => {
+                self.held_taken < self.config.held_sends
+            }
+            State::Closing { .. } | State::Closed => false,
+        }
+    }
+
+    /// Whether the driver should read: the write queue is below twice the
+    /// high-water mark (replies the client owes, PONGs, cannot grow it
+    /// without bound: a peer that does not read stops being read).
+    pub fn may_read(&self) -> bool {
+        self.has_transport() && self.pending_bytes() < self.config.high_water.saturating_mul(2)
+    }
+
+    fn update_reading(&mut self, now: Instant) {
+        let reading = if self.may_read() {
+            Reading::Open
+        } else {
+            Reading::BlockedOnPeer
+        };
+        self.proto.set_reading(reading, now);
+    }
+
+    /// Encodes what is due with `encode` (which appends the frame to the
+    /// transport's write queue and returns the bytes it took): the client's
+    /// own frames, then held work up to the high-water mark while open (all
+    /// of it, then DISCONNECT, while closing). Also call it after
+    /// [`Event::Lost`], before dropping the transport, for a last ERROR.
+    pub fn poll_transmit<E>(&mut self, now: Instant, mut encode: E)
+    where
+        E: FnMut(Frame) -> Result<usize, CodecError>,
+    {
+        while let Some(frame) = self.own.pop_front() {
+            match encode(frame) {
+                Ok(n) => self.queued += n as u64,
+                Err(e) => self.events.push_back(Event::Unsendable(Arc::new(e))),
+            }
+        }
+        if let State::Open = self.state {
+            while self.pending_bytes() < self.config.high_water {
+                let Some(held) = self.held.pop_front() else {
+                    break;
+                };
+                self.transmit(held, &mut encode);
+            }
+            // Every handle gone and the last held frame out: close now.
+            self.check_orphaned(now);
+        }
+        match self.state {
+            State::Open => {}
+            State::Closing {
+                disconnect_queued: false,
+                linger,
+            } => {
+                while let Some(held) = self.held.pop_front() {
+                    self.transmit(held, &mut encode);
+                }
+                match encode(Frame::disconnect("client closed")) {
+                    Ok(n) => self.queued += n as u64,
+                    Err(e) => self.events.push_back(Event::Unsendable(Arc::new(e))),
+                }
+                self.state = State::Closing {
+                    linger,
+                    disconnect_queued: true,
+                };
+            }
+            _ => return,
+        }
+        self.update_reading(now);
+    }
+
+    fn transmit<E>(&mut self, held: Held<R>, encode: &mut E)
+    where
+        E: FnMut(Frame) -> Result<usize, CodecError>,
+    {
+        match held {
+            Held::Send { frame, counted } => {
+                self.held_taken -= usize::from(counted);
+                match encode(frame.clone()) {
+                    Ok(n) => {
+                        self.queued += n as u64;
+                        self.unwritten.push_back((self.queued, frame));
+                    }
+                    Err(e) => self.events.push_back(Event::Unsendable(Arc::new(e))),
+                }
+            }
+            Held::Call {
+                mut frame, caller, ..
+            } => {
+                if caller.is_abandoned() {
+                    return;
+                }
+                let id = self.allocate_id();
+                frame.set_request_id(Some(id));
+                match encode(frame) {
+                    Ok(n) => {
+                        self.queued += n as u64;
+                        self.calls.insert(id, caller);
+                    }
+                    Err(e) => self
+                        .events
+                        .push_back(Event::Answer(caller, Err(CallError::Encode(Arc::new(e))))),
+                }
+            }
+        }
+    }
+
+    /// The next free request id: never the handshake's, never one pending.
+    /// At most `calls.len() + 1` tries (fewer ids are pending than exist).
+    fn allocate_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(HANDSHAKE_ID + 1);
+            if !self.calls.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// `bytes` more of what was encoded were written at `now`.
+    pub fn handle_written(&mut self, bytes: usize, now: Instant) {
+        if !self.has_transport() || bytes == 0 {
+            return;
+        }
+        self.written = self.written.saturating_add(bytes as u64).min(self.queued);
+        while self
+            .unwritten
+            .front()
+            .is_some_and(|(end, _)| *end <= self.written)
+        {
+            self.unwritten.pop_front();
+        }
+        self.proto.on_sent(now);
+        self.update_reading(now);
+    }
+
+    /// Everything encoded was written and flushed at `now`: a graceful
+    /// close ends here.
+    pub fn handle_flushed(&mut self, now: Instant) {
+        let _ = now;
+        if matches!(
+            self.state,
+            State::Closing {
+                disconnect_queued: true,
+                ..
+            }
+        ) && self.pending_bytes() == 0
+        {
+            self.stop();
+        }
+    }
+
+    /// A frame arrived at `now`.
+    pub fn handle_frame(&mut self, frame: Frame, now: Instant) {
+        match &mut self.state {
+            State::Handshaking {
+                frames,
+                bytes,
+                early,
+                ..
+            } => {
+                match (frame.kind(), frame.request_id()) {
+                    (Kind::CONTROL, Some(HANDSHAKE_ID))
+                        if frame.payload().starts_with(WELCOME_PREFIX.as_bytes()) =>
+                    {
+                        let early = std::mem::take(early);
+                        self.open(now);
+                        for frame in early {
+                            self.events.push_back(Event::Push(frame));
+                        }
+                        return;
+                    }
+                    (Kind::ERROR, Some(HANDSHAKE_ID)) | (Kind::ERROR | Kind::DISCONNECT, None) => {
+                        let why = PeerText(frame.payload()).to_string();
+                        self.lose(ConnectionError::HandshakeRefused(why), now);
+                        return;
+                    }
+                    _ => {}
+                }
+                // Everything else counts against the bound, kept or not.
+                *frames += 1;
+                *bytes = bytes.saturating_add(frame.wire_len());
+                if *frames > self.config.early_frames || *bytes > self.config.early_bytes {
+                    let violation = Violation::TooManyBeforeWelcome {
+                        frames: self.config.early_frames,
+                        bytes: self.config.early_bytes,
+                    };
+                    self.lose(ConnectionError::Violation(violation), now);
+                    return;
+                }
+                if !matches!(frame.kind(), Kind::HEARTBEAT | Kind::PONG | Kind::PING) {
+                    early.push(frame);
+                }
+            }
+            State::Open | State::Closing { .. } => self.on_frame(frame, now),
+            // From a transport already given up: nothing to do with it.
+            State::Disconnected | State::Closed => {}
+        }
+    }
+
+    fn on_frame(&mut self, frame: Frame, now: Instant) {
+        let kind = frame.kind();
+        let request_id = frame.request_id();
+        // One lookup per answer: the call is taken out at once.
+        let call = request_id.and_then(|id| self.calls.remove(&id).map(|c| (id, c)));
+        match self.proto.on_frame(frame, now) {
+            Inbound::Deliver(frame) | Inbound::Pong(frame) => match (call, request_id) {
+                (Some((_, caller)), _) => self.answer(caller, Ok(frame), now),
+                (None, _) if kind == Kind::PONG => {}
+                // Pushes are uncorrelated: a request id that matches no
+                // pending call is a late answer to an abandoned call.
+                (None, Some(id)) => self.events.push_back(Event::LateAnswer { id, kind }),
+                (None, None) => self.events.push_back(Event::Push(frame)),
+            },
+            Inbound::PeerError(frame) => {
+                let reason = PeerText(frame.payload()).to_string();
+                match (call, request_id) {
+                    (Some((_, caller)), _) => {
+                        self.answer(caller, Err(CallError::Remote(reason)), now)
+                    }
+                    (None, Some(id)) => self.events.push_back(Event::LateAnswer { id, kind }),
+                    (None, None) => {
+                        // Kept to explain a close that may follow.
+                        self.last_error = Some(reason);
+                        self.events.push_back(Event::Push(frame));
+                    }
+                }
+            }
+            // Any other frame carrying the id of a pending call is that
+            // call's answer, of a kind that cannot answer: the call fails
+            // instead of waiting for ever, and the frame is not acted on.
+            Inbound::Reply(_) | Inbound::Nothing | Inbound::Hello { .. } if call.is_some() => {
+                if let Some((id, caller)) = call {
+                    self.answer(caller, Err(CallError::BadAnswer { id, kind }), now);
+                }
+            }
+            Inbound::Reply(frame) => self.own.push_back(frame),
+            Inbound::PeerDisconnect(why) => {
+                self.put_back(call);
+                self.lose(ConnectionError::ServerDisconnected(why), now);
+            }
+            Inbound::Violation(reason) => {
+                self.put_back(call);
+                self.own.push_back(Frame::error(reason.clone()));
+                self.lose(ConnectionError::Violation(Violation::Rule(reason)), now);
+            }
+            Inbound::Hello { .. } | Inbound::Nothing => {}
+        }
+    }
+
+    fn answer(&mut self, caller: R, result: Result<Frame, CallError>, now: Instant) {
+        self.events.push_back(Event::Answer(caller, result));
+        self.check_orphaned(now);
+    }
+
+    /// A call taken out for a frame that ends the transport instead of
+    /// answering it goes back, to fail with the others.
+    fn put_back(&mut self, call: Option<(u32, R)>) {
+        if let Some((id, caller)) = call {
+            self.calls.insert(id, caller);
+        }
+    }
+
+    /// The server closed the connection between frames (a clean end of
+    /// stream): the transport is lost, with the server's last uncorrelated
+    /// ERROR as its reason if one came.
+    pub fn handle_end_of_stream(&mut self, now: Instant) {
+        if !self.has_transport() {
+            return;
+        }
+        let last_error = self.last_error.take();
+        self.lose(ConnectionError::ServerClosed { last_error }, now);
+    }
+
+    /// The server's bytes could not be decoded: an ERROR naming why is
+    /// queued (best effort) and the transport is lost.
+    pub fn handle_decode_error(&mut self, error: CodecError, now: Instant) {
+        if !self.has_transport() {
+            return;
+        }
+        self.own.push_back(Frame::error(error.to_string()));
+        let violation = Violation::Codec(Arc::new(error));
+        self.lose(ConnectionError::Violation(violation), now);
+    }
+
+    /// When [`handle_timeout`](Connection::handle_timeout) must next be
+    /// called; `None` when no timer runs.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let held = || {
+            self.held
+                .iter()
+                .filter_map(|h| match h {
+                    Held::Call { deadline, .. } => *deadline,
+                    Held::Send { .. } => None,
+                })
+                .min()
+        };
+        match &self.state {
+            State::Disconnected => held(),
+            State::Handshaking { deadline, .. } => min(*deadline, held()),
+            State::Open => self.proto.next_deadline(),
+            State::Closing { linger, .. } => min(self.proto.next_deadline(), *linger),
+            State::Closed => None,
+        }
+    }
+
+    /// Runs the timers due at `now`: a HEARTBEAT, the idle timeout, the
+    /// handshake deadline, held calls past their queue deadline, the close
+    /// linger.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.state {
+            State::Disconnected => self.expire_held(now),
+            State::Handshaking { deadline, .. } => {
+                if deadline.is_some_and(|d| d <= now) {
+                    self.lose(ConnectionError::HandshakeTimeout, now);
+                }
+                self.expire_held(now);
+            }
+            State::Open | State::Closing { .. } => {
+                if let State::Closing {
+                    linger: Some(linger),
+                    ..
+                } = self.state
+                {
+                    if linger <= now {
+                        // Queued bytes not written in time: dropped.
+                        self.stop();
+                        return;
+                    }
+                }
+                match self.proto.on_timeout(now) {
+                    Some(Expired::Heartbeat) => self.own.push_back(Frame::heartbeat()),
+                    Some(Expired::Idle) => self.lose(ConnectionError::IdleTimeout, now),
+                    Some(_) | None => {}
+                }
+            }
+            State::Closed => {}
+        }
+    }
+
+    /// Fails the held calls whose queue deadline has passed.
+    fn expire_held(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let expired = matches!(
+                self.held.get(i),
+                Some(Held::Call { deadline: Some(d), .. }) if *d <= now
+            );
+            if expired {
+                if let Some(Held::Call { caller, .. }) = self.held.remove(i) {
+                    self.events
+                        .push_back(Event::Answer(caller, Err(CallError::NotConnected)));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        self.check_orphaned(now);
+    }
+
+    /// Some callers may have given up: forgets every call (written or held)
+    /// whose caller is gone, so abandoned calls never hold a place.
+    pub fn handle_abandoned(&mut self, now: Instant) {
+        self.calls.retain(|_, caller| !caller.is_abandoned());
+        self.held.retain(|held| match held {
+            Held::Call { caller, .. } => !caller.is_abandoned(),
+            Held::Send { .. } => true,
+        });
+        self.check_orphaned(now);
+    }
+
+    /// Every application handle is gone: no more work will come. The client
+    /// closes once nothing is left to answer (while connected: after the
+    /// held frames are written; while not: at once, unless a call is held).
+    pub fn handle_handles_gone(&mut self, now: Instant) {
+        self.handles_gone = true;
+        self.check_orphaned(now);
+    }
+
+    fn check_orphaned(&mut self, now: Instant) {
+        if !self.handles_gone {
+            return;
+        }
+        match self.state {
+            State::Open if self.calls.is_empty() && self.held.is_empty() => self.close(now),
+            State::Disconnected | State::Handshaking { .. } => {
+                let waiting = self.held.iter().any(|h| match h {
+                    Held::Call { caller, .. } => !caller.is_abandoned(),
+                    Held::Send { .. } => false,
+                });
+                if !waiting {
+                    self.stop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Closes gracefully: while open, calls not written fail with
+    /// [`CallError::NotSent`], held one-way frames are written, then
+    /// DISCONNECT, within the close linger; calls written keep their
+    /// chance of an answer until the close ends. While not connected, stops
+    /// at once ([`abort`](Connection::abort)).
+    pub fn close(&mut self, now: Instant) {
+        match self.state {
+            State::Open => {
+                self.fail_held_calls();
+                self.state = State::Closing {
+                    linger: after(now, self.config.close_linger),
+                    disconnect_queued: false,
+                };
+            }
+            State::Disconnected | State::Handshaking { .. } => self.stop(),
+            State::Closing { .. } | State::Closed => {}
+        }
+    }
+
+    /// Stops for good at once: calls written fail with
+    /// [`CallError::ConnectionLost`], calls held with
+    /// [`CallError::NotSent`]; one-way frames held stay for
+    /// [`take_unsent`](Connection::take_unsent).
+    pub fn abort(&mut self, now: Instant) {
+        let _ = now;
+        self.stop();
+    }
+
+    fn fail_held_calls(&mut self) {
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        for held in self.held.drain(..) {
+            match held {
+                Held::Call { caller, .. } => {
+                    self.events
+                        .push_back(Event::Answer(caller, Err(CallError::NotSent)));
+                }
+                send => kept.push_back(send),
+            }
+        }
+        self.held = kept;
+    }
+
+    fn stop(&mut self) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        self.state = State::Closed;
+        for (_, caller) in self.calls.drain() {
+            self.events.push_back(Event::Answer(
+                caller,
+                Err(CallError::ConnectionLost(ConnectionError::ClientClosed)),
+            ));
+        }
+        // Bytes not written belong to a transport being dropped.
+        for (_, frame) in self.unwritten.drain(..).rev() {
+            self.held.push_front(Held::Send {
+                frame,
+                counted: false,
+            });
+        }
+        self.fail_held_calls();
+        self.own.clear();
+        self.events.push_back(Event::Closed);
+    }
+
+    /// One-way frames never written, once closed (each returned once).
+    pub fn take_unsent(&mut self) -> Vec<Frame> {
+        if !matches!(self.state, State::Closed) {
+            return Vec::new();
+        }
+        self.held_taken = 0;
+        self.held
+            .drain(..)
+            .filter_map(|held| match held {
+                Held::Send { frame, .. } => Some(frame),
+                Held::Call { .. } => None,
+            })
+            .collect()
+    }
+
+    /// What the driver must do or tell next.
+    pub fn poll_event(&mut self) -> Option<Event<R>> {
+        self.events.pop_front()
+    }
+}
+
+fn min(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
