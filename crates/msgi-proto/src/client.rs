@@ -1094,3 +1094,30 @@ fn min(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
         (a, b) => a.or(b),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Waiting;
+
+    impl Caller for Waiting {
+        fn is_abandoned(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn request_ids_wrap_around_past_the_handshake_id_and_skip_pending_ones() {
+        let now = Instant::now();
+        let mut conn = Connection::<Waiting>::new(Config::default(), now);
+        conn.handle_connected(now, None);
+        conn.calls.insert(u32::MAX, Waiting);
+        conn.calls.insert(1, Waiting);
+        conn.next_id = u32::MAX - 1;
+        assert_eq!(conn.allocate_id(), u32::MAX - 1);
+        // u32::MAX is pending, 0 is the handshake's, 1 is pending.
+        assert_eq!(conn.allocate_id(), 2);
+        assert_eq!(conn.allocate_id(), 3);
+    }
+}
