@@ -41,13 +41,19 @@
 //! # Ok::<(), msgi::ConfigError>(())
 //! ```
 //!
+//! Serving [containers](msgi_container) (feature `container`): [`ContainerRouter`]
+//! dispatches by message type, [`DeliverToTarget`] delivers by target id through the
+//! registry (module [`container`]).
+//!
 //! One cargo feature per layer (`compression`, `encryption`, `hmac`,
-//! `timeout`, `rate-limit`) and `full` (the default) for all.
+//! `timeout`, `rate-limit`, `container`) and `full` (the default) for all.
 #![deny(missing_docs)]
 
 mod builder;
 #[cfg(feature = "compression")]
 pub mod compression;
+#[cfg(feature = "container")]
+pub mod container;
 #[cfg(feature = "encryption")]
 pub mod encryption;
 #[cfg(feature = "hmac")]
@@ -60,6 +66,8 @@ pub mod timeout;
 pub use builder::ServiceBuilderExt;
 #[cfg(feature = "compression")]
 pub use compression::{Compression, CompressionError, CompressionLayer, Compressor};
+#[cfg(feature = "container")]
+pub use container::{ContainerRequest, ContainerRouter, DeliverToTarget, RouteError};
 #[cfg(feature = "encryption")]
 pub use encryption::{Encryption, EncryptionError, EncryptionKey, EncryptionLayer, Encryptor};
 #[cfg(feature = "hmac")]
