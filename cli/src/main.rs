@@ -5,8 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use msgi::{Client, ClientError, Frame, Kind, Reconnect, Server};
+use msgi_container::Container;
 use tracing_subscriber::EnvFilter;
 
 mod bench;
@@ -100,8 +102,14 @@ struct SendArgs {
     timeout_ms: Option<u64>,
     #[command(flatten)]
     wire: stack::WireArgs,
+    /// Send a container built from JSON instead of text, and print the answer as JSON:
+    /// '{"message_type": "...", "values": {...}}' (also source_id, source_sub_id,
+    /// target_id, target_sub_id; docs/PROTOCOL.md section 6).
+    #[arg(long, value_name = "JSON", conflicts_with = "text")]
+    container: Option<String>,
     /// The payload, as text.
-    text: String,
+    #[arg(required_unless_present = "container")]
+    text: Option<String>,
 }
 
 #[tokio::main]
@@ -314,7 +322,15 @@ async fn send(args: SendArgs) -> Result<()> {
                 anyhow::Error::new(e).context(format!("could not connect to {}", args.addr))
             }
         })?;
-    let frame = Frame::new(args.kind, args.text.into_bytes());
+    let payload: Bytes = match (&args.container, args.text) {
+        (Some(json), _) => Container::from_json_str(json)
+            .context("--container is not a container in JSON")?
+            .encode(),
+        (None, Some(text)) => text.into(),
+        // clap requires one of them.
+        (None, None) => bail!("give a payload, or --container"),
+    };
+    let frame = Frame::new(args.kind, payload);
     let answer = if args.correlated || args.kind == Kind::PING {
         match tokio::time::timeout(wait, client.call(frame)).await {
             Err(_) => bail!("no answer within {wait:?}"),
@@ -340,9 +356,25 @@ async fn send(args: SendArgs) -> Result<()> {
         let reason: String = answer.payload_text().chars().take(200).collect();
         bail!("server error: {}", reason.escape_debug());
     }
-    match answer.request_id() {
-        Some(id) => println!("{} id={id} {}", answer.kind(), answer.payload_text()),
-        None => println!("{} {}", answer.kind(), answer.payload_text()),
+    if args.container.is_some() {
+        match msgi_container::decode(answer.payload()) {
+            Ok(c) => println!("{}", c.to_json_string()),
+            Err(e) => bail!(
+                "the answer is not a container ({e}): {} {}",
+                answer.kind(),
+                answer
+                    .payload_text()
+                    .chars()
+                    .take(200)
+                    .collect::<String>()
+                    .escape_debug()
+            ),
+        }
+    } else {
+        match answer.request_id() {
+            Some(id) => println!("{} id={id} {}", answer.kind(), answer.payload_text()),
+            None => println!("{} {}", answer.kind(), answer.payload_text()),
+        }
     }
     client.close().await;
     Ok(())

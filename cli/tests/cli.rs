@@ -116,6 +116,55 @@ fn send_talks_to_serve() {
 }
 
 #[test]
+fn send_builds_a_container_from_json_and_prints_the_answer_as_json() {
+    let server = Serve::start(&[]);
+    let json = r#"{"message_type":"user_login","target_id":"server","values":{"user":"alice","n":-3,"tags":["a",null],"geo":{"x":1.5}}}"#;
+    let out = run(&[
+        "send",
+        "--addr",
+        &server.addr,
+        "--correlated",
+        "--container",
+        json,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `msgi serve` echoes the payload; `send` decodes it and prints it in full, in order.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"message_type\":\"user_login\",\"source_id\":\"\",\"source_sub_id\":\"\",\"target_id\":\"server\",\"target_sub_id\":\"\",\"values\":{\"user\":\"alice\",\"n\":-3,\"tags\":[\"a\",null],\"geo\":{\"x\":1.5}}}\n"
+    );
+    // One-way works too (the echo is the answer).
+    let out = run(&[
+        "send",
+        "--addr",
+        &server.addr,
+        "--container",
+        r#"{"message_type":"ping"}"#,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("{\"message_type\":\"ping\""));
+
+    // Not a container: said before connecting, with serde's reason.
+    let out = run(&[
+        "send",
+        "--addr",
+        &server.addr,
+        "--container",
+        r#"{"values":{}}"#,
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("--container is not a container in JSON"),
+        "{err}"
+    );
+    assert!(err.contains("missing field `message_type`"), "{err}");
+    // A text payload and --container together are refused by the parser.
+    let out = run(&["send", "--container", r#"{"message_type":"t"}"#, "text"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+#[test]
 fn send_talks_to_serve_through_every_layer() {
     let dir = std::env::temp_dir().join(format!("msgi-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
