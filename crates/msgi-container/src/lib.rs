@@ -36,7 +36,7 @@
 //!
 //! With the `serde` feature (on by default), a `#[derive(Serialize, Deserialize)]`
 //! struct converts to and from a container's values ([`to_values`], [`from_values`],
-//! [`Container::from_serialize`], [`Container::deserialize`]); with the `json`
+//! [`Container::from_serialize`], [`Container::values_as`]); with the `json`
 //! feature a container converts to and from JSON (`Container::to_json_string`,
 //! `Container::from_json_str`).
 //!

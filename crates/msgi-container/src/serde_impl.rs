@@ -125,8 +125,10 @@ impl Container {
         Ok(c)
     }
 
-    /// Reads the values as a `T` (see [`from_values`]).
-    pub fn deserialize<'de, T: Deserialize<'de>>(&'de self) -> Result<T, SerdeError> {
+    /// Reads the values as a `T` (see [`from_values`]); `T` may borrow strings and bytes
+    /// from the container. (Not named `deserialize`: that is serde's
+    /// `Deserialize::deserialize`, which reads a whole container, header included.)
+    pub fn values_as<'de, T: Deserialize<'de>>(&'de self) -> Result<T, SerdeError> {
         from_values(&self.values)
     }
 }
@@ -1031,7 +1033,7 @@ mod tests {
         let shapes: &[Value] = c.get("shapes").unwrap();
         assert_eq!(shapes[0], Value::from("Dot"));
         let decoded = crate::decode(&c.encode()).unwrap();
-        assert_eq!(decoded.deserialize::<Everything>().unwrap(), e);
+        assert_eq!(decoded.values_as::<Everything>().unwrap(), e);
     }
 
     #[test]
@@ -1057,7 +1059,7 @@ mod tests {
             .unwrap();
         let payload = c.encode();
         let decoded = crate::decode(&payload).unwrap();
-        let b: Borrowed<'_> = decoded.deserialize().unwrap();
+        let b: Borrowed<'_> = decoded.values_as().unwrap();
         assert_eq!(b.user, "alice");
         assert_eq!(b.blob, b"\x01\x02");
         // The borrowed str points into the payload the container was decoded from.
@@ -1074,9 +1076,9 @@ mod tests {
             n: u8,
         }
         let c = Container::builder("t").value("n", 300i64).build().unwrap();
-        assert!(c.deserialize::<Need>().is_err());
+        assert!(c.values_as::<Need>().is_err());
         let c = Container::builder("t").value("m", 1i64).build().unwrap();
-        let err = c.deserialize::<Need>().unwrap_err();
+        let err = c.values_as::<Need>().unwrap_err();
         assert_eq!(err.message(), "missing field `n`");
         assert_eq!(
             to_values(&5u8).unwrap_err().message(),
