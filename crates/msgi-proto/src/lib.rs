@@ -3,8 +3,11 @@
 //! This crate is the bottom of msgi: the [`Frame`] and its [`Kind`]s and
 //! [`Flags`], the codec that checks every header field before it parses or
 //! allocates ([`FrameCodec`], [`LineCodec`], the [`Framing`] trait), the wire
-//! transform trait ([`FrameTransform`], [`Transformed`]), and the session
-//! rules ([`session::Protocol`]). It has no tokio, no sockets and no clock:
+//! transform trait ([`FrameTransform`], [`Transformed`]), the session
+//! rules ([`session::Protocol`]: kinds, handshake, timers) and the server
+//! connection state machine built on them ([`server::Connection`]: close
+//! phases, exactly one answer per request, requests in flight,
+//! backpressure). It has no tokio, no sockets and no clock:
 //! time is an argument (`now`), so every rule runs in tests on simulated
 //! time, and the same code serves a fuzzer, a browser client compiled to
 //! WASM, or a cluster bus.
@@ -18,6 +21,7 @@ mod codec;
 mod config;
 mod extensions;
 mod frame;
+pub mod server;
 pub mod session;
 pub mod text;
 mod transform;

@@ -120,16 +120,17 @@ pub struct Protocol {
     draining: bool,
     idle_timeout: Option<Duration>,
     heartbeat_interval: Option<Duration>,
-    /// Until the first frame arrives (server role); `None` once it has, or
-    /// when there is no handshake timer (or it is too far away to count).
-    handshake_deadline: Option<Instant>,
+    /// Before draining: the handshake deadline, until the first frame
+    /// arrives (server role; `None` once it has, or when there is no
+    /// handshake timer or it is too far away to count). While draining:
+    /// the drain deadline, `None` for a drain without one. (One field for
+    /// both keeps a session small: only one of them matters at a time.)
+    deadline: Option<Instant>,
     /// The idle clock's origin: the last frame received, moved forward by
     /// the time the session held back from reading since.
     last_rx: Instant,
     last_tx: Instant,
     read_state: ReadState,
-    /// While draining: the deadline, `None` for a drain without one.
-    drain_deadline: Option<Instant>,
 }
 
 /// `at + after`, or `None` ("never") when that is beyond what an
@@ -142,7 +143,7 @@ impl Protocol {
     /// A new session at time `now`. `binary` is false for framings without
     /// kinds (text lines): then the handshake does not apply.
     pub fn new(role: Role, timers: Timers, binary: bool, now: Instant) -> Protocol {
-        let handshake_deadline = match role {
+        let deadline = match role {
             Role::Server => timers.handshake_timeout.and_then(|t| deadline(now, t)),
             Role::Client => None,
         };
@@ -154,18 +155,20 @@ impl Protocol {
             draining: false,
             idle_timeout: timers.idle_timeout,
             heartbeat_interval: timers.heartbeat_interval,
-            handshake_deadline,
+            deadline,
             last_rx: now,
             last_tx: now,
             read_state: ReadState::Open,
-            drain_deadline: None,
         }
     }
 
     /// Classifies a received frame and records the activity.
     pub fn on_frame(&mut self, frame: Frame, now: Instant) -> Inbound {
         self.last_rx = now;
-        self.handshake_deadline = None;
+        if !self.draining {
+            // The first frame ends the handshake timer.
+            self.deadline = None;
+        }
         // Each wire transform the session runs removes its own flag while
         // decoding; a transform flag still set here has no transform.
         let transforms = frame.flags().without(Flags::CORRELATED);
@@ -238,7 +241,7 @@ impl Protocol {
     pub fn start_drain(&mut self, now: Instant, within: Duration) {
         if !self.draining {
             self.draining = true;
-            self.drain_deadline = deadline(now, within);
+            self.deadline = deadline(now, within);
         }
     }
 
@@ -249,9 +252,9 @@ impl Protocol {
             self.start_drain(now, within);
             return;
         };
-        let current = self.drain_deadline.filter(|_| self.draining);
+        let current = self.deadline.filter(|_| self.draining);
         self.draining = true;
-        self.drain_deadline = Some(current.map_or(new, |d| d.min(new)));
+        self.deadline = Some(current.map_or(new, |d| d.min(new)));
     }
 
     /// When the driver must next call [`on_timeout`](Protocol::on_timeout);
@@ -259,12 +262,12 @@ impl Protocol {
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.draining {
             // While draining only the drain deadline matters.
-            return self.drain_deadline;
+            return self.deadline;
         }
         [
             self.idle_deadline(),
             self.heartbeat_deadline(),
-            self.handshake_deadline,
+            self.deadline,
         ]
         .into_iter()
         .flatten()
@@ -290,11 +293,11 @@ impl Protocol {
     pub fn on_timeout(&mut self, now: Instant) -> Option<Expired> {
         if self.draining {
             return self
-                .drain_deadline
+                .deadline
                 .is_some_and(|d| now >= d)
                 .then_some(Expired::Drain);
         }
-        if self.handshake_deadline.is_some_and(|d| now >= d) {
+        if self.deadline.is_some_and(|d| now >= d) {
             return Some(Expired::Handshake);
         }
         if self.idle_deadline().is_some_and(|d| now >= d) {
@@ -487,6 +490,17 @@ mod tests {
         p.start_drain(t0 + SEC, 5 * SEC);
         assert_eq!(p.next_deadline(), Some(t0 + 2 * SEC));
         assert_eq!(p.on_timeout(t0 + SEC), None);
+        assert_eq!(p.on_timeout(t0 + 2 * SEC), Some(Expired::Drain));
+    }
+
+    #[test]
+    fn a_frame_read_while_draining_keeps_the_drain_deadline() {
+        let t0 = Instant::now();
+        let mut p = server(t0);
+        // Draining before the handshake: the drain deadline replaces it.
+        p.start_drain(t0, 2 * SEC);
+        p.on_frame(Frame::data("late"), t0 + SEC);
+        assert_eq!(p.next_deadline(), Some(t0 + 2 * SEC));
         assert_eq!(p.on_timeout(t0 + 2 * SEC), Some(Expired::Drain));
     }
 

@@ -334,9 +334,9 @@ impl<C: Framing + Clone> Builder<C> {
                     heartbeat_interval: self.heartbeat_interval,
                     handshake_timeout: self.handshake_timeout,
                 },
-                max_in_flight: self.max_concurrent_requests,
-                max_in_flight_bytes: self.max_concurrent_request_bytes,
-                drain_deadline: self.drain_deadline,
+                max_concurrent_requests: self.max_concurrent_requests,
+                max_concurrent_request_bytes: self.max_concurrent_request_bytes,
+                drain_timeout: self.drain_deadline,
                 high_water: max_frame_size.max(64 * 1024),
             }),
             // `validate` keeps the counts within u32; no frame on the MSGI
@@ -662,7 +662,7 @@ impl<C: Framing + Clone> Server<C> {
         let rejections = Arc::new(Semaphore::new(MAX_REJECTIONS));
         // A farewell never outlasts the drain deadline, so neither can one
         // still being written when shutdown starts.
-        let linger = LINGER.min(self.session.drain_deadline);
+        let linger = LINGER.min(self.session.drain_timeout);
         // (A closure holding `&self.codec` would make this future need `C: Sync`.)
         macro_rules! farewell {
             ($io:expr, $frame:expr) => {
@@ -1030,7 +1030,7 @@ where
                         });
                         let farewell = this.guard.session.farewell(&reason);
                         let _ = codec.encode(farewell, &mut bytes);
-                        let linger = LINGER.min(cfg.drain_deadline);
+                        let linger = LINGER.min(cfg.drain_timeout);
                         this.guard.reason = Some(reason);
                         this.state.set(TaskState::Closing {
                             farewell: Box::pin(write_and_close(io, bytes, linger)),
