@@ -250,9 +250,9 @@ impl std::error::Error for ConnectionError {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum CallError {
-    /// The server answered with an ERROR carrying this reason (escaped,
-    /// capped).
-    Remote(String),
+    /// The server answered with this ERROR frame (its reason, escaped and
+    /// capped, is [`PeerText`] of its payload).
+    Remote(Frame),
     /// The server answered with a frame of a kind that cannot answer.
     BadAnswer {
         /// The call's request id.
@@ -274,7 +274,7 @@ pub enum CallError {
 impl fmt::Display for CallError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CallError::Remote(why) => write!(f, "server error: {why}"),
+            CallError::Remote(error) => write!(f, "server error: {}", PeerText(error.payload())),
             CallError::BadAnswer { id, kind } => {
                 write!(f, "call {id} answered with a {kind} frame")
             }
@@ -819,15 +819,14 @@ impl<R: Caller> Connection<R> {
                 (None, None) => self.events.push_back(Event::Push(frame)),
             },
             Inbound::PeerError(frame) => {
-                let reason = PeerText(frame.payload()).to_string();
                 match (call, request_id) {
                     (Some((_, caller)), _) => {
-                        self.answer(caller, Err(CallError::Remote(reason)), now)
+                        self.answer(caller, Err(CallError::Remote(frame)), now)
                     }
                     (None, Some(id)) => self.events.push_back(Event::LateAnswer { id, kind }),
                     (None, None) => {
                         // Kept to explain a close that may follow.
-                        self.last_error = Some(reason);
+                        self.last_error = Some(PeerText(frame.payload()).to_string());
                         self.events.push_back(Event::Push(frame));
                     }
                 }

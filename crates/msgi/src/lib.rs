@@ -48,7 +48,10 @@ mod server;
 mod session;
 mod transport;
 
-pub use client::{Client, ClientBuilder, ClientError, Incoming, Reconnect};
+pub use client::{
+    Client, ClientBuilder, ClientError, Forward, ForwardFuture, Incoming, Reconnect,
+    ResponseFuture, TcpConnector,
+};
 pub use codec::TokioCodec;
 pub use msgi_proto::{
     encode_header, CodecError, ConfigError, Extensions, Flags, Frame, FrameCodec, FrameTransform,

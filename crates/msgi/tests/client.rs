@@ -466,9 +466,13 @@ async fn abandoned_calls_do_not_wedge_the_client() {
     let (got_tx, mut got) = mpsc::unbounded_channel();
     let quick = Server::builder().drain_deadline(Duration::from_millis(50));
     let mut server = serve(quick, hanging(got_tx)).await;
-    let client = within(Client::builder().max_in_flight(2).connect(server.addr))
-        .await
-        .unwrap();
+    let client = within(
+        Client::builder()
+            .max_concurrent_requests(2)
+            .connect(server.addr),
+    )
+    .await
+    .unwrap();
     // Four abandoned calls, twice the limit: through the Service API and
     // through `call`, each dropped once the server has it.
     for round in 0..2 {
@@ -503,9 +507,13 @@ async fn sends_and_close_do_not_queue_behind_the_call_limit() {
     let (got_tx, mut got) = mpsc::unbounded_channel();
     let quick = Server::builder().drain_deadline(Duration::from_millis(50));
     let mut server = serve(quick, hanging(got_tx)).await;
-    let client = within(Client::builder().max_in_flight(1).connect(server.addr))
-        .await
-        .unwrap();
+    let client = within(
+        Client::builder()
+            .max_concurrent_requests(1)
+            .connect(server.addr),
+    )
+    .await
+    .unwrap();
     let caller = client.clone();
     let hung = tokio::spawn(async move { caller.call(Frame::data("hang")).await });
     assert_eq!(within(got.recv()).await.unwrap(), "hang");
@@ -648,7 +656,7 @@ async fn p2c_prefers_the_live_endpoint() {
     live.shutdown().await;
 }
 
-/// Item 17: at `max_in_flight` readiness is Pending, and it comes back when
+/// Item 17: at `max_concurrent_requests` readiness is Pending, and it comes back when
 /// a call finishes.
 #[tokio::test]
 async fn readiness_waits_for_a_free_call_slot() {
@@ -665,9 +673,13 @@ async fn readiness_waits_for_a_free_call_slot() {
         }
     });
     let mut server = serve(Server::builder(), service).await;
-    let client = within(Client::builder().max_in_flight(2).connect(server.addr))
-        .await
-        .unwrap();
+    let client = within(
+        Client::builder()
+            .max_concurrent_requests(2)
+            .connect(server.addr),
+    )
+    .await
+    .unwrap();
     let mut svc = client.clone();
     let a = within(svc.ready()).await.unwrap().call(Frame::data("a"));
     let b = within(svc.ready()).await.unwrap().call(Frame::data("b"));
@@ -750,7 +762,10 @@ async fn settings_are_checked_when_connecting() {
     let refused = [
         (Client::builder().outbox_capacity(0), "outbox_capacity"),
         (Client::builder().incoming_capacity(0), "incoming_capacity"),
-        (Client::builder().max_in_flight(0), "max_in_flight"),
+        (
+            Client::builder().max_concurrent_requests(0),
+            "max_concurrent_requests",
+        ),
         (Client::builder().max_frame_size(5), "max_frame_size"),
         (
             Client::builder().framing(msgi::FrameCodec::with_max_frame_size(5)),

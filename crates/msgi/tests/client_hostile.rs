@@ -276,7 +276,7 @@ async fn a_dropped_close_still_closes() {
     let client = within(
         Client::builder()
             .reconnect(quick_reconnect())
-            .max_in_flight(1)
+            .max_concurrent_requests(1)
             .outbox_capacity(1)
             .connect_with(pipes(ends_tx, dials_tx, Later::Refuse)),
     )

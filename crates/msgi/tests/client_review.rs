@@ -131,7 +131,7 @@ async fn calls_abandoned_while_disconnected_do_not_fill_the_outbox() {
     let (client, _dials) = disconnected(
         Client::builder()
             .outbox_capacity(4)
-            .max_in_flight(100)
+            .max_concurrent_requests(100)
             .queue_timeout(None),
     )
     .await;

@@ -8,14 +8,15 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::ToSocketAddrs;
 use tokio::sync::Semaphore;
+use tower::Service;
 
-use super::connector::Connector;
+use super::connector::{Connector, FnConnector, TcpConnector};
 use super::{Client, ClientError};
 use msgi_proto::session::Timers;
-use msgi_proto::ConfigError;
 use msgi_proto::CORRELATED_HEADER_LEN;
+use msgi_proto::{BoxError, ConfigError};
 use msgi_proto::{FrameCodec, Framing};
 
 /// How to reconnect after the connection is lost: exponential backoff with
@@ -106,7 +107,7 @@ pub struct ClientBuilder<C = FrameCodec> {
     pub(super) outbox: usize,
     pub(super) incoming: usize,
     pub(super) incoming_bytes: usize,
-    pub(super) max_in_flight: usize,
+    pub(super) max_concurrent_requests: usize,
     pub(super) queue_timeout: Option<Duration>,
 }
 
@@ -124,7 +125,7 @@ impl Default for ClientBuilder {
             outbox: 1024,
             incoming: 1024,
             incoming_bytes: 4 * 1024 * 1024,
-            max_in_flight: 1024,
+            max_concurrent_requests: 1024,
             queue_timeout: Some(Duration::from_secs(10)),
         }
     }
@@ -153,7 +154,7 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
             outbox: self.outbox,
             incoming: self.incoming,
             incoming_bytes: self.incoming_bytes,
-            max_in_flight: self.max_in_flight,
+            max_concurrent_requests: self.max_concurrent_requests,
             queue_timeout: self.queue_timeout,
         }
     }
@@ -241,8 +242,8 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
 
     /// Correlated calls reserved or in flight, at most (default 1024; zero
     /// is refused). At the limit, `poll_ready` and [`Client::call`] wait.
-    pub fn max_in_flight(mut self, calls: usize) -> Self {
-        self.max_in_flight = calls;
+    pub fn max_concurrent_requests(mut self, calls: usize) -> Self {
+        self.max_concurrent_requests = calls;
         self
     }
 
@@ -304,7 +305,7 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
             ("outbox_capacity", self.outbox),
             ("incoming_capacity", self.incoming),
             ("incoming_bytes", self.incoming_bytes),
-            ("max_in_flight", self.max_in_flight),
+            ("max_concurrent_requests", self.max_concurrent_requests),
         ];
         for (setting, value) in counts {
             if value == 0 {
@@ -316,7 +317,7 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
         for (setting, value) in [
             ("outbox_capacity", self.outbox),
             ("incoming_capacity", self.incoming),
-            ("max_in_flight", self.max_in_flight),
+            ("max_concurrent_requests", self.max_concurrent_requests),
         ] {
             if value > most {
                 return Err(ConfigError::new(setting, format!("must be at most {most}")));
@@ -329,35 +330,47 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
     }
 
     /// Connects over TCP to `addr` (each address it resolves to is tried in
-    /// turn; an error names the last one tried).
+    /// turn; an error names the last one tried): [`TcpConnector`] with
+    /// this builder's [`nodelay`](ClientBuilder::nodelay).
     pub async fn connect<A>(self, addr: A) -> Result<Client, ClientError>
     where
         A: ToSocketAddrs + Clone + Send + Sync + 'static,
     {
-        let nodelay = self.nodelay;
-        let connector = Connector::new(move || {
-            let addr = addr.clone();
-            Box::pin(tcp_connect(addr, nodelay))
-        });
-        Client::start(self, connector).await
+        let connector = TcpConnector::new().nodelay(self.nodelay);
+        self.connect_with_connector(connector, addr).await
+    }
+
+    /// Connects with `connector`, a tower service that opens a transport to
+    /// `target` (as hyper-util's and tonic's connectors do): it is made
+    /// ready and called once per connection, again for each reconnect. Any
+    /// transport works (TLS, Unix socket, in-memory pipe). Its error, if
+    /// not a [`ClientError`] already, becomes [`ClientError::Connect`] to
+    /// `the transport` with the error as its source.
+    pub async fn connect_with_connector<S, A>(
+        self,
+        connector: S,
+        target: A,
+    ) -> Result<Client, ClientError>
+    where
+        S: Service<A> + Send + 'static,
+        S::Response: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+        A: Clone + Send + 'static,
+    {
+        Client::start(self, Connector::new(connector, target)).await
     }
 
     /// Connects with `connector`, called again for each reconnect: any
-    /// transport (TLS, Unix socket, in-memory pipe) works.
-    pub async fn connect_with<T, F>(self, mut connector: F) -> Result<Client, ClientError>
+    /// transport (TLS, Unix socket, in-memory pipe) works. The closure form
+    /// of [`connect_with_connector`](ClientBuilder::connect_with_connector).
+    pub async fn connect_with<T, F>(self, connector: F) -> Result<Client, ClientError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         F: FnMut() -> Pin<Box<dyn Future<Output = io::Result<T>> + Send>> + Send + 'static,
     {
-        let connector = Connector::new(move || {
-            let opening = connector();
-            Box::pin(async move {
-                opening
-                    .await
-                    .map_err(|e| ClientError::connect("the transport", e))
-            })
-        });
-        Client::start(self, connector).await
+        self.connect_with_connector(FnConnector(connector), ())
+            .await
     }
 
     pub(super) fn timers(&self) -> Timers {
@@ -367,28 +380,4 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
             handshake_timeout: None,
         }
     }
-}
-
-async fn tcp_connect<A: ToSocketAddrs>(addr: A, nodelay: bool) -> Result<TcpStream, ClientError> {
-    let addrs = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| ClientError::connect("the host (name lookup)", e))?;
-    let mut last = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                stream
-                    .set_nodelay(nodelay)
-                    .map_err(|e| ClientError::connect(addr, e))?;
-                return Ok(stream);
-            }
-            Err(e) => last = Some(ClientError::connect(addr, e)),
-        }
-    }
-    Err(last.unwrap_or_else(|| {
-        ClientError::connect(
-            "the host (name lookup)",
-            io::Error::new(io::ErrorKind::NotFound, "no address"),
-        )
-    }))
 }

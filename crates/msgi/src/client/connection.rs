@@ -6,8 +6,6 @@
 //! events to callers and to the incoming queue.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::task::{Context, Poll};
@@ -17,21 +15,37 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::builder::{finite, ClientBuilder};
-use super::connector::Connector;
+use super::connector::{Connecting, Connector};
 use super::{ClientError, DoneGuard, Shared, Status};
 use crate::transport::{now, Alarm, ReadError, Transport};
 use msgi_proto::client::{
     CallError, Caller, Config, Connection, ConnectionError, Event, Phase, Violation, MIN_HIGH_WATER,
 };
+use msgi_proto::text::PeerText;
 use msgi_proto::{CodecError, Frame, Framing, Side};
 
 /// Where a call's answer goes; abandoned once its caller dropped the
 /// receiving end.
-pub(super) struct Reply(pub(super) oneshot::Sender<Result<Frame, ClientError>>);
+pub(super) struct Reply {
+    tx: oneshot::Sender<Result<Frame, ClientError>>,
+    /// An ERROR answer is the answer (for [`Forward`](super::Forward)),
+    /// not a [`ClientError::Remote`].
+    raw: bool,
+}
+
+impl Reply {
+    pub(super) fn new(tx: oneshot::Sender<Result<Frame, ClientError>>, raw: bool) -> Self {
+        Reply { tx, raw }
+    }
+
+    fn send(self, result: Result<Frame, ClientError>) {
+        let _ = self.tx.send(result);
+    }
+}
 
 impl Caller for Reply {
     fn is_abandoned(&self) -> bool {
-        self.0.is_closed()
+        self.tx.is_closed()
     }
 }
 
@@ -119,7 +133,8 @@ pub(super) enum Outcome {
 /// A transport being opened: the connector's future and the connect
 /// deadline, which also bounds the handshake.
 struct Opening<T> {
-    future: Pin<Box<dyn Future<Output = Result<T, ClientError>> + Send>>,
+    /// `None` until the connector is ready.
+    future: Option<Connecting<T>>,
     deadline: Option<Instant>,
 }
 
@@ -214,7 +229,7 @@ where
     fn start_opening(&mut self, now: Instant) {
         self.retry_at = None;
         self.opening = Some(Opening {
-            future: self.connector.connect(),
+            future: None,
             deadline: finite(Some(self.cfg.connect_timeout)).and_then(|t| now.checked_add(t)),
         });
     }
@@ -299,7 +314,7 @@ where
 
     fn call_error(&self, e: CallError) -> ClientError {
         match e {
-            CallError::Remote(why) => ClientError::Remote(why),
+            CallError::Remote(error) => ClientError::Remote(PeerText(error.payload()).to_string()),
             e @ CallError::BadAnswer { .. } => ClientError::Protocol(e.to_string()),
             e @ CallError::ConnectionLost(_) => ClientError::ConnectionLost(e.to_string()),
             CallError::NotConnected => ClientError::NotConnected,
@@ -361,7 +376,20 @@ where
             }
 
             if let Some(opening) = &mut self.opening {
-                let opened = match opening.future.as_mut().poll(cx) {
+                let polled = match &mut opening.future {
+                    Some(future) => future.as_mut().poll(cx),
+                    None => match self.connector.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            let mut future = self.connector.open();
+                            let polled = future.as_mut().poll(cx);
+                            opening.future = Some(future);
+                            polled
+                        }
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Pending => Poll::Pending,
+                    },
+                };
+                let opened = match polled {
                     Poll::Ready(opened) => Some(opened),
                     Poll::Pending if opening.deadline.is_some_and(|d| d <= now) => {
                         Some(Err(ClientError::ConnectTimeout))
@@ -494,8 +522,11 @@ where
             }
             Event::Push(frame) => self.push(frame),
             Event::Answer(reply, result) => {
-                let result = result.map_err(|e| self.call_error(e));
-                let _ = reply.0.send(result);
+                let result = match result {
+                    Err(CallError::Remote(error)) if reply.raw => Ok(error),
+                    result => result.map_err(|e| self.call_error(e)),
+                };
+                reply.send(result);
             }
             Event::LateAnswer { id, kind } => {
                 tracing::debug!(id, %kind, "answer to no pending call dropped");
@@ -559,16 +590,14 @@ where
         while let Some(event) = self.conn.poll_event() {
             if let Event::Answer(reply, result) = event {
                 let result = result.map_err(|e| self.call_error(e));
-                let _ = reply.0.send(result);
+                reply.send(result);
             }
         }
         let mut unsent = self.conn.take_unsent();
         while let Ok(command) = self.rx.try_recv() {
             match command {
                 Command::Send(frame) => unsent.push(frame),
-                Command::Call(_, reply, _) => {
-                    let _ = reply.0.send(Err(reason.clone()));
-                }
+                Command::Call(_, reply, _) => reply.send(Err(reason.clone())),
             }
         }
         if !unsent.is_empty() {
