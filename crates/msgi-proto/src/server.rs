@@ -628,26 +628,11 @@ impl Connection {
     /// The next event (the request for the service comes from
     /// [`poll_request`](Connection::poll_request)).
     pub fn poll_event(&mut self) -> Option<Event> {
-        match std::mem::replace(&mut self.slot, Slot::Empty) {
-            Slot::Empty => {}
-            Slot::Request(frame) => {
-                self.slot = Slot::Request(frame);
-            }
-            Slot::Hello {
-                client_id,
-                request_id,
-            } => {
-                return Some(Event::Hello {
-                    client_id,
-                    request_id,
-                })
-            }
-            Slot::PeerError(frame) => return Some(Event::PeerError(frame)),
-            Slot::Closing { drain } => {
-                return Some(Event::Closing {
-                    cause: self.cause.clone().unwrap_or(Cause::Local),
-                    drain,
-                })
+        // Checked first: on the hot path the slot holds a request (or
+        // nothing), which stays where it is.
+        if !matches!(self.slot, Slot::Empty | Slot::Request(_)) {
+            if let Some(event) = self.take_event() {
+                return Some(event);
             }
         }
         if let State::Closed { reported, .. } = &mut self.state {
@@ -657,6 +642,28 @@ impl Connection {
             }
         }
         None
+    }
+
+    fn take_event(&mut self) -> Option<Event> {
+        match std::mem::replace(&mut self.slot, Slot::Empty) {
+            Slot::Empty => None,
+            Slot::Request(frame) => {
+                self.slot = Slot::Request(frame);
+                None
+            }
+            Slot::Hello {
+                client_id,
+                request_id,
+            } => Some(Event::Hello {
+                client_id,
+                request_id,
+            }),
+            Slot::PeerError(frame) => Some(Event::PeerError(frame)),
+            Slot::Closing { drain } => Some(Event::Closing {
+                cause: self.cause.clone().unwrap_or(Cause::Local),
+                drain,
+            }),
+        }
     }
 
     /// How the connection ended, once it has ([`Phase::Closed`]).
