@@ -47,7 +47,7 @@ async fn round(server: &TestServer, client: &Client, incoming: &mut Incoming) ->
         .parse()
         .unwrap();
     let down = answer.extensions().get::<AuthenticatedKey>().unwrap().0;
-    assert_eq!(server.registry.broadcast(Frame::data("push")), 1);
+    assert_eq!(server.registry.broadcast(Frame::data("push")).queued, 1);
     let push = within(incoming.recv()).await.unwrap();
     let pushed = push.extensions().get::<AuthenticatedKey>().unwrap().0;
     [up, down, pushed]

@@ -94,7 +94,8 @@ async fn broadcast_from_an_encrypting_server_is_ciphertext() {
     assert_eq!(
         server
             .registry
-            .broadcast(Frame::data("top secret broadcast")),
+            .broadcast(Frame::data("top secret broadcast"))
+            .queued,
         1
     );
     let raw = raw_frame(&mut listener.stream).await;

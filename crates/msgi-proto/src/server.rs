@@ -482,6 +482,19 @@ impl Connection {
         }
     }
 
+    /// Refuses the handshake of [`Event::Hello`] with ERROR `invalid client
+    /// id: <why>` when the runtime could not register the id (a cluster's
+    /// bus refused it): the session keeps its session id as client id, as
+    /// for an id refused here. Nothing once the connection stopped
+    /// answering.
+    pub fn refuse_client_id(&mut self, request_id: Option<u32>, why: impl fmt::Display) {
+        if matches!(self.state, State::Open | State::Draining { .. }) {
+            let mut answer = Frame::error(format!("invalid client id: {why}"));
+            answer.set_request_id(request_id);
+            self.push_transmit(answer);
+        }
+    }
+
     /// The runtime closes the connection (see [`Close`]).
     pub fn handle_close(&mut self, close: Close, now: Instant) {
         match close {

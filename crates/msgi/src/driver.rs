@@ -289,8 +289,12 @@ where
                     client_id,
                     request_id,
                 }) => {
-                    self.registry.set_client_id(&self.session, client_id);
-                    self.conn.welcome(request_id, self.session.id());
+                    match self.registry.set_client_id(&self.session, client_id) {
+                        Ok(()) => self.conn.welcome(request_id, self.session.id()),
+                        // The cluster did not take the id: the session
+                        // keeps its session id as client id.
+                        Err(e) => self.conn.refuse_client_id(request_id, e),
+                    }
                 }
                 Some(Event::PeerError(payload)) => {
                     tracing::debug!(session = %self.session.id(), reason = %PeerText(&payload), "peer reported an error");

@@ -58,9 +58,12 @@ pub use msgi_proto::{
     Framing, Kind, LineCodec, Side, Transformed, WriteBuf, CORRELATED_HEADER_LEN,
     DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
 };
-pub use registry::Registry;
+pub use registry::{
+    Backplane, BackplaneError, Delivery, Envelope, LocalNode, MemoryBackplane, Presence, Registry,
+    RegistryBuilder, Remote, Sent, Target,
+};
 pub use server::{Builder as ServerBuilder, Listener, Server};
-pub use session::{CloseReason, PeerAddr, SendError, Session, SessionId};
+pub use session::{CloseReason, NodeId, PeerAddr, SendError, Session, SessionId};
 
 /// The error type at service boundaries, as in tower.
 pub use msgi_proto::BoxError;

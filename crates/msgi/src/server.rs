@@ -133,6 +133,7 @@ pub struct Builder<C = FrameCodec> {
     max_connections_per_ip: Option<usize>,
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
+    registry: Option<Registry>,
 }
 
 impl Default for Builder {
@@ -152,6 +153,7 @@ impl Default for Builder {
             max_connections_per_ip: None,
             on_connect: None,
             on_disconnect: None,
+            registry: None,
         }
     }
 }
@@ -281,6 +283,16 @@ impl<C: Framing + Clone> Builder<C> {
         self
     }
 
+    /// The registry the server's sessions join (default: a new
+    /// [`Registry::new`], of this server alone). Give the same registry to
+    /// several servers (a TCP one and a WebSocket one) so that their
+    /// sessions share client ids, sends and broadcasts; each server's
+    /// shutdown closes only its own sessions.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
     /// Uses another byte framing, such as [`LineCodec`](crate::LineCodec),
     /// with the limit it was made with (`FrameCodec::with_max_frame_size(64)`
     /// serves with 64, `LineCodec::with_max_line(80)` with 80).
@@ -304,6 +316,7 @@ impl<C: Framing + Clone> Builder<C> {
             max_connections_per_ip: self.max_connections_per_ip,
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
+            registry: self.registry,
         }
     }
 
@@ -354,7 +367,7 @@ impl<C: Framing + Clone> Builder<C> {
                     counts: Mutex::new(HashMap::new()),
                 }),
             }),
-            registry: Registry::new(),
+            registry: self.registry.unwrap_or_default(),
         })
     }
 
@@ -763,7 +776,8 @@ impl<C: Framing + Clone> Server<C> {
             tracker.spawn(task.instrument(span));
         }
         drop(listener);
-        self.registry.close_all(CloseReason::ServerShutdown);
+        self.registry
+            .close_served_with(&self.outbox, CloseReason::ServerShutdown);
         tracker.close();
         tracker.wait().await;
         result

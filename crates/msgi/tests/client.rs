@@ -84,7 +84,7 @@ async fn server_push_arrives_on_the_incoming_stream() {
         .unwrap();
     let mut incoming = client.incoming().expect("first take");
     assert!(client.incoming().is_none());
-    assert_eq!(server.registry.broadcast(Frame::data("to all")), 1);
+    assert_eq!(server.registry.broadcast(Frame::data("to all")).queued, 1);
     server
         .registry
         .send_to_client("carol", Frame::new(Kind::app(0x200).unwrap(), "just you"))

@@ -374,7 +374,7 @@ async fn slow_consumer_is_dropped_and_others_are_not() {
     let result = within(async {
         loop {
             match server.registry.send(slow_id, Frame::data(big.clone())) {
-                Ok(()) => tokio::task::yield_now().await,
+                Ok(_) => tokio::task::yield_now().await,
                 Err(e) => return e,
             }
         }

@@ -34,7 +34,7 @@ async fn a_broadcast_allocates_nothing_per_delivery() {
     let frame = Frame::data(bytes::Bytes::from_static(b"news"));
     // The first push a session takes gives it a small outbox buffer, which
     // it keeps while it takes a few pushes at a time.
-    assert_eq!(server.registry.broadcast(frame.clone()), 70);
+    assert_eq!(server.registry.broadcast(frame.clone()).queued, 70);
     for peer in &mut peers {
         assert_eq!(peer.recv_skip_heartbeats().await.unwrap(), frame);
     }
@@ -44,7 +44,7 @@ async fn a_broadcast_allocates_nothing_per_delivery() {
     // nothing: no snapshot of the sessions (before: one per broadcast), no
     // outbox buffer.
     let region = Region::new(GLOBAL);
-    assert_eq!(server.registry.broadcast(frame.clone()), 70);
+    assert_eq!(server.registry.broadcast(frame.clone()).queued, 70);
     let quiet = region.change();
     assert_eq!(
         quiet.allocations + quiet.reallocations,
@@ -55,7 +55,7 @@ async fn a_broadcast_allocates_nothing_per_delivery() {
     // buffer they have.
     let region = Region::new(GLOBAL);
     for _ in 0..3 {
-        assert_eq!(server.registry.broadcast(frame.clone()), 70);
+        assert_eq!(server.registry.broadcast(frame.clone()).queued, 70);
     }
     let busy = region.change();
     assert_eq!(
@@ -73,7 +73,7 @@ async fn a_broadcast_allocates_nothing_per_delivery() {
     // that buffer back, so the next broadcast makes one small buffer each.
     // (20 queued: a 32-slot buffer, which only the quiet session frees.)
     for _ in 0..20 {
-        assert_eq!(server.registry.broadcast(frame.clone()), 70);
+        assert_eq!(server.registry.broadcast(frame.clone()).queued, 70);
     }
     for peer in &mut peers {
         for _ in 0..20 {
@@ -81,7 +81,7 @@ async fn a_broadcast_allocates_nothing_per_delivery() {
         }
     }
     let region = Region::new(GLOBAL);
-    assert_eq!(server.registry.broadcast(frame.clone()), 70);
+    assert_eq!(server.registry.broadcast(frame.clone()).queued, 70);
     let after_burst = region.change();
     assert_eq!(
         (after_burst.allocations, after_burst.reallocations),
