@@ -165,6 +165,43 @@ fn send_builds_a_container_from_json_and_prints_the_answer_as_json() {
 }
 
 #[test]
+fn send_container_says_when_the_answer_is_not_a_container() {
+    use std::io::Write;
+    // A peer that answers the first DATA request with plain text.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let peer = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        loop {
+            let (ty, id, _) = read_frame(&mut stream);
+            if ty == 0x010 {
+                stream.write_all(&frame(0x010, id, b"plain text")).unwrap();
+                return;
+            }
+        }
+    });
+    let out = run(&[
+        "send",
+        "--addr",
+        &addr,
+        "--correlated",
+        "--container",
+        r#"{"message_type":"t"}"#,
+    ]);
+    peer.join().unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("the answer is not a container (unsupported container version 112"),
+        "{err}"
+    );
+    assert!(err.contains("DATA plain text"), "{err}");
+}
+
+#[test]
 fn send_talks_to_serve_through_every_layer() {
     let dir = std::env::temp_dir().join(format!("msgi-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
