@@ -505,6 +505,12 @@ mod tests {
     }
 
     #[test]
+    fn a_value_with_its_name_takes_the_72_bytes_the_limits_docs_count() {
+        assert!(std::mem::size_of::<Value>() <= 40);
+        assert!(std::mem::size_of::<(ByteString, Value)>() <= 72);
+    }
+
+    #[test]
     fn limits_are_checked_when_made() {
         assert_eq!(Limits::new(129, 10), Err(LimitsError::DepthTooLarge(129)));
         assert_eq!(Limits::new(1, 0), Err(LimitsError::ValuesOutOfRange(0)));
