@@ -33,10 +33,45 @@
 //!
 //! A runtime drains `poll_transmit` and `poll_event` after each input. The
 //! machine holds one pending request or event and a transmit queue bounded
-//! by the requests it has let in: at most `max_concurrent_requests` + 1
+//! by the requests it has let in: at most `max_concurrent_requests`
 //! answers, plus one reply to the last frame read, one HEARTBEAT (only when
 //! nothing else waits to be sent), the WELCOME and one closing frame. While
-//! anything of that waits, [`Connection::poll_read`] gives no permit.
+//! a frame waits to be written or a request or event to be taken,
+//! [`Connection::poll_read`] gives no permit.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//! use msgi_proto::server::{Close, Config, Connection, Phase};
+//! use msgi_proto::session::Timers;
+//! use msgi_proto::Frame;
+//!
+//! let config = Config {
+//!     timers: Timers { idle_timeout: None, heartbeat_interval: None, handshake_timeout: None },
+//!     max_concurrent_requests: 64,
+//!     max_concurrent_request_bytes: 4 << 20,
+//!     drain_timeout: Duration::from_secs(5),
+//!     high_water: 64 << 10,
+//! };
+//! let now = Instant::now();
+//! let mut conn = Connection::new(Arc::new(config), true, now);
+//!
+//! // A request arrives (the runtime's write queue is empty) ...
+//! if let Some(permit) = conn.poll_read(0, now) {
+//!     permit.handle_frame(Frame::data("hi").with_request_id(1), now);
+//! }
+//! // ... the service is ready and takes it ...
+//! let request = conn.poll_request().expect("a request");
+//! // ... the runtime closes while it runs: no farewell before the answer.
+//! conn.handle_close(Close::Graceful, now);
+//! assert!(!conn.answered_all());
+//! conn.handle_answer(request.token, Ok::<_, &str>(Some(Frame::data("hello"))));
+//! assert_eq!(conn.poll_transmit(), Some(Frame::data("hello").with_request_id(1)));
+//! assert!(conn.answered_all());
+//! conn.handle_pushes_done(|| "server shutdown".into());
+//! assert_eq!(conn.poll_transmit(), Some(Frame::disconnect("server shutdown")));
+//! assert_eq!(conn.phase(), Phase::Flushing);
+//! ```
 //!
 //! # Exactly one answer
 //!
@@ -269,6 +304,8 @@ pub struct Connection {
     unanswered: u32,
     outstanding_bytes: usize,
     reading: Reading,
+    /// A valid HELLO was reported and not yet answered: one WELCOME is owed.
+    welcome_owed: bool,
 }
 
 impl Connection {
@@ -287,6 +324,7 @@ impl Connection {
             outstanding_bytes: 0,
             unanswered: 0,
             reading: Reading::Open,
+            welcome_owed: false,
         }
     }
 
@@ -377,6 +415,7 @@ impl Connection {
                 client_id: Ok(client_id),
                 request_id,
             } => {
+                self.welcome_owed = true;
                 self.slot = Slot::Hello {
                     client_id,
                     request_id,
@@ -472,10 +511,12 @@ impl Connection {
     }
 
     /// Answers the handshake of [`Event::Hello`] with `WELCOME <session_id>`
-    /// (after the runtime registered the client id). Nothing once the
-    /// connection stopped answering.
+    /// (after the runtime registered the client id). Once per HELLO, and
+    /// nothing once the connection stopped answering.
     pub fn welcome(&mut self, request_id: Option<u32>, session_id: impl fmt::Display) {
-        if matches!(self.state, State::Open | State::Draining { .. }) {
+        if std::mem::take(&mut self.welcome_owed)
+            && matches!(self.state, State::Open | State::Draining { .. })
+        {
             let mut answer = Frame::control(format!("{WELCOME_PREFIX}{session_id}"));
             answer.set_request_id(request_id);
             self.push_transmit(answer);

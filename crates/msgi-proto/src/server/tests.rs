@@ -568,6 +568,8 @@ fn hello_is_for_the_runtime_to_register_and_welcome() {
         }]
     );
     c.welcome(Some(1), 42);
+    // One HELLO, one WELCOME.
+    c.welcome(Some(1), 42);
     assert_eq!(
         transmits(&mut c),
         vec![Frame::control("WELCOME 42").with_request_id(1)]
@@ -613,13 +615,15 @@ fn ping_is_answered_and_peer_errors_are_reported() {
 fn frames_wait_in_order_when_the_runtime_does_not_take_them_at_once() {
     let t0 = Instant::now();
     let mut c = conn(t0);
+    assert!(read(&mut c, Frame::control("HELLO bob"), t0));
+    assert_eq!(events(&mut c).len(), 1);
     let a = request(&mut c, Frame::data("1").with_request_id(1), t0);
     let b = request(&mut c, Frame::data("2").with_request_id(2), t0);
     c.handle_answer(b, ok(Frame::data("b")));
     c.handle_answer(a, ok(Frame::data("a")));
-    c.welcome(None, 1);
+    c.welcome(Some(3), 1);
     let ids: Vec<_> = transmits(&mut c).iter().map(Frame::request_id).collect();
-    assert_eq!(ids, vec![Some(2), Some(1), None]);
+    assert_eq!(ids, vec![Some(2), Some(1), Some(3)]);
     assert!(c.more.is_none(), "the overflow is freed once empty");
 }
 
