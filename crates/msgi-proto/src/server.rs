@@ -304,8 +304,9 @@ pub struct Connection {
     unanswered: u32,
     outstanding_bytes: usize,
     reading: Reading,
-    /// A valid HELLO was reported and not yet answered: one WELCOME is owed.
-    welcome_owed: bool,
+    /// A valid HELLO was reported and not yet answered: one WELCOME (or
+    /// refusal) is owed.
+    hello_answer_owed: bool,
 }
 
 impl Connection {
@@ -324,7 +325,7 @@ impl Connection {
             outstanding_bytes: 0,
             unanswered: 0,
             reading: Reading::Open,
-            welcome_owed: false,
+            hello_answer_owed: false,
         }
     }
 
@@ -415,7 +416,7 @@ impl Connection {
                 client_id: Ok(client_id),
                 request_id,
             } => {
-                self.welcome_owed = true;
+                self.hello_answer_owed = true;
                 self.slot = Slot::Hello {
                     client_id,
                     request_id,
@@ -514,7 +515,7 @@ impl Connection {
     /// (after the runtime registered the client id). Once per HELLO, and
     /// nothing once the connection stopped answering.
     pub fn welcome(&mut self, request_id: Option<u32>, session_id: impl fmt::Display) {
-        if std::mem::take(&mut self.welcome_owed)
+        if std::mem::take(&mut self.hello_answer_owed)
             && matches!(self.state, State::Open | State::Draining { .. })
         {
             let mut answer = Frame::control(format!("{WELCOME_PREFIX}{session_id}"));
@@ -526,10 +527,14 @@ impl Connection {
     /// Refuses the handshake of [`Event::Hello`] with ERROR `invalid client
     /// id: <why>` when the runtime could not register the id (a cluster's
     /// bus refused it): the session keeps its session id as client id, as
-    /// for an id refused here. Nothing once the connection stopped
-    /// answering.
+    /// for an id refused here. Once per HELLO (instead of
+    /// [`welcome`](Connection::welcome)), and nothing once the connection
+    /// stopped answering.
     pub fn refuse_client_id(&mut self, request_id: Option<u32>, why: impl fmt::Display) {
-        if matches!(self.state, State::Open | State::Draining { .. }) {
+        // One answer per HELLO: this, or the WELCOME.
+        if std::mem::take(&mut self.hello_answer_owed)
+            && matches!(self.state, State::Open | State::Draining { .. })
+        {
             let mut answer = Frame::error(format!("invalid client id: {why}"));
             answer.set_request_id(request_id);
             self.push_transmit(answer);

@@ -575,6 +575,23 @@ fn hello_is_for_the_runtime_to_register_and_welcome() {
         vec![Frame::control("WELCOME 42").with_request_id(1)]
     );
 
+    // A runtime that could not register the id refuses it instead: one
+    // answer per HELLO all the same.
+    let mut c = conn(t0);
+    assert!(read(
+        &mut c,
+        Frame::control("HELLO bob").with_request_id(5),
+        t0
+    ));
+    assert_eq!(events(&mut c).len(), 1);
+    c.refuse_client_id(Some(5), "taken elsewhere");
+    c.welcome(Some(5), 42);
+    c.refuse_client_id(Some(5), "again");
+    assert_eq!(
+        transmits(&mut c),
+        vec![Frame::error("invalid client id: taken elsewhere").with_request_id(5)]
+    );
+
     // An invalid id is refused by the connection itself.
     let mut c = conn(t0);
     assert!(read(
