@@ -238,8 +238,16 @@ impl WriteBuf {
 /// A byte framing a session can speak: a decoder and encoder of [`Frame`]s.
 ///
 /// Implemented by [`FrameCodec`] (the MSGI wire) and [`LineCodec`] (text
-/// lines). Decoders must never panic and must not allocate from a length
+/// lines), and by [`Transformed`](crate::Transformed) (a framing under wire
+/// transforms). Decoders must never panic and must not allocate from a length
 /// they have not checked.
+///
+/// A value is the framing of **one connection**. Servers and clients take a
+/// [`MakeFraming`](crate::MakeFraming), which makes one per connection; a
+/// `Clone` framing with no per-session state (`FrameCodec`, `LineCodec`) is
+/// one itself, copied for each connection. A framing with per-session state
+/// implements `MakeFraming` (or is built with [`Wire`](crate::Wire)) so that
+/// each session starts fresh.
 pub trait Framing: Send + 'static {
     /// Takes one frame off the front of `src`, or `Ok(None)` when `src` does
     /// not hold a whole frame yet (the framing may reserve room in `src` for
@@ -280,10 +288,6 @@ pub trait Framing: Send + 'static {
     /// source of truth for the limit (a server or client built with this
     /// framing uses it, it never overrides it).
     fn max_frame_size(&self) -> usize;
-
-    /// Called on a fresh copy of the framing before a connection's first
-    /// frame; transforms reset their per-session state here.
-    fn start_session(&mut self, _side: crate::Side) {}
 
     /// Whether this framing carries request ids, kinds and flags. A session
     /// over a framing that does not (text lines) delivers every input as

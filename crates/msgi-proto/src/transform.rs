@@ -14,13 +14,14 @@
 //! ```
 //!
 //! The transform nearest the codec is nearest the wire. Built with
-//! `tower::ServiceBuilder`, the first layer added is the one nearest the
+//! [`Wire`](crate::Wire), the first transform added is the one nearest the
 //! application.
 //!
-//! Each session gets its own copy of the framing (it is cloned), and
-//! [`FrameTransform::start_session`] is called on that copy before the first
-//! frame, so per-session state (sequence numbers, replay windows) starts
-//! fresh for every connection, reconnects included.
+//! A `FrameTransform` is the state of **one session**: it is made fresh for
+//! each connection by a [`MakeTransform`](crate::MakeTransform) (as a rustls
+//! config makes a connection), never cloned from a template, so nothing a
+//! transform holds (sequence numbers, replay windows, an `Arc` to shared
+//! counters) leaks from one session into another. See [`crate::wire`].
 
 use std::fmt;
 
@@ -95,11 +96,20 @@ impl Side {
 /// ([`LineCodec`](crate::LineCodec) drops HEARTBEAT and PING) is not
 /// counted either. (Transforms over `LineCodec` are not supported all the
 /// same: a line carries no flags, so the peer cannot tell what to undo.)
-pub trait FrameTransform: Clone + Send + 'static {
-    /// Resets per-session state for a new connection on `side`.
-    fn start_session(&mut self, side: Side);
-
-    /// Learns the session's maximum frame size (to bound what decoding may produce).
+///
+/// ## One value per session
+///
+/// A transform is made for one connection by its
+/// [`MakeTransform`](crate::MakeTransform), which is told the side and the
+/// maximum frame size ([`SessionParams`](crate::SessionParams)); it is never
+/// cloned from a template or reset, so the trait has no `Clone` bound and no
+/// "start" method: a fresh session is a fresh value.
+pub trait FrameTransform: Send + 'static {
+    /// Learns a new maximum frame size for this session (to bound what
+    /// decoding may produce), when the framing's limit is changed after the
+    /// transform was made ([`Framing::set_max_frame_size`]). The limit at
+    /// the start of the session is given to
+    /// [`MakeTransform::make_transform`](crate::MakeTransform::make_transform).
     fn set_max_frame_size(&mut self, _max: usize) {}
 
     /// Undoes the transform on a received frame.
@@ -126,8 +136,13 @@ pub trait FrameTransform: Clone + Send + 'static {
     }
 }
 
-/// A framing `C` whose frames pass through the transform `T`.
-#[derive(Clone)]
+/// A framing `C` whose frames pass through the transform `T`: one session's
+/// framing, made by [`Wire`](crate::Wire).
+///
+/// Not `Clone`, on purpose: a copy of a session's framing would share or
+/// repeat that session's state. To serve many sessions, give the server or
+/// client a [`MakeFraming`](crate::MakeFraming) such as a
+/// [`Wire`](crate::Wire), which makes one per connection.
 pub struct Transformed<T, C> {
     transform: T,
     inner: C,
@@ -248,11 +263,6 @@ impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
         self.inner.max_frame_size()
     }
 
-    fn start_session(&mut self, side: Side) {
-        self.transform.start_session(side);
-        self.inner.start_session(side);
-    }
-
     fn is_binary(&self) -> bool {
         self.inner.is_binary()
     }
@@ -261,12 +271,6 @@ impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
 /// `None` is the identity transform, so a stack can hold optional layers
 /// (chosen at run time) with one static type.
 impl<T: FrameTransform> FrameTransform for Option<T> {
-    fn start_session(&mut self, side: Side) {
-        if let Some(t) = self {
-            t.start_session(side);
-        }
-    }
-
     fn set_max_frame_size(&mut self, max: usize) {
         if let Some(t) = self {
             t.set_max_frame_size(max);
@@ -304,13 +308,12 @@ mod tests {
     use crate::codec::LineCodec;
 
     /// Counts its commits; changes nothing else.
-    #[derive(Clone, Default)]
+    #[derive(Default)]
     struct Counting {
         commits: u32,
     }
 
     impl FrameTransform for Counting {
-        fn start_session(&mut self, _side: Side) {}
         fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
             Ok(frame)
         }

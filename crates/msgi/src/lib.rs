@@ -55,8 +55,8 @@ pub use client::{
 pub use codec::TokioCodec;
 pub use msgi_proto::{
     encode_header, CodecError, ConfigError, Extensions, Flags, Frame, FrameCodec, FrameTransform,
-    Framing, Kind, LineCodec, Side, Transformed, WriteBuf, CORRELATED_HEADER_LEN,
-    DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
+    Framing, Kind, LineCodec, MakeFraming, MakeTransform, SessionParams, Side, Transformed, Wire,
+    WriteBuf, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
 };
 pub use registry::{
     Backplane, BackplaneError, Delivery, Envelope, LocalNode, MemoryBackplane, Presence, Registry,
@@ -67,6 +67,9 @@ pub use session::{CloseReason, NodeId, PeerAddr, SendError, Session, SessionId};
 
 /// The error type at service boundaries, as in tower.
 pub use msgi_proto::BoxError;
+
+/// The [`Wire`] builder's stack types and the per-session factories.
+pub use msgi_proto::wire;
 
 /// The sans-IO layer under this crate: wire, codec, transforms, session rules.
 pub use msgi_proto as proto;

@@ -33,7 +33,7 @@ use msgi_proto::session::Timers;
 use msgi_proto::ConfigError;
 use msgi_proto::Side;
 use msgi_proto::{Frame, CORRELATED_HEADER_LEN};
-use msgi_proto::{FrameCodec, Framing};
+use msgi_proto::{FrameCodec, Framing, MakeFraming};
 
 /// A source of connections for [`Server::serve`].
 ///
@@ -158,7 +158,7 @@ impl Default for Builder {
     }
 }
 
-impl<C: Framing + Clone> Builder<C> {
+impl<C: MakeFraming> Builder<C> {
     /// Most sessions at once (default 10,000; at least 1). A connection
     /// beyond it gets ERROR `server full` and is closed; existing sessions
     /// are untouched.
@@ -179,7 +179,7 @@ impl<C: Framing + Clone> Builder<C> {
     ///
     /// [`build`]: Builder::build
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.codec.set_max_frame_size(bytes);
+        self.codec.codec_mut().set_max_frame_size(bytes);
         self.max_frame_size = Some(bytes);
         self
     }
@@ -293,14 +293,17 @@ impl<C: Framing + Clone> Builder<C> {
         self
     }
 
-    /// Uses another byte framing, such as [`LineCodec`](crate::LineCodec),
-    /// with the limit it was made with (`FrameCodec::with_max_frame_size(64)`
-    /// serves with 64, `LineCodec::with_max_line(80)` with 80).
+    /// Uses another byte framing, such as [`LineCodec`](crate::LineCodec) or
+    /// a codec under wire transforms ([`Wire`](crate::Wire)), with the limit
+    /// its codec was made with (`FrameCodec::with_max_frame_size(64)` serves
+    /// with 64, `LineCodec::with_max_line(80)` with 80). It is a
+    /// [`MakeFraming`]: each accepted session gets a framing of its own,
+    /// made fresh ([`MakeFraming::make_framing`]).
     ///
     /// This replaces an earlier [`max_frame_size`](Builder::max_frame_size)
     /// setting (it was written into the old framing); call `max_frame_size`
     /// after this to change the new framing's limit: the later call wins.
-    pub fn framing<C2: Framing + Clone>(self, codec: C2) -> Builder<C2> {
+    pub fn framing<C2: MakeFraming>(self, codec: C2) -> Builder<C2> {
         Builder {
             codec,
             max_connections: self.max_connections,
@@ -331,13 +334,12 @@ impl<C: Framing + Clone> Builder<C> {
     /// maximum line of zero), or a count beyond what the server can track.
     pub fn build(self) -> Result<Server<C>, ConfigError> {
         self.validate()?;
-        let mut codec = self.codec;
-        let max_frame_size = codec.max_frame_size();
-        // The framing's limit stands; this only tells the transforms stacked
-        // in it (which bound what decompression may produce) what it is.
-        codec.set_max_frame_size(max_frame_size);
+        let codec = self.codec;
+        // The codec's limit stands; each session's transforms are told it
+        // when they are made.
+        let max_frame_size = codec.codec().max_frame_size();
         // Pushes too large for the framing are refused by `Session::send`.
-        let max_frame_len = u32::try_from(codec.max_encoded_len()).unwrap_or(u32::MAX);
+        let max_frame_len = u32::try_from(codec.max_sendable()).unwrap_or(u32::MAX);
         Ok(Server {
             codec,
             max_connections: self.max_connections,
@@ -409,13 +411,10 @@ impl<C: Framing + Clone> Builder<C> {
             at_least_one("max_connections_per_ip", n)?;
         }
         if let Some(requested) = self.max_frame_size {
-            check_frame_size("max_frame_size", requested, self.codec.is_binary())?;
+            check_frame_size("max_frame_size", requested, self.codec.codec().is_binary())?;
         }
-        check_frame_size(
-            "framing",
-            self.codec.max_frame_size(),
-            self.codec.is_binary(),
-        )?;
+        let codec = self.codec.codec();
+        check_frame_size("framing", codec.max_frame_size(), codec.is_binary())?;
         let not_zero = |setting: &'static str, d: Option<Duration>| {
             if d == Some(Duration::ZERO) {
                 Err(ConfigError::new(
@@ -598,7 +597,7 @@ const SERVER_FULL: &str = "server full: too many connections";
 /// The ERROR reason for a connection over `max_connections_per_ip`.
 const TOO_MANY_FROM_ADDRESS: &str = "too many connections from this address";
 
-impl<C: Framing + Clone> Server<C> {
+impl<C: MakeFraming> Server<C> {
     /// The registry of this server's sessions; hold a clone in handlers.
     pub fn registry(&self) -> Registry {
         self.registry.clone()
@@ -758,8 +757,7 @@ impl<C: Framing + Clone> Server<C> {
             let session = self.registry.register(remote, self.outbox.clone());
             let making = make.make_service(session.clone());
             let span = tracing::debug_span!("session", id = %session.id(), remote = %session.remote_addr());
-            let mut codec = self.codec.clone();
-            codec.start_session(Side::Server);
+            let codec = self.codec.make_framing(Side::Server);
             let task = run_session(
                 io,
                 codec,
@@ -848,14 +846,13 @@ fn say_farewell<T, C>(
     linger: Duration,
 ) where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    C: Framing + Clone,
+    C: MakeFraming,
 {
     let Ok(permit) = rejections.clone().try_acquire_owned() else {
         return;
     };
     let mut bytes = BytesMut::new();
-    let mut codec = codec.clone();
-    codec.start_session(Side::Server);
+    let mut codec = codec.make_framing(Side::Server);
     if codec.encode(frame, &mut bytes).is_err() {
         return;
     }
@@ -1092,7 +1089,7 @@ mod tests {
     use super::*;
     use msgi_proto::LineCodec;
 
-    fn refused<C: Framing + Clone>(builder: Builder<C>) -> ConfigError {
+    fn refused<C: MakeFraming>(builder: Builder<C>) -> ConfigError {
         match builder.build() {
             Ok(_) => panic!("settings accepted"),
             Err(e) => e,
@@ -1273,12 +1270,20 @@ mod tests {
     }
 
     /// Remembers the limit it was told, as the decompressor does.
-    #[derive(Clone, Default)]
     struct Told(usize);
 
-    impl crate::FrameTransform for Told {
-        fn start_session(&mut self, _side: Side) {}
+    #[derive(Debug, Clone)]
+    struct MakeTold;
 
+    impl crate::MakeTransform for MakeTold {
+        type Transform = Told;
+
+        fn make_transform(&self, params: crate::SessionParams) -> Told {
+            Told(params.max_frame_size)
+        }
+    }
+
+    impl crate::FrameTransform for Told {
         fn set_max_frame_size(&mut self, max: usize) {
             self.0 = max;
         }
@@ -1294,13 +1299,20 @@ mod tests {
 
     #[test]
     fn transforms_learn_the_framings_limit() {
-        let framing = crate::Transformed::new(Told(0), FrameCodec::with_max_frame_size(64));
+        let wire = crate::Wire::new(FrameCodec::with_max_frame_size(64)).transform(MakeTold);
         let server = Server::builder()
-            .framing(framing)
+            .framing(wire.clone())
             .build()
             .expect("valid settings");
-        assert_eq!(server.codec.transform().0, 64);
-        assert_eq!(server.codec.max_frame_size(), 64);
+        let session = server.codec.make_framing(Side::Server);
+        assert_eq!(session.transform().0, 64);
+        assert_eq!(session.max_frame_size(), 64);
+        let server = Server::builder()
+            .framing(wire)
+            .max_frame_size(100)
+            .build()
+            .expect("valid settings");
+        assert_eq!(server.codec.make_framing(Side::Server).transform().0, 100);
     }
 
     #[test]

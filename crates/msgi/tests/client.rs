@@ -897,8 +897,6 @@ async fn heavy_pipelining_does_not_deadlock() {
 struct Pad16;
 
 impl msgi::FrameTransform for Pad16 {
-    fn start_session(&mut self, _side: msgi::Side) {}
-
     fn decode(&mut self, frame: Frame) -> Result<Frame, msgi::BoxError> {
         let len = frame.payload().len();
         let kept = len.checked_sub(16).ok_or("no padding")?;
@@ -920,13 +918,26 @@ impl msgi::FrameTransform for Pad16 {
     }
 }
 
+/// Stateless: every session gets a copy.
+impl msgi::MakeTransform for Pad16 {
+    type Transform = Pad16;
+
+    fn make_transform(&self, _params: msgi::SessionParams) -> Pad16 {
+        Pad16
+    }
+
+    fn max_overhead(&self) -> usize {
+        16
+    }
+}
+
 /// Item 1 (client part): a one-way frame that fits the maximum frame size
 /// but not once the transforms have added their bytes is refused to the
 /// sender (`Encode`), not dropped later in the connection task; nothing
 /// else on the connection is disturbed.
 #[tokio::test]
 async fn a_one_way_frame_too_large_for_the_transforms_is_refused_to_the_sender() {
-    let framing = msgi::Transformed::new(Pad16, msgi::FrameCodec::with_max_frame_size(128));
+    let framing = msgi::Wire::new(msgi::FrameCodec::with_max_frame_size(128)).transform(Pad16);
     let (got_tx, mut got) = mpsc::unbounded_channel();
     let mut server = serve(Server::builder().framing(framing.clone()), hanging(got_tx)).await;
     let client = within(Client::builder().framing(framing).connect(server.addr))

@@ -807,16 +807,28 @@ async fn a_panicking_disconnect_hook_still_releases_the_session() {
 
 /// A transform that appends the frame's sequence number (one byte) to
 /// every payload it sends, counting frames written.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 struct Numbered {
     next: u8,
 }
 
-impl msgi::FrameTransform for Numbered {
-    fn start_session(&mut self, _side: msgi::Side) {
-        self.next = 0;
+/// Makes each session's `Numbered`, from 0.
+#[derive(Debug, Clone, Copy)]
+struct MakeNumbered;
+
+impl msgi::MakeTransform for MakeNumbered {
+    type Transform = Numbered;
+
+    fn make_transform(&self, _params: msgi::SessionParams) -> Numbered {
+        Numbered::default()
     }
 
+    fn max_overhead(&self) -> usize {
+        1
+    }
+}
+
+impl msgi::FrameTransform for Numbered {
     fn decode(&mut self, frame: Frame) -> Result<Frame, msgi::BoxError> {
         Ok(frame)
     }
@@ -841,10 +853,7 @@ async fn pushes_written_before_the_service_is_made_go_through_the_sessions_trans
     let (pipes, tx) = Pipes::new(Vec::new());
     let (conn_tx, mut connected) = mpsc::unbounded_channel::<Session>();
     let server = Server::builder()
-        .framing(msgi::Transformed::new(
-            Numbered::default(),
-            FrameCodec::new(),
-        ))
+        .framing(msgi::Wire::new(FrameCodec::new()).transform(MakeNumbered))
         .drain_deadline(DRAIN)
         .on_connect(move |s| {
             assert_eq!(s.send(Frame::data("welcome")), Ok(()));

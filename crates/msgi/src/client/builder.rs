@@ -17,7 +17,7 @@ use super::{Client, ClientError};
 use msgi_proto::session::Timers;
 use msgi_proto::CORRELATED_HEADER_LEN;
 use msgi_proto::{BoxError, ConfigError};
-use msgi_proto::{FrameCodec, Framing};
+use msgi_proto::{FrameCodec, Framing, MakeFraming};
 
 /// How to reconnect after the connection is lost: exponential backoff with
 /// jitter, each delay drawn between half and all of the nominal one.
@@ -131,17 +131,17 @@ impl Default for ClientBuilder {
     }
 }
 
-impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
-    /// Uses another framing, such as a stack of wire transforms from
-    /// `msgi-middleware`; it must match the server's. The framing keeps
-    /// the limit it was made with (`FrameCodec::with_max_frame_size(64)`
-    /// stays 64): this replaces an earlier
+impl<C: MakeFraming + Clone + fmt::Debug> ClientBuilder<C> {
+    /// Uses another framing, such as a codec under wire transforms
+    /// ([`Wire`](crate::Wire), with those of `msgi-middleware`); it must
+    /// match the server's. It is a [`MakeFraming`]: each connection,
+    /// reconnections included, gets a framing of its own, made fresh
+    /// ([`MakeFraming::make_framing`]). The codec keeps the limit it was
+    /// made with (`FrameCodec::with_max_frame_size(64)` stays 64): this
+    /// replaces an earlier
     /// [`max_frame_size`](ClientBuilder::max_frame_size) setting, so call
     /// `max_frame_size` after this to change it (the later call wins).
-    pub fn framing<C2: Framing + Clone + fmt::Debug + Sync>(
-        self,
-        framing: C2,
-    ) -> ClientBuilder<C2> {
+    pub fn framing<C2: MakeFraming + Clone + fmt::Debug>(self, framing: C2) -> ClientBuilder<C2> {
         ClientBuilder {
             framing,
             max_frame_size: None,
@@ -196,7 +196,7 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
     /// refuses a value below the 14-byte correlated header or above what
     /// the 32-bit length field can carry.
     pub fn max_frame_size(mut self, bytes: usize) -> Self {
-        self.framing.set_max_frame_size(bytes);
+        self.framing.codec_mut().set_max_frame_size(bytes);
         self.max_frame_size = Some(bytes);
         self
     }
@@ -278,9 +278,10 @@ impl<C: Framing + Clone + fmt::Debug + Sync> ClientBuilder<C> {
         }
         // The framing's own limit (`FrameCodec::with_max_frame_size`) too;
         // a text framing (no header) only needs room for one byte.
-        if self.framing.is_binary() {
-            frame_size("framing", self.framing.max_frame_size())?;
-        } else if self.framing.max_frame_size() == 0 {
+        let codec = self.framing.codec();
+        if codec.is_binary() {
+            frame_size("framing", codec.max_frame_size())?;
+        } else if codec.max_frame_size() == 0 {
             return Err(ConfigError::new(
                 "framing",
                 "maximum line must be at least 1",

@@ -22,7 +22,7 @@ use msgi_proto::client::{
     CallError, Caller, Config, Connection, ConnectionError, Event, Phase, Violation, MIN_HIGH_WATER,
 };
 use msgi_proto::text::PeerText;
-use msgi_proto::{CodecError, Frame, Framing, Side};
+use msgi_proto::{CodecError, Frame, Framing, MakeFraming, Side};
 
 /// Where a call's answer goes; abandoned once its caller dropped the
 /// receiving end.
@@ -95,16 +95,16 @@ fn take(stamp: Option<&Arc<Stamp>>) -> bool {
 }
 
 /// The machine's settings from the builder's.
-pub(super) fn machine_config<C: Framing + Clone + fmt::Debug + Sync>(
+pub(super) fn machine_config<C: MakeFraming + Clone + fmt::Debug>(
     cfg: &ClientBuilder<C>,
 ) -> Config {
     Config {
         timers: cfg.timers(),
-        binary: cfg.framing.is_binary(),
+        binary: cfg.framing.codec().is_binary(),
         client_id: cfg.client_id.clone(),
         early_frames: cfg.incoming,
         early_bytes: cfg.incoming_bytes,
-        high_water: cfg.framing.max_frame_size().max(MIN_HIGH_WATER),
+        high_water: cfg.framing.codec().max_frame_size().max(MIN_HIGH_WATER),
         held_sends: cfg.outbox,
         queue_timeout: finite(cfg.queue_timeout),
         close_linger: finite(Some(cfg.connect_timeout)),
@@ -138,11 +138,12 @@ struct Opening<T> {
     deadline: Option<Instant>,
 }
 
-pub(super) struct ClientTask<T, C> {
+pub(super) struct ClientTask<T, C: MakeFraming> {
     cfg: ClientBuilder<C>,
     connector: Connector<T>,
     conn: Connection<Reply>,
-    transport: Option<Transport<T, C>>,
+    /// This connection's framing, made for it (`MakeFraming::make_framing`).
+    transport: Option<Transport<T, C::Framing>>,
     opening: Option<Opening<T>>,
     /// When to try connecting again.
     retry_at: Option<Instant>,
@@ -171,7 +172,7 @@ pub(super) struct ClientTask<T, C> {
 impl<T, C> ClientTask<T, C>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    C: Framing + Clone + fmt::Debug + Sync,
+    C: MakeFraming + Clone + fmt::Debug,
 {
     pub(super) fn new(
         cfg: ClientBuilder<C>,
@@ -402,8 +403,8 @@ where
                     progress = true;
                     match opened {
                         Ok(io) => {
-                            let mut framing = self.cfg.framing.clone();
-                            framing.start_session(Side::Client);
+                            // Fresh per-session state for every connection.
+                            let framing = self.cfg.framing.make_framing(Side::Client);
                             self.transport = Some(Transport::new(io, framing));
                             self.conn.handle_connected(now, deadline);
                         }

@@ -22,8 +22,8 @@ use super::gate::{CallGate, GateClosed};
 use super::incoming::Incoming;
 use super::service::ResponseFuture;
 use super::{ClientError, Shared, Status, CONNECTED, CONNECTING, DONE};
+use msgi_proto::CodecError;
 use msgi_proto::Frame;
-use msgi_proto::{CodecError, Framing};
 
 /// A handle to a connection. Clones share the connection.
 ///
@@ -35,7 +35,7 @@ use msgi_proto::{CodecError, Framing};
 ///   written, it is written again first on the next connection), or handed
 ///   back by [`take_unsent`](Client::take_unsent) once the client stops for
 ///   good. A frame the framing could not send for its size (over
-///   [`Framing::max_encoded_len`]) is refused at once with
+///   [`MakeFraming::max_sendable`](crate::MakeFraming::max_sendable)) is refused at once with
 ///   [`ClientError::Encode`]; one that a wire transform refuses for another
 ///   reason when it is written is dropped with a warning in the log. There is no acknowledgement: a frame written
 ///   just before a connection drops may or may not have been processed.
@@ -133,7 +133,7 @@ impl Client {
     ) -> Result<Client, ClientError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-        C: Framing + Clone + fmt::Debug + Sync,
+        C: msgi_proto::MakeFraming + Clone + fmt::Debug,
     {
         cfg.validate()?;
         let (tx, rx) = mpsc::channel(cfg.outbox);
@@ -144,7 +144,7 @@ impl Client {
             status: watch::Sender::new(Status::Connecting),
             stop_reason: std::sync::OnceLock::new(),
             calls: CallGate::new(cfg.max_concurrent_requests),
-            max_sendable: cfg.framing.max_encoded_len(),
+            max_sendable: cfg.framing.max_sendable(),
             queue_timeout: builder::finite(cfg.queue_timeout),
             close_requested: CancellationToken::new(),
             task_waker: AtomicWaker::new(),
@@ -180,7 +180,7 @@ impl Client {
     /// Sends a one-way frame (any request id is removed). Waits while the
     /// outbox is full. Fails with [`ClientError::Encode`] if the frame is
     /// larger than the framing can ever send
-    /// ([`Framing::max_encoded_len`]: the maximum frame size less what its
+    /// ([`MakeFraming::max_sendable`](crate::MakeFraming::max_sendable): the maximum frame size less what its
     /// wire transforms may add), with nothing queued, and with
     /// [`ClientError::Closed`] once the client is closed.
     pub async fn send(&self, mut frame: Frame) -> Result<(), ClientError> {

@@ -69,7 +69,7 @@ pub(super) struct Shared {
     /// One place per call reserved or in flight (`max_concurrent_requests`).
     calls: CallGate,
     /// Frames larger than this ([`Frame::wire_len`]) are refused by `send`
-    /// before they are queued: the framing's [`Framing::max_encoded_len`],
+    /// before they are queued: the framing's [`MakeFraming::max_sendable`](crate::MakeFraming::max_sendable),
     /// its maximum frame size less what its transforms may add.
     max_sendable: usize,
     /// How long a call may wait for a connection (`None`: for ever).

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use msgi::{
-    CloseReason, Frame, FrameCodec, Framing, Listener, PeerAddr, Registry, ServerBuilder, Session,
-    SessionId,
+    CloseReason, Frame, FrameCodec, Framing, Listener, MakeFraming, PeerAddr, Registry,
+    ServerBuilder, Session, SessionId,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,7 +46,7 @@ pub struct TestServer {
 /// Starts `builder` on 127.0.0.1:0 serving `service`.
 pub async fn serve<C, S>(builder: ServerBuilder<C>, service: S) -> TestServer
 where
-    C: Framing + Clone,
+    C: MakeFraming,
     S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
     S::Error: Into<msgi::BoxError>,
     S::Future: Send + 'static,
@@ -65,7 +65,7 @@ pub fn serve_pipes<C, S>(
     service: S,
 ) -> (TestServer, mpsc::UnboundedSender<DuplexStream>)
 where
-    C: Framing + Clone,
+    C: MakeFraming,
     S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
     S::Error: Into<msgi::BoxError>,
     S::Future: Send + 'static,
@@ -82,7 +82,7 @@ fn start<C, L, S>(
     service: S,
 ) -> TestServer
 where
-    C: Framing + Clone,
+    C: MakeFraming,
     L: Listener,
     S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
     S::Error: Into<msgi::BoxError>,
@@ -227,10 +227,11 @@ impl RawPeer {
 }
 
 impl<C: Framing> RawPeer<C> {
-    pub async fn connect_with(addr: SocketAddr, mut codec: C) -> RawPeer<C> {
+    /// Connects with `codec`: one connection's framing (for a wire stack,
+    /// `wire.make_framing(Side::Client)`).
+    pub async fn connect_with(addr: SocketAddr, codec: C) -> RawPeer<C> {
         let stream = within(TcpStream::connect(addr)).await.unwrap();
         stream.set_nodelay(true).unwrap();
-        codec.start_session(msgi::Side::Client);
         RawPeer {
             stream,
             buf: BytesMut::new(),
