@@ -17,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use msgi::{Frame, Framing, Kind, Side};
+use msgi::{Frame, Framing, Kind, MakeFraming, Side};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -274,10 +274,9 @@ fn progress(
     (bar, ticker)
 }
 
+/// A fresh client-side framing: one connection's (or one direction's) state.
 fn framing(wire: &WireArgs) -> Result<crate::stack::Framing> {
-    let mut f = wire.framing()?;
-    f.start_session(Side::Client);
-    Ok(f)
+    Ok(wire.framing()?.make_framing(Side::Client))
 }
 
 /// C connections, each keeping D frames in flight, verifying every answer.
@@ -305,8 +304,11 @@ async fn throughput(
             done: done.clone(),
             errors: errors.clone(),
         };
-        let f = framing(&args.wire)?;
-        tasks.push(tokio::spawn(conn.run(stream, f)));
+        // The writer and the reader each get their own state (their own
+        // sequence, and nonce prefix), as the sending and receiving halves
+        // of one connection.
+        let (enc, dec) = (framing(&args.wire)?, framing(&args.wire)?);
+        tasks.push(tokio::spawn(conn.run(stream, enc, dec)));
     }
     run.finish(tasks, size).await
 }
@@ -386,7 +388,8 @@ impl Connection {
     async fn run(
         self,
         stream: TcpStream,
-        framing: crate::stack::Framing,
+        mut enc: crate::stack::Framing,
+        mut dec: crate::stack::Framing,
     ) -> Result<Histogram<u64>> {
         let (mut rd, mut wr) = stream.into_split();
         // Request ids are slots 0..depth; a slot is free again once answered.
@@ -395,8 +398,6 @@ impl Connection {
             let _ = free_tx.send(id);
         }
         let sent: Arc<Mutex<SentTimes>> = Arc::new(Mutex::new(SentTimes::new(self.depth)));
-        let mut enc = framing.clone();
-        let mut dec = framing;
         let writer = {
             let sent = sent.clone();
             let payload = self.payload.clone();

@@ -196,7 +196,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
     }
 }
 
-async fn serve_with<C: msgi::Framing + Clone>(args: ServeArgs, framing: C) -> Result<()> {
+async fn serve_with<C: msgi::MakeFraming>(args: ServeArgs, framing: C) -> Result<()> {
     // Every setting is checked before anything is bound or announced.
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     let server = Server::builder()

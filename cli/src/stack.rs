@@ -4,13 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use msgi::{FrameCodec, Transformed};
-use msgi_middleware::compression::Compressor;
-use msgi_middleware::encryption::{key_from_file_contents, Encryptor};
-use msgi_middleware::hmac::Authenticator;
+use msgi::{wire, FrameCodec, MakeFraming, Wire};
+use msgi_middleware::encryption::key_from_file_contents;
 use msgi_middleware::{
-    CompressionLayer, EncryptionLayer, FrameTimeoutLayer, HmacKeys, HmacLayer, Limit,
-    RateLimitLayer, RatePolicy,
+    Deflate, Encrypt, FrameTimeoutLayer, HmacKeys, Limit, RateLimitLayer, RatePolicy, Sign,
 };
 use tower::layer::util::{Identity, Stack};
 use tower::util::Either;
@@ -30,15 +27,22 @@ pub(crate) struct WireArgs {
     hmac_key_file: Option<PathBuf>,
 }
 
-/// From the application to the wire: compress, encrypt, sign.
-pub(crate) type Framing = Transformed<
-    Option<Compressor>,
-    Transformed<Option<Encryptor>, Transformed<Option<Authenticator>, FrameCodec>>,
+/// From the application to the wire: compress, encrypt, sign; each optional.
+/// A factory: every connection gets fresh transforms.
+pub(crate) type WireStack = Wire<
+    FrameCodec,
+    wire::Stack<
+        wire::Stack<wire::Stack<wire::Identity, Option<Deflate>>, Option<Encrypt>>,
+        Option<Sign>,
+    >,
 >;
 
+/// One connection's framing, made by a [`WireStack`].
+pub(crate) type Framing = <WireStack as MakeFraming>::Framing;
+
 impl WireArgs {
-    pub(crate) fn framing(&self) -> Result<Framing> {
-        let compress = self.compress.then(|| CompressionLayer::new().transform());
+    pub(crate) fn framing(&self) -> Result<WireStack> {
+        let compress = self.compress.then(Deflate::new);
         let encrypt = match &self.key_file {
             Some(path) => {
                 let bytes =
@@ -46,7 +50,7 @@ impl WireArgs {
                 let Some(key) = key_from_file_contents(&bytes) else {
                     bail!("{}: a key is 32 raw bytes or 64 hex digits", path.display());
                 };
-                Some(EncryptionLayer::new(key).transform())
+                Some(Encrypt::new(key))
             }
             None => None,
         };
@@ -58,14 +62,14 @@ impl WireArgs {
                 if key.is_empty() {
                     bail!("{}: empty HMAC key", path.display());
                 }
-                Some(HmacLayer::new(HmacKeys::new(1, key)).transform())
+                Some(Sign::new(HmacKeys::new(1, key)))
             }
             None => None,
         };
-        Ok(Transformed::new(
-            compress,
-            Transformed::new(encrypt, Transformed::new(sign, FrameCodec::new())),
-        ))
+        Ok(Wire::new(FrameCodec::new())
+            .transform(compress)
+            .transform(encrypt)
+            .transform(sign))
     }
 
     /// True when no wire transform was asked for.

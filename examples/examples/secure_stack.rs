@@ -8,21 +8,22 @@
 
 use std::time::Duration;
 
-use msgi::{Client, Frame, FrameCodec, Server, Session};
+use msgi::{Client, Frame, FrameCodec, Server, Session, Wire};
 use msgi_middleware::{
-    AuthenticatedKey, EncryptionKey, HmacKeys, Limit, RateLimitLayer, RatePolicy, ServiceBuilderExt,
+    AuthenticatedKey, EncryptionKey, HmacKeys, Limit, RateLimitLayer, RatePolicy,
+    ServiceBuilderExt, WireExt,
 };
 use tower::{service_fn, ServiceBuilder};
 
 #[tokio::main]
 async fn main() -> Result<(), msgi::BoxError> {
-    // Both ends stack the same transforms, application first, wire last.
+    // Both ends stack the same transforms, application first, wire last;
+    // each session gets fresh transforms from this factory.
     let keys = HmacKeys::new(1, b"a signing key shared by both ends");
-    let framing = ServiceBuilder::new()
-        .compression(256)
-        .encryption(EncryptionKey::new(*b"an example key, 32 bytes long!!!"))
-        .hmac(keys.clone())
-        .service(FrameCodec::new());
+    let framing = Wire::new(FrameCodec::new())
+        .deflate(256)
+        .encrypt(EncryptionKey::new(*b"an example key, 32 bytes long!!!"))
+        .sign(keys.clone());
 
     let handler = service_fn(|frame: Frame| async move {
         let signer = frame.extensions().get::<AuthenticatedKey>().map(|k| k.0);

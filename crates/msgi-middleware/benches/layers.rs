@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use msgi::{Frame, FrameCodec, Framing, Side};
+use msgi::{Frame, FrameCodec, Framing, MakeFraming, Side, Wire};
 use msgi_middleware::{
-    CompressionLayer, EncryptionKey, EncryptionLayer, FrameTimeoutLayer, HmacKeys, HmacLayer,
-    Limit, RateLimitLayer, RatePolicy,
+    EncryptionKey, FrameTimeoutLayer, HmacKeys, Limit, RateLimitLayer, RatePolicy, WireExt,
 };
 use tower::{Layer, Service, ServiceExt};
 
@@ -25,13 +24,11 @@ fn text(len: usize) -> Vec<u8> {
     words.iter().copied().cycle().take(len).collect()
 }
 
-fn round_trip<C: Framing + Clone>(c: &mut Criterion, name: &str, framing: C) {
+fn round_trip<M: MakeFraming>(c: &mut Criterion, name: &str, framing: M) {
     let mut group = c.benchmark_group(name);
     for size in SIZES {
-        let mut client = framing.clone();
-        let mut server = framing.clone();
-        client.start_session(Side::Client);
-        server.start_session(Side::Server);
+        let mut client = framing.make_framing(Side::Client);
+        let mut server = framing.make_framing(Side::Server);
         let frame = Frame::data(text(size)).with_request_id(1);
         let mut buf = BytesMut::with_capacity(2 * size + 128);
         group.throughput(Throughput::Bytes(size as u64));
@@ -51,23 +48,24 @@ fn wire(c: &mut Criterion) {
     round_trip(
         c,
         "compression",
-        CompressionLayer::new().layer(FrameCodec::new()),
+        Wire::new(FrameCodec::new()).deflate(msgi_middleware::compression::DEFAULT_THRESHOLD),
     );
     round_trip(
         c,
         "encryption",
-        EncryptionLayer::new(EncryptionKey::new([7; 32])).layer(FrameCodec::new()),
+        Wire::new(FrameCodec::new()).encrypt(EncryptionKey::new([7; 32])),
     );
     round_trip(
         c,
         "hmac",
-        HmacLayer::new(HmacKeys::new(1, b"bench key")).layer(FrameCodec::new()),
+        Wire::new(FrameCodec::new()).sign(HmacKeys::new(1, b"bench key")),
     );
     round_trip(
         c,
         "encryption + hmac",
-        EncryptionLayer::new(EncryptionKey::new([7; 32]))
-            .layer(HmacLayer::new(HmacKeys::new(1, b"k")).layer(FrameCodec::new())),
+        Wire::new(FrameCodec::new())
+            .encrypt(EncryptionKey::new([7; 32]))
+            .sign(HmacKeys::new(1, b"k")),
     );
 }
 

@@ -1,4 +1,4 @@
-//! `ServiceBuilderExt`: the layers of this crate as `ServiceBuilder` methods.
+//! `ServiceBuilderExt`: this crate's service layers as `ServiceBuilder` methods.
 
 use tower::ServiceBuilder;
 
@@ -7,36 +7,69 @@ mod sealed {
     impl<L> Sealed<L> for tower::ServiceBuilder<L> {}
 }
 
-/// Adds this crate's layers to [`ServiceBuilder`].
+/// Adds this crate's **service** layers to [`ServiceBuilder`]: they wrap
+/// the handler, a `Service<Frame, Response = Option<Frame>>`, in any order
+/// with tower's own layers.
 ///
-/// The wire transforms (`compression`, `encryption`, `hmac`) build a
-/// *framing*: finish them with `.service(FrameCodec::new())` and give the
-/// result to `Server::builder().framing(..)` and `Client::builder().framing(..)`.
-/// The first one added is nearest the application, the last nearest the wire.
-/// The request layers (`frame_timeout`, `rate_limit`) wrap the handler, in
-/// any order with tower's own layers.
+/// Wire transforms are not services and are not here: they are stacked
+/// over a codec with [`Wire`](msgi::Wire) and [`WireExt`](crate::WireExt).
+/// Mixing the two does not compile, where the mistake is made:
+///
+/// ```compile_fail,E0599
+/// use std::time::Duration;
+/// use msgi::FrameCodec;
+/// use msgi_middleware::{ServiceBuilderExt, WireExt};
+/// use tower::ServiceBuilder;
+///
+/// // No `deflate` (or `encrypt`, `sign`) on a ServiceBuilder.
+/// let framing = ServiceBuilder::new()
+///     .deflate(256)
+///     .frame_timeout(Duration::from_secs(1))
+///     .service(FrameCodec::new());
+/// ```
+///
+/// ```compile_fail,E0599
+/// use std::time::Duration;
+/// use msgi::{FrameCodec, Wire};
+/// use msgi_middleware::{ServiceBuilderExt, WireExt};
+///
+/// // No `frame_timeout` on a Wire.
+/// let framing = Wire::new(FrameCodec::new())
+///     .deflate(256)
+///     .frame_timeout(Duration::from_secs(1));
+/// ```
+///
+/// ```compile_fail,E0277
+/// use std::time::Duration;
+/// use msgi::{FrameCodec, Server};
+/// use msgi_middleware::ServiceBuilderExt;
+/// use tower::ServiceBuilder;
+///
+/// // A service stack is not a framing: refused by `framing(..)`, with a
+/// // note pointing to `msgi::Wire`.
+/// let stack = ServiceBuilder::new()
+///     .frame_timeout(Duration::from_secs(1))
+///     .service(FrameCodec::new());
+/// let server = Server::builder().framing(stack);
+/// ```
+///
+/// Each of the three differs from this, which compiles, by the one mistake:
+///
+/// ```
+/// use std::time::Duration;
+/// use msgi::{Frame, FrameCodec, Server, Wire};
+/// use msgi_middleware::{ServiceBuilderExt, WireExt};
+/// use tower::{service_fn, ServiceBuilder};
+///
+/// let framing = Wire::new(FrameCodec::new()).deflate(256);
+/// let handler = ServiceBuilder::new()
+///     .frame_timeout(Duration::from_secs(1))
+///     .service(service_fn(|f: Frame| async move { Ok::<_, std::convert::Infallible>(Some(f)) }));
+/// let server = Server::builder().framing(framing).build()?;
+/// # let _ = (server, handler);
+/// # Ok::<(), msgi::ConfigError>(())
+/// ```
 pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
-    /// Compresses payloads of at least `threshold` bytes.
-    #[cfg(feature = "compression")]
-    fn compression(
-        self,
-        threshold: usize,
-    ) -> ServiceBuilder<tower::layer::util::Stack<crate::CompressionLayer, L>>;
-
-    /// Encrypts every frame with `key`.
-    #[cfg(feature = "encryption")]
-    fn encryption(
-        self,
-        key: crate::EncryptionKey,
-    ) -> ServiceBuilder<tower::layer::util::Stack<crate::EncryptionLayer, L>>;
-
-    /// Authenticates every frame with the keys in `keys`.
-    #[cfg(feature = "hmac")]
-    fn hmac(
-        self,
-        keys: crate::HmacKeys,
-    ) -> ServiceBuilder<tower::layer::util::Stack<crate::HmacLayer, L>>;
-
     /// Answers requests slower than `timeout` with ERROR, keeping the request id.
     #[cfg(feature = "timeout")]
     fn frame_timeout(
@@ -57,30 +90,6 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
-    #[cfg(feature = "compression")]
-    fn compression(
-        self,
-        threshold: usize,
-    ) -> ServiceBuilder<tower::layer::util::Stack<crate::CompressionLayer, L>> {
-        self.layer(crate::CompressionLayer::new().threshold(threshold))
-    }
-
-    #[cfg(feature = "encryption")]
-    fn encryption(
-        self,
-        key: crate::EncryptionKey,
-    ) -> ServiceBuilder<tower::layer::util::Stack<crate::EncryptionLayer, L>> {
-        self.layer(crate::EncryptionLayer::new(key))
-    }
-
-    #[cfg(feature = "hmac")]
-    fn hmac(
-        self,
-        keys: crate::HmacKeys,
-    ) -> ServiceBuilder<tower::layer::util::Stack<crate::HmacLayer, L>> {
-        self.layer(crate::HmacLayer::new(keys))
-    }
-
     #[cfg(feature = "timeout")]
     fn frame_timeout(
         self,

@@ -1,4 +1,7 @@
-//! Payload compression with zlib (RFC 1950) via flate2: the COMPRESSED flag.
+//! Payload compression with zlib (RFC 1950, deflate in a zlib wrapper, as
+//! HTTP's `deflate` coding) via flate2: the COMPRESSED flag. [`Deflate`] is
+//! the settings, a [`MakeTransform`]; [`DeflateSession`] one session's
+//! transform.
 //!
 //! Outbound, a payload of at least `threshold` bytes is compressed, and sent
 //! compressed only if that made it smaller; otherwise the frame goes out
@@ -11,11 +14,10 @@
 //! frames are compressed too, not only answers.
 //!
 //! ```
-//! use msgi::{Client, FrameCodec, Server};
-//! use msgi_middleware::ServiceBuilderExt;
-//! use tower::ServiceBuilder;
+//! use msgi::{Client, FrameCodec, Server, Wire};
+//! use msgi_middleware::WireExt;
 //!
-//! let framing = ServiceBuilder::new().compression(256).service(FrameCodec::new());
+//! let framing = Wire::new(FrameCodec::new()).deflate(256);
 //! let server = Server::builder().framing(framing.clone()).build()?;
 //! let client = Client::builder().framing(framing);
 //! # let _ = (server, client);
@@ -30,8 +32,7 @@ use std::fmt;
 
 use bytes::Bytes;
 use flate2::{Compress, Decompress, FlushCompress, FlushDecompress, Status};
-use msgi::{BoxError, ConfigError, Flags, Frame, FrameTransform, Side, Transformed};
-use tower::Layer;
+use msgi::{BoxError, ConfigError, Flags, Frame, FrameTransform, MakeTransform, SessionParams};
 
 /// The default threshold: payloads below it are sent as they are.
 ///
@@ -45,7 +46,7 @@ pub const DEFAULT_THRESHOLD: usize = 1024;
 /// Why a compressed frame was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum CompressionError {
+pub enum DeflateError {
     /// Inflating the payload would exceed the maximum frame size.
     #[error("decompressed payload exceeds the maximum frame size ({max} bytes)")]
     TooLarge {
@@ -57,23 +58,28 @@ pub enum CompressionError {
     Corrupt(String),
 }
 
-/// Compression settings; a [`Layer`] over a framing.
+/// Compression settings: makes each session's [`DeflateSession`]. Add it
+/// to a [`Wire`](msgi::Wire) with `.deflate(threshold)` ([`WireExt`](crate::WireExt))
+/// or `.transform(Deflate::new()..)`.
+///
+/// Named for the algorithm, not `CompressionLayer`: in tower-http that name
+/// compresses HTTP bodies around a service, and this is no service layer.
 #[derive(Clone, Copy, Debug)]
-pub struct CompressionLayer {
+pub struct Deflate {
     threshold: usize,
     level: u32,
 }
 
-impl Default for CompressionLayer {
+impl Default for Deflate {
     fn default() -> Self {
-        CompressionLayer::new()
+        Deflate::new()
     }
 }
 
-impl CompressionLayer {
+impl Deflate {
     /// Compress payloads of [`DEFAULT_THRESHOLD`] bytes or more, at level 1.
     pub fn new() -> Self {
-        CompressionLayer {
+        Deflate {
             threshold: DEFAULT_THRESHOLD,
             level: 1,
         }
@@ -99,40 +105,34 @@ impl CompressionLayer {
     }
 }
 
-impl CompressionLayer {
-    /// The transform this layer installs, for building stacks by hand
-    /// (for instance an optional one: `Option<Compressor>`).
-    pub fn transform(&self) -> Compressor {
-        Compressor {
+impl MakeTransform for Deflate {
+    type Transform = DeflateSession;
+
+    fn make_transform(&self, params: SessionParams) -> DeflateSession {
+        DeflateSession {
             threshold: self.threshold,
             level: self.level,
-            max_frame_size: msgi::DEFAULT_MAX_FRAME_SIZE,
+            max_frame_size: params.max_frame_size,
         }
     }
-}
 
-impl<C> Layer<C> for CompressionLayer {
-    type Service = Compression<C>;
-
-    fn layer(&self, inner: C) -> Compression<C> {
-        Transformed::new(self.transform(), inner)
+    /// 0: a payload is sent compressed only when that made it smaller.
+    fn max_overhead(&self) -> usize {
+        0
     }
 }
 
-/// A framing `C` with compression.
-pub type Compression<C> = Transformed<Compressor, C>;
-
-/// The compression transform of one session.
+/// The compression transform of one session (made by [`Deflate`]).
 #[derive(Clone)]
-pub struct Compressor {
+pub struct DeflateSession {
     threshold: usize,
     level: u32,
     max_frame_size: usize,
 }
 
-impl fmt::Debug for Compressor {
+impl fmt::Debug for DeflateSession {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Compressor")
+        f.debug_struct("DeflateSession")
             .field("threshold", &self.threshold)
             .field("level", &self.level)
             .finish()
@@ -169,7 +169,7 @@ pub fn compress(input: &[u8], level: u32) -> Option<Vec<u8>> {
 }
 
 /// Inflates a zlib stream, refusing to produce more than `limit` bytes.
-pub fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressionError> {
+pub fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, DeflateError> {
     INFLATE.with(|cell| {
         let mut cell = cell.borrow_mut();
         let inflate = cell.get_or_insert_with(|| Decompress::new(true));
@@ -184,14 +184,14 @@ pub fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressionErro
             let before = (inflate.total_in(), inflate.total_out());
             let status = inflate
                 .decompress_vec(rest, &mut out, FlushDecompress::None)
-                .map_err(|e| CompressionError::Corrupt(e.to_string()))?;
+                .map_err(|e| DeflateError::Corrupt(e.to_string()))?;
             if out.len() > limit {
-                return Err(CompressionError::TooLarge { max: limit });
+                return Err(DeflateError::TooLarge { max: limit });
             }
             match status {
                 Status::StreamEnd => {
                     if inflate.total_in() != input.len() as u64 {
-                        return Err(CompressionError::Corrupt("trailing bytes".into()));
+                        return Err(DeflateError::Corrupt("trailing bytes".into()));
                     }
                     return Ok(out);
                 }
@@ -201,7 +201,7 @@ pub fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressionErro
                     out.reserve_exact(more);
                 }
                 _ if before == (inflate.total_in(), inflate.total_out()) => {
-                    return Err(CompressionError::Corrupt("truncated stream".into()));
+                    return Err(DeflateError::Corrupt("truncated stream".into()));
                 }
                 _ => {}
             }
@@ -209,9 +209,7 @@ pub fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressionErro
     })
 }
 
-impl FrameTransform for Compressor {
-    fn start_session(&mut self, _side: Side) {}
-
+impl FrameTransform for DeflateSession {
     fn set_max_frame_size(&mut self, max: usize) {
         self.max_frame_size = max;
     }
@@ -247,14 +245,10 @@ impl FrameTransform for Compressor {
 mod tests {
     use super::*;
 
-    fn transform() -> Compressor {
-        let mut c = CompressionLayer::new()
+    fn transform() -> DeflateSession {
+        Deflate::new()
             .threshold(16)
-            .layer(())
-            .transform()
-            .clone();
-        c.set_max_frame_size(1024);
-        c
+            .make_transform(SessionParams::new(msgi::Side::Client, 1024))
     }
 
     #[test]
@@ -320,10 +314,7 @@ mod tests {
 
     #[test]
     fn levels_are_checked_when_built() {
-        assert!(CompressionLayer::new().level(9).is_ok());
-        assert_eq!(
-            CompressionLayer::new().level(10).unwrap_err().setting(),
-            "level"
-        );
+        assert!(Deflate::new().level(9).is_ok());
+        assert_eq!(Deflate::new().level(10).unwrap_err().setting(), "level");
     }
 }

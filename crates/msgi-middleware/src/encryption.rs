@@ -1,5 +1,6 @@
 //! Payload encryption with XChaCha20-Poly1305 and a pre-shared key: the
-//! ENCRYPTED flag.
+//! ENCRYPTED flag. [`Encrypt`] is the settings, a [`MakeTransform`];
+//! [`EncryptSession`] one session's transform.
 //!
 //! Every frame of the session is sealed, in both directions, the session's
 //! own frames (PING, HEARTBEAT, ERROR, DISCONNECT) and pushes included. A
@@ -26,7 +27,7 @@
 //! One pre-shared key serves every session, across restarts, with no key
 //! exchange, so a nonce must never repeat across sessions. XChaCha20's
 //! 192-bit nonces make that easy: this layer draws 16 random bytes from the
-//! operating system when a connection starts and appends an 8-byte count of
+//! operating system when a connection's transform is made and appends an 8-byte count of
 //! the frames sealed so far (advanced by every seal, even of a frame that
 //! is then not written, so it equals the sequence as long as every sealed
 //! frame is sent), so nonces are unique within a connection by construction and
@@ -55,8 +56,7 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
-use msgi::{BoxError, Flags, Frame, FrameTransform, Side, Transformed};
-use tower::Layer;
+use msgi::{BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionParams, Side};
 
 /// Nonce bytes at the start of an encrypted payload.
 pub const NONCE_LEN: usize = 24;
@@ -66,7 +66,7 @@ pub const TAG_LEN: usize = 16;
 /// Why an encrypted frame was refused.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum EncryptionError {
+pub enum EncryptError {
     /// A frame without the ENCRYPTED flag arrived on an encrypted session.
     #[error("plaintext frame on an encrypted session")]
     Plaintext,
@@ -104,45 +104,43 @@ impl fmt::Debug for EncryptionKey {
     }
 }
 
-/// Encryption settings; a [`Layer`] over a framing.
+/// Encryption settings: makes each session's [`EncryptSession`], with a
+/// nonce prefix of its own. Add it to a [`Wire`](msgi::Wire) with
+/// `.encrypt(key)` ([`WireExt`](crate::WireExt)).
 #[derive(Clone, Debug)]
-pub struct EncryptionLayer {
+pub struct Encrypt {
     key: EncryptionKey,
 }
 
-impl EncryptionLayer {
+impl Encrypt {
     /// Encrypt with `key`.
     pub fn new(key: EncryptionKey) -> Self {
-        EncryptionLayer { key }
+        Encrypt { key }
     }
 }
 
-impl EncryptionLayer {
-    /// The transform this layer installs, for building stacks by hand.
-    pub fn transform(&self) -> Encryptor {
-        Encryptor {
+impl MakeTransform for Encrypt {
+    type Transform = EncryptSession;
+
+    /// Draws the session's nonce prefix from the operating system (if that
+    /// fails, every seal of the session fails with [`EncryptError::Random`]).
+    fn make_transform(&self, params: SessionParams) -> EncryptSession {
+        EncryptSession {
             key: self.key.clone(),
-            side: Side::Client,
+            side: params.side,
             sent: 0,
             received: 0,
             sealed: AtomicU64::new(0),
-            nonce_prefix: NoncePrefix::NotStarted,
+            nonce_prefix: NoncePrefix::draw(),
         }
     }
-}
 
-impl<C> Layer<C> for EncryptionLayer {
-    type Service = Encryption<C>;
-
-    fn layer(&self, inner: C) -> Encryption<C> {
-        Transformed::new(self.transform(), inner)
+    fn max_overhead(&self) -> usize {
+        NONCE_LEN + TAG_LEN
     }
 }
 
-/// A framing `C` with encryption.
-pub type Encryption<C> = Transformed<Encryptor, C>;
-
-/// The encryption transform of one session.
+/// The encryption transform of one session (made by [`Encrypt`]).
 ///
 /// Nonces never repeat, however the transform is driven: the nonce is the
 /// connection's random prefix followed by a count of the frames *sealed*,
@@ -150,12 +148,11 @@ pub type Encryption<C> = Transformed<Encryptor, C>;
 /// while the authenticated sequence advances only on
 /// [`commit`](FrameTransform::commit). Two `encode`s without a `commit`
 /// give two frames with the same sequence (the peer accepts at most one of
-/// them) but never two frames under one nonce. A clone of a started
-/// transform draws its own prefix (so a sending half and a receiving half
-/// may be split off by cloning); a clone of an unstarted one draws nothing
-/// until [`start_session`](FrameTransform::start_session).
+/// them) but never two frames under one nonce. A clone draws its own
+/// prefix (so a sending half and a receiving half may be split off by
+/// cloning).
 #[derive(Debug)]
-pub struct Encryptor {
+pub struct EncryptSession {
     key: EncryptionKey,
     side: Side,
     /// Frames sent and committed: the authenticated sequence.
@@ -172,8 +169,6 @@ pub struct Encryptor {
 /// The random part of a connection's nonces.
 #[derive(Debug, Clone, Copy)]
 enum NoncePrefix {
-    /// `start_session` not called yet: nothing may be sealed.
-    NotStarted,
     /// Drawn from the operating system.
     Drawn([u8; 16]),
     /// The operating system gave no randomness: nothing may be sealed.
@@ -190,16 +185,16 @@ impl NoncePrefix {
     }
 }
 
-impl Clone for Encryptor {
-    /// A clone of a started transform gets a fresh nonce prefix (and nonce
-    /// count), so the original and the clone never seal under one nonce; it
-    /// keeps the sequences, so either may go on with the session.
+impl Clone for EncryptSession {
+    /// A clone gets a fresh nonce prefix (and nonce count), so the original
+    /// and the clone never seal under one nonce; it keeps the sequences, so
+    /// either may go on with the session.
     fn clone(&self) -> Self {
         let nonce_prefix = match self.nonce_prefix {
             NoncePrefix::Drawn(_) => NoncePrefix::draw(),
             other => other,
         };
-        Encryptor {
+        EncryptSession {
             key: self.key.clone(),
             side: self.side,
             sent: self.sent,
@@ -220,7 +215,7 @@ fn associated_data(frame: &Frame, type_field: u16, from: Side, seq: u64) -> [u8;
     ad
 }
 
-impl Encryptor {
+impl EncryptSession {
     /// Seals `frame` with the given nonce and the next sequence number.
     /// Only for test vectors (the documented worked example): the caller
     /// owns the nonce, and a nonce used twice under a key leaks the XOR of
@@ -243,41 +238,33 @@ impl Encryptor {
             .key
             .0
             .encrypt_inout_detached(&XNonce::from(nonce), &ad, (&mut out[NONCE_LEN..]).into())
-            .map_err(|_| EncryptionError::Decrypt)?;
+            .map_err(|_| EncryptError::Decrypt)?;
         out.put_slice(&tag);
         *frame.payload_mut() = out.freeze();
         Ok(frame)
     }
 }
 
-impl FrameTransform for Encryptor {
-    fn start_session(&mut self, side: Side) {
-        self.side = side;
-        self.sent = 0;
-        self.received = 0;
-        self.sealed = AtomicU64::new(0);
-        self.nonce_prefix = NoncePrefix::draw();
-    }
-
+impl FrameTransform for EncryptSession {
     fn decode(&mut self, mut frame: Frame) -> Result<Frame, BoxError> {
         if !frame.flags().contains(Flags::ENCRYPTED) {
-            return Err(EncryptionError::Plaintext.into());
+            return Err(EncryptError::Plaintext.into());
         }
         let sealed = frame.payload();
         let len = sealed.len();
         if len < NONCE_LEN + TAG_LEN {
-            return Err(EncryptionError::Truncated(len).into());
+            return Err(EncryptError::Truncated(len).into());
         }
         let ad = associated_data(&frame, frame.type_field(), self.side.peer(), self.received);
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (cipher, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let nonce = XNonce::try_from(nonce).map_err(|_| EncryptionError::Truncated(len))?;
-        let tag = Tag::try_from(tag).map_err(|_| EncryptionError::Truncated(len))?;
+        let nonce = XNonce::try_from(nonce).map_err(|_| EncryptError::Truncated(len))?;
+        let tag = Tag::try_from(tag).map_err(|_| EncryptError::Truncated(len))?;
         let mut plain = BytesMut::from(cipher);
         self.key
             .0
             .decrypt_inout_detached(&nonce, &ad, (&mut plain[..]).into(), &tag)
-            .map_err(|_| EncryptionError::Decrypt)?;
+            .map_err(|_| EncryptError::Decrypt)?;
         self.received += 1;
         *frame.payload_mut() = plain.freeze();
         let flags = frame.flags().without(Flags::ENCRYPTED);
@@ -292,10 +279,7 @@ impl FrameTransform for Encryptor {
     fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
         let prefix = match self.nonce_prefix {
             NoncePrefix::Drawn(prefix) => prefix,
-            NoncePrefix::NotStarted => {
-                return Err(EncryptionError::Random("session not started".into()).into())
-            }
-            NoncePrefix::Failed(e) => return Err(EncryptionError::Random(e.to_string()).into()),
+            NoncePrefix::Failed(e) => return Err(EncryptError::Random(e.to_string()).into()),
         };
         // 2^64 seals under one prefix cannot happen (centuries at a
         // billion frames a second), so the count never wraps in practice.
@@ -346,12 +330,10 @@ mod tests {
         out
     }
 
-    fn pair(key: [u8; 32]) -> (Encryptor, Encryptor) {
-        let layer = EncryptionLayer::new(EncryptionKey::new(key));
-        let mut client = layer.transform();
-        let mut server = client.clone();
-        client.start_session(Side::Client);
-        server.start_session(Side::Server);
+    fn pair(key: [u8; 32]) -> (EncryptSession, EncryptSession) {
+        let make = Encrypt::new(EncryptionKey::new(key));
+        let client = make.make_transform(SessionParams::new(Side::Client, 1 << 20));
+        let server = make.make_transform(SessionParams::new(Side::Server, 1 << 20));
         (client, server)
     }
 

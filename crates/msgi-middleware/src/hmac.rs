@@ -1,4 +1,6 @@
 //! HMAC-SHA256 authentication of every frame: the AUTHENTICATED flag.
+//! [`Sign`] is the settings, a [`MakeTransform`]; [`SignSession`] one
+//! session's transform.
 //!
 //! Each frame carries a key id, a sequence number and a tag over its header
 //! fields and payload. A receiver refuses frames without the flag, with an
@@ -47,10 +49,9 @@ use std::time::Duration;
 
 use ::hmac::{Hmac, KeyInit, Mac};
 use bytes::{BufMut, BytesMut};
-use msgi::{BoxError, Flags, Frame, FrameTransform, Side, Transformed};
+use msgi::{BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionParams, Side};
 use sha2::Sha256;
 use tokio::time::Instant;
-use tower::Layer;
 
 /// Bytes the layer appends to a payload: key id, sequence, tag.
 pub const TRAILER_LEN: usize = 2 + 8 + 32;
@@ -62,7 +63,7 @@ pub struct AuthenticatedKey(pub u16);
 /// Why a frame failed authentication.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum HmacError {
+pub enum SignError {
     /// A frame without the AUTHENTICATED flag on an authenticated session.
     #[error("unauthenticated frame on an authenticated session")]
     Missing,
@@ -303,45 +304,42 @@ impl HmacKeys {
     }
 }
 
-/// HMAC settings; a [`Layer`] over a framing.
+/// HMAC settings: makes each session's [`SignSession`]. Every session
+/// shares the key ring (that is what makes a rotation reach them all); each
+/// gets its own sequences, from 0. Add it to a [`Wire`](msgi::Wire) with
+/// `.sign(keys)` ([`WireExt`](crate::WireExt)).
 #[derive(Clone, Debug)]
-pub struct HmacLayer {
+pub struct Sign {
     keys: HmacKeys,
 }
 
-impl HmacLayer {
+impl Sign {
     /// Authenticate with the keys in `keys`.
     pub fn new(keys: HmacKeys) -> Self {
-        HmacLayer { keys }
+        Sign { keys }
     }
 }
 
-impl HmacLayer {
-    /// The transform this layer installs, for building stacks by hand.
-    pub fn transform(&self) -> Authenticator {
-        Authenticator {
+impl MakeTransform for Sign {
+    type Transform = SignSession;
+
+    fn make_transform(&self, params: SessionParams) -> SignSession {
+        SignSession {
             keys: self.keys.clone(),
-            side: Side::Client,
+            side: params.side,
             sent: 0,
             received: 0,
         }
     }
-}
 
-impl<C> Layer<C> for HmacLayer {
-    type Service = Authentication<C>;
-
-    fn layer(&self, inner: C) -> Authentication<C> {
-        Transformed::new(self.transform(), inner)
+    fn max_overhead(&self) -> usize {
+        TRAILER_LEN
     }
 }
 
-/// A framing `C` with HMAC authentication.
-pub type Authentication<C> = Transformed<Authenticator, C>;
-
-/// The HMAC transform of one session.
+/// The HMAC transform of one session (made by [`Sign`]).
 #[derive(Clone, Debug)]
-pub struct Authenticator {
+pub struct SignSession {
     keys: HmacKeys,
     side: Side,
     sent: u64,
@@ -357,36 +355,30 @@ fn feed(mac: &mut Hmac<Sha256>, frame: &Frame, from: Side, data: &[u8], key_id: 
     mac.update(&seq.to_be_bytes());
 }
 
-impl FrameTransform for Authenticator {
-    fn start_session(&mut self, side: Side) {
-        self.side = side;
-        self.sent = 0;
-        self.received = 0;
-    }
-
+impl FrameTransform for SignSession {
     fn decode(&mut self, mut frame: Frame) -> Result<Frame, BoxError> {
         if !frame.flags().contains(Flags::AUTHENTICATED) {
-            return Err(HmacError::Missing.into());
+            return Err(SignError::Missing.into());
         }
         let payload = frame.payload().clone();
         let len = payload.len();
         let Some(data_len) = len.checked_sub(TRAILER_LEN) else {
-            return Err(HmacError::Truncated(len).into());
+            return Err(SignError::Truncated(len).into());
         };
         let (data, trailer) = payload.split_at(data_len);
         let (key_id, rest) = trailer.split_at(2);
         let (seq, tag) = rest.split_at(8);
-        let truncated = |_| HmacError::Truncated(len);
+        let truncated = |_| SignError::Truncated(len);
         let key_id = u16::from_be_bytes(key_id.try_into().map_err(truncated)?);
         let seq = u64::from_be_bytes(seq.try_into().map_err(truncated)?);
         let mut mac = self
             .keys
             .verifier(key_id)
-            .ok_or(HmacError::UnknownKey(key_id))?;
+            .ok_or(SignError::UnknownKey(key_id))?;
         feed(&mut mac, &frame, self.side.peer(), data, key_id, seq);
-        mac.verify_slice(tag).map_err(|_| HmacError::BadTag)?;
+        mac.verify_slice(tag).map_err(|_| SignError::BadTag)?;
         if seq != self.received {
-            return Err(HmacError::Sequence {
+            return Err(SignError::Sequence {
                 got: seq,
                 expected: self.received,
             }
@@ -403,7 +395,7 @@ impl FrameTransform for Authenticator {
     fn encode(&self, mut frame: Frame) -> Result<Frame, BoxError> {
         let flags = frame.flags().with(Flags::AUTHENTICATED);
         frame.set_flags(flags);
-        let (key_id, mut mac) = self.keys.signer().ok_or(HmacError::NoSigningKey)?;
+        let (key_id, mut mac) = self.keys.signer().ok_or(SignError::NoSigningKey)?;
         let seq = self.sent;
         feed(&mut mac, &frame, self.side, frame.payload(), key_id, seq);
         let tag = mac.finalize().into_bytes();
@@ -437,12 +429,12 @@ mod tests {
         out
     }
 
-    fn pair(keys: &HmacKeys) -> (Authenticator, Authenticator) {
-        let mut client = HmacLayer::new(keys.clone()).transform();
-        let mut server = client.clone();
-        client.start_session(Side::Client);
-        server.start_session(Side::Server);
-        (client, server)
+    fn session(keys: &HmacKeys, side: Side) -> SignSession {
+        Sign::new(keys.clone()).make_transform(SessionParams::new(side, 1 << 20))
+    }
+
+    fn pair(keys: &HmacKeys) -> (SignSession, SignSession) {
+        (session(keys, Side::Client), session(keys, Side::Server))
     }
 
     #[test]
@@ -471,8 +463,8 @@ mod tests {
                 .clone()
                 .decode(second.clone())
                 .unwrap_err()
-                .downcast_ref::<HmacError>(),
-            Some(HmacError::Sequence {
+                .downcast_ref::<SignError>(),
+            Some(SignError::Sequence {
                 got: 1,
                 expected: 0
             })
@@ -526,8 +518,8 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         let err = fresh_server.decode(early).unwrap_err();
         assert!(matches!(
-            err.downcast_ref::<HmacError>(),
-            Some(HmacError::UnknownKey(1))
+            err.downcast_ref::<SignError>(),
+            Some(SignError::UnknownKey(1))
         ));
     }
 
@@ -535,10 +527,8 @@ mod tests {
     async fn staged_rotation_refuses_nothing_and_checks_its_steps() {
         let server_keys = HmacKeys::new(1, b"one");
         let client_keys = HmacKeys::new(1, b"one");
-        let mut client = HmacLayer::new(client_keys.clone()).transform();
-        let mut server = HmacLayer::new(server_keys.clone()).transform();
-        client.start_session(Side::Client);
-        server.start_session(Side::Server);
+        let mut client = session(&client_keys, Side::Client);
+        let mut server = session(&server_keys, Side::Server);
         let mut both_ways = |want_up: u16, want_down: u16| {
             let up = server.decode(send(&mut client, Frame::data("up"))).unwrap();
             let down = client
@@ -576,14 +566,12 @@ mod tests {
 
         // A frame still signed with the retired key is refused.
         let stale = HmacKeys::new(1, b"one");
-        let mut late = HmacLayer::new(stale).transform();
-        late.start_session(Side::Client);
-        let mut fresh = HmacLayer::new(server_keys.clone()).transform();
-        fresh.start_session(Side::Server);
+        let mut late = session(&stale, Side::Client);
+        let mut fresh = session(&server_keys, Side::Server);
         let err = fresh.decode(send(&mut late, Frame::data("x"))).unwrap_err();
         assert!(matches!(
-            err.downcast_ref::<HmacError>(),
-            Some(HmacError::UnknownKey(1))
+            err.downcast_ref::<SignError>(),
+            Some(SignError::UnknownKey(1))
         ));
         // A grace too long for the clock means "until retired", not a panic.
         server_keys.accept(3, b"three").unwrap();

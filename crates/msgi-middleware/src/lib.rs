@@ -1,33 +1,40 @@
-//! Tower layers for [`msgi`]: compression, encryption, HMAC
-//! authentication, per-request timeouts and rate limiting.
+//! Middleware for [`msgi`]: wire transforms (compression, encryption, HMAC
+//! authentication) and service layers (per-request timeouts, rate
+//! limiting).
 //!
-//! Two kinds of layer, because two kinds of thing need wrapping:
+//! Two kinds of thing, with a builder each, because two kinds of thing need
+//! wrapping:
 //!
-//! - **Wire transforms** ([`CompressionLayer`], [`EncryptionLayer`],
-//!   [`HmacLayer`]) change the bytes of frames. They are layers over a
-//!   *framing* ([`msgi::Framing`]) and each session runs its own copy, so
+//! - **Wire transforms** ([`Deflate`], [`Encrypt`], [`Sign`]) change the
+//!   bytes of frames. They are not tower layers: they are stacked over a
+//!   codec with [`msgi::Wire`] (the [`WireExt`] methods `deflate`, `encrypt`,
+//!   `sign`), and each is a factory ([`msgi::MakeTransform`]) that makes a
+//!   fresh transform ([`DeflateSession`], [`EncryptSession`], [`SignSession`])
+//!   for every session, reconnections included. Installed in the framing,
 //!   they apply to every frame that crosses the wire, in both directions:
 //!   requests and answers, but also pushes (broadcasts, sends to a session),
 //!   one-way client frames and the session's own PONG, HEARTBEAT, ERROR and
 //!   DISCONNECT. Client and server must stack the same transforms in the same
 //!   order.
-//! - **Request layers** ([`FrameTimeoutLayer`], [`RateLimitLayer`]) wrap the
+//! - **Service layers** ([`FrameTimeoutLayer`], [`RateLimitLayer`]) wrap the
 //!   handler, a `Service<Frame, Response = Option<Frame>>`, and compose with
 //!   tower's own (`ConcurrencyLimit`, `LoadShed`, `Buffer`, `Timeout`,
-//!   `Retry`) in any order.
+//!   `Retry`) in any order, in a `tower::ServiceBuilder` ([`ServiceBuilderExt`]
+//!   adds these, and only these).
 //!
 //! ```
 //! use std::time::Duration;
-//! use msgi::{Frame, FrameCodec, Server};
-//! use msgi_middleware::{EncryptionKey, HmacKeys, Limit, RateLimitLayer, RatePolicy, ServiceBuilderExt};
+//! use msgi::{Frame, FrameCodec, Server, Wire};
+//! use msgi_middleware::{
+//!     EncryptionKey, HmacKeys, Limit, RateLimitLayer, RatePolicy, ServiceBuilderExt, WireExt,
+//! };
 //! use tower::{service_fn, ServiceBuilder};
 //!
 //! // From the application down to the wire: compress, then encrypt, then sign.
-//! let framing = ServiceBuilder::new()
-//!     .compression(256)
-//!     .encryption(EncryptionKey::new([7; 32]))
-//!     .hmac(HmacKeys::new(1, b"signing key"))
-//!     .service(FrameCodec::new());
+//! let framing = Wire::new(FrameCodec::new())
+//!     .deflate(256)
+//!     .encrypt(EncryptionKey::new([7; 32]))
+//!     .sign(HmacKeys::new(1, b"signing key"));
 //!
 //! let handler = ServiceBuilder::new()
 //!     .load_shed()
@@ -45,8 +52,17 @@
 //! dispatches by message type, [`DeliverToTarget`] delivers by target id through the
 //! registry (module [`container`]).
 //!
-//! One cargo feature per layer (`compression`, `encryption`, `hmac`,
-//! `timeout`, `rate-limit`, `container`) and `full` (the default) for all.
+//! ## Names
+//!
+//! The wire transforms are named for what they do to a frame (`Deflate`,
+//! `Encrypt`, `Sign`), with `…Session` for one session's state, as a rustls
+//! `ServerConfig` makes a `ServerConnection`. They are not called
+//! `CompressionLayer` and the like: to every tower-http user that name means
+//! a `tower::Layer` compressing HTTP bodies around a service, and these are
+//! neither layers nor services.
+//!
+//! One cargo feature per transform or layer (`compression`, `encryption`,
+//! `hmac`, `timeout`, `rate-limit`, `container`) and `full` (the default) for all.
 #![deny(missing_docs)]
 
 mod builder;
@@ -62,22 +78,22 @@ pub mod hmac;
 pub mod rate_limit;
 #[cfg(feature = "timeout")]
 pub mod timeout;
+mod wire;
 
 pub use builder::ServiceBuilderExt;
 #[cfg(feature = "compression")]
-pub use compression::{Compression, CompressionError, CompressionLayer, Compressor};
+pub use compression::{Deflate, DeflateError, DeflateSession};
 #[cfg(feature = "container")]
 pub use container::{ContainerRequest, ContainerRouter, DeliverToTarget, RouteError};
 #[cfg(feature = "encryption")]
-pub use encryption::{Encryption, EncryptionError, EncryptionKey, EncryptionLayer, Encryptor};
+pub use encryption::{Encrypt, EncryptError, EncryptSession, EncryptionKey};
 #[cfg(feature = "hmac")]
-pub use hmac::{
-    AuthenticatedKey, Authentication, Authenticator, HmacError, HmacKeys, HmacLayer, KeyRingError,
-};
+pub use hmac::{AuthenticatedKey, HmacKeys, KeyRingError, Sign, SignError, SignSession};
 #[cfg(feature = "rate-limit")]
 pub use rate_limit::{Limit, RateLimit, RateLimitLayer, RatePolicy};
 #[cfg(feature = "timeout")]
 pub use timeout::{FrameTimeout, FrameTimeoutLayer};
+pub use wire::WireExt;
 
 /// The README's examples (which use this crate and msgi), compiled as
 /// doctests so they stay true.

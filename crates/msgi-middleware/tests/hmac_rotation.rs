@@ -8,15 +8,12 @@
 #[path = "../../msgi/tests/support/mod.rs"]
 mod support;
 
-use msgi::{Client, Frame, FrameCodec, Framing, Incoming, Server};
-use msgi_middleware::{AuthenticatedKey, HmacKeys, ServiceBuilderExt};
+use msgi::{Client, Frame, FrameCodec, Incoming, MakeFraming, Server, Wire};
+use msgi_middleware::{AuthenticatedKey, HmacKeys, WireExt};
 use support::{serve, within, TestServer};
-use tower::ServiceBuilder;
 
-fn framing(keys: &HmacKeys) -> impl Framing + Clone + std::fmt::Debug + Sync {
-    ServiceBuilder::new()
-        .hmac(keys.clone())
-        .service(FrameCodec::new())
+fn framing(keys: &HmacKeys) -> impl MakeFraming + Clone + std::fmt::Debug {
+    Wire::new(FrameCodec::new()).sign(keys.clone())
 }
 
 /// Answers with the id of the key that signed the request.

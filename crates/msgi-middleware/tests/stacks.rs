@@ -5,30 +5,51 @@
 
 use bytes::BytesMut;
 use msgi::{
-    BoxError, Flags, Frame, FrameCodec, FrameTransform, Framing, Kind, Side, Transformed, WriteBuf,
+    BoxError, Flags, Frame, FrameCodec, FrameTransform, Framing, Kind, MakeFraming, MakeTransform,
+    SessionParams, Side, Transformed, Wire, WriteBuf,
 };
 use msgi_middleware::{
-    Authenticator, CompressionLayer, Compressor, EncryptionKey, EncryptionLayer, Encryptor,
-    HmacKeys, HmacLayer,
+    Deflate, DeflateSession, Encrypt, EncryptSession, EncryptionKey, HmacKeys, Sign, SignSession,
 };
 use proptest::prelude::*;
 
-/// One of the three transforms, so one stack type can hold any order.
+/// One of the three transforms' settings, so one stack type can hold any order.
 #[derive(Clone, Debug)]
+enum MakeAny {
+    Compress(Deflate),
+    Encrypt(Encrypt),
+    Hmac(Sign),
+}
+
+impl MakeTransform for MakeAny {
+    type Transform = Any;
+
+    fn make_transform(&self, params: SessionParams) -> Any {
+        match self {
+            MakeAny::Compress(m) => Any::Compress(m.make_transform(params)),
+            MakeAny::Encrypt(m) => Any::Encrypt(m.make_transform(params)),
+            MakeAny::Hmac(m) => Any::Hmac(m.make_transform(params)),
+        }
+    }
+
+    fn max_overhead(&self) -> usize {
+        match self {
+            MakeAny::Compress(m) => m.max_overhead(),
+            MakeAny::Encrypt(m) => m.max_overhead(),
+            MakeAny::Hmac(m) => m.max_overhead(),
+        }
+    }
+}
+
+/// One session's transform, one of the three.
+#[derive(Debug)]
 enum Any {
-    Compress(Compressor),
-    Encrypt(Encryptor),
-    Hmac(Authenticator),
+    Compress(DeflateSession),
+    Encrypt(EncryptSession),
+    Hmac(SignSession),
 }
 
 impl FrameTransform for Any {
-    fn start_session(&mut self, side: Side) {
-        match self {
-            Any::Compress(t) => t.start_session(side),
-            Any::Encrypt(t) => t.start_session(side),
-            Any::Hmac(t) => t.start_session(side),
-        }
-    }
     fn set_max_frame_size(&mut self, max: usize) {
         match self {
             Any::Compress(t) => t.set_max_frame_size(max),
@@ -69,29 +90,23 @@ impl FrameTransform for Any {
 type Stack =
     Transformed<Option<Any>, Transformed<Option<Any>, Transformed<Option<Any>, FrameCodec>>>;
 
-fn make(which: u8) -> Option<Any> {
+fn make(which: u8) -> Option<MakeAny> {
     match which {
-        1 => Some(Any::Compress(
-            CompressionLayer::new().threshold(8).transform(),
-        )),
-        2 => Some(Any::Encrypt(
-            EncryptionLayer::new(EncryptionKey::new([3; 32])).transform(),
-        )),
-        3 => Some(Any::Hmac(
-            HmacLayer::new(HmacKeys::new(9, b"k")).transform(),
-        )),
+        1 => Some(MakeAny::Compress(Deflate::new().threshold(8))),
+        2 => Some(MakeAny::Encrypt(Encrypt::new(EncryptionKey::new([3; 32])))),
+        3 => Some(MakeAny::Hmac(Sign::new(HmacKeys::new(9, b"k")))),
         _ => None,
     }
 }
 
-fn stack(order: [u8; 3]) -> Stack {
-    Transformed::new(
-        make(order[0]),
-        Transformed::new(
-            make(order[1]),
-            Transformed::new(make(order[2]), FrameCodec::new()),
-        ),
-    )
+/// One session's framing on `side`, the transforms in `order` (first
+/// nearest the application), made as a server or client makes it.
+fn stack(order: [u8; 3], side: Side) -> Stack {
+    Wire::new(FrameCodec::new())
+        .transform(make(order[0]))
+        .transform(make(order[1]))
+        .transform(make(order[2]))
+        .make_framing(side)
 }
 
 /// Every order of every subset of the three transforms (0 = none).
@@ -148,10 +163,8 @@ proptest! {
 
     #[test]
     fn any_stack_round_trips_both_ways(order in orders(), up in prop::collection::vec(arb_frame(), 1..5), down in prop::collection::vec(arb_frame(), 1..5)) {
-        let mut client = stack(order);
-        let mut server = stack(order);
-        client.start_session(Side::Client);
-        server.start_session(Side::Server);
+        let mut client = stack(order, Side::Client);
+        let mut server = stack(order, Side::Server);
         pass(&mut client, &mut server, &up)?;
         pass(&mut server, &mut client, &down)?;
         pass(&mut client, &mut server, &up)?;
@@ -160,10 +173,8 @@ proptest! {
     #[test]
     fn stacks_in_different_orders_do_not_interoperate(frame in arb_frame()) {
         // Encrypt-then-sign is not sign-then-encrypt: the receiver refuses.
-        let mut client = stack([2, 3, 0]);
-        let mut server = stack([3, 2, 0]);
-        client.start_session(Side::Client);
-        server.start_session(Side::Server);
+        let mut client = stack([2, 3, 0], Side::Client);
+        let mut server = stack([3, 2, 0], Side::Server);
         let mut wire = BytesMut::new();
         client.encode(frame, &mut wire).unwrap();
         prop_assert!(server.decode(&mut wire).is_err());
@@ -185,12 +196,10 @@ proptest! {
         into_write_buf in any::<bool>(),
     ) {
         const MAX: usize = 200;
-        let mut client = stack(order);
-        let mut server = stack(order);
+        let mut client = stack(order, Side::Client);
+        let mut server = stack(order, Side::Server);
         client.set_max_frame_size(MAX + 100);
         server.set_max_frame_size(MAX + 100);
-        client.start_session(Side::Client);
-        server.start_session(Side::Server);
         // Incompressible, so compression cannot bring it under the limit.
         let noise: Vec<u8> = (0..refused_len as u32)
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)

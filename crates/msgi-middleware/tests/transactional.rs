@@ -8,21 +8,22 @@
 #[path = "../../msgi/tests/support/mod.rs"]
 mod support;
 
-use msgi::{Client, ClientError, Frame, FrameCodec, Framing, SendError, Server};
-use msgi_middleware::{EncryptionKey, HmacKeys, ServiceBuilderExt};
+use msgi::{
+    Client, ClientError, Frame, FrameCodec, Framing, MakeFraming, MakeTransform, SendError, Server,
+    SessionParams, Side, Wire,
+};
+use msgi_middleware::{EncryptionKey, HmacKeys, WireExt};
 use support::{serve, within, TestServer};
-use tower::ServiceBuilder;
 
 /// The maximum frame size of both ends.
 const MAX: usize = 1024;
 /// What encryption (nonce, tag) and HMAC (key id, sequence, tag) add.
 const OVERHEAD: usize = 24 + 16 + 2 + 8 + 32;
 
-fn secured() -> impl Framing + Clone + std::fmt::Debug + Sync {
-    ServiceBuilder::new()
-        .encryption(EncryptionKey::new([42; 32]))
-        .hmac(HmacKeys::new(1, b"hmac key"))
-        .service(FrameCodec::new())
+fn secured() -> impl MakeFraming + Clone + std::fmt::Debug {
+    Wire::new(FrameCodec::new())
+        .encrypt(EncryptionKey::new([42; 32]))
+        .sign(HmacKeys::new(1, b"hmac key"))
 }
 
 /// Echoes, except that `big` is answered with a payload over the limit.
@@ -171,11 +172,12 @@ impl Framing for WritesThenFails {
 #[test]
 fn a_framing_that_writes_then_fails_sends_nothing_and_reuses_no_nonce() {
     use msgi::{FrameTransform, WriteBuf};
-    let layer = msgi_middleware::EncryptionLayer::new(EncryptionKey::new([9; 32]));
-    let mut client = msgi::Transformed::new(layer.transform(), WritesThenFails::default());
-    client.start_session(msgi::Side::Client);
-    let mut server = layer.transform();
-    server.start_session(msgi::Side::Server);
+    let make = msgi_middleware::Encrypt::new(EncryptionKey::new([9; 32]));
+    // The client's framing writes and then fails; the factory is the usual one.
+    let mut client = Wire::new(WritesThenFails::default())
+        .transform(make.clone())
+        .make_framing(Side::Client);
+    let mut server = make.make_transform(SessionParams::new(Side::Server, 1 << 20));
 
     let mut out = WriteBuf::new();
     out.put_slice(b"queued");

@@ -12,35 +12,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use msgi::{CloseReason, Flags, Frame, FrameCodec, Framing, Kind, Server, Side};
+use msgi::{CloseReason, Flags, Frame, FrameCodec, Framing, Kind, MakeFraming, Server, Side, Wire};
 use msgi_middleware::{
-    EncryptionKey, FrameTimeoutLayer, HmacKeys, Limit, RateLimitLayer, RatePolicy,
-    ServiceBuilderExt,
+    EncryptionKey, FrameTimeoutLayer, HmacKeys, Limit, RateLimitLayer, RatePolicy, WireExt,
 };
 use support::{serve, within, RawPeer, TestServer};
 use tokio::io::AsyncReadExt;
 use tower::{Layer, ServiceBuilder};
 
+/// What the builders take: a per-session framing factory.
+trait Factory: MakeFraming + Clone + std::fmt::Debug {}
+impl<M: MakeFraming + Clone + std::fmt::Debug> Factory for M {}
+
 fn key() -> EncryptionKey {
     EncryptionKey::new([42; 32])
 }
 
-fn encrypted() -> impl Framing + Clone {
-    ServiceBuilder::new()
-        .encryption(key())
-        .service(FrameCodec::new())
+fn encrypted() -> impl Factory {
+    Wire::new(FrameCodec::new()).encrypt(key())
 }
 
-fn compressed() -> impl Framing + Clone {
-    ServiceBuilder::new()
-        .compression(64)
-        .service(FrameCodec::new())
+fn compressed() -> impl Factory {
+    Wire::new(FrameCodec::new()).deflate(64)
 }
 
-fn authenticated() -> impl Framing + Clone {
-    ServiceBuilder::new()
-        .hmac(HmacKeys::new(1, b"hmac key"))
-        .service(FrameCodec::new())
+fn authenticated() -> impl Factory {
+    Wire::new(FrameCodec::new()).sign(HmacKeys::new(1, b"hmac key"))
 }
 
 /// An echo handler that counts the frames it saw.
@@ -102,8 +99,7 @@ async fn broadcast_from_an_encrypting_server_is_ciphertext() {
     assert!(raw.flags().contains(Flags::ENCRYPTED));
     assert!(!raw.payload().windows(10).any(|w| w == b"top secret"));
     // It is the real thing: the key opens it.
-    let mut opener = encrypted();
-    opener.start_session(Side::Client);
+    let mut opener = encrypted().make_framing(Side::Client);
     let mut wire = BytesMut::new();
     FrameCodec::new().encode(raw, &mut wire).unwrap();
     assert_eq!(
@@ -133,11 +129,10 @@ async fn pushed_frame_from_a_compressing_server_is_compressed() {
 #[tokio::test]
 async fn secure_client_and_server_talk_through_every_layer() {
     let framing = || {
-        ServiceBuilder::new()
-            .compression(32)
-            .encryption(key())
-            .hmac(HmacKeys::new(3, b"k3"))
-            .service(FrameCodec::new())
+        Wire::new(FrameCodec::new())
+            .deflate(32)
+            .encrypt(key())
+            .sign(HmacKeys::new(3, b"k3"))
     };
     let seen = Arc::new(AtomicUsize::new(0));
     let handler = ServiceBuilder::new()
@@ -177,12 +172,12 @@ async fn secure_client_and_server_talk_through_every_layer() {
 async fn refused<C, A>(
     framing: C,
     attacker: A,
-    bytes: impl FnOnce(&mut A) -> Vec<Vec<u8>>,
+    bytes: impl FnOnce(&mut A::Framing) -> Vec<Vec<u8>>,
     reason: &str,
     expected_calls: usize,
 ) where
-    C: Framing + Clone,
-    A: Framing,
+    C: MakeFraming + Clone,
+    A: MakeFraming,
 {
     let seen = Arc::new(AtomicUsize::new(0));
     let mut server = serve(
@@ -190,18 +185,18 @@ async fn refused<C, A>(
         counting_echo(seen.clone()),
     )
     .await;
-    let mut bystander = RawPeer::connect_with(server.addr, framing.clone()).await;
+    let mut bystander =
+        RawPeer::connect_with(server.addr, framing.make_framing(Side::Client)).await;
     bystander.send(Frame::ping("before")).await;
     assert_eq!(bystander.recv().await.unwrap().payload(), "before");
 
-    let mut evil = RawPeer::connect_with(server.addr, attacker).await;
+    let mut evil = RawPeer::connect_with(server.addr, attacker.make_framing(Side::Client)).await;
     let writes = bytes(&mut evil.codec);
     for chunk in &writes {
         evil.write(chunk).await;
     }
     // Answers to good frames first (when the attack replays one), then the error.
-    let mut reader = framing.clone();
-    reader.start_session(Side::Client);
+    let mut reader = framing.make_framing(Side::Client);
     let mut buf = BytesMut::new();
     let error = within(async {
         loop {
@@ -249,9 +244,7 @@ fn encode(codec: &mut impl Framing, frame: Frame) -> Vec<u8> {
 
 #[tokio::test]
 async fn wrong_key_is_refused() {
-    let wrong = ServiceBuilder::new()
-        .encryption(EncryptionKey::new([1; 32]))
-        .service(FrameCodec::new());
+    let wrong = Wire::new(FrameCodec::new()).encrypt(EncryptionKey::new([1; 32]));
     refused(
         encrypted(),
         wrong,
@@ -360,9 +353,7 @@ async fn zip_bomb_is_refused() {
 
 #[tokio::test]
 async fn bad_hmac_tag_and_replay_are_refused() {
-    let other_key = ServiceBuilder::new()
-        .hmac(HmacKeys::new(1, b"not it"))
-        .service(FrameCodec::new());
+    let other_key = Wire::new(FrameCodec::new()).sign(HmacKeys::new(1, b"not it"));
     refused(
         authenticated(),
         other_key,
@@ -457,11 +448,7 @@ async fn timeout_answers_error_with_the_request_id() {
 /// max < min) and ended the session (issue 7, item 6).
 #[tokio::test]
 async fn a_compressing_session_with_a_64_byte_maximum_works() {
-    let framing = || {
-        ServiceBuilder::new()
-            .compression(16)
-            .service(FrameCodec::with_max_frame_size(64))
-    };
+    let framing = || Wire::new(FrameCodec::with_max_frame_size(64)).deflate(16);
     let seen = Arc::new(AtomicUsize::new(0));
     let mut server = serve(Server::builder().framing(framing()), counting_echo(seen)).await;
     let client = within(

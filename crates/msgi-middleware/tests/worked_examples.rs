@@ -4,8 +4,13 @@
 
 use bytes::BytesMut;
 use msgi::Framing as _;
-use msgi::{Frame, FrameCodec, FrameTransform, Side};
-use msgi_middleware::{CompressionLayer, EncryptionKey, EncryptionLayer, HmacKeys, HmacLayer};
+use msgi::{Frame, FrameCodec, FrameTransform, MakeTransform, SessionParams, Side};
+use msgi_middleware::{Deflate, Encrypt, EncryptionKey, HmacKeys, Sign};
+
+/// A session on `side` with the default maximum frame size.
+fn on(side: Side) -> SessionParams {
+    SessionParams::new(side, msgi::DEFAULT_MAX_FRAME_SIZE)
+}
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -33,7 +38,9 @@ fn doc() -> String {
 
 #[test]
 fn compression_example() {
-    let t = CompressionLayer::new().threshold(16).transform();
+    let t = Deflate::new()
+        .threshold(16)
+        .make_transform(on(Side::Client));
     let frame = t.encode(Frame::data("hello hello hello hello")).unwrap();
     let bytes = wire(frame);
     println!("compression: {bytes}");
@@ -44,16 +51,14 @@ fn compression_example() {
 fn encryption_example() {
     let key: [u8; 32] = std::array::from_fn(|i| i as u8);
     let nonce: [u8; 24] = std::array::from_fn(|i| 0x40 + i as u8);
-    let mut t = EncryptionLayer::new(EncryptionKey::new(key)).transform();
-    t.start_session(Side::Client);
+    let t = Encrypt::new(EncryptionKey::new(key)).make_transform(on(Side::Client));
     let frame = t
         .seal_with_nonce(Frame::data("abc").with_request_id(7), nonce)
         .unwrap();
     let bytes = wire(frame.clone());
     println!("encryption: {bytes}");
     assert!(doc().contains(&bytes), "docs/PROTOCOL.md shows {bytes}");
-    let mut server = EncryptionLayer::new(EncryptionKey::new(key)).transform();
-    server.start_session(Side::Server);
+    let mut server = Encrypt::new(EncryptionKey::new(key)).make_transform(on(Side::Server));
     assert_eq!(
         server.decode(frame).unwrap(),
         Frame::data("abc").with_request_id(7)
@@ -62,8 +67,7 @@ fn encryption_example() {
 
 #[test]
 fn hmac_example() {
-    let mut t = HmacLayer::new(HmacKeys::new(1, b"key")).transform();
-    t.start_session(Side::Client);
+    let t = Sign::new(HmacKeys::new(1, b"key")).make_transform(on(Side::Client));
     let bytes = wire(t.encode(Frame::data("abc")).unwrap());
     println!("hmac: {bytes}");
     assert!(doc().contains(&bytes), "docs/PROTOCOL.md shows {bytes}");
