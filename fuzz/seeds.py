@@ -38,7 +38,7 @@ big = b"MSGI" + (10 + 65536).to_bytes(4, "big") + b"\x00\x10"
 write("frame_codec", "big-frame", stream(0, big, b"\x81", pad=65536 // 8))
 # a 200 000-byte frame, then a frame header arriving in pieces after it
 big = b"MSGI" + (10 + 200000).to_bytes(4, "big") + b"\x00\x10"
-write("frame_codec", "big-then-small", stream(0, big + b"MSGI\x00\x00\x00\x20\x00\x10", b"\xff\x03", pad=200000 // 8, at=len(big)))
+write("frame_codec", "big-then-small", stream(0x82, big + b"MSGI\x00\x00\x00\x20\x00\x10", b"\xff\x03", pad=200000 // 8, at=len(big)))
 lines = b"hello\r\nworld\n\nHELLO me\r\r\n"
 write("line_codec", "lines", stream(0, lines))
 write("line_codec", "lines-bytewise", stream(0, lines, b"\x00"))

@@ -22,7 +22,9 @@ pub const READ_CHUNK: usize = 32 * 1024;
 /// [`MAX_SPLIT_READS`] reads.
 #[derive(Debug)]
 pub struct Stream {
-    /// A free byte for the target's own settings.
+    /// A free byte for the target's own settings; its top bit set means a
+    /// busy peer: the read loop never sees a quiet moment, so it keeps an
+    /// empty buffer instead of giving it back.
     pub cfg: u8,
     /// The bytes that arrive.
     pub bytes: Vec<u8>,
@@ -92,7 +94,7 @@ pub fn read_buffer_bound(buffered: usize) -> usize {
 /// each read it makes room by the transport's rule (one exact chunk when
 /// little room is left), a read fills at most the room there is, then the
 /// decoder runs until it needs more bytes; an empty buffer is given back
-/// between reads (a quiet connection). `on_frame(frame, consumed)` gets each
+/// between reads unless the peer is busy (see [`Stream::cfg`]). `on_frame(frame, consumed)` gets each
 /// frame with the offset where it started in the stream; it returns the
 /// number of bytes it accounts for, so the loop can check that frames
 /// consume exactly the bytes they came from.
@@ -140,9 +142,9 @@ pub fn read_loop<F: Framing>(
         if read == stream.bytes.len() {
             return End::Eof(rbuf.len());
         }
-        if rbuf.is_empty() {
+        if rbuf.is_empty() && stream.cfg & 0x80 == 0 {
             // The transport gives the buffer back when a read would block
-            // with nothing buffered.
+            // with nothing buffered (not when more bytes are there at once).
             rbuf = BytesMut::new();
         }
         let free = rbuf.capacity() - rbuf.len();
