@@ -1,6 +1,6 @@
 //! The inbound path of the wire transforms (msgi-middleware's compression,
-//! encryption and HMAC), alone or stacked as the server runs them, over
-//! `FrameCodec`, fed by an honest peer's stack and then tampered with
+//! encryption and HMAC), alone or stacked, made per connection by `Wire`
+//! over `FrameCodec` as the server and client make them, fed by an honest peer's stack and then tampered with
 //! (forged bytes, flipped bits, replays, dropped frames), in arbitrary
 //! splits.
 //!
@@ -16,16 +16,8 @@ use arbitrary::Arbitrary;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use msgi_fuzz::{read_loop, End, Stream};
-use msgi_middleware::{
-    Authenticator, CompressionLayer, Compressor, EncryptionKey, EncryptionLayer, Encryptor,
-    HmacKeys, HmacLayer,
-};
-use msgi_proto::{Flags, Frame, FrameCodec, Framing, Kind, Side, Transformed};
-
-type Stack = Transformed<
-    Option<Compressor>,
-    Transformed<Option<Encryptor>, Transformed<Option<Authenticator>, FrameCodec>>,
->;
+use msgi_middleware::{Deflate, Encrypt, EncryptionKey, HmacKeys, Sign};
+use msgi_proto::{Flags, Frame, FrameCodec, Framing, Kind, MakeFraming, Side, Wire};
 
 #[derive(Arbitrary, Debug)]
 enum Max {
@@ -72,24 +64,23 @@ struct Sent {
     frame: Frame,
 }
 
-fn stack(input: &Input, keys: &(EncryptionKey, HmacKeys), max: usize, side: Side) -> Stack {
-    let compression = (input.stack & 1 != 0).then(|| {
-        CompressionLayer::new()
+/// The transforms as a server or client makes them for one connection:
+/// `Wire` over a codec with the given limit (the transforms learn it when
+/// made), each transform present or not.
+fn stack(input: &Input, keys: &(EncryptionKey, HmacKeys), max: usize, side: Side) -> impl Framing {
+    let deflate = (input.stack & 1 != 0).then(|| {
+        Deflate::new()
             .threshold(usize::from(input.threshold))
             .level(u32::from(input.level % 10))
             .expect("levels 0 to 9 are valid")
-            .transform()
     });
-    let encryption =
-        (input.stack & 2 != 0).then(|| EncryptionLayer::new(keys.0.clone()).transform());
-    let hmac = (input.stack & 4 != 0).then(|| HmacLayer::new(keys.1.clone()).transform());
-    let mut framing = Transformed::new(
-        compression,
-        Transformed::new(encryption, Transformed::new(hmac, FrameCodec::new())),
-    );
-    framing.set_max_frame_size(max);
-    framing.start_session(side);
-    framing
+    let encrypt = (input.stack & 2 != 0).then(|| Encrypt::new(keys.0.clone()));
+    let sign = (input.stack & 4 != 0).then(|| Sign::new(keys.1.clone()));
+    Wire::new(FrameCodec::with_max_frame_size(max))
+        .transform(deflate)
+        .transform(encrypt)
+        .transform(sign)
+        .make_framing(side)
 }
 
 /// Most bytes one input may make the peer send (keeps executions fast).
