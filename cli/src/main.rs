@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use msgi::proto::client::Violation;
 use msgi::{Client, ClientError, Frame, Kind, Reconnect, Server};
 use msgi_container::Container;
 use tracing_subscriber::EnvFilter;
@@ -392,14 +393,18 @@ async fn lost(client: &Client, wire: &stack::WireArgs) -> Hint {
     let reason = tokio::time::timeout(Duration::from_secs(1), client.closed())
         .await
         .ok();
-    let text = reason.as_ref().map(ToString::to_string).unwrap_or_default();
-    let (message, hint) = if text.contains("bad magic") {
+    let violation = reason.as_ref().and_then(ClientError::violation);
+    let bad_magic = matches!(
+        violation,
+        Some(Violation::Codec(e)) if matches!(**e, msgi::CodecError::BadMagic)
+    );
+    let (message, hint) = if bad_magic {
         // Not a layer mismatch: what answered is not an MSGI server at all.
         (
             "what answered does not speak MSGI (its bytes do not start with `MSGI`)".to_owned(),
             "check the address and port: is `msgi serve` (or another MSGI server) listening there?",
         )
-    } else if text.contains("protocol violation by") {
+    } else if violation.is_some() {
         (
             format!(
                 "the server's frames could not be decoded with this side's layers ({})",

@@ -132,6 +132,14 @@ pub enum Violation {
     /// A frame broke a session rule (flags for a transform this session
     /// does not run), with the rule's text.
     Rule(String),
+    /// A call was answered with a frame of a kind that cannot answer
+    /// (PING, HEARTBEAT, a reserved kind).
+    BadAnswer {
+        /// The call's request id.
+        id: u32,
+        /// The kind of the frame that carried it.
+        kind: Kind,
+    },
     /// More frames or bytes than allowed arrived before WELCOME.
     TooManyBeforeWelcome {
         /// The frame limit.
@@ -146,6 +154,9 @@ impl fmt::Display for Violation {
         match self {
             Violation::Codec(e) => fmt::Display::fmt(e, f),
             Violation::Rule(rule) => f.write_str(rule),
+            Violation::BadAnswer { id, kind } => {
+                write!(f, "call {id} answered with a {kind} frame")
+            }
             Violation::TooManyBeforeWelcome { frames, bytes } => {
                 write!(
                     f,

@@ -49,7 +49,7 @@ mod session;
 mod transport;
 
 pub use client::{
-    Client, ClientBuilder, ClientError, Forward, ForwardFuture, Incoming, Reconnect,
+    Client, ClientBuilder, ClientError, CloseCause, Forward, ForwardFuture, Incoming, Reconnect,
     ResponseFuture, TcpConnector,
 };
 pub use codec::TokioCodec;

@@ -172,3 +172,59 @@ async fn the_connector_is_called_again_for_each_reconnect() {
     assert_eq!(opened.load(Ordering::SeqCst), 2);
     client.close().await;
 }
+
+/// Causes are types: a peer that does not speak MSGI is a `Violation::Codec`
+/// holding `CodecError::BadMagic`, on the call and on the close; a close by
+/// the application is `CloseCause::Application`.
+#[tokio::test]
+async fn close_causes_are_typed() {
+    use msgi::proto::client::{ConnectionError, Violation};
+    use msgi::{CloseCause, CodecError};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 64];
+        let _ = stream.read(&mut buf).await;
+        stream
+            .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            .await
+            .unwrap();
+        // Keep the socket until the client is done with it.
+        let _ = stream.read(&mut buf).await;
+    });
+    let client = within(Client::connect(addr)).await.unwrap();
+    let err = within(client.call(Frame::data("hello?")))
+        .await
+        .unwrap_err();
+    let bad_magic = |v: Option<&Violation>| matches!(v, Some(Violation::Codec(e)) if matches!(**e, CodecError::BadMagic));
+    assert!(bad_magic(err.violation()), "{err:?}");
+    assert!(matches!(
+        err,
+        ClientError::ConnectionLost(ConnectionError::Violation(_))
+    ));
+    let reason = within(client.closed()).await;
+    assert!(
+        matches!(&reason, ClientError::Closed(CloseCause::Lost(_))),
+        "{reason:?}"
+    );
+    assert!(bad_magic(reason.violation()), "{reason:?}");
+    assert_eq!(
+        reason.connection_error().map(ConnectionError::kind),
+        Some("undecodable")
+    );
+    within(server).await.unwrap();
+
+    let (seen_tx, _seen) = mpsc::unbounded_channel();
+    let mut up = upstream(seen_tx).await;
+    let client = within(Client::connect(up.addr)).await.unwrap();
+    within(client.close()).await;
+    let reason = within(client.closed()).await;
+    assert!(
+        matches!(&reason, ClientError::Closed(CloseCause::Application)),
+        "{reason:?}"
+    );
+    up.shutdown().await;
+}

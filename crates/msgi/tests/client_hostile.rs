@@ -158,7 +158,9 @@ async fn frames_before_welcome_are_bounded_in_frames() {
     )
     .await;
     match result {
-        Err(ClientError::Protocol(what)) => assert!(what.contains("before WELCOME"), "{what}"),
+        Err(ClientError::Protocol(
+            what @ msgi::proto::client::Violation::TooManyBeforeWelcome { frames: 16, .. },
+        )) => assert!(what.to_string().contains("before WELCOME"), "{what}"),
         other => panic!("{other:?}"),
     }
     within(server).await.unwrap();

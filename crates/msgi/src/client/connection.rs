@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::builder::{finite, ClientBuilder};
 use super::connector::{Connecting, Connector};
-use super::{ClientError, DoneGuard, Shared, Status};
+use super::{ClientError, CloseCause, DoneGuard, Shared, Status};
 use crate::transport::{now, Alarm, ReadError, Transport};
 use msgi_proto::client::{
     CallError, Caller, Config, Connection, ConnectionError, Event, Phase, Violation, MIN_HIGH_WATER,
@@ -114,9 +114,9 @@ pub(super) fn machine_config<C: MakeFraming + Clone + fmt::Debug>(
 /// Why the client closes gracefully.
 fn closed_reason(shared: &Shared) -> ClientError {
     if shared.close_requested.is_cancelled() {
-        ClientError::Closed("closed by the application".into())
+        ClientError::Closed(CloseCause::Application)
     } else {
-        ClientError::Closed("every handle was dropped".into())
+        ClientError::Closed(CloseCause::HandlesDropped)
     }
 }
 
@@ -285,12 +285,11 @@ where
             if self.cfg.reconnect.is_some() {
                 tracing::debug!(attempts = self.attempt, "giving up reconnecting");
             }
-            let why = self
-                .last_lost
-                .as_ref()
-                .map_or_else(|| "no connection".to_owned(), ToString::to_string);
-            self.reason
-                .get_or_insert_with(|| ClientError::Closed(format!("connection lost: {why}")));
+            let cause = match self.last_lost.clone() {
+                Some(lost) => CloseCause::Lost(lost),
+                None => CloseCause::TaskEnded,
+            };
+            self.reason.get_or_insert(ClientError::Closed(cause));
             self.conn.abort(now);
             return;
         }
@@ -307,27 +306,28 @@ where
             ConnectionError::HandshakeRefused(why) => ClientError::Handshake(why),
             ConnectionError::HandshakeTimeout => ClientError::ConnectTimeout,
             ConnectionError::Violation(v @ Violation::TooManyBeforeWelcome { .. }) => {
-                ClientError::Protocol(v.to_string())
+                ClientError::Protocol(v)
             }
-            e => ClientError::ConnectionLost(format!("during the handshake: {e}")),
+            e => ClientError::ConnectionLost(e),
         }
     }
 
     fn call_error(&self, e: CallError) -> ClientError {
         match e {
             CallError::Remote(error) => ClientError::Remote(PeerText(error.payload()).to_string()),
-            e @ CallError::BadAnswer { .. } => ClientError::Protocol(e.to_string()),
-            e @ CallError::ConnectionLost(_) => ClientError::ConnectionLost(e.to_string()),
+            CallError::BadAnswer { id, kind } => {
+                ClientError::Protocol(Violation::BadAnswer { id, kind })
+            }
+            CallError::ConnectionLost(e) => ClientError::ConnectionLost(e),
             CallError::NotConnected => ClientError::NotConnected,
             CallError::Encode(e) => ClientError::Encode(e),
             CallError::NotSent => self
                 .reason
                 .clone()
                 .or_else(|| self.shared.stop_reason.get().cloned())
-                .unwrap_or_else(|| {
-                    ClientError::Closed("the client closed before the call was sent".into())
-                }),
-            e => ClientError::Protocol(e.to_string()),
+                .unwrap_or(ClientError::Closed(CloseCause::Application)),
+            // A cause added to the machine later: lost, with its text.
+            e => ClientError::ConnectionLost(ConnectionError::Transport(e.to_string())),
         }
     }
 

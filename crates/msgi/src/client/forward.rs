@@ -97,7 +97,7 @@ impl Future for ForwardFuture {
         match &mut self.0 {
             Inner::Sent(sent) => Poll::Ready(match sent.take() {
                 Some(sent) => sent.map(|()| None),
-                None => Err(ClientError::Closed("answer polled after completion".into())),
+                None => Err(ClientError::NotReady),
             }),
             Inner::Called(answer) => Pin::new(answer).poll(cx).map(|r| r.map(Some)),
         }

@@ -25,7 +25,7 @@ mod service;
 
 pub use builder::{ClientBuilder, Reconnect};
 pub use connector::TcpConnector;
-pub use error::ClientError;
+pub use error::{ClientError, CloseCause};
 pub use forward::{Forward, ForwardFuture};
 pub use handle::Client;
 pub use incoming::Incoming;
@@ -108,7 +108,7 @@ impl Shared {
 
     fn closed_error(&self) -> ClientError {
         self.done_reason()
-            .unwrap_or_else(|| ClientError::Closed("client task ended".into()))
+            .unwrap_or_else(|| ClientError::Closed(CloseCause::TaskEnded))
     }
 }
 
@@ -122,7 +122,7 @@ impl Drop for DoneGuard {
             let _ = self
                 .0
                 .stop_reason
-                .set(ClientError::Closed("client task ended".into()));
+                .set(ClientError::Closed(CloseCause::TaskEnded));
             self.0.set_status(Status::Done(self.0.closed_error()));
         }
         self.0.calls.close();

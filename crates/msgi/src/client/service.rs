@@ -160,11 +160,8 @@ impl Future for ResponseFuture {
                 Answer::Failed(error) => return Poll::Ready(Err(error)),
                 _ => return Poll::Ready(Err(ClientError::NotReady)),
             },
-            Answer::Done => {
-                return Poll::Ready(Err(ClientError::Closed(
-                    "answer polled after completion".into(),
-                )))
-            }
+            // Polled after completion: a caller's mistake, not the client's.
+            Answer::Done => return Poll::Ready(Err(ClientError::NotReady)),
         };
         self.state = Answer::Done;
         self.shared.calls.give_back();
