@@ -5,7 +5,7 @@ use bytestring::ByteString;
 
 use crate::error::{BuildError, DecodeError, Field, GetError};
 use crate::get::FromValue;
-use crate::value::{check_short, Iter, Value, Values};
+use crate::value::{check_short, Iter, NameSet, Value, Values};
 use crate::wire::{self, Limits};
 
 /// A structured message: a header (source id and sub-id, target id and sub-id, message
@@ -228,6 +228,7 @@ impl<'a> IntoIterator for &'a Container {
 pub struct Builder {
     container: Container,
     error: Option<BuildError>,
+    names: NameSet,
 }
 
 impl Builder {
@@ -235,6 +236,7 @@ impl Builder {
         let mut b = Builder {
             container: Container::default(),
             error: None,
+            names: NameSet::default(),
         };
         let message_type = message_type.into();
         match check_short(Field::MessageType, &message_type) {
@@ -268,7 +270,7 @@ impl Builder {
     pub fn value(mut self, name: impl Into<ByteString>, value: impl Into<Value>) -> Self {
         let name = name.into();
         let r = check_short(Field::Name, &name).and_then(|()| {
-            if self.container.values.contains(&name) {
+            if self.names.repeated(&self.container.values, &name) {
                 Err(BuildError::DuplicateName {
                     name: name.to_string(),
                 })

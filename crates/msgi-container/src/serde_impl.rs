@@ -19,7 +19,7 @@ use serde::{Deserialize, Deserializer, Serializer};
 
 use crate::container::Container;
 use crate::error::{BuildError, Field};
-use crate::value::{check_short, Value, Values};
+use crate::value::{check_short, NameSet, Value, Values};
 
 /// A type that does not convert to or from container values as asked: a map key that is
 /// not a string, a repeated or too long name, a value of the wrong type for a field, or
@@ -272,13 +272,17 @@ impl<'de> Visitor<'de> for ValuesVisitor {
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Values, A::Error> {
         let mut values = Values::with_capacity(map.size_hint().unwrap_or(0).min(MAX_PREALLOC));
+        let mut names = NameSet::default();
         while let Some(name) = map.next_key::<String>()? {
             check_short(Field::Name, &name).map_err(de::Error::custom)?;
-            if values.contains(&name) {
-                return Err(de::Error::custom(BuildError::DuplicateName { name }));
+            let name = ByteString::from(name);
+            if names.repeated(&values, &name) {
+                return Err(de::Error::custom(BuildError::DuplicateName {
+                    name: name.to_string(),
+                }));
             }
             let value: Value = map.next_value()?;
-            values.push_checked(ByteString::from(name), value);
+            values.push_checked(name, value);
         }
         Ok(values)
     }
@@ -461,6 +465,7 @@ impl Serializer for ValueSerializer {
         Ok(MapBuilder {
             values: Values::with_capacity(len.unwrap_or(0).min(MAX_PREALLOC)),
             key: None,
+            names: NameSet::default(),
         })
     }
     fn serialize_struct(self, _name: &'static str, len: usize) -> Result<MapBuilder, SerdeError> {
@@ -521,12 +526,13 @@ impl ser::SerializeTupleStruct for SeqBuilder {
 struct MapBuilder {
     values: Values,
     key: Option<ByteString>,
+    names: NameSet,
 }
 
 impl MapBuilder {
     fn add(&mut self, name: ByteString, value: Value) -> Result<(), SerdeError> {
         check_short(Field::Name, &name)?;
-        if self.values.contains(&name) {
+        if self.names.repeated(&self.values, &name) {
             return Err(BuildError::DuplicateName {
                 name: name.to_string(),
             }

@@ -1,5 +1,6 @@
 //! Values: the typed data of a container, and the ordered list of named values.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use bytes::Bytes;
@@ -195,7 +196,11 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 /// object and [`Container::get`] expect; a format that allowed repeats would leave every
 /// reader to choose which one counts.
 ///
-/// Lookups compare names one by one: fast for the tens of values a message carries.
+/// Lookups ([`value`](Self::value), [`get`](Self::get), [`insert`](Self::insert)) compare
+/// names one by one: fast for the tens of values a message carries, O(len) each. Building
+/// a whole map (the decoder, [`Container::builder`], serde) checks repeats with a hash set
+/// once there are more than 16 names, so it stays linear in the number of names whatever
+/// a peer sends; calling `insert` in a loop to build a large map is quadratic.
 ///
 /// [`DecodeError::DuplicateName`]: crate::DecodeError::DuplicateName
 /// [`Container::get`]: crate::Container::get
@@ -307,6 +312,34 @@ impl Values {
 
     pub(crate) fn entries(&self) -> &[(ByteString, Value)] {
         &self.entries
+    }
+}
+
+/// Maps with more names than this are checked for repeats with a hash set rather than
+/// name by name.
+pub(crate) const LINEAR_NAME_CHECK: usize = 16;
+
+/// Finds a repeated name while a map is built one name at a time, in time linear in the
+/// number of names: name by name while the map is small, with a hash set (filled with
+/// the names already there when it is first needed) beyond [`LINEAR_NAME_CHECK`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct NameSet {
+    seen: HashSet<ByteString>,
+}
+
+impl NameSet {
+    /// Whether `name` is already in `values` (which must hold the names this set was
+    /// shown and nothing else is added behind its back). Remembers `name` as seen.
+    pub(crate) fn repeated(&mut self, values: &Values, name: &ByteString) -> bool {
+        if values.len() < LINEAR_NAME_CHECK {
+            return values.contains(name);
+        }
+        if self.seen.is_empty() {
+            self.seen.reserve(values.len() * 2);
+            self.seen
+                .extend(values.entries.iter().map(|(n, _)| n.clone()));
+        }
+        !self.seen.insert(name.clone())
     }
 }
 

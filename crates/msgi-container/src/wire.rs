@@ -7,14 +7,12 @@
 //! So what a decoded container holds is bounded by the limits, whatever the payload says,
 //! and strings and bytes are slices of the payload (no copy).
 
-use std::collections::HashSet;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::container::Container;
 use crate::error::{DecodeError, Field, LimitsError};
-use crate::value::{Value, Values};
+use crate::value::{NameSet, Value, Values};
 
 /// The version byte this crate writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
@@ -38,10 +36,6 @@ pub(crate) mod tag {
     pub(crate) const ARRAY: u8 = 0x08;
     pub(crate) const MAP: u8 = 0x09;
 }
-
-/// Maps with more names than this are checked for repeats with a hash set rather than
-/// name by name.
-const LINEAR_NAME_CHECK: usize = 16;
 
 /// What a decoder accepts, beyond the format itself.
 ///
@@ -251,20 +245,11 @@ impl<'a> Reader<'a> {
         // A named value takes at least two bytes: an empty name and a one-byte value.
         let count = self.count(2)?;
         let mut values = Values::with_capacity(count);
-        let mut seen: HashSet<&'a [u8]> = HashSet::new();
-        if count > LINEAR_NAME_CHECK {
-            seen.reserve(count);
-        }
+        let mut names = NameSet::default();
         for _ in 0..count {
             let at = self.pos;
             let name = self.short(Field::Name)?;
-            let repeated = if count > LINEAR_NAME_CHECK {
-                let raw = self.rest_before(name.len());
-                !seen.insert(raw)
-            } else {
-                values.contains(&name)
-            };
-            if repeated {
+            if names.repeated(&values, &name) {
                 return Err(DecodeError::DuplicateName {
                     name: name.to_string(),
                     at,
@@ -274,13 +259,6 @@ impl<'a> Reader<'a> {
             values.push_checked(name, value);
         }
         Ok(values)
-    }
-
-    /// The `len` bytes just read, borrowed from the payload.
-    fn rest_before(&self, len: usize) -> &'a [u8] {
-        let buf: &'a [u8] = self.buf;
-        buf.get(self.pos.saturating_sub(len)..self.pos)
-            .unwrap_or_default()
     }
 
     fn nested(&self, depth: usize, at: usize) -> Result<usize, DecodeError> {
