@@ -259,9 +259,6 @@ enum Slot {
         request_id: Option<u32>,
     },
     PeerError(Bytes),
-    Closing {
-        drain: bool,
-    },
 }
 
 #[derive(Debug)]
@@ -290,6 +287,11 @@ pub struct Connection {
     /// Set when the connection begins closing.
     cause: Option<Cause>,
     slot: Slot,
+    /// An [`Event::Closing`] is owed, with its `drain`: kept apart from
+    /// `slot` so that beginning a close never drops the request or event
+    /// waiting there (reported after that event; a waiting request stays
+    /// for the service).
+    closing_owed: Option<bool>,
     /// The next frame to write; later ones wait in `more`, which exists
     /// only for a runtime that does not drain after each input (one
     /// pointer here: every idle session carries this struct).
@@ -319,6 +321,7 @@ impl Connection {
             state: State::Open,
             cause: None,
             slot: Slot::Empty,
+            closing_owed: None,
             transmit: None,
             more: None,
             outstanding: 0,
@@ -433,7 +436,7 @@ impl Connection {
             Inbound::PeerError(frame) => self.slot = Slot::PeerError(frame.into_payload()),
             Inbound::PeerDisconnect(why) => {
                 self.begin_drain(Cause::PeerDisconnect(why), false, now);
-                self.slot = Slot::Closing { drain: true };
+                self.closing_owed = Some(true);
             }
             Inbound::Violation(reason) => {
                 let last = Frame::error(reason.clone());
@@ -560,8 +563,10 @@ impl Connection {
     pub fn handle_peer_closed(&mut self, now: Instant) {
         match self.state {
             State::Open => {
+                // A request (or event) waiting in the slot stays: the
+                // drain hands it to the service and answers it.
                 self.begin_drain(Cause::PeerClosed, false, now);
-                self.slot = Slot::Closing { drain: true };
+                self.closing_owed = Some(true);
             }
             State::Lingering => self.finish(false),
             _ => {}
@@ -694,6 +699,12 @@ impl Connection {
                 return Some(event);
             }
         }
+        if let Some(drain) = self.closing_owed.take() {
+            return Some(Event::Closing {
+                cause: self.cause.clone().unwrap_or(Cause::Local),
+                drain,
+            });
+        }
         if let State::Closed { reported, .. } = &mut self.state {
             if !*reported {
                 *reported = true;
@@ -718,10 +729,6 @@ impl Connection {
                 request_id,
             }),
             Slot::PeerError(frame) => Some(Event::PeerError(frame)),
-            Slot::Closing { drain } => Some(Event::Closing {
-                cause: self.cause.clone().unwrap_or(Cause::Local),
-                drain,
-            }),
         }
     }
 
@@ -762,7 +769,7 @@ impl Connection {
         }
         self.cut();
         self.cause = Some(cause);
-        self.slot = Slot::Closing { drain: false };
+        self.closing_owed = Some(false);
         self.push_transmit(last);
         self.state = State::Flushing;
         self.proto.start_drain(now, self.config.drain_timeout);
@@ -780,10 +787,8 @@ impl Connection {
     /// Closed: what was not answered is cut, nothing more is written.
     fn finish(&mut self, drain_timed_out: bool) {
         self.cut();
-        if matches!(self.slot, Slot::Closing { .. }) {
-            // Closed supersedes it (a reset right after a violation).
-            self.slot = Slot::Empty;
-        }
+        // Closed supersedes it (a reset right after a violation).
+        self.closing_owed = None;
         self.transmit = None;
         self.more = None;
         if self.cause.is_none() {

@@ -239,6 +239,80 @@ fn end_of_stream_while_open_drains_and_a_half_close_while_draining_changes_nothi
 }
 
 #[test]
+fn end_of_stream_while_a_request_waits_for_the_service_still_answers_it() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    // A request read, the service not ready yet: it waits in the machine.
+    assert!(read(&mut c, Frame::data("q").with_request_id(1), t0));
+    assert!(c.has_request());
+    c.handle_peer_closed(t0);
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Closing {
+            cause: Cause::PeerClosed,
+            drain: true
+        }]
+    );
+    assert_eq!(c.phase(), Phase::Draining);
+    // The drain hands the waiting request to the service ...
+    let Some(request) = c.poll_request() else {
+        panic!("the waiting request was dropped by the close");
+    };
+    assert_eq!(c.outstanding(), 1);
+    assert!(!c.answered_all());
+    c.handle_answer(request.token, ok(Frame::data("a")));
+    assert_eq!(transmits(&mut c), vec![Frame::data("a").with_request_id(1)]);
+    // ... and ends normally, well before its deadline.
+    assert!(c.answered_all());
+    c.handle_pushes_done(|| Bytes::from_static(b"bye"));
+    assert_eq!(
+        transmits(&mut c),
+        vec![],
+        "a drain the peer began says nothing"
+    );
+    c.handle_write_closed(t0 + SEC);
+    c.handle_peer_closed(t0 + SEC);
+    assert_eq!(
+        c.closed(),
+        Some(Closed {
+            cause: Cause::PeerClosed,
+            drain_timed_out: false,
+            unanswered: 0
+        })
+    );
+}
+
+#[test]
+fn end_of_stream_while_a_hello_waits_still_reports_and_welcomes_it() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    assert!(read(
+        &mut c,
+        Frame::control("HELLO alice").with_request_id(1),
+        t0
+    ));
+    c.handle_peer_closed(t0);
+    assert_eq!(
+        events(&mut c),
+        vec![
+            Event::Hello {
+                client_id: "alice".into(),
+                request_id: Some(1)
+            },
+            Event::Closing {
+                cause: Cause::PeerClosed,
+                drain: true
+            }
+        ]
+    );
+    c.welcome(Some(1), 7);
+    assert_eq!(
+        transmits(&mut c),
+        vec![Frame::control("WELCOME 7").with_request_id(1)]
+    );
+}
+
+#[test]
 fn the_drain_deadline_cuts_a_close_short_and_says_so() {
     let t0 = Instant::now();
     let mut c = conn(t0);
