@@ -214,7 +214,11 @@ fn routes_are_checked_when_built() {
 
 /// A server whose router delivers `chat` containers by target id.
 async fn chat_server() -> (std::net::SocketAddr, Registry) {
-    let server = Server::builder().build().unwrap();
+    chat_server_with(Server::builder()).await
+}
+
+async fn chat_server_with(builder: msgi::ServerBuilder) -> (std::net::SocketAddr, Registry) {
+    let server = builder.build().unwrap();
     let registry = server.registry();
     let router = ContainerRouter::builder()
         .route("chat", DeliverToTarget::new(registry.clone()))
@@ -316,6 +320,57 @@ async fn an_unknown_or_missing_target_is_reported_to_the_sender() {
     let pushed = within(anon_incoming.recv()).await.unwrap();
     let got = msgi_container::decode(pushed.payload()).unwrap();
     assert_eq!(got.get::<&str>("text").unwrap(), "found you");
+}
+
+#[tokio::test]
+async fn a_target_that_cannot_take_the_stamped_container_is_reported_to_the_sender() {
+    // Stamping the sender's 200-byte client id as the source makes the push 200 bytes
+    // larger than the frame the sender sent: over the server's maximum frame size, so
+    // bob's session refuses it and alice is told why.
+    let long_id = "a".repeat(200);
+    let text = "t".repeat(300);
+    let unstamped = Container::builder("chat")
+        .target("bob", "")
+        .value("text", text.as_str())
+        .build()
+        .unwrap();
+    let max = Frame::data(unstamped.encode()).wire_len() + 50;
+    let (addr, _registry) = chat_server_with(Server::builder().max_frame_size(max)).await;
+    let alice = within(Client::builder().client_id(long_id.as_str()).connect(addr))
+        .await
+        .unwrap();
+    let bob = within(Client::builder().client_id("bob").connect(addr))
+        .await
+        .unwrap();
+    let mut bob_incoming = bob.incoming().unwrap();
+    match call(&alice, &unstamped).await {
+        Err(ClientError::Remote(reason)) => {
+            let stamped_len = Frame::data(
+                Container::builder("chat")
+                    .source(long_id.as_str(), "")
+                    .target("bob", "")
+                    .value("text", text.as_str())
+                    .build()
+                    .unwrap()
+                    .encode(),
+            )
+            .wire_len();
+            assert_eq!(
+                reason,
+                format!(
+                    "target \"bob\" cannot take it: frame too large to send: \
+                     {stamped_len} bytes, at most {max}"
+                )
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Bob's session goes on, and got nothing: the next frame he gets is one that fits.
+    let small = chat("bob", "fits");
+    call(&alice, &small).await.unwrap();
+    let pushed = within(bob_incoming.recv()).await.unwrap();
+    let got = msgi_container::decode(pushed.payload()).unwrap();
+    assert_eq!(got.get::<&str>("text").unwrap(), "fits");
 }
 
 #[tokio::test]
