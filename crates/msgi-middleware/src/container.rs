@@ -130,6 +130,11 @@ pub enum RouteError {
         /// Why.
         reason: SendError,
     },
+    /// [`DeliverToTarget`]: the sender's client id cannot be the container's source id
+    /// (it is longer than a source id may be), so the container is not forwarded with a
+    /// source the sender chose.
+    #[error("cannot set the source id to the sender's client id")]
+    Unstampable(#[source] msgi_container::BuildError),
 }
 
 /// A route given twice, or a message type no container can have.
@@ -351,8 +356,10 @@ impl Future for ResponseFuture {
 ///   server (so a receiver can trust it; the source sub-id is kept as sent).
 /// - A container with an empty target id is [`RouteError::NoTarget`]; one whose target no
 ///   session holds is [`RouteError::UnknownTarget`]; a target session that refuses the
-///   push (closing, slow consumer, too large) is [`RouteError::Undeliverable`]. The
-///   sender receives each as an ERROR.
+///   push (closing, slow consumer, too large) is [`RouteError::Undeliverable`]; a sender
+///   whose client id cannot be a source id is [`RouteError::Unstampable`] (client ids
+///   and source ids are both at most 255 bytes, so this does not happen with an msgi
+///   server). The sender receives each as an ERROR.
 /// - Once delivered, a correlated request is answered with a `delivered` container (from
 ///   the target to the sender, no values); a one-way frame is not answered.
 #[derive(Clone, Debug)]
@@ -379,12 +386,14 @@ impl DeliverToTarget {
         let payload: Bytes = match req.session().map(Session::client_id) {
             Some(sender) if sender != c.source_id() => {
                 let mut stamped = c.clone();
-                // A client id is at most 255 bytes, as a source id; should one not fit,
-                // the container goes as it came rather than not at all.
-                match stamped.set_source(sender, c.source_sub_id().to_owned()) {
-                    Ok(()) => stamped.encode(),
-                    Err(_) => req.frame.payload().clone(),
-                }
+                // A client id is at most 255 bytes (MAX_CLIENT_ID_LEN), as a source id
+                // (MAX_SHORT_LEN): a test pins that the two agree. Should they ever not,
+                // the container is refused rather than forwarded with a source the
+                // receiver would trust and the sender chose.
+                stamped
+                    .set_source(sender, c.source_sub_id().to_owned())
+                    .map_err(RouteError::Unstampable)?;
+                stamped.encode()
             }
             _ => req.frame.payload().clone(),
         };
