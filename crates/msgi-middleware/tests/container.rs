@@ -377,7 +377,7 @@ async fn a_target_that_cannot_take_the_stamped_container_is_reported_to_the_send
 /// id; that cannot happen while every client id fits in a source id.
 #[test]
 fn every_client_id_fits_in_a_source_id() {
-    assert!(msgi::proto::session::MAX_CLIENT_ID_LEN <= msgi_container::MAX_SHORT_LEN);
+    const { assert!(msgi::proto::session::MAX_CLIENT_ID_LEN <= msgi_container::MAX_SHORT_LEN) };
     let longest = "c".repeat(msgi::proto::session::MAX_CLIENT_ID_LEN);
     let mut c = chat("bob", "x");
     c.set_source(longest.as_str(), "phone").unwrap();
