@@ -3,7 +3,7 @@
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 
-use crate::error::{BuildError, DecodeError, Field, GetError};
+use crate::error::{BuildError, DecodeError, EncodeError, Field, GetError};
 use crate::get::FromValue;
 use crate::value::{check_short, Iter, NameSet, Value, Values};
 use crate::wire::{self, Limits};
@@ -181,10 +181,25 @@ impl Container {
     }
 
     /// The container's encoding (docs/PROTOCOL.md, section 6), for a frame's payload.
+    ///
+    /// This does not check [`Limits`]: a container built in code with more values than
+    /// a decoder's [`Limits::max_values`] or nested deeper than its [`Limits::max_depth`]
+    /// encodes, and the decoder refuses it; one nested deeper than the stack allows
+    /// (thousands of levels) overflows the stack here, since encoding recurses once per
+    /// level. For a container built from input you do not control, use
+    /// [`try_encode`](Self::try_encode).
     pub fn encode(&self) -> Bytes {
         let mut buf = BytesMut::with_capacity(self.encoded_len());
         wire::encode_into(self, &mut buf);
         buf.freeze()
+    }
+
+    /// The container's encoding, if a decoder with `limits` (usually
+    /// [`Limits::DEFAULT`], what [`decode`](crate::decode) uses) would take it; otherwise
+    /// [`EncodeError`], found without recursion and before anything is encoded.
+    pub fn try_encode(&self, limits: &Limits) -> Result<Bytes, EncodeError> {
+        wire::check(self, limits)?;
+        Ok(self.encode())
     }
 
     /// Appends the container's encoding to `buf` (reserving [`encoded_len`] bytes once).

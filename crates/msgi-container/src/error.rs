@@ -238,6 +238,26 @@ pub enum DecodeError {
     },
 }
 
+/// Why [`Container::try_encode`](crate::Container::try_encode) refused a container: a
+/// decoder with those [`Limits`](crate::Limits) would refuse its encoding.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// More values in all (named values, array elements, values of nested maps) than
+    /// the limits allow.
+    #[error("more than {max} values")]
+    TooManyValues {
+        /// [`Limits::max_values`](crate::Limits::max_values).
+        max: usize,
+    },
+    /// Arrays and maps nested deeper than the limits allow.
+    #[error("nested deeper than {max}")]
+    TooDeep {
+        /// [`Limits::max_depth`](crate::Limits::max_depth).
+        max: usize,
+    },
+}
+
 /// Decoding limits out of range ([`Limits::new`]).
 ///
 /// [`Limits::new`]: crate::Limits::new

@@ -56,7 +56,7 @@ mod wire;
 
 pub use bytestring::ByteString;
 pub use container::{Builder, Container};
-pub use error::{BuildError, DecodeError, Field, GetError, LimitsError, ValueError};
+pub use error::{BuildError, DecodeError, EncodeError, Field, GetError, LimitsError, ValueError};
 pub use get::FromValue;
 #[cfg(feature = "serde")]
 pub use serde_impl::{from_value, from_values, to_value, to_values, SerdeError};

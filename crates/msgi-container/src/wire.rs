@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::container::Container;
-use crate::error::{DecodeError, Field, LimitsError};
+use crate::error::{DecodeError, EncodeError, Field, LimitsError};
 use crate::value::{NameSet, Value, Values};
 
 /// The version byte this crate writes and reads.
@@ -338,6 +338,57 @@ fn put_short(buf: &mut BytesMut, text: &str) {
     debug_assert!(text.len() <= crate::MAX_SHORT_LEN);
     buf.put_u8(u8::try_from(text.len()).unwrap_or(u8::MAX));
     buf.put_slice(text.as_bytes());
+}
+
+/// Whether a decoder with `limits` would take `c`'s encoding: its values counted and its
+/// nesting measured as the decoder does, without recursion (a value built in code may
+/// nest without bound), stopping at the first excess.
+pub(crate) fn check(c: &Container, limits: &Limits) -> Result<(), EncodeError> {
+    enum Level<'a> {
+        Named(std::slice::Iter<'a, (ByteString, Value)>),
+        Items(std::slice::Iter<'a, Value>),
+    }
+    let too_many = EncodeError::TooManyValues {
+        max: limits.max_values,
+    };
+    let mut left = limits.max_values;
+    let mut take = |n: usize| -> Result<(), EncodeError> {
+        left = left.checked_sub(n).ok_or_else(|| too_many.clone())?;
+        Ok(())
+    };
+    take(c.values.len())?;
+    // The levels being walked: its length is the depth of the values they hold.
+    let mut stack = vec![Level::Named(c.values.entries().iter())];
+    while let Some(level) = stack.last_mut() {
+        let next = match level {
+            Level::Named(it) => it.next().map(|(_, v)| v),
+            Level::Items(it) => it.next(),
+        };
+        let Some(value) = next else {
+            stack.pop();
+            continue;
+        };
+        let inner = match value {
+            Value::Array(items) => {
+                take(items.len())?;
+                Level::Items(items.iter())
+            }
+            Value::Map(m) => {
+                take(m.len())?;
+                Level::Named(m.entries().iter())
+            }
+            _ => continue,
+        };
+        // The value is at depth `stack.len() - 1`; the decoder refuses to enter it
+        // unless that is below the maximum.
+        if stack.len() > limits.max_depth {
+            return Err(EncodeError::TooDeep {
+                max: limits.max_depth,
+            });
+        }
+        stack.push(inner);
+    }
+    Ok(())
 }
 
 pub(crate) fn encoded_len(c: &Container) -> usize {
