@@ -177,6 +177,13 @@ pub enum Phase {
 /// The right to answer one request: handed out with the request, consumed
 /// by [`Connection::handle_answer`]. Not `Clone`, so a request cannot be
 /// answered twice. A token belongs to the connection that made it.
+///
+/// A token dropped without an answer keeps its request counted
+/// ([`Connection::outstanding`], against `max_concurrent_requests` and
+/// `max_concurrent_request_bytes`) until the connection closes, and a
+/// graceful close then waits for it until the drain deadline
+/// ([`Closed::drain_timed_out`], the request counted in
+/// [`Closed::unanswered`]).
 #[derive(Debug)]
 #[must_use = "a request must be answered: pass its token to Connection::handle_answer"]
 pub struct Token {
@@ -299,8 +306,8 @@ pub struct Connection {
     #[allow(clippy::box_collection)]
     more: Option<Box<VecDeque<Frame>>>,
     /// Requests let in (waiting in `slot` or with the service) and not
-    /// answered. At most `max_concurrent_requests` + 1 (reading stops at
-    /// the limit), so a `u32` (the builder keeps the limit within it).
+    /// answered. At most `max_concurrent_requests` (no frame is read once
+    /// it is reached), so a `u32` (the builder keeps the limit within it).
     outstanding: u32,
     /// Requests cut by a close (saturating).
     unanswered: u32,
@@ -492,9 +499,7 @@ impl Connection {
             // Only what a client can take as an answer answers a request:
             // a PING, PONG, HEARTBEAT, DISCONNECT or reserved kind (0
             // included) would never complete the caller's call.
-            (Some(id), Ok(Some(frame)))
-                if !(frame.kind().is_delivered() || frame.kind() == Kind::ERROR) =>
-            {
+            (Some(id), Ok(Some(frame))) if !can_answer(frame.kind()) => {
                 Frame::error(format!("handler answered with kind {}", frame.kind()))
                     .with_request_id(id)
             }
@@ -652,11 +657,16 @@ impl Connection {
     /// with the reason, close without waiting for answers), the drain
     /// deadline (the close is cut short, and [`Closed::drain_timed_out`]
     /// says so; while lingering it is the normal end).
-    pub fn handle_timeout(&mut self, now: Instant) {
+    ///
+    /// Returns whether a timer fired (`false` before any deadline, or once
+    /// closed): a runtime counts only that as progress.
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
         if matches!(self.state, State::Closed { .. }) {
-            return;
+            return false;
         }
-        match self.proto.on_timeout(now) {
+        let expired = self.proto.on_timeout(now);
+        let fired = expired.is_some();
+        match expired {
             Some(Expired::Heartbeat) if self.transmit.is_none() => {
                 self.push_transmit(Frame::heartbeat());
             }
@@ -675,6 +685,7 @@ impl Connection {
                 self.finish(timed_out);
             }
         }
+        fired
     }
 
     /// The next frame to write.
@@ -809,6 +820,14 @@ impl Connection {
             self.slot = Slot::Empty;
         }
     }
+}
+
+/// Whether a frame of `kind` can answer a correlated request: what a
+/// client takes as an answer (a delivered kind or ERROR). A PING, PONG,
+/// HEARTBEAT, DISCONNECT or reserved kind (0 included) would never complete
+/// the caller's call: [`Connection::handle_answer`] turns it into an ERROR.
+pub fn can_answer(kind: Kind) -> bool {
+    kind.is_delivered() || kind == Kind::ERROR
 }
 
 /// Leave to hand one frame to the connection, from

@@ -24,7 +24,9 @@ use crate::registry::Registry;
 use crate::session::{CloseReason, Session, IDLE_OUTBOX_SLOTS};
 use crate::transport::{now, Alarm, ReadError, Transport};
 use crate::BoxError;
-use msgi_proto::server::{Cause, Close, Closed, Connection, Event, Phase, Request, Token};
+use msgi_proto::server::{
+    can_answer, Cause, Close, Closed, Connection, Event, Phase, Request, Token,
+};
 use msgi_proto::text::PeerText;
 use msgi_proto::{Frame, Framing};
 
@@ -204,9 +206,12 @@ where
 
             if let Some(deadline) = self.conn.poll_timeout() {
                 if deadline <= now {
-                    self.conn.handle_timeout(now);
-                    self.pump();
-                    progress = true;
+                    // Progress only if a timer fired: were the deadline and
+                    // the timers ever to disagree, this must not spin.
+                    if self.conn.handle_timeout(now) {
+                        self.pump();
+                        progress = true;
+                    }
                 } else {
                     progress |= self.alarm.poll_at(deadline, cx);
                 }
@@ -333,6 +338,11 @@ where
 
     fn answer(&mut self, (token, result): Finished) {
         if let Some(token) = token {
+            if let (Some(id), Ok(Some(frame))) = (token.request_id(), &result) {
+                if !can_answer(frame.kind()) {
+                    tracing::debug!(session = %self.session.id(), request_id = id, kind = %frame.kind(), "handler answered with a kind that cannot answer; the peer gets an ERROR");
+                }
+            }
             self.conn.handle_answer(token, result);
             self.pump();
         }

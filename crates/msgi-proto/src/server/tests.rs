@@ -355,7 +355,9 @@ fn lingering_that_runs_out_is_a_normal_end() {
     c.handle_close(Close::Graceful, t0);
     c.handle_pushes_done(|| Bytes::from_static(b"bye"));
     c.handle_write_closed(t0);
-    c.handle_timeout(t0 + LINGER);
+    assert!(!c.handle_timeout(t0 + LINGER / 2), "nothing is due yet");
+    assert_eq!(c.phase(), Phase::Lingering);
+    assert!(c.handle_timeout(t0 + LINGER), "the linger timer fires");
     assert_eq!(
         c.closed(),
         Some(Closed {
@@ -480,9 +482,54 @@ fn a_reset_or_an_abort_ends_at_once_writing_nothing_more() {
     assert_eq!(c.closed().map(|c| c.cause), Some(Cause::Local));
     // Nothing happens after the end.
     c.handle_peer_reset("late".into());
-    c.handle_timeout(t0 + 100 * SEC);
+    assert!(
+        !c.handle_timeout(t0 + 100 * SEC),
+        "no timer runs once closed"
+    );
     assert_eq!(c.closed().map(|c| c.cause), Some(Cause::Local));
     assert!(c.poll_read(0, t0).is_none());
+}
+
+#[test]
+fn a_reset_while_lingering_is_the_normal_end() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    let token = request(&mut c, Frame::data("1").with_request_id(1), t0);
+    c.handle_close(Close::Graceful, t0);
+    c.handle_answer(token, ok(Frame::data("a")));
+    c.handle_pushes_done(|| Bytes::from_static(b"bye"));
+    assert_eq!(transmits(&mut c).len(), 2);
+    c.handle_write_closed(t0);
+    assert_eq!(c.phase(), Phase::Lingering);
+    // The peer resets instead of closing: its last frame was read, so this
+    // ends the linger as a close would, not as a failure.
+    c.handle_peer_reset("connection reset".into());
+    assert_eq!(
+        c.closed(),
+        Some(Closed {
+            cause: Cause::Local,
+            drain_timed_out: false,
+            unanswered: 0
+        })
+    );
+    assert_eq!(
+        events(&mut c),
+        vec![Event::Closed(Closed {
+            cause: Cause::Local,
+            drain_timed_out: false,
+            unanswered: 0
+        })]
+    );
+}
+
+#[test]
+fn only_delivered_kinds_and_error_can_answer() {
+    assert!(can_answer(Kind::DATA));
+    assert!(can_answer(Kind::ERROR));
+    assert!(can_answer(app_kind()));
+    for kind in [Kind::PING, Kind::PONG, Kind::HEARTBEAT, Kind::DISCONNECT] {
+        assert!(!can_answer(kind), "{kind}");
+    }
 }
 
 #[test]
