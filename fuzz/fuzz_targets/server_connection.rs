@@ -170,6 +170,8 @@ impl Harness {
                         );
                     }
                 }
+                // Event is non_exhaustive: a later event is not checked here.
+                _ => {}
             }
         }
     }
@@ -178,17 +180,21 @@ impl Harness {
 fuzz_target!(|input: Input| {
     let max_requests = usize::from(input.max_requests % 16) + 1;
     let max_bytes = usize::from(input.max_bytes) + 1;
-    let config = Arc::new(Config {
-        timers: Timers {
+    // Every limit is at least 1: Config::new takes it.
+    let Ok(config) = Config::new(
+        Timers {
             idle_timeout: ms(input.idle),
             heartbeat_interval: ms(input.heartbeat),
             handshake_timeout: ms(input.handshake),
         },
-        max_concurrent_requests: max_requests,
-        max_concurrent_request_bytes: max_bytes,
-        drain_timeout: Duration::from_millis(u64::from(input.drain_ms).max(1)),
-        high_water: usize::from(input.high_water) + 1,
-    });
+        max_requests,
+        max_bytes,
+        Duration::from_millis(u64::from(input.drain_ms).max(1)),
+        usize::from(input.high_water) + 1,
+    ) else {
+        return;
+    };
+    let config = Arc::new(config);
     let mut now = Instant::now();
     let mut conn = Connection::new(config, input.binary, now);
     let mut h = Harness {

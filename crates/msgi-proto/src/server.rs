@@ -46,13 +46,8 @@
 //! use msgi_proto::session::Timers;
 //! use msgi_proto::Frame;
 //!
-//! let config = Config {
-//!     timers: Timers { idle_timeout: None, heartbeat_interval: None, handshake_timeout: None },
-//!     max_concurrent_requests: 64,
-//!     max_concurrent_request_bytes: 4 << 20,
-//!     drain_timeout: Duration::from_secs(5),
-//!     high_water: 64 << 10,
-//! };
+//! let timers = Timers { idle_timeout: None, heartbeat_interval: None, handshake_timeout: None };
+//! let config = Config::new(timers, 64, 4 << 20, Duration::from_secs(5), 64 << 10)?;
 //! let now = Instant::now();
 //! let mut conn = Connection::new(Arc::new(config), true, now);
 //!
@@ -71,6 +66,7 @@
 //! conn.handle_pushes_done(|| "server shutdown".into());
 //! assert_eq!(conn.poll_transmit(), Some(Frame::disconnect("server shutdown")));
 //! assert_eq!(conn.phase(), Phase::Flushing);
+//! # Ok::<(), msgi_proto::ConfigError>(())
 //! ```
 //!
 //! # Exactly one answer
@@ -91,6 +87,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::config::ConfigError;
 use crate::frame::{Frame, Kind};
 use crate::session::{Expired, Inbound, Protocol, Reading, Role, Timers, WELCOME_PREFIX};
 
@@ -101,27 +98,101 @@ use crate::session::{Expired, Inbound, Protocol, Reading, Role, Timers, WELCOME_
 pub const LINGER: Duration = Duration::from_secs(1);
 
 /// A server connection's settings; one copy shared by all of a server's
-/// connections.
+/// connections. Made only through [`Config::new`], which refuses values
+/// that would stall a connection (it would never read and never time out).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct Config {
+    timers: Timers,
+    max_concurrent_requests: usize,
+    max_concurrent_request_bytes: usize,
+    drain_timeout: Duration,
+    high_water: usize,
+}
+
+impl Config {
+    /// Checks and makes the settings:
+    /// - `timers`: the heartbeat, idle and handshake timers;
+    /// - `max_concurrent_requests`: requests in the service (or waiting for
+    ///   it) at which the connection stops reading (`1..=u32::MAX`);
+    /// - `max_concurrent_request_bytes`: payload bytes (as decoded: after
+    ///   decompression) of those requests at or above which it stops
+    ///   reading (at least 1);
+    /// - `drain_timeout`: how long a close may take, from its start to its end;
+    /// - `high_water`: queued output bytes at or above which it stops
+    ///   reading requests and taking pushes until the peer has read some
+    ///   (at least 1).
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting refused: a zero limit
+    /// (the connection would never read a frame, so not even the idle
+    /// timer would end it) or more concurrent requests than it counts.
+    pub fn new(
+        timers: Timers,
+        max_concurrent_requests: usize,
+        max_concurrent_request_bytes: usize,
+        drain_timeout: Duration,
+        high_water: usize,
+    ) -> Result<Config, ConfigError> {
+        for (setting, n) in [
+            ("max_concurrent_requests", max_concurrent_requests),
+            ("max_concurrent_request_bytes", max_concurrent_request_bytes),
+            ("high_water", high_water),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::new(setting, "must be at least 1"));
+            }
+        }
+        // `Connection` counts the requests in flight in 32 bits.
+        if u32::try_from(max_concurrent_requests).is_err() {
+            return Err(ConfigError::new(
+                "max_concurrent_requests",
+                format_args!("must be at most {}", u32::MAX),
+            ));
+        }
+        Ok(Config {
+            timers,
+            max_concurrent_requests,
+            max_concurrent_request_bytes,
+            drain_timeout,
+            high_water,
+        })
+    }
+
     /// The heartbeat, idle and handshake timers.
-    pub timers: Timers,
+    pub fn timers(&self) -> Timers {
+        self.timers
+    }
+
     /// Requests in the service (or waiting for it) at which the connection
     /// stops reading.
-    pub max_concurrent_requests: usize,
-    /// Payload bytes (as decoded: after decompression) of the requests in
-    /// the service at or above which the connection stops reading.
-    pub max_concurrent_request_bytes: usize,
+    pub fn max_concurrent_requests(&self) -> usize {
+        self.max_concurrent_requests
+    }
+
+    /// Payload bytes (as decoded) of the requests in the service at or
+    /// above which the connection stops reading.
+    pub fn max_concurrent_request_bytes(&self) -> usize {
+        self.max_concurrent_request_bytes
+    }
+
     /// How long a close may take, from its start to its end.
-    pub drain_timeout: Duration,
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
     /// Queued output bytes at or above which the connection stops reading
-    /// requests and taking pushes until the peer has read some.
-    pub high_water: usize,
+    /// requests and taking pushes.
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
 }
 
 /// Why a connection closed (or began closing), as plain data: the runtime
 /// maps it to its own reason type.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Cause {
     /// The runtime asked ([`Connection::handle_close`]); it knows why.
     Local,
@@ -144,6 +215,7 @@ pub enum Cause {
 
 /// How the runtime closes a connection ([`Connection::handle_close`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Close {
     /// Stop reading, answer every request received, then send DISCONNECT
     /// with the runtime's reason (asked for in
@@ -157,6 +229,7 @@ pub enum Close {
 
 /// What the runtime's I/O should do, by close phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
     /// Read frames (when [`Connection::poll_read`] permits), write, take pushes.
     Open,
@@ -215,6 +288,7 @@ pub struct Request {
 
 /// Something the runtime must know or act on ([`Connection::poll_event`]).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Event {
     /// The peer announced a valid client id. The runtime registers it and
     /// calls [`Connection::welcome`]. (An invalid id is answered with an

@@ -256,6 +256,8 @@ where
             Cause::HandshakeTimeout => CloseReason::HandshakeTimeout,
             Cause::ProtocolViolation(why) => CloseReason::ProtocolViolation(why),
             Cause::ServiceFailed(why) => CloseReason::ServiceFailed(why),
+            // A cause added to msgi-proto later, before msgi maps it.
+            _ => CloseReason::Aborted,
         }
     }
 
@@ -317,6 +319,8 @@ where
                 }
                 // `finish` reads it through `Connection::closed`.
                 Some(Event::Closed(_)) => {}
+                // An event added to msgi-proto later: nothing to act on yet.
+                Some(_) => {}
             }
         }
     }

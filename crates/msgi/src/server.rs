@@ -343,17 +343,17 @@ impl<C: MakeFraming> Builder<C> {
         Ok(Server {
             codec,
             max_connections: self.max_connections,
-            session: Arc::new(SessionConfig {
-                timers: Timers {
+            session: Arc::new(SessionConfig::new(
+                Timers {
                     idle_timeout: self.idle_timeout,
                     heartbeat_interval: self.heartbeat_interval,
                     handshake_timeout: self.handshake_timeout,
                 },
-                max_concurrent_requests: self.max_concurrent_requests,
-                max_concurrent_request_bytes: self.max_concurrent_request_bytes,
-                drain_timeout: self.drain_deadline,
-                high_water: max_frame_size.max(64 * 1024),
-            }),
+                self.max_concurrent_requests,
+                self.max_concurrent_request_bytes,
+                self.drain_deadline,
+                max_frame_size.max(64 * 1024),
+            )?),
             // `validate` keeps the counts within u32; no frame on the MSGI
             // wire is longer than u32::MAX bytes.
             outbox: Arc::new(OutboxLimits {
@@ -674,7 +674,7 @@ impl<C: MakeFraming> Server<C> {
         let rejections = Arc::new(Semaphore::new(MAX_REJECTIONS));
         // A farewell never outlasts the drain deadline, so neither can one
         // still being written when shutdown starts.
-        let linger = LINGER.min(self.session.drain_timeout);
+        let linger = LINGER.min(self.session.drain_timeout());
         // (A closure holding `&self.codec` would make this future need `C: Sync`.)
         macro_rules! farewell {
             ($io:expr, $frame:expr) => {
@@ -1041,7 +1041,7 @@ where
                         });
                         let farewell = this.guard.session.farewell(&reason);
                         let _ = codec.encode(farewell, &mut bytes);
-                        let linger = LINGER.min(cfg.drain_timeout);
+                        let linger = LINGER.min(cfg.drain_timeout());
                         this.guard.reason = Some(reason);
                         this.state.set(TaskState::Closing {
                             farewell: Box::pin(write_and_close(io, bytes, linger)),
@@ -1261,7 +1261,7 @@ mod tests {
             .build()
             .expect("valid settings");
         assert_eq!(server.codec.max_frame_size(), 64);
-        assert_eq!(server.session.high_water, 64 * 1024);
+        assert_eq!(server.session.high_water(), 64 * 1024);
         let server = Server::builder()
             .framing(LineCodec::with_max_line(80))
             .build()
@@ -1329,6 +1329,6 @@ mod tests {
             .build()
             .expect("valid settings");
         assert_eq!(server.codec.max_frame_size(), 2 * 1024 * 1024);
-        assert_eq!(server.session.high_water, 2 * 1024 * 1024);
+        assert_eq!(server.session.high_water(), 2 * 1024 * 1024);
     }
 }

@@ -533,6 +533,47 @@ fn only_delivered_kinds_and_error_can_answer() {
 }
 
 #[test]
+fn a_config_that_would_never_read_is_refused() {
+    let timers = config().timers;
+    let make =
+        |requests, bytes, high_water| Config::new(timers, requests, bytes, 5 * SEC, high_water);
+    for (requests, bytes, high_water, setting) in [
+        (0, 100, 1000, "max_concurrent_requests"),
+        (2, 0, 1000, "max_concurrent_request_bytes"),
+        (2, 100, 0, "high_water"),
+    ] {
+        match make(requests, bytes, high_water) {
+            Err(e) => assert_eq!(e.setting(), setting),
+            Ok(c) => panic!("{c:?} was taken"),
+        }
+    }
+    if let Ok(too_many) = usize::try_from(u64::from(u32::MAX) + 1) {
+        let e = make(too_many, 100, 1000).err();
+        assert_eq!(e.map(|e| e.setting()), Some("max_concurrent_requests"));
+    }
+    let Ok(c) = make(1, 1, 1) else {
+        panic!("the smallest limits are taken");
+    };
+    assert_eq!(
+        (
+            c.max_concurrent_requests(),
+            c.max_concurrent_request_bytes(),
+            c.high_water()
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(c.drain_timeout(), 5 * SEC);
+    // The smallest limits still read: one request at a time.
+    let t0 = Instant::now();
+    let mut c = conn_with(c, t0);
+    let token = request(&mut c, Frame::data("q").with_request_id(1), t0);
+    assert!(c.poll_read(0, t0).is_none());
+    c.handle_answer(token, ok(Frame::data("a")));
+    assert_eq!(transmits(&mut c).len(), 1);
+    assert!(c.poll_read(0, t0).is_some());
+}
+
+#[test]
 fn reading_stops_and_says_why() {
     let t0 = Instant::now();
     let mut c = conn(t0);
