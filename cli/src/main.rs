@@ -309,6 +309,15 @@ async fn send(args: SendArgs) -> Result<()> {
     let wait = args
         .timeout_ms
         .map_or(Duration::from_secs(args.wait), Duration::from_millis);
+    // The payload first: a mistake in it is said without connecting.
+    let payload: Bytes = match (&args.container, args.text) {
+        (Some(json), _) => Container::from_json_str(json)
+            .context("--container is not a container in JSON")?
+            .encode(),
+        (None, Some(text)) => text.into(),
+        // clap requires one of them.
+        (None, None) => bail!("give a payload, or --container"),
+    };
     let client = Client::builder()
         .framing(args.wire.framing()?)
         .connect_timeout(wait)
@@ -323,14 +332,6 @@ async fn send(args: SendArgs) -> Result<()> {
                 anyhow::Error::new(e).context(format!("could not connect to {}", args.addr))
             }
         })?;
-    let payload: Bytes = match (&args.container, args.text) {
-        (Some(json), _) => Container::from_json_str(json)
-            .context("--container is not a container in JSON")?
-            .encode(),
-        (None, Some(text)) => text.into(),
-        // clap requires one of them.
-        (None, None) => bail!("give a payload, or --container"),
-    };
     let frame = Frame::new(args.kind, payload);
     let answer = if args.correlated || args.kind == Kind::PING {
         match tokio::time::timeout(wait, client.call(frame)).await {

@@ -159,6 +159,22 @@ fn send_builds_a_container_from_json_and_prints_the_answer_as_json() {
         "{err}"
     );
     assert!(err.contains("missing field `message_type`"), "{err}");
+    // Before connecting: with nothing listening at the address, the JSON is still what
+    // is reported.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let out = run(&[
+        "send",
+        "--addr",
+        &closed_addr,
+        "--container",
+        r#"{"values":{}}"#,
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("missing field `message_type`"), "{err}");
+    assert!(!err.contains("connect"), "{err}");
     // A text payload and --container together are refused by the parser.
     let out = run(&["send", "--container", r#"{"message_type":"t"}"#, "text"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));

@@ -49,7 +49,7 @@ impl Container {
 }
 
 fn json_error(e: serde_json::Error) -> SerdeError {
-    <SerdeError as serde::de::Error>::custom(e)
+    SerdeError::json(e)
 }
 
 #[cfg(test)]
@@ -97,6 +97,11 @@ mod tests {
             err.message().contains("missing field `message_type`"),
             "{err}"
         );
+        // The JSON reader's error is the source, its text said once in the chain.
+        let source = std::error::Error::source(&err).expect("the JSON error");
+        assert!(source.is::<std::sync::Arc<serde_json::Error>>());
+        assert_eq!(source.to_string(), err.message());
+        assert_eq!(err.to_string(), "JSON is not a container");
         let err = Container::from_json_str(r#"{"message_type":"t","extra":1}"#).unwrap_err();
         assert!(err.message().contains("unknown field `extra`"), "{err}");
         let long = format!(r#"{{"message_type":"{}"}}"#, "t".repeat(256));

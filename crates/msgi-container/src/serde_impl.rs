@@ -24,20 +24,47 @@ use crate::value::{check_short, NameSet, Value, Values};
 /// A type that does not convert to or from container values as asked: a map key that is
 /// not a string, a repeated or too long name, a value of the wrong type for a field, or
 /// the type's own error.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{}", if self.json.is_some() { "JSON is not a container" } else { &self.message })]
 pub struct SerdeError {
     message: String,
+    /// The JSON reader's error, when the error came from it (kept as the source, so its
+    /// text is not also this error's).
+    #[cfg(feature = "json")]
+    #[source]
+    json: Option<std::sync::Arc<serde_json::Error>>,
 }
+
+impl PartialEq for SerdeError {
+    /// Errors with the same message are equal (the JSON error is compared by its text).
+    fn eq(&self, other: &Self) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for SerdeError {}
 
 impl SerdeError {
     fn new(message: impl fmt::Display) -> Self {
         SerdeError {
             message: message.to_string(),
+            #[cfg(feature = "json")]
+            json: None,
         }
     }
 
-    /// What went wrong.
+    #[cfg(feature = "json")]
+    pub(crate) fn json(e: serde_json::Error) -> Self {
+        SerdeError {
+            message: e.to_string(),
+            json: Some(std::sync::Arc::new(e)),
+        }
+    }
+
+    /// What went wrong; for JSON read by [`Container::from_json_str`] and friends, the
+    /// JSON reader's text (also this error's [`source`](std::error::Error::source)).
+    ///
+    /// [`Container::from_json_str`]: crate::Container::from_json_str
     pub fn message(&self) -> &str {
         &self.message
     }

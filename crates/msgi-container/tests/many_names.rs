@@ -54,7 +54,7 @@ fn a_json_object_with_100k_names_reads_in_linear_time() {
 
     let err = within_limit(|| Container::from_json_str(&json_object(true))).unwrap_err();
     assert!(
-        err.to_string()
+        err.message()
             .contains(&format!("value name \"{}\" given twice", name(NAMES / 2))),
         "{err}"
     );
