@@ -73,18 +73,26 @@ async fn login(req: ContainerRequest) -> Result<Option<Container>, BoxError> {
     ))
 }
 
+/// The most keys the store keeps; an update of a new key beyond it is refused.
+const STORE_KEYS: usize = 1024;
+
 async fn data_update(store: Store, req: ContainerRequest) -> Result<Option<Container>, BoxError> {
     let Some(LoggedIn(user)) = session(&req)?.data::<LoggedIn>() else {
         return Ok(Some(response(&req, "not logged in").build()?));
     };
     let key: &str = req.container().get("key")?;
+    // Detached: a decoded value is a slice of the read buffer, which a stored slice would
+    // keep alive for as long as the store keeps it.
     let value = req
         .container()
         .value("value")
-        .cloned()
-        .unwrap_or(Value::Null);
+        .map_or(Value::Null, Value::detached);
     let version = {
         let mut store = store.lock().map_err(|_| "store poisoned")?;
+        // Keys are the peers' choice: the store holds at most STORE_KEYS of them.
+        if store.len() >= STORE_KEYS && !store.contains_key(key) {
+            return Ok(Some(response(&req, "store full").build()?));
+        }
         let entry = store.entry(key.to_owned()).or_insert((Value::Null, 0));
         entry.0 = value;
         entry.1 += 1;

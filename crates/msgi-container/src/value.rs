@@ -103,6 +103,27 @@ impl Value {
         }
     }
 
+    /// A deep copy whose strings, byte strings and names own their memory: a decoded
+    /// value's are slices of the payload, and keep that whole buffer (the read chunk it
+    /// came in) alive for as long as they live. Detach a value before keeping it longer
+    /// than the message. Recurses once per level of nesting (a decoded value is within
+    /// [`Limits::max_depth`](crate::Limits::max_depth)).
+    pub fn detached(&self) -> Value {
+        match self {
+            Value::Str(s) => Value::Str(ByteString::from(&**s)),
+            Value::Bytes(b) => Value::Bytes(Bytes::copy_from_slice(b)),
+            Value::Array(items) => Value::Array(items.iter().map(Value::detached).collect()),
+            Value::Map(m) => Value::Map(Values {
+                entries: m
+                    .entries
+                    .iter()
+                    .map(|(n, v)| (ByteString::from(&**n), v.detached()))
+                    .collect(),
+            }),
+            other => other.clone(),
+        }
+    }
+
     /// This value as `T` (see [`FromValue`] for the conversions allowed).
     pub fn to<'a, T: FromValue<'a>>(&'a self) -> Result<T, crate::ValueError> {
         T::from_value(self)
@@ -399,6 +420,46 @@ mod tests {
         assert_eq!(v.remove("a"), Some(Value::I64(2)));
         assert_eq!(v.len(), 1);
         assert!(!v.contains("a"));
+    }
+
+    #[test]
+    fn a_detached_value_shares_nothing_with_the_payload() {
+        let mut inner = Values::new();
+        inner.insert("name", "text").unwrap();
+        inner
+            .insert("list", vec![Value::Bytes(Bytes::from_static(b"raw"))])
+            .unwrap();
+        let c = crate::Container::builder("t")
+            .value("m", inner)
+            .build()
+            .unwrap();
+        let payload = c.encode();
+        let range = payload.as_ptr_range();
+        let decoded = crate::decode(&payload).unwrap();
+        let original = decoded.value("m").unwrap();
+        let detached = original.detached();
+        assert_eq!(&detached, original);
+        let Value::Map(m) = &detached else {
+            panic!("{detached:?}")
+        };
+        let (name, value) = m.iter().next().unwrap();
+        let Value::Str(text) = value else {
+            panic!("{value:?}")
+        };
+        let Some(Value::Array(list)) = m.value("list") else {
+            panic!("{m:?}")
+        };
+        let Some(Value::Bytes(raw)) = list.first() else {
+            panic!("{list:?}")
+        };
+        for ptr in [name.as_ptr(), text.as_ptr(), raw.as_ptr()] {
+            assert!(!range.contains(&ptr));
+        }
+        // The original's are slices of the payload.
+        let Value::Map(m) = original else {
+            panic!("{original:?}")
+        };
+        assert!(range.contains(&m.iter().next().unwrap().0.as_ptr()));
     }
 
     #[test]

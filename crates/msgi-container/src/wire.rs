@@ -94,7 +94,9 @@ impl Default for Limits {
 ///
 /// Never panics, whatever the bytes: a payload that is not a valid container is a
 /// [`DecodeError`]. Strings, names and byte values of the result are slices of `payload`
-/// (they keep its buffer alive, and copy nothing).
+/// (they keep its buffer alive, and copy nothing): a value kept after the message, in a
+/// map or a cache, pins the whole buffer the payload was read into; keep
+/// [`Value::detached`] copies instead.
 pub fn decode(payload: &Bytes) -> Result<Container, DecodeError> {
     decode_with(payload, &Limits::DEFAULT)
 }
