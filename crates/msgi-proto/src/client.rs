@@ -63,6 +63,9 @@ pub const HANDSHAKE_ID: u32 = 0;
 /// The least write-queue high-water mark, as the server's.
 pub const MIN_HIGH_WATER: usize = 64 * 1024;
 
+/// [`Config::max_events`] by default.
+pub const DEFAULT_MAX_EVENTS: usize = 256;
+
 /// What waits for a call's answer: the driver's reply handle (a oneshot
 /// sender in msgi), kept by the [`Connection`] until the call completes.
 pub trait Caller {
@@ -90,6 +93,10 @@ pub struct Config {
     /// encoded ([`Connection::accepts_work`] is false); reading stops at
     /// twice this ([`Connection::may_read`]).
     pub high_water: usize,
+    /// Events waiting in [`Connection::poll_event`] at or above which
+    /// reading stops ([`Connection::may_read`] is false) until the driver
+    /// drains them: what reading produces (pushes, answers) is bounded.
+    pub max_events: usize,
     /// One-way frames taken while not connected and held, at most (the
     /// outbox capacity): [`Connection::accepts_work`] is false beyond.
     pub held_sends: usize,
@@ -114,6 +121,7 @@ impl Default for Config {
             early_frames: 1024,
             early_bytes: 4 * 1024 * 1024,
             high_water: MIN_HIGH_WATER,
+            max_events: DEFAULT_MAX_EVENTS,
             held_sends: 1024,
             queue_timeout: Some(Duration::from_secs(10)),
             close_linger: Some(Duration::from_secs(5)),
@@ -399,6 +407,8 @@ pub struct Connection<R> {
     /// before held work and regardless of the high-water mark (reading
     /// stops at twice the mark, which bounds them).
     own: VecDeque<Frame>,
+    /// Wire bytes of `own` (counted by [`may_read`](Connection::may_read)).
+    own_bytes: usize,
     /// One-way frames encoded on this transport, with the stream offset
     /// where each ends; given back to `held` if the transport drops first.
     unwritten: VecDeque<(u64, Frame)>,
@@ -438,6 +448,7 @@ impl<R: Caller> Connection<R> {
             held: VecDeque::new(),
             held_taken: 0,
             own: VecDeque::new(),
+            own_bytes: 0,
             unwritten: VecDeque::new(),
             queued: 0,
             written: 0,
@@ -493,7 +504,7 @@ impl<R: Caller> Connection<R> {
                 return;
             }
         }
-        self.own.clear();
+        self.clear_own();
         self.unwritten.clear();
         self.queued = 0;
         self.written = 0;
@@ -502,8 +513,7 @@ impl<R: Caller> Connection<R> {
         self.proto = Protocol::new(Role::Client, self.config.timers, self.config.binary, now);
         match &self.config.client_id {
             Some(id) if self.config.binary => {
-                self.own
-                    .push_back(session::hello_frame(id).with_request_id(HANDSHAKE_ID));
+                self.push_own(session::hello_frame(id).with_request_id(HANDSHAKE_ID));
                 self.state = State::Handshaking {
                     deadline: handshake_deadline,
                     frames: 0,
@@ -622,15 +632,38 @@ impl<R: Caller> Connection<R> {
         }
     }
 
-    /// Whether the driver should read: the write queue is below twice the
-    /// high-water mark (replies the client owes, PONGs, cannot grow it
-    /// without bound: a peer that does not read stops being read).
+    /// Whether the driver should read: the bytes the client owes (encoded
+    /// and not written, plus its own replies not encoded yet: PONGs,
+    /// ERRORs) are below twice the high-water mark, and fewer than
+    /// [`Config::max_events`] events wait in [`poll_event`](Connection::poll_event).
+    /// A peer that does not read, or a driver that does not drain events,
+    /// stops being read: reading never grows either queue past its bound
+    /// (by more than the one frame that crossed it).
     pub fn may_read(&self) -> bool {
-        self.has_transport() && self.pending_bytes() < self.config.high_water.saturating_mul(2)
+        self.has_transport() && self.owes_room() && self.events.len() < self.config.max_events
+    }
+
+    /// The write side's bound for reading: bytes owed below twice the
+    /// high-water mark.
+    fn owes_room(&self) -> bool {
+        self.pending_bytes().saturating_add(self.own_bytes)
+            < self.config.high_water.saturating_mul(2)
+    }
+
+    fn push_own(&mut self, frame: Frame) {
+        self.own_bytes = self.own_bytes.saturating_add(frame.wire_len());
+        self.own.push_back(frame);
+    }
+
+    fn clear_own(&mut self) {
+        self.own.clear();
+        self.own_bytes = 0;
     }
 
     fn update_reading(&mut self, now: Instant) {
-        let reading = if self.may_read() {
+        // Blocked on the peer only when the bytes it does not read stop
+        // reading; events waiting are the driver's to drain.
+        let reading = if self.owes_room() {
             Reading::Open
         } else {
             Reading::BlockedOnPeer
@@ -648,6 +681,7 @@ impl<R: Caller> Connection<R> {
         E: FnMut(Frame) -> Result<usize, CodecError>,
     {
         while let Some(frame) = self.own.pop_front() {
+            self.own_bytes = self.own_bytes.saturating_sub(frame.wire_len());
             match encode(frame) {
                 Ok(n) => self.queued += n as u64,
                 Err(e) => self.events.push_back(Event::Unsendable(Arc::new(e))),
@@ -769,6 +803,13 @@ impl<R: Caller> Connection<R> {
 
     /// A frame arrived at `now`.
     pub fn handle_frame(&mut self, frame: Frame, now: Instant) {
+        self.take_frame(frame, now);
+        if self.has_transport() {
+            self.update_reading(now);
+        }
+    }
+
+    fn take_frame(&mut self, frame: Frame, now: Instant) {
         match &mut self.state {
             State::Handshaking {
                 frames,
@@ -850,14 +891,14 @@ impl<R: Caller> Connection<R> {
                     self.answer(caller, Err(CallError::BadAnswer { id, kind }), now);
                 }
             }
-            Inbound::Reply(frame) => self.own.push_back(frame),
+            Inbound::Reply(frame) => self.push_own(frame),
             Inbound::PeerDisconnect(why) => {
                 self.put_back(call);
                 self.lose(ConnectionError::ServerDisconnected(why), now);
             }
             Inbound::Violation(reason) => {
                 self.put_back(call);
-                self.own.push_back(Frame::error(reason.clone()));
+                self.push_own(Frame::error(reason.clone()));
                 self.lose(ConnectionError::Violation(Violation::Rule(reason)), now);
             }
             Inbound::Hello { .. } | Inbound::Nothing => {}
@@ -894,7 +935,7 @@ impl<R: Caller> Connection<R> {
         if !self.has_transport() {
             return;
         }
-        self.own.push_back(Frame::error(error.to_string()));
+        self.push_own(Frame::error(error.to_string()));
         let violation = Violation::Codec(Arc::new(error));
         self.lose(ConnectionError::Violation(violation), now);
     }
@@ -945,7 +986,7 @@ impl<R: Caller> Connection<R> {
                     }
                 }
                 match self.proto.on_timeout(now) {
-                    Some(Expired::Heartbeat) => self.own.push_back(Frame::heartbeat()),
+                    Some(Expired::Heartbeat) => self.push_own(Frame::heartbeat()),
                     Some(Expired::Idle) => self.lose(ConnectionError::IdleTimeout, now),
                     Some(_) | None => {}
                 }
@@ -1073,7 +1114,7 @@ impl<R: Caller> Connection<R> {
             });
         }
         self.fail_held_calls();
-        self.own.clear();
+        self.clear_own();
         self.events.push_back(Event::Closed);
     }
 

@@ -850,3 +850,98 @@ proptest! {
         }
     }
 }
+
+/// Feeds `frames` encoded server frames to a machine read as a driver
+/// would (while `may_read`), without encoding or draining in between:
+/// returns how many were read.
+fn read_without_draining(
+    conn: &mut Connection<Call>,
+    frames: &mut BytesMut,
+    now: Instant,
+) -> usize {
+    let mut codec = FrameCodec::new();
+    let mut read = 0;
+    while conn.may_read() {
+        match codec.decode(frames) {
+            Ok(Some(frame)) => conn.handle_frame(frame, now),
+            _ => break,
+        }
+        read += 1;
+    }
+    read
+}
+
+#[test]
+fn replies_owed_stop_reading_at_twice_the_high_water_mark() {
+    let now = Instant::now();
+    let high_water = 64 * 1024;
+    let mut conn = Connection::<Call>::new(
+        Config {
+            client_id: None,
+            high_water,
+            ..Config::default()
+        },
+        now,
+    );
+    conn.handle_connected(now, None);
+    let mut server = FrameCodec::new();
+    let mut to_client = BytesMut::new();
+    for _ in 0..100_000 {
+        server
+            .encode(Frame::ping(""), &mut to_client)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let read = read_without_draining(&mut conn, &mut to_client, now);
+    assert!(read < 100_000, "read every PING: {read}");
+    assert!(!conn.may_read());
+    // What reading made due, encoded: within the documented bound.
+    let mut queue = BytesMut::new();
+    let mut codec = FrameCodec::new();
+    conn.poll_transmit(now, |frame| {
+        let before = queue.len();
+        codec.encode(frame, &mut queue)?;
+        Ok(queue.len() - before)
+    });
+    let pong = Frame::ping("").wire_len();
+    assert!(
+        queue.len() < 2 * high_water + pong,
+        "{} bytes of PONGs owed",
+        queue.len()
+    );
+    assert!(queue.len() >= 2 * high_water - pong);
+    assert!(!conn.may_read(), "nothing written yet: still not reading");
+    // Written: reading resumes.
+    conn.handle_written(queue.len(), now);
+    assert!(conn.may_read());
+}
+
+#[test]
+fn undrained_events_stop_reading() {
+    let now = Instant::now();
+    let mut conn = Connection::<Call>::new(
+        Config {
+            client_id: None,
+            max_events: 10,
+            ..Config::default()
+        },
+        now,
+    );
+    conn.handle_connected(now, None);
+    let mut server = FrameCodec::new();
+    let mut to_client = BytesMut::new();
+    for i in 0..1000 {
+        server
+            .encode(Frame::data(format!("push {i}")), &mut to_client)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let read = read_without_draining(&mut conn, &mut to_client, now);
+    // Connected + 9 pushes reach the bound of 10.
+    assert_eq!(read, 9);
+    assert!(!conn.may_read());
+    let mut events = 0;
+    while conn.poll_event().is_some() {
+        events += 1;
+    }
+    assert_eq!(events, 10);
+    assert!(conn.may_read(), "drained: reading resumes");
+}

@@ -19,7 +19,8 @@ use super::connector::{Connecting, Connector};
 use super::{ClientError, CloseCause, DoneGuard, Shared, Status};
 use crate::transport::{now, Alarm, ReadError, Transport};
 use msgi_proto::client::{
-    CallError, Caller, Config, Connection, ConnectionError, Event, Phase, Violation, MIN_HIGH_WATER,
+    CallError, Caller, Config, Connection, ConnectionError, Event, Phase, Violation,
+    DEFAULT_MAX_EVENTS, MIN_HIGH_WATER,
 };
 use msgi_proto::text::PeerText;
 use msgi_proto::{CodecError, Frame, Framing, MakeFraming, Side};
@@ -105,11 +106,15 @@ pub(super) fn machine_config<C: MakeFraming + Clone + fmt::Debug>(
         early_frames: cfg.incoming,
         early_bytes: cfg.incoming_bytes,
         high_water: cfg.framing.codec().max_frame_size().max(MIN_HIGH_WATER),
+        max_events: DEFAULT_MAX_EVENTS,
         held_sends: cfg.outbox,
         queue_timeout: finite(cfg.queue_timeout),
         close_linger: finite(Some(cfg.connect_timeout)),
     }
 }
+
+/// Frames read in one go before events are drained and replies encoded.
+const FRAMES_PER_POLL: usize = 64;
 
 /// Why the client closes gracefully.
 fn closed_reason(shared: &Shared) -> ClientError {
@@ -464,7 +469,12 @@ where
         let Some(transport) = &mut self.transport else {
             return false;
         };
-        while self.conn.may_read() {
+        // At most FRAMES_PER_POLL frames before the events they made are
+        // drained and the replies they owe are encoded (the machine stops
+        // reading earlier when either queue reaches its bound).
+        let mut frames = 0;
+        while frames < FRAMES_PER_POLL && self.conn.may_read() {
+            frames += 1;
             match transport.poll_frame(cx) {
                 Poll::Pending => break,
                 Poll::Ready(Ok(Some(frame))) => self.conn.handle_frame(frame, now),
