@@ -61,10 +61,9 @@ impl SerdeError {
         }
     }
 
-    /// What went wrong; for JSON read by [`Container::from_json_str`] and friends, the
-    /// JSON reader's text (also this error's [`source`](std::error::Error::source)).
-    ///
-    /// [`Container::from_json_str`]: crate::Container::from_json_str
+    /// What went wrong; for JSON read by `Container::from_json_str` and friends (feature
+    /// `json`), the JSON reader's text (also this error's
+    /// [`source`](std::error::Error::source)).
     pub fn message(&self) -> &str {
         &self.message
     }

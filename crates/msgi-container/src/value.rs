@@ -225,6 +225,7 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 ///
 /// [`DecodeError::DuplicateName`]: crate::DecodeError::DuplicateName
 /// [`Container::get`]: crate::Container::get
+/// [`Container::builder`]: crate::Container::builder
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Values {
     entries: Vec<(ByteString, Value)>,
