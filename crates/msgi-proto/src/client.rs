@@ -19,7 +19,9 @@
 //!   ([`ConnectionError::HandshakeRefused`]). Other frames before WELCOME
 //!   count against [`Config::early_frames`] and [`Config::early_bytes`]
 //!   (beyond: [`Violation::TooManyBeforeWelcome`]); all but HEARTBEAT, PING
-//!   and PONG are delivered as pushes once WELCOME arrives.
+//!   and PONG go through the session rules once WELCOME arrives, in order,
+//!   as if they came after it (a request id: a late answer; flags for a
+//!   transform not run: a violation; the rest: pushes).
 //! - **Request ids** are allocated per transport from 1 (0 is the
 //!   handshake's), skipping ids still pending, wrapping around past
 //!   `u32::MAX`.
@@ -388,6 +390,9 @@ enum Held<R> {
         frame: Frame,
         caller: R,
         deadline: Option<Instant>,
+        /// The deadline was given by the application (kept for ever), not
+        /// computed from the queue timeout (cleared when a transport opens).
+        given: bool,
     },
 }
 
@@ -529,7 +534,18 @@ impl<R: Caller> Connection<R> {
         self.state = State::Open;
         // Timers from now: the handshake's wait is not the server's silence.
         self.proto = Protocol::new(Role::Client, self.config.timers, self.config.binary, now);
-        // Held calls wait for nothing more: their queue deadline no longer runs.
+        // Held calls wait for nothing more: a queue deadline computed while
+        // not connected no longer runs (a lost transport computes a new one).
+        for held in &mut self.held {
+            if let Held::Call {
+                deadline,
+                given: false,
+                ..
+            } = held
+            {
+                *deadline = None;
+            }
+        }
         self.events.push_back(Event::Connected);
         self.check_orphaned(now);
     }
@@ -598,11 +614,13 @@ impl<R: Caller> Connection<R> {
             }
             State::Open => {}
             State::Disconnected | State::Handshaking { .. } => {
+                let given = deadline.is_some();
                 let deadline = deadline.or_else(|| after(now, self.config.queue_timeout));
                 self.held.push_back(Held::Call {
                     frame,
                     caller,
                     deadline,
+                    given,
                 });
                 return;
             }
@@ -610,6 +628,7 @@ impl<R: Caller> Connection<R> {
         self.held.push_back(Held::Call {
             frame,
             caller,
+            given: deadline.is_some(),
             deadline,
         });
     }
@@ -823,8 +842,15 @@ impl<R: Caller> Connection<R> {
                     {
                         let early = std::mem::take(early);
                         self.open(now);
+                        // The same session rules as any frame after WELCOME:
+                        // one with a request id is a late answer (no call
+                        // was written yet), flags this session does not run
+                        // are a violation.
                         for frame in early {
-                            self.events.push_back(Event::Push(frame));
+                            if !matches!(self.state, State::Open) {
+                                break;
+                            }
+                            self.on_frame(frame, now);
                         }
                         return;
                     }

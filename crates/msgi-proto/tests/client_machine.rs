@@ -945,3 +945,88 @@ fn undrained_events_stop_reading() {
     assert_eq!(events, 10);
     assert!(conn.may_read(), "drained: reading resumes");
 }
+
+#[test]
+fn frames_before_welcome_meet_the_session_rules_once_open() {
+    let now = Instant::now();
+    let mut conn = Connection::<Call>::new(config(), now);
+    conn.handle_connected(now, None);
+    conn.handle_frame(Frame::data("late").with_request_id(7), now);
+    conn.handle_frame(Frame::data("plain"), now);
+    conn.handle_frame(
+        Frame::control(format!("{WELCOME_PREFIX}1")).with_request_id(0),
+        now,
+    );
+    let mut pushes = Vec::new();
+    let mut late = Vec::new();
+    while let Some(event) = conn.poll_event() {
+        match event {
+            Event::Push(frame) => pushes.push(frame.payload_text().into_owned()),
+            Event::LateAnswer { id, .. } => late.push(id),
+            _ => {}
+        }
+    }
+    assert_eq!(pushes, ["plain"], "a frame with a request id is no push");
+    assert_eq!(late, [7]);
+    assert_eq!(conn.phase(), Phase::Open);
+}
+
+#[test]
+fn a_flagged_frame_before_welcome_is_a_violation_once_open() {
+    let now = Instant::now();
+    let mut conn = Connection::<Call>::new(config(), now);
+    conn.handle_connected(now, None);
+    conn.handle_frame(
+        Frame::data("flagged").with_flags(msgi_proto::Flags::COMPRESSED),
+        now,
+    );
+    conn.handle_frame(
+        Frame::control(format!("{WELCOME_PREFIX}1")).with_request_id(0),
+        now,
+    );
+    let mut pushes = 0;
+    let mut lost = Vec::new();
+    while let Some(event) = conn.poll_event() {
+        match event {
+            Event::Push(_) => pushes += 1,
+            Event::Lost(e) => lost.push(e),
+            _ => {}
+        }
+    }
+    assert_eq!(pushes, 0);
+    assert!(
+        matches!(
+            lost.as_slice(),
+            [ConnectionError::Violation(Violation::Rule(_))]
+        ),
+        "{lost:?}"
+    );
+}
+
+#[test]
+fn a_call_held_during_the_handshake_gets_a_fresh_queue_deadline_when_lost() {
+    let now = Instant::now();
+    let mut conn = Connection::<Call>::new(config_with_queue(10 * SEC), now);
+    conn.handle_connected(now, None);
+    let gone = Rc::new(Cell::new(false));
+    // Held during the handshake: its queue deadline is now + 10 s.
+    conn.call(Frame::data("x"), Call { n: 0, gone }, None, now);
+    conn.handle_frame(
+        Frame::control(format!("{WELCOME_PREFIX}1")).with_request_id(0),
+        now + SEC,
+    );
+    assert_eq!(conn.phase(), Phase::Open);
+    // Not written; the transport is lost at 30 s.
+    let lost_at = now + 30 * SEC;
+    conn.handle_connection_lost(ConnectionError::Transport("gone".into()), lost_at);
+    while conn.poll_event().is_some() {}
+    assert_eq!(conn.poll_timeout(), Some(lost_at + 10 * SEC));
+    conn.handle_timeout(lost_at + SEC);
+    assert!(
+        !std::iter::from_fn(|| conn.poll_event()).any(|e| matches!(e, Event::Answer(..))),
+        "failed before its queue timeout from the loss"
+    );
+    conn.handle_timeout(lost_at + 10 * SEC);
+    assert!(std::iter::from_fn(|| conn.poll_event())
+        .any(|e| matches!(e, Event::Answer(_, Err(CallError::NotConnected)))));
+}
