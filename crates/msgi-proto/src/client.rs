@@ -1021,23 +1021,24 @@ impl<R: Caller> Connection<R> {
         }
     }
 
-    /// Fails the held calls whose queue deadline has passed.
+    /// Fails the held calls whose queue deadline has passed (one pass,
+    /// order kept).
     fn expire_held(&mut self, now: Instant) {
-        let mut i = 0;
-        while i < self.held.len() {
-            let expired = matches!(
-                self.held.get(i),
-                Some(Held::Call { deadline: Some(d), .. }) if *d <= now
-            );
-            if expired {
-                if let Some(Held::Call { caller, .. }) = self.held.remove(i) {
-                    self.events
-                        .push_back(Event::Answer(caller, Err(CallError::NotConnected)));
+        let events = &mut self.events;
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        for held in self.held.drain(..) {
+            match held {
+                Held::Call {
+                    caller,
+                    deadline: Some(d),
+                    ..
+                } if d <= now => {
+                    events.push_back(Event::Answer(caller, Err(CallError::NotConnected)));
                 }
-            } else {
-                i += 1;
+                held => kept.push_back(held),
             }
         }
+        self.held = kept;
         self.check_orphaned(now);
     }
 
