@@ -82,12 +82,15 @@ pub(crate) async fn run() -> Result<()> {
     let ended = Arc::new(Mutex::new(Vec::new()));
     let ended_in_hook = ended.clone();
     let server = Server::builder()
-        .drain_deadline(Duration::from_secs(2))
+        .drain_timeout(Duration::from_secs(2))
         .on_connect(move |s| {
             say(
                 start,
                 "server",
-                format!("session {} connected from {}", s.id(), s.remote_addr()),
+                match s.peer_addr() {
+                    Some(addr) => format!("session {} connected from {addr}", s.id()),
+                    None => format!("session {} connected", s.id()),
+                },
             )
         })
         .on_disconnect(move |s, reason| {
@@ -105,9 +108,13 @@ pub(crate) async fn run() -> Result<()> {
         chat(handler_registry.clone(), handler_started.clone(), frame)
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve_with_shutdown(listener, service, async {
-        let _ = stop_rx.await;
-    }));
+    let serving = tokio::spawn(
+        server
+            .serve(listener, service)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            }),
+    );
     say(start, "server", format!("chat server listening on {addr}"));
 
     let mut clients = Vec::new();

@@ -206,7 +206,7 @@ async fn serve_with<C: msgi::MakeFraming>(args: ServeArgs, framing: C) -> Result
         .max_connections_per_ip(args.max_connections_per_ip)
         .max_frame_size(args.max_frame_size)
         .idle_timeout(idle)
-        .on_connect(|s| tracing::info!(session = %s.id(), remote = %s.remote_addr(), "connected"))
+        .on_connect(|s| tracing::info!(session = %s.id(), peer = ?s.peer_addr(), "connected"))
         .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"))
         .build()?;
     // The frame itself is the answer: same kind, flags, payload and request
@@ -227,7 +227,10 @@ async fn serve_with<C: msgi::MakeFraming>(args: ServeArgs, framing: C) -> Result
         announce(listener.local_addr()?)?;
     }
     tracing::info!(addr = %listener.local_addr()?, layers = %args.wire.describe(), "msgi echo server listening");
-    server.serve_with_shutdown(listener, echo, shutdown).await?;
+    server
+        .serve(listener, echo)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -81,7 +81,8 @@ async fn main() -> Result<(), msgi::BoxError> {
         let _ = tokio::signal::ctrl_c().await;
     };
     server
-        .serve_with_shutdown(listener, service, ctrl_c)
+        .serve(listener, service)
+        .with_graceful_shutdown(ctrl_c)
         .await?;
     Ok(())
 }

@@ -28,7 +28,8 @@ async fn main() -> Result<(), msgi::BoxError> {
     };
     Server::builder()
         .build()?
-        .serve_with_shutdown(listener, echo, ctrl_c)
+        .serve(listener, echo)
+        .with_graceful_shutdown(ctrl_c)
         .await?;
     Ok(())
 }

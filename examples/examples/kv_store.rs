@@ -51,13 +51,14 @@ async fn main() -> Result<(), msgi::BoxError> {
     let make =
         service_fn(|session: Session| async move { Ok::<_, msgi::BoxError>(kv_service(&session)) });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(Server::builder().build()?.serve_make_with_shutdown(
-        listener,
-        make,
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let server = tokio::spawn(
+        Server::builder()
+            .build()?
+            .serve(listener, msgi::PerSession(make))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
+    );
 
     let first = Client::connect(addr).await?;
     let second = Client::connect(addr).await?;

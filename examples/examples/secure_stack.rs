@@ -49,9 +49,13 @@ async fn main() -> Result<(), msgi::BoxError> {
     let server = Server::builder().framing(framing.clone()).build()?;
     let registry = server.registry();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve_with_shutdown(listener, service, async {
-        let _ = stopped.await;
-    }));
+    let serving = tokio::spawn(
+        server
+            .serve(listener, service)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
+    );
 
     let client = Client::builder()
         .framing(framing)

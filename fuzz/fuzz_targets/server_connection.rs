@@ -290,7 +290,7 @@ fuzz_target!(|input: Input| {
                 conn.handle_close(Close::Abort, now)
             }
             Ev::PeerClosed => conn.handle_peer_closed(now),
-            Ev::PeerReset => conn.handle_peer_reset("reset".into()),
+            Ev::PeerReset => conn.handle_peer_reset(std::io::ErrorKind::ConnectionReset),
             Ev::DecodeError => conn.handle_decode_error("bad magic".into(), now),
             Ev::ServiceFailed => conn.handle_service_failed("down".into(), now),
             Ev::Written => conn.handle_written(now),

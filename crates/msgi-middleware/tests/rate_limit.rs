@@ -27,7 +27,7 @@ fn layer(policy: RatePolicy) -> RateLimitLayer {
 /// echo service.
 async fn server(policy: RatePolicy) -> TestServer {
     // A call held by the limit must not hold the test's shutdown for long.
-    let builder = Server::builder().drain_deadline(Duration::from_millis(200));
+    let builder = Server::builder().drain_timeout(Duration::from_millis(200));
     let limited = layer(policy).layer(tower::service_fn(|f: Frame| async move {
         Ok::<_, Infallible>(Some(Frame::data(f.payload().clone())))
     }));
@@ -81,7 +81,7 @@ async fn delay_a_clone_per_request_is_held_per_session() {
 /// called last (as the module docs and docs/PROTOCOL.md section 5 say).
 #[tokio::test]
 async fn delay_one_service_shared_by_sessions_waits_on_the_last_callers_debt() {
-    let builder = Server::builder().drain_deadline(Duration::from_millis(200));
+    let builder = Server::builder().drain_timeout(Duration::from_millis(200));
     let limited = layer(RatePolicy::Delay).layer(tower::service_fn(|f: Frame| async move {
         Ok::<_, Infallible>(Some(Frame::data(f.payload().clone())))
     }));

@@ -221,7 +221,10 @@ async fn refused<C, A>(
     let mut rest = Vec::new();
     within(evil.stream.read_to_end(&mut rest)).await.ok();
     let (_, why) = server.next_end().await;
-    assert!(matches!(why, CloseReason::ProtocolViolation(_)), "{why:?}");
+    assert!(
+        matches!(why, CloseReason::ProtocolViolation { .. }),
+        "{why:?}"
+    );
     assert_eq!(
         seen.load(Ordering::SeqCst),
         expected_calls,

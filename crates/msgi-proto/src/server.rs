@@ -87,6 +87,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::codec::CodecError;
 use crate::config::ConfigError;
 use crate::frame::{Frame, Kind};
 use crate::session::{Expired, Inbound, Protocol, Reading, Role, Timers, WELCOME_PREFIX};
@@ -201,16 +202,56 @@ pub enum Cause {
     PeerDisconnect(String),
     /// The peer closed the connection between frames.
     PeerClosed,
-    /// The transport failed or closed inside a frame.
-    PeerReset(String),
+    /// The transport failed, or closed inside a frame
+    /// ([`UnexpectedEof`](std::io::ErrorKind::UnexpectedEof)).
+    PeerReset(std::io::ErrorKind),
     /// Nothing was received for the idle timeout.
     IdleTimeout,
     /// No first frame within the handshake timeout.
     HandshakeTimeout,
-    /// The peer broke the protocol (or the framing); it was told with an ERROR.
-    ProtocolViolation(String),
+    /// The peer broke the protocol (or the framing): what kind of rule,
+    /// and the text it was told in an ERROR.
+    ProtocolViolation(Violation, String),
     /// The service failed (`poll_ready` returned an error).
     ServiceFailed(String),
+}
+
+/// The kind of protocol rule a peer broke
+/// ([`Cause::ProtocolViolation`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Violation {
+    /// Bytes that are not a frame: bad magic, a length below the header.
+    Framing,
+    /// A frame (or text line) over the maximum size.
+    TooLarge,
+    /// A wire transform refused the frame (decompression, decryption,
+    /// authentication).
+    Transform,
+    /// A well-formed frame the session rules refuse (unsupported flags).
+    Frame,
+}
+
+impl Violation {
+    /// A bounded, metrics-safe label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Violation::Framing => "framing",
+            Violation::TooLarge => "too_large",
+            Violation::Transform => "transform",
+            Violation::Frame => "frame",
+        }
+    }
+
+    /// The kind of a decoding error.
+    pub fn of(e: &CodecError) -> Violation {
+        use CodecError as E;
+        match e {
+            E::FrameTooLarge { .. } | E::LineTooLong { .. } => Violation::TooLarge,
+            E::Transform(_) => Violation::Transform,
+            _ => Violation::Framing,
+        }
+    }
 }
 
 /// How the runtime closes a connection ([`Connection::handle_close`]).
@@ -521,7 +562,8 @@ impl Connection {
             }
             Inbound::Violation(reason) => {
                 let last = Frame::error(reason.clone());
-                self.close_now(Cause::ProtocolViolation(reason), last, now);
+                let cause = Cause::ProtocolViolation(Violation::Frame, reason);
+                self.close_now(cause, last, now);
             }
             Inbound::Pong(_) | Inbound::Nothing => {}
         }
@@ -655,7 +697,7 @@ impl Connection {
     /// The transport failed (a read or write error, or end of stream inside
     /// a frame): the connection ends at once, cutting what is pending
     /// ([`Cause::PeerReset`]). While lingering it is the normal end.
-    pub fn handle_peer_reset(&mut self, why: String) {
+    pub fn handle_peer_reset(&mut self, why: std::io::ErrorKind) {
         match self.state {
             State::Lingering => self.finish(false),
             _ => self.abort(Cause::PeerReset(why)),
@@ -664,9 +706,11 @@ impl Connection {
 
     /// The bytes read broke the framing: ERROR with the reason, then close
     /// without waiting for answers ([`Cause::ProtocolViolation`]).
-    pub fn handle_decode_error(&mut self, reason: String, now: Instant) {
+    pub fn handle_decode_error(&mut self, error: &CodecError, now: Instant) {
+        let reason = error.to_string();
         let last = Frame::error(reason.clone());
-        self.close_now(Cause::ProtocolViolation(reason), last, now);
+        let cause = Cause::ProtocolViolation(Violation::of(error), reason);
+        self.close_now(cause, last, now);
     }
 
     /// The service failed: ERROR `service unavailable`, then close without

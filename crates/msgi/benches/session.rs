@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use msgi::Framing as _;
-use msgi::{Frame, FrameCodec, Listener, PeerAddr, Server};
+use msgi::{ConnectInfo, Frame, FrameCodec, Listener, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::sync::mpsc;
 
@@ -22,9 +22,9 @@ struct Pipes(mpsc::Receiver<DuplexStream>);
 impl Listener for Pipes {
     type Io = DuplexStream;
 
-    async fn accept(&mut self) -> std::io::Result<(DuplexStream, PeerAddr)> {
+    async fn accept(&mut self) -> std::io::Result<(DuplexStream, ConnectInfo)> {
         match self.0.recv().await {
-            Some(io) => Ok((io, PeerAddr::Unknown)),
+            Some(io) => Ok((io, ConnectInfo::new())),
             None => std::future::pending().await,
         }
     }

@@ -17,7 +17,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tower::Service;
 
 use crate::registry::Registry;
@@ -28,7 +27,7 @@ use msgi_proto::server::{
     can_answer, Cause, Close, Closed, Connection, Event, Phase, Request, Token,
 };
 use msgi_proto::text::PeerText;
-use msgi_proto::{Frame, Framing};
+use msgi_proto::Frame;
 
 /// Per-session settings, taken from the server builder; one copy shared by
 /// all of a server's sessions.
@@ -67,11 +66,11 @@ where
 
 type BoxedCall<F> = Pin<Box<Call<F>>>;
 
-pub(crate) struct Driver<T, C, S>
+pub(crate) struct Driver<X, S>
 where
     S: Service<Frame>,
 {
-    transport: Transport<T, C>,
+    transport: X,
     conn: Connection,
     service: S,
     session: Session,
@@ -94,23 +93,20 @@ where
     pushes_taken: u8,
 }
 
-impl<T, C, S> Driver<T, C, S>
+impl<X, S> Driver<X, S>
 where
-    T: AsyncRead + AsyncWrite + Unpin,
-    C: Framing,
+    X: Transport,
     S: Service<Frame, Response = Option<Frame>>,
     S::Error: Into<BoxError>,
 {
     /// A driver for one session; [`poll`](Driver::poll) it to its end.
     pub(crate) fn new(
-        io: T,
-        codec: C,
+        transport: X,
         service: S,
         session: Session,
         registry: Registry,
         cfg: Arc<SessionConfig>,
     ) -> Self {
-        let transport = Transport::new(io, codec);
         let conn = Connection::new(cfg, transport.is_binary(), now());
         Driver {
             transport,
@@ -167,7 +163,7 @@ where
                 _ => match self.transport.poll_write(cx) {
                     Poll::Ready(Ok(())) => true,
                     Poll::Ready(Err(e)) => {
-                        self.conn.handle_peer_reset(e.to_string());
+                        self.conn.handle_peer_reset(e.kind());
                         true
                     }
                     Poll::Pending => false,
@@ -254,7 +250,9 @@ where
             Cause::PeerReset(why) => CloseReason::PeerReset(why),
             Cause::IdleTimeout => CloseReason::IdleTimeout,
             Cause::HandshakeTimeout => CloseReason::HandshakeTimeout,
-            Cause::ProtocolViolation(why) => CloseReason::ProtocolViolation(why),
+            Cause::ProtocolViolation(kind, detail) => {
+                CloseReason::ProtocolViolation { kind, detail }
+            }
             Cause::ServiceFailed(why) => CloseReason::ServiceFailed(why),
             // A cause added to msgi-proto later, before msgi maps it.
             _ => CloseReason::Aborted,
@@ -442,12 +440,12 @@ where
                     return true;
                 }
                 Poll::Ready(Err(ReadError::Codec(e))) => {
-                    self.conn.handle_decode_error(e.to_string(), now);
+                    self.conn.handle_decode_error(&e, now);
                     self.pump();
                     return true;
                 }
-                Poll::Ready(Err(ReadError::Reset(why))) => {
-                    self.conn.handle_peer_reset(why);
+                Poll::Ready(Err(ReadError::Reset(e))) => {
+                    self.conn.handle_peer_reset(e.kind());
                     return true;
                 }
             };
@@ -469,7 +467,12 @@ mod tests {
     #[test]
     fn the_driver_stays_small() {
         fn size_of_driver<S: Service<Frame>>(_: &S) -> usize {
-            std::mem::size_of::<Driver<tokio::net::TcpStream, msgi_proto::FrameCodec, S>>()
+            std::mem::size_of::<
+                Driver<
+                    crate::transport::ByteStream<tokio::net::TcpStream, msgi_proto::FrameCodec>,
+                    S,
+                >,
+            >()
         }
         let echo = tower::service_fn(|frame: Frame| async move { Ok::<_, BoxError>(Some(frame)) });
         let size = size_of_driver(&echo);

@@ -40,30 +40,38 @@
 //! ```
 #![deny(missing_docs)]
 
+mod accept;
 mod client;
 mod codec;
 mod driver;
+mod observer;
 mod registry;
+mod serve;
 mod server;
 mod session;
 mod transport;
 
+pub use accept::{Accepted, ConnectInfo, NoHandshake};
 pub use client::{
     Client, ClientBuilder, ClientError, CloseCause, Forward, ForwardFuture, Incoming, Reconnect,
     ResponseFuture, TcpConnector,
 };
 pub use codec::TokioCodec;
+pub use msgi_proto::server::Violation;
 pub use msgi_proto::{
     encode_header, CodecError, ConfigError, Extensions, Flags, Frame, FrameCodec, FrameTransform,
     Framing, Kind, LineCodec, MakeFraming, MakeTransform, SessionParams, Side, Transformed, Wire,
     WriteBuf, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
 };
+pub use observer::{Observer, Rejection};
 pub use registry::{
     Backplane, BackplaneError, Delivery, Envelope, LocalNode, MemoryBackplane, Presence, Registry,
     RegistryBuilder, Remote, Sent, Target,
 };
+pub use serve::{MakeSessionService, PerSession, Serve, WithGracefulShutdown};
 pub use server::{Builder as ServerBuilder, Listener, Server};
-pub use session::{CloseReason, NodeId, PeerAddr, SendError, Session, SessionId};
+pub use session::{CloseReason, NodeId, SendError, Session, SessionId};
+pub use transport::{ByteStream, IntoTransport, Plain, ReadError, Transport};
 
 /// The error type at service boundaries, as in tower.
 pub use msgi_proto::BoxError;

@@ -9,25 +9,29 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::{self, Future};
+use std::future::Future;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
-use tower::make::{MakeService, Shared};
 use tower::Service;
 use tracing::Instrument;
 
+use crate::accept::{Accepted, ConnectInfo, NoHandshake};
 use crate::driver::{Driver, SessionConfig};
+use crate::observer::{Observer, Rejection};
 use crate::registry::Registry;
-use crate::session::{CloseReason, OutboxLimits, PeerAddr, Session};
+use crate::serve::{MakeSessionService, Serve};
+use crate::session::{CloseReason, OutboxLimits, Session};
+use crate::transport::{IntoTransport, Transport};
 use crate::BoxError;
 use msgi_proto::session::Timers;
 use msgi_proto::ConfigError;
@@ -64,27 +68,26 @@ use msgi_proto::{FrameCodec, Framing, MakeFraming};
 /// while such errors continue, so the loop never spins on a lasting
 /// error; a successful accept resets it.
 ///
-/// # Slow accepts
+/// # Fast accepts
 ///
-/// `serve` awaits one `accept` at a time: whatever `accept` waits for (a
-/// TLS handshake, a proxy header) holds back every later connection, so a
-/// peer that is slow to finish its handshake stalls everyone's accepts.
-/// Keep `accept` to taking the connection; a handshake belongs after it,
-/// on the connection's own task: for now, return an [`Io`](Listener::Io)
-/// that completes its handshake on its first read or write (the session's
-/// task drives it); a per-connection step in the server is planned.
+/// `accept` should only take the connection: the server awaits one
+/// `accept` at a time, so whatever it waits for holds back every later
+/// connection. A handshake (TLS, a proxy header) belongs in the server's
+/// accept step ([`Builder::accept`]), which runs in the connection's own
+/// task, under the connection cap and the handshake timeout.
 pub trait Listener: Send + 'static {
-    /// The connection type.
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// The connection type, as accepted (before the server's accept step).
+    type Io: Send + 'static;
 
-    /// Waits for the next connection.
-    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, PeerAddr)>> + Send;
+    /// Waits for the next connection: the raw io and what is known about
+    /// the peer (its address).
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, ConnectInfo)>> + Send;
 }
 
 impl Listener for TcpListener {
     type Io = tokio::net::TcpStream;
 
-    async fn accept(&mut self) -> io::Result<(Self::Io, PeerAddr)> {
+    async fn accept(&mut self) -> io::Result<(Self::Io, ConnectInfo)> {
         let (stream, addr) = TcpListener::accept(self).await?;
         // Answers are written as soon as they are ready; Nagle would hold
         // small ones back for the peer's delayed ACK. A failure here is the
@@ -93,7 +96,7 @@ impl Listener for TcpListener {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, %addr, "set_nodelay failed");
         }
-        Ok((stream, PeerAddr::Tcp(addr)))
+        Ok((stream, ConnectInfo::from_peer_addr(addr)))
     }
 }
 
@@ -101,23 +104,26 @@ impl Listener for TcpListener {
 impl Listener for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
 
-    async fn accept(&mut self) -> io::Result<(Self::Io, PeerAddr)> {
-        let (stream, _) = tokio::net::UnixListener::accept(self).await?;
-        Ok((stream, PeerAddr::Unix))
+    async fn accept(&mut self) -> io::Result<(Self::Io, ConnectInfo)> {
+        let (stream, addr) = tokio::net::UnixListener::accept(self).await?;
+        let mut info = ConnectInfo::new();
+        info.insert(addr);
+        Ok((stream, info))
     }
 }
 
 /// Default of [`Builder::max_concurrent_request_bytes`]: 4 MiB.
 const DEFAULT_MAX_CONCURRENT_REQUEST_BYTES: usize = 4 * 1024 * 1024;
-/// Default of [`Builder::outbound_queue_bytes`]: 4 MiB.
-const DEFAULT_OUTBOUND_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+/// Default of [`Builder::outbox_bytes`]: 4 MiB.
+const DEFAULT_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
 
 type ConnectHook = Arc<dyn Fn(&Session) + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Session, &CloseReason) + Send + Sync>;
 
 /// Settings for a [`Server`]. Made by [`Server::builder`].
-pub struct Builder<C = FrameCodec> {
+pub struct Builder<C = FrameCodec, A = NoHandshake> {
     codec: C,
+    accept: A,
     max_connections: usize,
     /// The value of the last [`Builder::max_frame_size`] call since the
     /// framing was chosen (already written into `codec`), kept to validate it.
@@ -127,12 +133,13 @@ pub struct Builder<C = FrameCodec> {
     handshake_timeout: Option<Duration>,
     max_concurrent_requests: usize,
     max_concurrent_request_bytes: usize,
-    outbound_queue: usize,
-    outbound_queue_bytes: usize,
-    drain_deadline: Duration,
+    outbox_capacity: usize,
+    outbox_bytes: usize,
+    drain_timeout: Duration,
     max_connections_per_ip: Option<usize>,
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
+    observer: Option<Arc<dyn Observer>>,
     registry: Option<Registry>,
 }
 
@@ -140,6 +147,7 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             codec: FrameCodec::new(),
+            accept: NoHandshake,
             max_connections: 10_000,
             max_frame_size: None,
             idle_timeout: Some(Duration::from_secs(60)),
@@ -147,18 +155,19 @@ impl Default for Builder {
             handshake_timeout: Some(Duration::from_secs(10)),
             max_concurrent_requests: 64,
             max_concurrent_request_bytes: DEFAULT_MAX_CONCURRENT_REQUEST_BYTES,
-            outbound_queue: 1024,
-            outbound_queue_bytes: DEFAULT_OUTBOUND_QUEUE_BYTES,
-            drain_deadline: Duration::from_secs(5),
+            outbox_capacity: 1024,
+            outbox_bytes: DEFAULT_OUTBOX_BYTES,
+            drain_timeout: Duration::from_secs(5),
             max_connections_per_ip: None,
             on_connect: None,
             on_disconnect: None,
+            observer: None,
             registry: None,
         }
     }
 }
 
-impl<C: MakeFraming> Builder<C> {
+impl<C: MakeFraming, A> Builder<C, A> {
     /// Most sessions at once (default 10,000; at least 1). A connection
     /// beyond it gets ERROR `server full` and is closed; existing sessions
     /// are untouched.
@@ -232,17 +241,17 @@ impl<C: MakeFraming> Builder<C> {
     /// Frames that may wait in one session's outbox (default 1024; at
     /// least 1). A push to a full outbox closes that session as a slow
     /// consumer.
-    pub fn outbound_queue(mut self, frames: usize) -> Self {
-        self.outbound_queue = frames;
+    pub fn outbox_capacity(mut self, frames: usize) -> Self {
+        self.outbox_capacity = frames;
         self
     }
 
     /// Bytes that may wait in one session's outbox, each frame counting its
     /// payload plus 14 bytes (default 4 MiB; at least 1). A push that would
     /// go beyond it closes that session as a slow consumer, as a push beyond
-    /// `outbound_queue` does; a push into an empty outbox is always taken.
-    pub fn outbound_queue_bytes(mut self, bytes: usize) -> Self {
-        self.outbound_queue_bytes = bytes;
+    /// `outbox_capacity` does; a push into an empty outbox is always taken.
+    pub fn outbox_bytes(mut self, bytes: usize) -> Self {
+        self.outbox_bytes = bytes;
         self
     }
 
@@ -250,8 +259,8 @@ impl<C: MakeFraming> Builder<C> {
     /// flush its output (default 5 s). Zero closes at once, without
     /// waiting for answers; a duration too large to add to the clock means
     /// no deadline.
-    pub fn drain_deadline(mut self, deadline: Duration) -> Self {
-        self.drain_deadline = deadline;
+    pub fn drain_timeout(mut self, deadline: Duration) -> Self {
+        self.drain_timeout = deadline;
         self
     }
 
@@ -283,6 +292,15 @@ impl<C: MakeFraming> Builder<C> {
         self
     }
 
+    /// Tells `observer` what the runtime sees (see [`Observer`]): sessions
+    /// opened and closed, rejected connections, frames and bytes, write
+    /// stalls, queue depths, calls in flight, request latency. Without one
+    /// (the default), each report is a branch not taken.
+    pub fn observer(mut self, observer: impl Observer) -> Self {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
     /// The registry the server's sessions join (default: a new
     /// [`Registry::new`], of this server alone). Give the same registry to
     /// several servers (a TCP one and a WebSocket one) so that their
@@ -291,6 +309,43 @@ impl<C: MakeFraming> Builder<C> {
     pub fn registry(mut self, registry: Registry) -> Self {
         self.registry = Some(registry);
         self
+    }
+
+    /// Runs `step` on each accepted connection, inside the connection's own
+    /// task, before its session starts: a `tower::Service` from
+    /// [`Accepted<L::Io>`](Accepted) (the raw io from
+    /// [`Listener::accept`] and its [`ConnectInfo`]) to an `Accepted` of
+    /// what the session runs on (a TLS stream, wrapped in
+    /// [`Plain`](crate::Plain) if this crate does not know its type), adding
+    /// to the info what it learns (peer certificates, SNI, ALPN). The
+    /// default, [`NoHandshake`], passes the connection on as it is.
+    ///
+    /// The step runs under the connection cap (it holds a place in
+    /// `max_connections`) and the handshake timeout (past it the connection
+    /// is dropped and reported as [`Rejection::AcceptTimeout`]), is dropped
+    /// at shutdown, and never holds back another connection: the accept
+    /// loop only asks its `poll_ready` and calls it. A step that fails ends
+    /// that connection only ([`Rejection::AcceptFailed`]).
+    pub fn accept<A2>(self, step: A2) -> Builder<C, A2> {
+        Builder {
+            codec: self.codec,
+            accept: step,
+            max_connections: self.max_connections,
+            max_frame_size: self.max_frame_size,
+            idle_timeout: self.idle_timeout,
+            heartbeat_interval: self.heartbeat_interval,
+            handshake_timeout: self.handshake_timeout,
+            max_concurrent_requests: self.max_concurrent_requests,
+            max_concurrent_request_bytes: self.max_concurrent_request_bytes,
+            outbox_capacity: self.outbox_capacity,
+            outbox_bytes: self.outbox_bytes,
+            drain_timeout: self.drain_timeout,
+            max_connections_per_ip: self.max_connections_per_ip,
+            on_connect: self.on_connect,
+            on_disconnect: self.on_disconnect,
+            observer: self.observer,
+            registry: self.registry,
+        }
     }
 
     /// Uses another byte framing, such as [`LineCodec`](crate::LineCodec) or
@@ -303,9 +358,10 @@ impl<C: MakeFraming> Builder<C> {
     /// This replaces an earlier [`max_frame_size`](Builder::max_frame_size)
     /// setting (it was written into the old framing); call `max_frame_size`
     /// after this to change the new framing's limit: the later call wins.
-    pub fn framing<C2: MakeFraming>(self, codec: C2) -> Builder<C2> {
+    pub fn framing<C2: MakeFraming>(self, codec: C2) -> Builder<C2, A> {
         Builder {
             codec,
+            accept: self.accept,
             max_connections: self.max_connections,
             max_frame_size: None,
             idle_timeout: self.idle_timeout,
@@ -313,12 +369,13 @@ impl<C: MakeFraming> Builder<C> {
             handshake_timeout: self.handshake_timeout,
             max_concurrent_requests: self.max_concurrent_requests,
             max_concurrent_request_bytes: self.max_concurrent_request_bytes,
-            outbound_queue: self.outbound_queue,
-            outbound_queue_bytes: self.outbound_queue_bytes,
-            drain_deadline: self.drain_deadline,
+            outbox_capacity: self.outbox_capacity,
+            outbox_bytes: self.outbox_bytes,
+            drain_timeout: self.drain_timeout,
             max_connections_per_ip: self.max_connections_per_ip,
             on_connect: self.on_connect,
             on_disconnect: self.on_disconnect,
+            observer: self.observer,
             registry: self.registry,
         }
     }
@@ -332,7 +389,7 @@ impl<C: MakeFraming> Builder<C> {
     /// maximum frame size outside `14..=4 GiB - 1` (the correlated header up
     /// to what the 32-bit length field can carry; for a text framing, a
     /// maximum line of zero), or a count beyond what the server can track.
-    pub fn build(self) -> Result<Server<C>, ConfigError> {
+    pub fn build(self) -> Result<Server<C, A>, ConfigError> {
         self.validate()?;
         let codec = self.codec;
         // The codec's limit stands; each session's transforms are told it
@@ -342,7 +399,7 @@ impl<C: MakeFraming> Builder<C> {
         let max_frame_len = u32::try_from(codec.max_sendable()).unwrap_or(u32::MAX);
         Ok(Server {
             codec,
-            max_connections: self.max_connections,
+            accept: self.accept,
             session: Arc::new(SessionConfig::new(
                 Timers {
                     idle_timeout: self.idle_timeout,
@@ -351,23 +408,32 @@ impl<C: MakeFraming> Builder<C> {
                 },
                 self.max_concurrent_requests,
                 self.max_concurrent_request_bytes,
-                self.drain_deadline,
+                self.drain_timeout,
                 max_frame_size.max(64 * 1024),
             )?),
             // `validate` keeps the counts within u32; no frame on the MSGI
             // wire is longer than u32::MAX bytes.
             outbox: Arc::new(OutboxLimits {
-                frames: u32::try_from(self.outbound_queue).unwrap_or(u32::MAX),
-                bytes: u32::try_from(self.outbound_queue_bytes).unwrap_or(u32::MAX),
+                frames: u32::try_from(self.outbox_capacity).unwrap_or(u32::MAX),
+                bytes: u32::try_from(self.outbox_bytes).unwrap_or(u32::MAX),
                 max_frame_len,
             }),
             common: Arc::new(Common {
                 on_connect: self.on_connect,
                 on_disconnect: self.on_disconnect,
+                observer: self.observer,
                 per_ip: self.max_connections_per_ip.map(|max| PerIp {
                     max,
                     counts: Mutex::new(HashMap::new()),
                 }),
+                max_connections: self.max_connections,
+                permits: Arc::new(Semaphore::new(self.max_connections)),
+                rejections: Arc::new(Semaphore::new(MAX_REJECTIONS)),
+                tracker: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+                serving: AtomicBool::new(false),
+                handshake_timeout: self.handshake_timeout,
+                linger: LINGER.min(self.drain_timeout),
             }),
             registry: self.registry.unwrap_or_default(),
         })
@@ -389,16 +455,16 @@ impl<C: MakeFraming> Builder<C> {
             ));
         }
         at_least_one("max_concurrent_requests", self.max_concurrent_requests)?;
-        at_least_one("outbound_queue", self.outbound_queue)?;
+        at_least_one("outbox_capacity", self.outbox_capacity)?;
         at_least_one(
             "max_concurrent_request_bytes",
             self.max_concurrent_request_bytes,
         )?;
-        at_least_one("outbound_queue_bytes", self.outbound_queue_bytes)?;
+        at_least_one("outbox_bytes", self.outbox_bytes)?;
         // Kept per session in 32 bits (every byte of a session counts).
         for (setting, n) in [
-            ("outbound_queue", self.outbound_queue),
-            ("outbound_queue_bytes", self.outbound_queue_bytes),
+            ("outbox_capacity", self.outbox_capacity),
+            ("outbox_bytes", self.outbox_bytes),
         ] {
             if u32::try_from(n).is_err() {
                 return Err(ConfigError::new(
@@ -459,7 +525,7 @@ fn check_frame_size(setting: &'static str, max: usize, binary: bool) -> Result<(
     Ok(())
 }
 
-impl<C> fmt::Debug for Builder<C> {
+impl<C, A> fmt::Debug for Builder<C, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("max_connections", &self.max_connections)
@@ -472,26 +538,51 @@ impl<C> fmt::Debug for Builder<C> {
                 "max_concurrent_request_bytes",
                 &self.max_concurrent_request_bytes,
             )
-            .field("outbound_queue", &self.outbound_queue)
-            .field("outbound_queue_bytes", &self.outbound_queue_bytes)
-            .field("drain_deadline", &self.drain_deadline)
+            .field("outbox_capacity", &self.outbox_capacity)
+            .field("outbox_bytes", &self.outbox_bytes)
+            .field("drain_timeout", &self.drain_timeout)
             .field("max_connections_per_ip", &self.max_connections_per_ip)
             .finish_non_exhaustive()
     }
 }
 
 /// What every session of a server shares (one `Arc` per session, not a
-/// copy of each part).
+/// copy of each part), and what `serve` and `serve_connection` share.
 struct Common {
     on_connect: Option<ConnectHook>,
     on_disconnect: Option<DisconnectHook>,
+    observer: Option<Arc<dyn Observer>>,
     per_ip: Option<PerIp>,
+    max_connections: usize,
+    /// Places for connections: one per connection from accept (its accept
+    /// step included) to the end of its session.
+    permits: Arc<Semaphore>,
+    /// Rejections being written at once.
+    rejections: Arc<Semaphore>,
+    /// Every connection's task (`serve`'s and `serve_connection`'s).
+    tracker: TaskTracker,
+    /// Cancelled when the server shuts down: accept steps are dropped and
+    /// later sessions close at once.
+    shutdown: CancellationToken,
+    /// A `serve` loop has started (one per server).
+    serving: AtomicBool,
+    handshake_timeout: Option<Duration>,
+    /// How long a farewell written outside a session may take.
+    linger: Duration,
+}
+
+impl Common {
+    fn rejected(&self, rejection: Rejection) {
+        if let Some(observer) = &self.observer {
+            observer.connection_rejected(rejection);
+        }
+    }
 }
 
 /// Live sessions per peer IP address, for `max_connections_per_ip`. Taken
-/// at accept and at session end only, never per frame. An address leaves
-/// the map when its last session ends, so it holds at most one entry per
-/// live session.
+/// when a session starts and at its end only, never per frame. An address
+/// leaves the map when its last session ends, so it holds at most one
+/// entry per live session.
 struct PerIp {
     max: usize,
     counts: Mutex<HashMap<IpAddr, usize>>,
@@ -532,11 +623,8 @@ impl PerIp {
 }
 
 /// The address a per-IP limit counts a peer under, if it has one.
-fn limited_ip(remote: &PeerAddr) -> Option<IpAddr> {
-    match remote {
-        PeerAddr::Tcp(addr) => Some(addr.ip().to_canonical()),
-        _ => None,
-    }
+fn limited_ip(info: Option<std::net::SocketAddr>) -> Option<IpAddr> {
+    info.map(|addr| addr.ip().to_canonical())
 }
 
 /// An MSGI server.
@@ -550,18 +638,41 @@ fn limited_ip(remote: &PeerAddr) -> Option<IpAddr> {
 /// let echo = service_fn(|frame: Frame| async move {
 ///     Ok::<_, std::convert::Infallible>(Some(frame))
 /// });
-/// Server::builder().build()?.serve(listener, echo).await?;
+/// let ctrl_c = async { let _ = tokio::signal::ctrl_c().await; };
+/// Server::builder()
+///     .build()?
+///     .serve(listener, echo)
+///     .with_graceful_shutdown(ctrl_c)
+///     .await?;
 /// # Ok(())
 /// # }
 /// ```
-pub struct Server<C = FrameCodec> {
+///
+/// A `Server` is a cheap clone (its parts are shared): keep one to call
+/// [`serve_connection`](Server::serve_connection) from an HTTP server's
+/// upgrade while another serves a listener; they share the registry, the
+/// hooks, the connection cap and shutdown.
+pub struct Server<C = FrameCodec, A = NoHandshake> {
     codec: C,
-    max_connections: usize,
+    accept: A,
     /// Shared by the server's sessions: one pointer in each, not a copy.
     session: Arc<SessionConfig>,
     outbox: Arc<OutboxLimits>,
     common: Arc<Common>,
     registry: Registry,
+}
+
+impl<C: Clone, A: Clone> Clone for Server<C, A> {
+    fn clone(&self) -> Self {
+        Server {
+            codec: self.codec.clone(),
+            accept: self.accept.clone(),
+            session: self.session.clone(),
+            outbox: self.outbox.clone(),
+            common: self.common.clone(),
+            registry: self.registry.clone(),
+        }
+    }
 }
 
 impl Server {
@@ -571,10 +682,10 @@ impl Server {
     }
 }
 
-impl<C> fmt::Debug for Server<C> {
+impl<C, A> fmt::Debug for Server<C, A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
-            .field("max_connections", &self.max_connections)
+            .field("max_connections", &self.common.max_connections)
             .field("registry", &self.registry)
             .finish_non_exhaustive()
     }
@@ -597,99 +708,152 @@ const SERVER_FULL: &str = "server full: too many connections";
 /// The ERROR reason for a connection over `max_connections_per_ip`.
 const TOO_MANY_FROM_ADDRESS: &str = "too many connections from this address";
 
-impl<C: MakeFraming> Server<C> {
+impl<C, A> Server<C, A> {
     /// The registry of this server's sessions; hold a clone in handlers.
     pub fn registry(&self) -> Registry {
         self.registry.clone()
     }
+}
 
-    /// Serves `service` (cloned for each session) until the listener is
-    /// gone (see [`Listener`] for which accept errors end it).
-    pub async fn serve<L, S>(self, listener: L, service: S) -> io::Result<()>
+impl<C, A> Server<C, A>
+where
+    C: MakeFraming,
+{
+    /// Serves `service` on `listener`: a handler `Service<Frame>` (cloned
+    /// for each session), or a make-service wrapped in
+    /// [`PerSession`](crate::PerSession) (see [`MakeSessionService`]). The
+    /// returned [`Serve`] runs until the listener is gone (see [`Listener`]
+    /// for which accept errors end it); add a shutdown signal with
+    /// [`Serve::with_graceful_shutdown`].
+    ///
+    /// Each accepted connection gets a task at once: the accept loop never
+    /// waits for one connection's handshake, its accept step or its
+    /// service. A connection over `max_connections` gets ERROR `server
+    /// full` (through the accept step, so a TLS client can read it) and is
+    /// closed.
+    pub fn serve<L, M, Io>(self, listener: L, make: M) -> Serve
     where
         L: Listener,
-        S: Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
+        A: Service<Accepted<L::Io>, Response = Accepted<Io>> + Send + 'static,
+        Io: IntoTransport<C::Framing>,
+        A::Error: Into<BoxError>,
+        A::Future: Send + 'static,
+        M: MakeSessionService,
     {
-        self.serve_with_shutdown(listener, service, future::pending())
-            .await
+        Serve::new(Box::new(move |signal| {
+            Box::pin(self.accept_loop(listener, make, signal))
+        }))
     }
 
-    /// Serves `service` (cloned for each session) until `shutdown` completes,
-    /// then shuts down gracefully: no new connections, every session gets
-    /// DISCONNECT `server shutdown` after its accepted requests are
-    /// answered, and this returns once every session has ended: within
-    /// the drain deadline after `shutdown` completes (see
-    /// [`serve_make_with_shutdown`](Server::serve_make_with_shutdown)).
-    pub async fn serve_with_shutdown<L, S, F>(
-        self,
-        listener: L,
-        service: S,
-        shutdown: F,
-    ) -> io::Result<()>
+    /// Runs one session on `io`, an already accepted (and handshaken)
+    /// connection, in hyper's `serve_connection` manner: for embedding msgi
+    /// in another server (a WebSocket upgrade hands over its stream or a
+    /// message transport here). `io` is a byte stream framed by the
+    /// server's framing, or a [`Transport`] (see [`IntoTransport`]); `info`
+    /// is what the session's [`connect_info`](Session::connect_info) finds.
+    ///
+    /// The session joins this server: its registry, its hooks and observer,
+    /// its connection cap (beyond it, ERROR `server full` and the future
+    /// ends), its per-IP limit, and its shutdown (a graceful shutdown of
+    /// this server's [`serve`](Server::serve) closes this session too and
+    /// waits for it; after shutdown this says DISCONNECT `server shutdown`
+    /// at once). The future completes when the session has ended (the
+    /// disconnect hook has run). The server's accept step is not run.
+    pub fn serve_connection<I, M>(
+        &self,
+        io: I,
+        info: ConnectInfo,
+        make: M,
+    ) -> impl Future<Output = ()> + Send + 'static
     where
-        L: Listener,
-        S: Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-        F: Future<Output = ()> + Send,
+        I: IntoTransport<C::Framing>,
+        M: MakeSessionService,
     {
-        self.serve_make_with_shutdown(listener, Shared::new(service), shutdown)
-            .await
+        let common = self.common.clone();
+        let work = match common.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let accepted = std::future::ready(Ok(Accepted::new(io, info)));
+                Ok(self.session_task(accepted, make, permit))
+            }
+            Err(_) => {
+                let codec = self.codec.make_framing(Side::Server);
+                Err((io, codec))
+            }
+        };
+        let tracker = common.tracker.clone();
+        tracker.track_future(async move {
+            match work {
+                Ok(task) => task.await,
+                Err((io, codec)) => {
+                    common.rejected(Rejection::ServerFull);
+                    let last = Some(Frame::error(SERVER_FULL));
+                    say_last(io.into_transport(codec), last, common.linger).await;
+                }
+            }
+        })
     }
 
-    /// Like [`serve_with_shutdown`](Server::serve_with_shutdown), but makes a
-    /// new service for each session from its [`Session`] handle: per-session
-    /// state lives in the service itself.
-    ///
-    /// The drain deadline bounds the whole shutdown: a connection waiting
-    /// for the make-service to become ready gets DISCONNECT `server
-    /// shutdown` instead, and a session whose service is still being made
-    /// stops waiting for it, says DISCONNECT `server shutdown` and closes
-    /// (it has read nothing, so nothing is owed an answer).
-    ///
-    /// # Errors
-    ///
-    /// The listener's error when it is gone (see [`Listener`]), or the
-    /// make-service's `poll_ready` error. Other accept errors are retried.
-    pub async fn serve_make_with_shutdown<L, M, F>(
-        self,
-        mut listener: L,
-        mut make: M,
-        shutdown: F,
-    ) -> io::Result<()>
+    fn session_task<AF, Io, M>(
+        &self,
+        accepting: AF,
+        make: M,
+        permit: OwnedSemaphorePermit,
+    ) -> SessionTask<AF, M, C::Framing, <Io as IntoTransport<C::Framing>>::Transport>
     where
-        L: Listener,
-        M: MakeService<Session, Frame, Response = Option<Frame>> + Send,
-        M::Service: Send + 'static,
-        M::Error: Into<BoxError>,
-        <M::Service as Service<Frame>>::Future: Send + 'static,
-        M::MakeError: Into<BoxError> + 'static,
-        M::Future: Send + 'static,
-        F: Future<Output = ()> + Send,
+        AF: Future<Output = Result<Accepted<Io>, BoxError>>,
+        Io: IntoTransport<C::Framing>,
+        M: MakeSessionService,
     {
-        let tracker = TaskTracker::new();
-        let permits = Arc::new(Semaphore::new(self.max_connections));
-        let rejections = Arc::new(Semaphore::new(MAX_REJECTIONS));
-        // A farewell never outlasts the drain deadline, so neither can one
-        // still being written when shutdown starts.
-        let linger = LINGER.min(self.session.drain_timeout());
-        // (A closure holding `&self.codec` would make this future need `C: Sync`.)
-        macro_rules! farewell {
-            ($io:expr, $frame:expr) => {
-                say_farewell($io, $frame, &rejections, &self.codec, &tracker, linger)
-            };
+        let codec = self.codec.make_framing(Side::Server);
+        SessionTask {
+            guard: SessionGuard {
+                session: None,
+                registry: self.registry.clone(),
+                common: self.common.clone(),
+                reason: None,
+                _permit: permit,
+            },
+            state: TaskState::Accepting {
+                accepting,
+                deadline: self
+                    .common
+                    .handshake_timeout
+                    .and_then(|t| tokio::time::Instant::now().checked_add(t))
+                    .map(tokio::time::sleep_until),
+                shutdown: self.common.shutdown.clone().cancelled_owned(),
+                make: Some(make),
+                codec: Some(codec),
+                cfg: self.session.clone(),
+                outbox: self.outbox.clone(),
+            },
         }
+    }
+
+    async fn accept_loop<L, M, Io>(
+        mut self,
+        mut listener: L,
+        make: M,
+        shutdown: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> io::Result<()>
+    where
+        L: Listener,
+        A: Service<Accepted<L::Io>, Response = Accepted<Io>> + Send + 'static,
+        Io: IntoTransport<C::Framing>,
+        A::Error: Into<BoxError>,
+        A::Future: Send + 'static,
+        M: MakeSessionService,
+    {
+        self.common.serving.store(true, Ordering::Relaxed);
         let mut backoff = ACCEPT_BACKOFF_MIN;
-        let mut shutdown = std::pin::pin!(shutdown);
+        let mut shutdown = shutdown;
         let mut result = Ok(());
         loop {
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
+                () = self.common.shutdown.cancelled() => break,
                 accepted = listener.accept() => accepted,
             };
-            let (io, remote) = match accepted {
+            let (io, info) = match accepted {
                 Ok(conn) => {
                     backoff = ACCEPT_BACKOFF_MIN;
                     conn
@@ -720,65 +884,92 @@ impl<C: MakeFraming> Server<C> {
                     continue;
                 }
             };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                farewell!(io, Frame::error(SERVER_FULL));
-                continue;
-            };
-            // Counted here, released by the session's guard when it ends (or
-            // below, if it never starts).
-            let per_ip = self.common.per_ip.as_ref();
-            let ip = per_ip.and(limited_ip(&remote));
-            if let (Some(per_ip), Some(ip)) = (per_ip, ip) {
-                if !per_ip.try_acquire(ip) {
-                    farewell!(io, Frame::error(TOO_MANY_FROM_ADDRESS));
-                    continue;
-                }
-            }
-            let uncount = || {
-                if let (Some(per_ip), Some(ip)) = (per_ip, ip) {
-                    per_ip.release(ip);
-                }
-            };
             let ready = tokio::select! {
-                () = &mut shutdown => {
-                    uncount();
-                    farewell!(io, Frame::disconnect(CloseReason::ServerShutdown.to_string()));
-                    break;
-                }
-                ready = std::future::poll_fn(|cx| make.poll_ready(cx)) => ready,
+                () = &mut shutdown => break,
+                ready = std::future::poll_fn(|cx| self.accept.poll_ready(cx)) => ready,
             };
             if let Err(e) = ready {
-                uncount();
                 let e: BoxError = e.into();
-                tracing::error!(error = %e, "make-service failed; stopping");
+                tracing::error!(error = %e, "accept step failed; stopping");
                 result = Err(io::Error::other(e));
                 break;
             }
-            let session = self.registry.register(remote, self.outbox.clone());
-            let making = make.make_service(session.clone());
-            let span = tracing::debug_span!("session", id = %session.id(), remote = %session.remote_addr());
-            let codec = self.codec.make_framing(Side::Server);
-            let task = run_session(
-                io,
-                codec,
-                making,
-                SessionGuard {
-                    session,
-                    registry: self.registry.clone(),
-                    common: self.common.clone(),
-                    reason: None,
-                    _permit: permit,
-                },
-                self.session.clone(),
-            );
-            tracker.spawn(task.instrument(span));
+            let accepting = Accepting {
+                fut: self.accept.call(Accepted::new(io, info)),
+            };
+            let span = tracing::debug_span!("connection");
+            match self.common.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let task = self.session_task(accepting, make.clone(), permit);
+                    self.common.tracker.spawn(task.instrument(span));
+                }
+                Err(_) => self.reject_full(accepting),
+            }
         }
         drop(listener);
-        self.registry
-            .close_served_with(&self.outbox, CloseReason::ServerShutdown);
-        tracker.close();
-        tracker.wait().await;
+        shut_down(&self.common, &self.registry, &self.outbox).await;
         result
+    }
+
+    /// Writes ERROR `server full` to a connection over `max_connections`,
+    /// after its accept step (so a TLS client can read it), in a task of its
+    /// own; beyond [`MAX_REJECTIONS`] at once, or if the accept step does not
+    /// finish within the linger time, the connection is closed without a
+    /// word.
+    fn reject_full<AF, Io>(&self, accepting: AF)
+    where
+        AF: Future<Output = Result<Accepted<Io>, BoxError>> + Send + 'static,
+        Io: IntoTransport<C::Framing>,
+    {
+        self.common.rejected(Rejection::ServerFull);
+        let Ok(permit) = self.common.rejections.clone().try_acquire_owned() else {
+            return;
+        };
+        let codec = self.codec.make_framing(Side::Server);
+        let linger = self.common.linger;
+        self.common.tracker.spawn(async move {
+            let _permit = permit;
+            let Ok(Ok(incoming)) = tokio::time::timeout(linger, accepting).await else {
+                return;
+            };
+            let (io, _) = incoming.into_parts();
+            say_last(
+                io.into_transport(codec),
+                Some(Frame::error(SERVER_FULL)),
+                linger,
+            )
+            .await;
+        });
+    }
+}
+
+/// Shuts a server down: stops accept steps, asks every session to close,
+/// and waits for every connection's task.
+async fn shut_down(common: &Common, registry: &Registry, outbox: &Arc<OutboxLimits>) {
+    common.shutdown.cancel();
+    // This server's sessions only: a registry may be shared.
+    registry.close_served_with(outbox, CloseReason::ServerShutdown);
+    common.tracker.close();
+    common.tracker.wait().await;
+}
+
+pin_project_lite::pin_project! {
+    /// An accept step's future, its error boxed.
+    struct Accepting<F> {
+        #[pin]
+        fut: F,
+    }
+}
+
+impl<F, Io, E> Future for Accepting<F>
+where
+    F: Future<Output = Result<Accepted<Io>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Accepted<Io>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().fut.poll(cx).map_err(Into::into)
     }
 }
 
@@ -833,61 +1024,34 @@ fn listener_gone(e: &io::Error) -> bool {
     }
 }
 
-/// Writes one last frame (ERROR `server full`, DISCONNECT `server
-/// shutdown`) to a connection that gets no session, in a task of its own so
-/// the accept loop goes on at once. Beyond [`MAX_REJECTIONS`] at once, the
-/// connection is closed without a word.
-fn say_farewell<T, C>(
-    io: T,
-    frame: Frame,
-    rejections: &Arc<Semaphore>,
-    codec: &C,
-    tracker: &TaskTracker,
-    linger: Duration,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    C: MakeFraming,
-{
-    let Ok(permit) = rejections.clone().try_acquire_owned() else {
-        return;
-    };
-    let mut bytes = BytesMut::new();
-    let mut codec = codec.make_framing(Side::Server);
-    if codec.encode(frame, &mut bytes).is_err() {
-        return;
+/// Writes what `transport` has queued and `last`, closes the write side,
+/// then reads until the peer closes so unread input cannot turn our close
+/// into a reset that destroys the bytes in flight; all of it within
+/// `linger`. For connections that get no session, or whose session ends
+/// before its service was made.
+async fn say_last<X: Transport>(mut transport: X, last: Option<Frame>, linger: Duration) {
+    if let Some(frame) = last {
+        if transport.queue(frame).is_err() {
+            return;
+        }
     }
-    tracker.spawn(async move {
-        let _permit = permit;
-        write_and_close(io, bytes, linger).await;
-    });
-}
-
-/// Writes `bytes`, closes the write side, then reads until the peer closes
-/// so unread input cannot turn our close into a reset that destroys the
-/// bytes in flight; all of it within `linger`.
-async fn write_and_close<T>(mut io: T, bytes: BytesMut, linger: Duration)
-where
-    T: AsyncRead + AsyncWrite + Unpin,
-{
     let farewell = async {
-        io.write_all(&bytes).await?;
-        io.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while io.read(&mut sink).await? > 0 {}
+        std::future::poll_fn(|cx| transport.poll_write(cx)).await?;
+        std::future::poll_fn(|cx| transport.poll_shutdown(cx)).await?;
+        std::future::poll_fn(|cx| transport.poll_discard(cx)).await;
         Ok::<_, io::Error>(())
     };
     // `timeout` treats a deadline too far to compute as none.
     let _ = tokio::time::timeout(linger, farewell).await;
 }
 
-/// Leaves the registry, releases the per-IP count and runs the disconnect
-/// hook exactly once, when the session task ends, however it ends (a
-/// panicking handler included).
+/// Holds a connection's place under `max_connections` for its whole task;
+/// once it has a session, leaves the registry, releases the per-IP count
+/// and runs the observer and the disconnect hook exactly once, when the
+/// task ends, however it ends (a panicking handler included).
 struct SessionGuard {
-    session: Session,
+    session: Option<Session>,
     registry: Registry,
-    /// Every session with an IP address holds a place in the per-IP count
-    /// when that limit is on (it was taken before the session started).
     common: Arc<Common>,
     reason: Option<CloseReason>,
     _permit: OwnedSemaphorePermit,
@@ -895,19 +1059,25 @@ struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
-        self.registry.remove(&self.session);
-        if let (Some(per_ip), Some(ip)) =
-            (&self.common.per_ip, limited_ip(self.session.remote_addr()))
-        {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        self.registry.remove(&session);
+        // A session exists only once its place in the per-IP count was
+        // taken (for a peer with an IP address, when that limit is on).
+        if let (Some(per_ip), Some(ip)) = (&self.common.per_ip, limited_ip(session.peer_addr())) {
             per_ip.release(ip);
         }
         let reason = self.reason.take().unwrap_or(CloseReason::Aborted);
         tracing::debug!(%reason, "session ended");
         // After the hook, which may still read the session's data, and
         // even if the hook panics.
-        let _release = Release(&self.session);
+        let _release = Release(&session);
+        if let Some(observer) = &self.common.observer {
+            observer.session_closed(&session, &reason);
+        }
         if let Some(hook) = &self.common.on_disconnect {
-            hook(&self.session, &reason);
+            hook(&session, &reason);
         }
     }
 }
@@ -922,157 +1092,220 @@ impl Drop for Release<'_> {
 }
 
 pin_project_lite::pin_project! {
-    /// One session's task: make its service, then drive it. Written out by
-    /// hand rather than as an `async fn` so the connection and codec are
-    /// stored once (an `async fn` keeps its arguments beside the futures it
-    /// awaits); an idle session's task is what its memory mostly is.
-    struct SessionTask<T, C, F, S>
+    /// One connection's task: its accept step, then its service made, then
+    /// its session driven. Written out by hand rather than as an `async fn`
+    /// so the connection and codec are stored once (an `async fn` keeps its
+    /// arguments beside the futures it awaits); an idle session's task is
+    /// what its memory mostly is.
+    struct SessionTask<AF, M, C, X>
     where
-        S: Service<Frame>,
+        M: MakeSessionService,
     {
         guard: SessionGuard,
         #[pin]
-        state: TaskState<T, C, F, S>,
+        state: TaskState<AF, M, C, X>,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = TaskStateProj]
-    enum TaskState<T, C, F, S>
+    enum TaskState<AF, M, C, X>
     where
-        S: Service<Frame>,
+        M: MakeSessionService,
     {
-        Making {
+        // The accept step, under the handshake timeout and shutdown.
+        Accepting {
             #[pin]
-            making: F,
-            io: Option<T>,
+            accepting: AF,
+            #[pin]
+            deadline: Option<tokio::time::Sleep>,
+            #[pin]
+            shutdown: WaitForCancellationFutureOwned,
+            make: Option<M>,
             codec: Option<C>,
             cfg: Arc<SessionConfig>,
-            connected: bool,
+            outbox: Arc<OutboxLimits>,
+        },
+        // The session exists; its service is being made.
+        Making {
+            make: M,
+            #[pin]
+            making: Option<M::MakeFuture>,
+            transport: Option<X>,
+            cfg: Arc<SessionConfig>,
         },
         Running {
-            driver: Driver<T, C, S>,
+            driver: Driver<X, M::Service>,
         },
-        // Closed before its service was made: the last words, boxed (rare,
-        // and it keeps this variant smaller than the others).
+        // Closed before its service was made, or refused: the last words,
+        // boxed (rare, and it keeps this variant smaller than the others).
         Closing {
             farewell: Pin<Box<dyn Future<Output = ()> + Send>>,
         },
     }
 }
 
-fn run_session<T, C, F, S>(
-    io: T,
-    codec: C,
-    making: F,
-    guard: SessionGuard,
-    cfg: Arc<SessionConfig>,
-) -> SessionTask<T, C, F, S>
+impl<AF, Io, M, C> Future for SessionTask<AF, M, C, Io::Transport>
 where
-    S: Service<Frame>,
-{
-    SessionTask {
-        guard,
-        state: TaskState::Making {
-            making,
-            io: Some(io),
-            codec: Some(codec),
-            cfg,
-            connected: false,
-        },
-    }
-}
-
-impl<T, C, F, S, E> Future for SessionTask<T, C, F, S>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    AF: Future<Output = Result<Accepted<Io>, BoxError>>,
+    Io: IntoTransport<C>,
+    M: MakeSessionService,
     C: Framing,
-    F: Future<Output = Result<S, E>>,
-    E: Into<BoxError>,
-    S: Service<Frame, Response = Option<Frame>>,
-    S::Error: Into<BoxError>,
 {
     type Output = ();
 
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        use std::task::Poll;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
         loop {
+            let guard = &mut *this.guard;
+            let common = &*guard.common;
             match this.state.as_mut().project() {
-                TaskStateProj::Making {
-                    making,
-                    io,
+                TaskStateProj::Accepting {
+                    accepting,
+                    deadline,
+                    shutdown,
+                    make,
                     codec,
                     cfg,
-                    connected,
+                    outbox,
                 } => {
-                    if !*connected {
-                        *connected = true;
-                        if let Some(hook) = &this.guard.common.on_connect {
-                            hook(&this.guard.session);
-                        }
-                    }
-                    // A close (shutdown, the application) must not wait for a
-                    // make-service that may never finish.
-                    this.guard.session.register(cx);
-                    if let Some(reason) = this.guard.session.closing() {
-                        if reason == CloseReason::SlowConsumer {
-                            // As a running session does: close at once, writing nothing.
-                            this.guard.reason = Some(reason);
+                    let incoming = match accepting.poll(cx) {
+                        Poll::Ready(Ok(incoming)) => incoming,
+                        Poll::Ready(Err(e)) => {
+                            tracing::debug!(error = %e, "accept step failed");
+                            common.rejected(Rejection::AcceptFailed);
                             return Poll::Ready(());
                         }
-                        let (Some(io), Some(mut codec)) = (io.take(), codec.take()) else {
+                        Poll::Pending => {
+                            if shutdown.poll(cx).is_ready() {
+                                common.rejected(Rejection::ServerShutdown);
+                                return Poll::Ready(());
+                            }
+                            if deadline.as_pin_mut().is_some_and(|d| d.poll(cx).is_ready()) {
+                                tracing::debug!("accept step timed out");
+                                common.rejected(Rejection::AcceptTimeout);
+                                return Poll::Ready(());
+                            }
+                            return Poll::Pending;
+                        }
+                    };
+                    let (Some(codec), Some(make)) = (codec.take(), make.take()) else {
+                        // Only reachable if polled again after completing.
+                        return Poll::Ready(());
+                    };
+                    let (io, info) = incoming.into_parts();
+                    let transport = io.into_transport(codec);
+                    if let (Some(per_ip), Some(ip)) = (&common.per_ip, limited_ip(info.peer_addr()))
+                    {
+                        if !per_ip.try_acquire(ip) {
+                            common.rejected(Rejection::TooManyFromAddress);
+                            let last = Some(Frame::error(TOO_MANY_FROM_ADDRESS));
+                            let farewell = Box::pin(say_last(transport, last, common.linger));
+                            this.state.set(TaskState::Closing { farewell });
+                            continue;
+                        }
+                    }
+                    let session = guard.registry.register(info, outbox.clone());
+                    // Registered after `shutdown` asked every session to
+                    // close: close this one too (the registry's lock orders
+                    // the two).
+                    if common.shutdown.is_cancelled() {
+                        session.close_with(CloseReason::ServerShutdown);
+                    }
+                    let span = tracing::Span::current();
+                    span.record("id", tracing::field::display(session.id()));
+                    if let Some(addr) = session.peer_addr() {
+                        span.record("peer", tracing::field::display(addr));
+                    }
+                    guard.session = Some(session.clone());
+                    if let Some(observer) = &common.observer {
+                        observer.session_opened(&session);
+                    }
+                    if let Some(hook) = &common.on_connect {
+                        hook(&session);
+                    }
+                    let cfg = cfg.clone();
+                    this.state.set(TaskState::Making {
+                        make,
+                        making: None,
+                        transport: Some(transport),
+                        cfg,
+                    });
+                }
+                TaskStateProj::Making {
+                    make,
+                    mut making,
+                    transport,
+                    cfg,
+                } => {
+                    let Some(session) = guard.session.clone() else {
+                        return Poll::Ready(());
+                    };
+                    // A close (shutdown, the application) must not wait for a
+                    // make-service that may never finish.
+                    session.register(cx);
+                    if let Some(reason) = session.closing() {
+                        if reason == CloseReason::SlowConsumer {
+                            // As a running session does: close at once, writing nothing.
+                            guard.reason = Some(reason);
+                            return Poll::Ready(());
+                        }
+                        let Some(mut transport) = transport.take() else {
                             return Poll::Ready(());
                         };
                         // Pushes taken so far (the connect hook's welcome)
                         // got `Ok`: they go out before the DISCONNECT, through
-                        // the session's framing, as a running session's do.
-                        this.guard.session.seal_outbox();
-                        let mut bytes = BytesMut::new();
-                        let guard = &*this.guard;
-                        guard.session.drain_outbox(|frame| {
-                            if let Err(e) = codec.encode(frame, &mut bytes) {
-                                tracing::warn!(session = %guard.session.id(), error = %e, "pushed frame could not be encoded; dropped");
+                        // the session's transport, as a running session's do.
+                        session.seal_outbox();
+                        session.drain_outbox(|frame| {
+                            if let Err(e) = transport.queue(frame) {
+                                tracing::warn!(session = %session.id(), error = %e, "pushed frame could not be encoded; dropped");
                             }
                             true
                         });
-                        let farewell = this.guard.session.farewell(&reason);
-                        let _ = codec.encode(farewell, &mut bytes);
+                        let last = Some(session.farewell(&reason));
                         let linger = LINGER.min(cfg.drain_timeout());
-                        this.guard.reason = Some(reason);
-                        this.state.set(TaskState::Closing {
-                            farewell: Box::pin(write_and_close(io, bytes, linger)),
-                        });
+                        guard.reason = Some(reason);
+                        let farewell = Box::pin(say_last(transport, last, linger));
+                        this.state.set(TaskState::Closing { farewell });
                         continue;
                     }
-                    let service = match std::task::ready!(making.poll(cx)) {
+                    if making.is_none() {
+                        match make.poll_ready(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(Err(e)) => {
+                                guard.reason = Some(CloseReason::ServiceFailed(e.to_string()));
+                                return Poll::Ready(());
+                            }
+                            Poll::Ready(Ok(())) => making.set(Some(make.make(session.clone()))),
+                        }
+                    }
+                    let Some(fut) = making.as_mut().as_pin_mut() else {
+                        return Poll::Ready(());
+                    };
+                    let service = match std::task::ready!(fut.poll(cx)) {
                         Ok(service) => service,
                         Err(e) => {
-                            let e: BoxError = e.into();
-                            this.guard.reason = Some(CloseReason::ServiceFailed(e.to_string()));
+                            guard.reason = Some(CloseReason::ServiceFailed(e.to_string()));
                             return Poll::Ready(());
                         }
                     };
-                    let (Some(io), Some(codec)) = (io.take(), codec.take()) else {
+                    let Some(transport) = transport.take() else {
                         // Only reachable if polled again after completing.
                         return Poll::Ready(());
                     };
                     let driver = Driver::new(
-                        io,
-                        codec,
+                        transport,
                         service,
-                        this.guard.session.clone(),
-                        this.guard.registry.clone(),
+                        session,
+                        guard.registry.clone(),
                         cfg.clone(),
                     );
                     this.state.set(TaskState::Running { driver });
                 }
                 TaskStateProj::Running { driver } => {
                     let reason = std::task::ready!(driver.poll(cx));
-                    this.guard.reason = Some(reason);
+                    guard.reason = Some(reason);
                     return Poll::Ready(());
                 }
                 TaskStateProj::Closing { farewell } => {
@@ -1109,8 +1342,8 @@ mod tests {
         assert_eq!(e.reason(), "must be at least 1");
         let e = refused(Server::builder().max_concurrent_requests(0));
         assert_eq!(e.setting(), "max_concurrent_requests");
-        let e = refused(Server::builder().outbound_queue(0));
-        assert_eq!(e.setting(), "outbound_queue");
+        let e = refused(Server::builder().outbox_capacity(0));
+        assert_eq!(e.setting(), "outbox_capacity");
         let e = refused(Server::builder().max_connections_per_ip(Some(0)));
         assert_eq!(e.setting(), "max_connections_per_ip");
         assert!(Server::builder()
@@ -1178,7 +1411,7 @@ mod tests {
             .idle_timeout(None)
             .heartbeat_interval(Some(Duration::MAX))
             .handshake_timeout(Some(Duration::MAX))
-            .drain_deadline(Duration::MAX)
+            .drain_timeout(Duration::MAX)
             .build()
             .is_ok());
     }
@@ -1209,11 +1442,8 @@ mod tests {
         let v4: std::net::SocketAddr = "10.0.0.1:1".parse().unwrap_or(([0; 4], 0).into());
         let mapped: std::net::SocketAddr =
             "[::ffff:10.0.0.1]:2".parse().unwrap_or(([0; 4], 0).into());
-        assert_eq!(
-            limited_ip(&PeerAddr::Tcp(v4)),
-            limited_ip(&PeerAddr::Tcp(mapped))
-        );
-        assert_eq!(limited_ip(&PeerAddr::Unix), None);
+        assert_eq!(limited_ip(Some(v4)), limited_ip(Some(mapped)));
+        assert_eq!(limited_ip(None), None);
     }
 
     #[cfg(unix)]

@@ -16,6 +16,9 @@ use std::time::SystemTime;
 
 use futures_util::task::AtomicWaker;
 use msgi_proto::{ConfigError, Extensions};
+
+use crate::accept::ConnectInfo;
+use msgi_proto::server::Violation;
 use tokio::time::Instant;
 
 use msgi_proto::{Frame, CORRELATED_HEADER_LEN};
@@ -146,29 +149,9 @@ impl fmt::Display for NodeId {
     }
 }
 
-/// Where a session's peer is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PeerAddr {
-    /// A TCP peer.
-    Tcp(SocketAddr),
-    /// A Unix-domain socket peer (usually unnamed).
-    Unix,
-    /// A transport without an address (in-memory pipes, tests).
-    Unknown,
-}
-
-impl fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PeerAddr::Tcp(addr) => addr.fmt(f),
-            PeerAddr::Unix => f.write_str("unix"),
-            PeerAddr::Unknown => f.write_str("unknown"),
-        }
-    }
-}
-
-/// Why a session ended. Passed to the disconnect hook, exactly once.
+/// Why a session ended. Passed to the disconnect hook (and the observer),
+/// exactly once. [`kind`](CloseReason::kind) is a bounded label for
+/// metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CloseReason {
@@ -178,31 +161,65 @@ pub enum CloseReason {
     PeerDisconnect(String),
     /// The peer closed the connection cleanly between frames.
     PeerClosed,
-    /// The connection broke: reset, I/O error, or EOF in the middle of a frame.
-    PeerReset(String),
+    /// The connection broke: reset, I/O error
+    /// ([`UnexpectedEof`](std::io::ErrorKind::UnexpectedEof): the stream
+    /// ended in the middle of a frame).
+    PeerReset(std::io::ErrorKind),
     /// Nothing was received for the idle timeout.
     IdleTimeout,
     /// No first frame arrived within the handshake timeout.
     HandshakeTimeout,
-    /// The peer broke the protocol; the reason was sent to it in an ERROR frame.
-    ProtocolViolation(String),
+    /// The peer broke the protocol; `detail` was sent to it in an ERROR frame.
+    ProtocolViolation {
+        /// What kind of rule was broken.
+        kind: Violation,
+        /// The text sent to the peer.
+        detail: String,
+    },
     /// The server is shutting down.
     ServerShutdown,
-    /// The session's outbound queue was full: the peer does not read fast enough.
+    /// The session's outbox was full: the peer does not read fast enough.
     SlowConsumer,
     /// Another session announced the same client id and took it over.
     ClientIdTakenOver,
     /// Closed by the application (registry or session handle) with this reason.
     Closed(String),
-    /// The service failed in `poll_ready` and cannot take more requests.
+    /// The service (or the make-service, for this session) failed, and
+    /// cannot take more requests; the error's text.
     ServiceFailed(String),
     /// The session task ended without a reason (a handler panicked).
     Aborted,
-    /// The drain deadline passed before the session finished closing for
+    /// The drain timeout passed before the session finished closing for
     /// the reason it carries (a graceful close, or the last frame of an
     /// abnormal one, not written in time): answers, pushes and the
     /// farewell not written by then were dropped.
     DrainTimeout(Box<CloseReason>),
+}
+
+impl CloseReason {
+    /// A bounded, metrics-safe label for the reason (no peer or
+    /// application text): one of `peer_disconnect`, `peer_closed`,
+    /// `peer_reset`, `idle_timeout`, `handshake_timeout`,
+    /// `protocol_violation`, `server_shutdown`, `slow_consumer`,
+    /// `client_id_taken_over`, `closed`, `service_failed`, `aborted`,
+    /// `drain_timeout`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CloseReason::PeerDisconnect(_) => "peer_disconnect",
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::PeerReset(_) => "peer_reset",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::ProtocolViolation { .. } => "protocol_violation",
+            CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::SlowConsumer => "slow_consumer",
+            CloseReason::ClientIdTakenOver => "client_id_taken_over",
+            CloseReason::Closed(_) => "closed",
+            CloseReason::ServiceFailed(_) => "service_failed",
+            CloseReason::Aborted => "aborted",
+            CloseReason::DrainTimeout(_) => "drain_timeout",
+        }
+    }
 }
 
 impl fmt::Display for CloseReason {
@@ -211,17 +228,19 @@ impl fmt::Display for CloseReason {
             CloseReason::PeerDisconnect(r) if r.is_empty() => f.write_str("peer disconnect"),
             CloseReason::PeerDisconnect(r) => write!(f, "peer disconnect: {r}"),
             CloseReason::PeerClosed => f.write_str("peer closed"),
-            CloseReason::PeerReset(r) => write!(f, "connection reset: {r}"),
+            CloseReason::PeerReset(kind) => write!(f, "connection reset: {kind}"),
             CloseReason::IdleTimeout => f.write_str("idle timeout"),
             CloseReason::HandshakeTimeout => f.write_str("handshake timeout"),
-            CloseReason::ProtocolViolation(r) => write!(f, "protocol violation: {r}"),
+            CloseReason::ProtocolViolation { detail, .. } => {
+                write!(f, "protocol violation: {detail}")
+            }
             CloseReason::ServerShutdown => f.write_str("server shutdown"),
             CloseReason::SlowConsumer => f.write_str("slow consumer"),
             CloseReason::ClientIdTakenOver => f.write_str("client id taken over"),
             CloseReason::Closed(r) => f.write_str(r),
             CloseReason::ServiceFailed(r) => write!(f, "service failed: {r}"),
             CloseReason::Aborted => f.write_str("aborted"),
-            CloseReason::DrainTimeout(r) => write!(f, "drain deadline passed ({r})"),
+            CloseReason::DrainTimeout(r) => write!(f, "drain timeout passed ({r})"),
         }
     }
 }
@@ -273,7 +292,7 @@ pub struct Session {
 
 struct Inner {
     id: SessionId,
-    remote: PeerAddr,
+    info: ConnectInfo,
     connected_at: SystemTime,
     started: Instant,
     /// Milliseconds after `started` at which the last frame was received.
@@ -340,11 +359,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Session {
     /// A session whose outbox takes what `limits` allows (the server's
     /// `build` checked that both bounds are at least 1).
-    pub(crate) fn new(id: SessionId, remote: PeerAddr, limits: Arc<OutboxLimits>) -> Session {
+    pub(crate) fn new(id: SessionId, info: ConnectInfo, limits: Arc<OutboxLimits>) -> Session {
         Session {
             inner: Arc::new(Inner {
                 id,
-                remote,
+                info,
                 connected_at: SystemTime::now(),
                 started: Instant::now(),
                 last_activity_ms: AtomicU64::new(0),
@@ -388,9 +407,21 @@ impl Session {
         *lock(&self.inner.client_id) = Some(id);
     }
 
-    /// The peer's address.
-    pub fn remote_addr(&self) -> &PeerAddr {
-        &self.inner.remote
+    /// The peer's IP address, if it has one (TCP; not a Unix socket or an
+    /// in-memory pipe). The same as `connect_info::<SocketAddr>()`.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.inner.info.peer_addr()
+    }
+
+    /// What the transport and the accept step recorded about the peer, by
+    /// type, in the manner of axum's `ConnectInfo`: [`SocketAddr`] for TCP,
+    /// [`tokio::net::unix::SocketAddr`] for a Unix socket, and whatever the
+    /// server's accept step or [`Server::serve_connection`]'s caller added
+    /// (see [`ConnectInfo`]).
+    ///
+    /// [`Server::serve_connection`]: crate::Server::serve_connection
+    pub fn connect_info<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.inner.info.get::<T>()
     }
 
     /// When the session was accepted (wall clock).
@@ -470,7 +501,7 @@ impl Session {
     /// [`SendError::Closed`].
     ///
     /// Never blocks. The outbox holds at most the server's
-    /// `outbound_queue` frames and `outbound_queue_bytes` bytes (a frame
+    /// `outbox_capacity` frames and `outbox_bytes` bytes (a frame
     /// counts its payload plus 14 header bytes; a frame pushed into an
     /// empty outbox is always taken). A push beyond either bound means the
     /// peer is not keeping up: the session is closed with
@@ -660,7 +691,7 @@ impl fmt::Debug for Session {
         f.debug_struct("Session")
             .field("id", &self.inner.id)
             .field("client_id", &self.client_id())
-            .field("remote", &self.inner.remote)
+            .field("peer_addr", &self.inner.info.peer_addr())
             .finish()
     }
 }
@@ -686,7 +717,7 @@ mod tests {
 
     #[test]
     fn full_outbox_closes_as_slow_consumer() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(2));
+        let s = Session::new(SessionId(1), ConnectInfo::new(), limits(2));
         assert_eq!(s.send(Frame::data("a")), Ok(()));
         assert_eq!(s.send(Frame::data("b")), Ok(()));
         assert_eq!(s.send(Frame::data("c")), Err(SendError::SlowConsumer));
@@ -703,7 +734,7 @@ mod tests {
             bytes: 1000,
             max_frame_len: u32::MAX,
         });
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits.clone());
+        let s = Session::new(SessionId(1), ConnectInfo::new(), limits.clone());
         let payload = bytes::Bytes::from(vec![0u8; 400]);
         assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
         assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
@@ -716,7 +747,7 @@ mod tests {
 
         // Moving frames out frees their bytes; one frame larger than the
         // bound is taken by an empty outbox.
-        let s = Session::new(SessionId(2), PeerAddr::Unknown, limits);
+        let s = Session::new(SessionId(2), ConnectInfo::new(), limits);
         assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
         assert_eq!(s.send(Frame::data(payload.clone())), Ok(()));
         assert!(s.drain_outbox(|_| true));
@@ -728,7 +759,7 @@ mod tests {
     fn a_push_after_the_outbox_closed_is_refused_not_lost() {
         // The order the old race allowed: the session closes its outbox,
         // then a push arrives. It must be refused, never left queued.
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(8));
+        let s = Session::new(SessionId(1), ConnectInfo::new(), limits(8));
         assert_eq!(s.send(Frame::data("before")), Ok(()));
         assert_eq!(s.close_outbox(), 1, "the frame taken before is reported");
         assert_eq!(s.send(Frame::data("after")), Err(SendError::Closed));
@@ -736,7 +767,7 @@ mod tests {
 
         // Sealing keeps what was taken (it is written before the
         // farewell) and refuses the rest.
-        let s = Session::new(SessionId(2), PeerAddr::Unknown, limits(8));
+        let s = Session::new(SessionId(2), ConnectInfo::new(), limits(8));
         assert_eq!(s.send(Frame::data("taken")), Ok(()));
         assert!(!s.seal_outbox(), "one frame still to write");
         assert_eq!(s.send(Frame::data("late")), Err(SendError::Closed));
@@ -751,7 +782,7 @@ mod tests {
 
     #[test]
     fn a_pushed_frame_does_not_keep_a_session_alive() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(8));
+        let s = Session::new(SessionId(1), ConnectInfo::new(), limits(8));
         let weak = Arc::downgrade(&s.inner);
         let mut frame = Frame::data("forwarded request");
         frame.extensions_mut().insert(s.clone());
@@ -796,9 +827,13 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = crate::Server::builder().build().unwrap();
-        let serving = tokio::spawn(server.serve_with_shutdown(listener, service, async {
-            let _ = stopped.await;
-        }));
+        let serving = tokio::spawn(
+            server
+                .serve(listener, service)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                }),
+        );
 
         let mut peer = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut out = bytes::BytesMut::new();
@@ -842,7 +877,7 @@ mod tests {
     fn a_frame_the_framing_cannot_send_is_refused_up_front() {
         let s = Session::new(
             SessionId(1),
-            PeerAddr::Unknown,
+            ConnectInfo::new(),
             Arc::new(OutboxLimits {
                 max_frame_len: 20,
                 ..*limits(2)
@@ -862,7 +897,7 @@ mod tests {
 
     #[test]
     fn first_close_reason_wins() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(2));
+        let s = Session::new(SessionId(1), ConnectInfo::new(), limits(2));
         assert!(s.close("kicked"));
         assert!(!s.close_with(CloseReason::ServerShutdown));
         assert_eq!(s.closing(), Some(CloseReason::Closed("kicked".into())));
@@ -870,7 +905,7 @@ mod tests {
 
     #[test]
     fn a_full_outbox_during_a_graceful_close_ends_the_session_as_slow_consumer() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(2));
+        let s = Session::new(SessionId(1), ConnectInfo::new(), limits(2));
         assert!(s.close("bye"));
         assert_eq!(s.send(Frame::data("a")), Ok(()));
         assert_eq!(s.send(Frame::data("b")), Ok(()));
@@ -890,7 +925,7 @@ mod tests {
     fn a_closed_session_says_closed_before_too_large() {
         let s = Session::new(
             SessionId(1),
-            PeerAddr::Unknown,
+            ConnectInfo::new(),
             Arc::new(OutboxLimits {
                 max_frame_len: 20,
                 ..*limits(2)
@@ -904,7 +939,7 @@ mod tests {
     fn the_farewell_fits_the_largest_frame_the_session_sends() {
         let s = Session::new(
             SessionId(1),
-            PeerAddr::Unknown,
+            ConnectInfo::new(),
             Arc::new(OutboxLimits {
                 max_frame_len: 64,
                 ..*limits(2)
@@ -922,7 +957,7 @@ mod tests {
 
     #[test]
     fn data_inserted_after_release_is_not_kept() {
-        let s = Session::new(SessionId(1), PeerAddr::Unknown, limits(2));
+        let s = Session::new(SessionId(1), ConnectInfo::new(), limits(2));
         let weak = Arc::downgrade(&s.inner);
         s.release();
         // A task spawned by a handler, still holding the session, stores
@@ -983,7 +1018,7 @@ mod tests {
 
     #[test]
     fn session_data() {
-        let s = Session::new(SessionId(7), PeerAddr::Unknown, limits(2));
+        let s = Session::new(SessionId(7), ConnectInfo::new(), limits(2));
         assert_eq!(s.client_id(), "7");
         assert_eq!(s.insert_data(5u32), None);
         assert_eq!(s.data::<u32>(), Some(5));

@@ -1,8 +1,14 @@
-//! A framed byte stream polled by hand: the read buffer, the write queue
-//! and the rules for their memory, shared by the server's and the client's
-//! session drivers.
+//! The transport seam: [`Transport`], a framed connection the session
+//! driver is generic over (frames in, frames out), and [`ByteStream`], its
+//! implementation over a byte stream and a [`Framing`].
 //!
-//! Unlike `tokio_util::codec::Framed`, a [`Transport`] frees its read and
+//! A byte stream (TCP, Unix, TLS) is framed by the server's framing; a
+//! message transport (WebSocket: one binary message is one frame) carries
+//! frames as they are. Both implement [`Transport`], so the driver never
+//! assumes a byte stream. [`IntoTransport`] says how an accepted
+//! connection becomes a transport given the server's framing.
+//!
+//! Unlike `tokio_util::codec::Framed`, a [`ByteStream`] frees its read and
 //! write buffers whenever the connection goes quiet, so an idle session
 //! holds no buffer, and it writes everything queued with one vectored write
 //! per wake-up.
@@ -24,16 +30,147 @@ use msgi_proto::{CodecError, Framing, WriteBuf};
 /// Bytes reserved for a read when the buffer has less room than this.
 const READ_CHUNK: usize = 32 * 1024;
 
-/// Why no frame could be read.
-#[derive(Debug)]
-pub(crate) enum ReadError {
-    /// The bytes broke the framing.
+/// Why a [`Transport`] could not read a frame.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The bytes (or the message) broke the framing: the peer broke the
+    /// protocol. The session answers with ERROR and closes.
+    #[error(transparent)]
     Codec(CodecError),
-    /// The transport failed or closed in the middle of a frame.
-    Reset(String),
+    /// The transport failed, or closed in the middle of a frame (kind
+    /// [`UnexpectedEof`](io::ErrorKind::UnexpectedEof)).
+    #[error(transparent)]
+    Reset(io::Error),
 }
 
-pub(crate) struct Transport<T, C> {
+/// A framed connection: what a session reads frames from and writes frames
+/// to. The session driver is generic over it (no boxing, no dynamic call per
+/// frame).
+///
+/// [`ByteStream`] implements it for any `AsyncRead + AsyncWrite` with a
+/// [`Framing`]; a message transport (a WebSocket, an in-memory channel of
+/// frames) implements it directly, one message per frame. The contract is
+/// the one the driver relies on:
+///
+/// - [`poll_frame`](Transport::poll_frame) is `Ready(Ok(None))` on a clean
+///   end between frames, and may be polled again after `Pending`;
+/// - [`queue`](Transport::queue) never blocks: it adds the frame to a write
+///   queue (encoding it if the transport encodes), and fails without
+///   changing anything if the frame cannot be sent (too large, refused by a
+///   transform), so the session can send an ERROR instead;
+///   [`pending_write`](Transport::pending_write) is that queue's size in
+///   bytes, which the session keeps bounded (it stops reading above its
+///   high-water mark);
+/// - [`poll_write`](Transport::poll_write) writes and flushes the whole
+///   queue, and [`take_written`](ByteStream::take_written) says how many
+///   bytes went out since it was last asked (the heartbeat clock counts
+///   them as activity);
+/// - a transport should release its buffers when idle: an idle session is
+///   mostly its transport's memory.
+pub trait Transport: Send + 'static {
+    /// Whether frames carry the binary MSGI header (false for text lines,
+    /// which have no handshake or request ids).
+    fn is_binary(&self) -> bool;
+
+    /// The next frame; `Ok(None)` on a clean end of stream between frames.
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, ReadError>>;
+
+    /// Adds a frame to the write queue, or refuses it without change.
+    ///
+    /// # Errors
+    ///
+    /// The frame cannot be sent: over the maximum frame size, or refused
+    /// by a wire transform.
+    fn queue(&mut self, frame: Frame) -> Result<(), CodecError>;
+
+    /// Bytes (or, for a message transport, an estimate of the bytes)
+    /// queued and not yet written.
+    fn pending_write(&self) -> usize;
+
+    /// Writes as much of the queue as the connection takes: `Ready(Ok(()))`
+    /// once the queue is empty and flushed, `Pending` while some remains.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Bytes written since the last call.
+    fn take_written(&mut self) -> usize;
+
+    /// Closes the write side (after the last frame was written).
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Reads and throws away what the peer still sends, until it closes
+    /// (or fails). Used after a final frame so that unread input does not
+    /// turn our close into a reset that could destroy that frame in flight.
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+}
+
+/// An accepted connection that becomes a [`Transport`] given the server's
+/// framing `C` (one copy per session, already started for the server side).
+///
+/// Implemented for tokio's TCP and Unix streams and its in-memory
+/// [`DuplexStream`](tokio::io::DuplexStream), for [`Plain`] (any other
+/// byte stream), and for every [`Transport`] (which keeps its own framing:
+/// a message transport that wants the server's framing, to run the wire
+/// transforms on each message, implements this trait itself).
+pub trait IntoTransport<C>: Send + 'static {
+    /// The transport it becomes.
+    type Transport: Transport;
+
+    /// Makes the transport.
+    fn into_transport(self, framing: C) -> Self::Transport;
+}
+
+/// Any byte stream, to be framed by the server's framing: what an accept
+/// step returns for a stream type this crate does not know (a TLS stream).
+#[derive(Debug)]
+pub struct Plain<T>(pub T);
+
+impl<T, C> IntoTransport<C> for Plain<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Framing + Send + 'static,
+{
+    type Transport = ByteStream<T, C>;
+
+    fn into_transport(self, framing: C) -> ByteStream<T, C> {
+        ByteStream::new(self.0, framing)
+    }
+}
+
+macro_rules! byte_streams {
+    ($($(#[$m:meta])* $t:ty),*) => {$(
+        $(#[$m])*
+        impl<C: Framing + Send + 'static> IntoTransport<C> for $t {
+            type Transport = ByteStream<$t, C>;
+
+            fn into_transport(self, framing: C) -> ByteStream<$t, C> {
+                ByteStream::new(self, framing)
+            }
+        }
+    )*};
+}
+
+byte_streams!(
+    tokio::net::TcpStream,
+    #[cfg(unix)]
+    tokio::net::UnixStream,
+    tokio::io::DuplexStream
+);
+
+impl<X: Transport, C> IntoTransport<C> for X {
+    type Transport = X;
+
+    fn into_transport(self, _framing: C) -> X {
+        self
+    }
+}
+
+/// A byte stream framed by a [`Framing`]: the [`Transport`] of TCP, Unix
+/// and (later) TLS sessions, and of the client. It owns the read buffer
+/// (dropped whenever a read would block with nothing buffered) and the write
+/// queue (small frames packed, large payloads kept as their own `Bytes`,
+/// one vectored write per wake-up, released once flushed).
+pub struct ByteStream<T, C> {
     io: T,
     codec: C,
     rbuf: BytesMut,
@@ -42,13 +179,23 @@ pub(crate) struct Transport<T, C> {
     written: usize,
 }
 
-impl<T, C> Transport<T, C>
+impl<T, C> std::fmt::Debug for ByteStream<T, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ByteStream")
+            .field("buffered", &self.rbuf.len())
+            .field("pending_write", &self.wbuf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, C> ByteStream<T, C>
 where
     T: AsyncRead + AsyncWrite + Unpin,
     C: Framing,
 {
-    pub(crate) fn new(io: T, codec: C) -> Self {
-        Transport {
+    /// Frames `io` with `codec` (already started for its side).
+    pub fn new(io: T, codec: C) -> Self {
+        ByteStream {
             io,
             codec,
             rbuf: BytesMut::new(),
@@ -84,12 +231,13 @@ where
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                 Poll::Ready(Ok(0)) if self.rbuf.is_empty() => return Poll::Ready(Ok(None)),
                 Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(ReadError::Reset(
-                        "end of stream inside a frame".into(),
-                    )))
+                    return Poll::Ready(Err(ReadError::Reset(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "end of stream inside a frame",
+                    ))))
                 }
                 Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Reset(e.to_string()))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Reset(e))),
                 Poll::Pending => {
                     if self.rbuf.is_empty() {
                         // Quiet connection: give the buffer back.
@@ -113,7 +261,7 @@ where
 
     /// Writes as much of the queue as the transport takes: `Ready(Ok(()))`
     /// once the queue is empty and flushed, `Pending` while bytes remain.
-    /// [`take_written`](Transport::take_written) tells whether any went out.
+    /// [`take_written`](ByteStream::take_written) tells whether any went out.
     pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.wbuf.is_empty() {
             let mut slices = [IoSlice::new(&[]); WriteBuf::MAX_IOVECS];
@@ -165,6 +313,44 @@ where
     }
 }
 
+impl<T, C> Transport for ByteStream<T, C>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C: Framing + Send + 'static,
+{
+    fn is_binary(&self) -> bool {
+        ByteStream::is_binary(self)
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, ReadError>> {
+        ByteStream::poll_frame(self, cx)
+    }
+
+    fn queue(&mut self, frame: Frame) -> Result<(), CodecError> {
+        ByteStream::queue(self, frame)
+    }
+
+    fn pending_write(&self) -> usize {
+        ByteStream::pending_write(self)
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ByteStream::poll_write(self, cx)
+    }
+
+    fn take_written(&mut self) -> usize {
+        ByteStream::take_written(self)
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ByteStream::poll_shutdown(self, cx)
+    }
+
+    fn poll_discard(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        ByteStream::poll_discard(self, cx)
+    }
+}
+
 /// One timer a driver re-arms to whatever deadline its protocol asks for.
 pub(crate) struct Alarm {
     sleep: Pin<Box<Sleep>>,
@@ -211,7 +397,7 @@ mod tests {
     #[tokio::test]
     async fn a_trickled_frame_does_not_grow_the_read_buffer_per_read() {
         let (mut peer, io) = tokio::io::duplex(1 << 20);
-        let mut transport = Transport::new(io, FrameCodec::new());
+        let mut transport = ByteStream::new(io, FrameCodec::new());
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         let mut wire = BytesMut::new();

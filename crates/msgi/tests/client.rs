@@ -147,7 +147,7 @@ async fn reconnect_flushes_the_outbox_and_fails_in_flight_calls() {
         }
     });
     let mut first = serve(
-        Server::builder().drain_deadline(Duration::from_millis(100)),
+        Server::builder().drain_timeout(Duration::from_millis(100)),
         service.clone(),
     )
     .await;
@@ -332,7 +332,8 @@ async fn make_service_gives_each_session_its_own_state() {
         msgi::Server::builder()
             .build()
             .expect("valid settings")
-            .serve_make_with_shutdown(listener, make, async {
+            .serve(listener, msgi::PerSession(make))
+            .with_graceful_shutdown(async {
                 let _ = stopped.await;
             }),
     );
@@ -404,9 +405,13 @@ async fn server_and_client_over_a_unix_socket() {
     let server = msgi::Server::builder().build().expect("valid settings");
     let registry = server.registry();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve_with_shutdown(listener, echo(), async {
-        let _ = stopped.await;
-    }));
+    let serving = tokio::spawn(
+        server
+            .serve(listener, echo())
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
+    );
 
     let dial = path.clone();
     let client = within(Client::builder().client_id("local").connect_with(move || {
@@ -424,7 +429,13 @@ async fn server_and_client_over_a_unix_socket() {
     let answer = within(client.call(Frame::data("over unix"))).await.unwrap();
     assert_eq!(answer.payload_text(), "over unix");
     let session = registry.get_by_client_id("local").unwrap();
-    assert_eq!(session.remote_addr(), &msgi::PeerAddr::Unix);
+    assert_eq!(session.peer_addr(), None, "a Unix peer has no IP address");
+    assert!(
+        session
+            .connect_info::<tokio::net::unix::SocketAddr>()
+            .is_some(),
+        "the Unix listener records the peer's address"
+    );
 
     drop(client);
     let _ = stop.send(());
@@ -464,7 +475,7 @@ fn hanging(
 #[tokio::test]
 async fn abandoned_calls_do_not_wedge_the_client() {
     let (got_tx, mut got) = mpsc::unbounded_channel();
-    let quick = Server::builder().drain_deadline(Duration::from_millis(50));
+    let quick = Server::builder().drain_timeout(Duration::from_millis(50));
     let mut server = serve(quick, hanging(got_tx)).await;
     let client = within(
         Client::builder()
@@ -505,7 +516,7 @@ async fn abandoned_calls_do_not_wedge_the_client() {
 #[tokio::test]
 async fn sends_and_close_do_not_queue_behind_the_call_limit() {
     let (got_tx, mut got) = mpsc::unbounded_channel();
-    let quick = Server::builder().drain_deadline(Duration::from_millis(50));
+    let quick = Server::builder().drain_timeout(Duration::from_millis(50));
     let mut server = serve(quick, hanging(got_tx)).await;
     let client = within(
         Client::builder()

@@ -123,7 +123,10 @@ async fn violation(bytes: &[u8], reason: &str) {
     );
     peer.expect_closed().await;
     let (_, why) = server.next_end().await;
-    assert!(matches!(why, CloseReason::ProtocolViolation(_)), "{why:?}");
+    assert!(
+        matches!(why, CloseReason::ProtocolViolation { .. }),
+        "{why:?}"
+    );
     assert_eq!(
         calls.load(Ordering::SeqCst),
         0,
@@ -353,7 +356,7 @@ async fn failing_handler_answers_error_with_the_id_and_lives_on() {
 
 #[tokio::test]
 async fn slow_consumer_is_dropped_and_others_are_not() {
-    let builder = Server::builder().outbound_queue(8);
+    let builder = Server::builder().outbox_capacity(8);
     let mut server = serve(builder, echo()).await;
     let mut slow = RawPeer::connect(server.addr).await;
     slow.write(&PING_HI).await;
@@ -625,13 +628,13 @@ async fn a_request_unanswered_at_shutdown_never_reached_the_application() {
 // PROTOCOL.md, "Shutting down a server": past the drain deadline a session
 // is closed without DISCONNECT, its unanswered requests' fate unknown.
 #[tokio::test]
-async fn past_the_drain_deadline_a_session_closes_without_disconnect() {
+async fn past_the_drain_timeout_a_session_closes_without_disconnect() {
     let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
     let service = tower::service_fn(move |_: Frame| {
         let _ = started_tx.send(());
         std::future::pending::<Result<Option<Frame>, std::convert::Infallible>>()
     });
-    let builder = Server::builder().drain_deadline(Duration::from_millis(100));
+    let builder = Server::builder().drain_timeout(Duration::from_millis(100));
     let mut server = serve(builder, service).await;
     let mut peer = RawPeer::connect(server.addr).await;
     peer.send(Frame::data("stuck").with_request_id(3)).await;

@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use msgi::Framing as _;
 use msgi::{
-    CloseReason, Frame, FrameCodec, Kind, LineCodec, Listener, PeerAddr, SendError, Server, Session,
+    CloseReason, ConnectInfo, Frame, FrameCodec, Kind, LineCodec, Listener, SendError, Server,
+    Session,
 };
 use support::{dial, echo, read_frame, serve, within, write_frame, Pipes, RawPeer, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,6 +91,7 @@ impl tower::Service<Frame> for Nothing {
 }
 
 /// A make-service that is never ready; says so the first time it is asked.
+#[derive(Clone)]
 struct NeverReady(Arc<Notify>);
 
 impl tower::Service<Session> for NeverReady {
@@ -118,16 +120,17 @@ async fn shutdown_is_bounded_when_the_make_service_is_never_ready() {
     let (pipes, tx) = Pipes::new(Vec::new());
     let asked = Arc::new(Notify::new());
     let server = Server::builder()
-        .drain_deadline(DRAIN)
+        .drain_timeout(DRAIN)
         .build()
         .expect("valid settings");
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving =
-        tokio::spawn(
-            server.serve_make_with_shutdown(pipes, NeverReady(asked.clone()), async {
+    let serving = tokio::spawn(
+        server
+            .serve(pipes, msgi::PerSession(NeverReady(asked.clone())))
+            .with_graceful_shutdown(async {
                 let _ = stopped.await;
             }),
-        );
+    );
     let mut peer = dial(&tx);
     asked.notified().await; // the accept loop waits for the make-service
     let start = Instant::now();
@@ -151,7 +154,7 @@ fn never_making(
     ended: mpsc::UnboundedSender<CloseReason>,
 ) -> Server {
     Server::builder()
-        .drain_deadline(DRAIN)
+        .drain_timeout(DRAIN)
         .on_connect(move |s| {
             let _ = connected.send(s.clone());
         })
@@ -167,7 +170,8 @@ fn pending_make() -> impl tower::Service<
     Response = Nothing,
     Error = Infallible,
     Future = std::future::Pending<Result<Nothing, Infallible>>,
-> + Send {
+> + Clone
+       + Send {
     tower::service_fn(|_: Session| std::future::pending::<Result<Nothing, Infallible>>())
 }
 
@@ -179,9 +183,11 @@ async fn shutdown_is_bounded_when_the_make_service_never_resolves() {
     let server = never_making(connected_tx, ended_tx);
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = tokio::spawn(
-        server.serve_make_with_shutdown(pipes, pending_make(), async {
-            let _ = stopped.await;
-        }),
+        server
+            .serve(pipes, msgi::PerSession(pending_make()))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
     );
     let mut peer = dial(&tx);
     // Sent before the service exists: never read, never answered.
@@ -214,9 +220,11 @@ async fn a_session_closed_while_its_service_is_made_is_closed() {
     let registry = server.registry();
     let (_stop, stopped) = oneshot::channel::<()>();
     let _serving = tokio::spawn(
-        server.serve_make_with_shutdown(pipes, pending_make(), async {
-            let _ = stopped.await;
-        }),
+        server
+            .serve(pipes, msgi::PerSession(pending_make()))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
     );
     let mut peer = dial(&tx);
     let session = connected.recv().await.unwrap();
@@ -241,7 +249,7 @@ async fn a_slow_consumer_closed_while_its_service_is_made_gets_nothing() {
     let (pipes, tx) = Pipes::new(Vec::new());
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
     let server = Server::builder()
-        .outbound_queue(1)
+        .outbox_capacity(1)
         .on_connect(|s| {
             for _ in 0..2 {
                 let _ = s.send(Frame::data("welcome"));
@@ -254,9 +262,11 @@ async fn a_slow_consumer_closed_while_its_service_is_made_gets_nothing() {
         .expect("valid settings");
     let (_stop, stopped) = oneshot::channel::<()>();
     let _serving = tokio::spawn(
-        server.serve_make_with_shutdown(pipes, pending_make(), async {
-            let _ = stopped.await;
-        }),
+        server
+            .serve(pipes, msgi::PerSession(pending_make()))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
     );
     let mut peer = dial(&tx);
     assert_eq!(ended.recv().await.unwrap(), CloseReason::SlowConsumer);
@@ -275,7 +285,7 @@ async fn time_to_serve_after(script: Vec<io::Error>) -> Duration {
     let server = Server::builder().build().expect("valid settings");
     let start = Instant::now();
     let (_stop, stopped) = oneshot::channel::<()>();
-    let _serving = tokio::spawn(server.serve_with_shutdown(pipes, echo(), async {
+    let _serving = tokio::spawn(server.serve(pipes, echo()).with_graceful_shutdown(async {
         let _ = stopped.await;
     }));
     let mut peer = dial(&tx);
@@ -373,7 +383,7 @@ struct CountingListener {
 impl Listener for CountingListener {
     type Io = tokio::net::TcpStream;
 
-    async fn accept(&mut self) -> io::Result<(tokio::net::TcpStream, PeerAddr)> {
+    async fn accept(&mut self) -> io::Result<(tokio::net::TcpStream, ConnectInfo)> {
         let accepted = <tokio::net::TcpListener as Listener>::accept(&mut self.inner).await;
         if let Err(e) = &accepted {
             self.errors.fetch_add(1, Ordering::SeqCst);
@@ -408,9 +418,13 @@ fn out_of_descriptors_child() {
         };
         let server = Server::builder().build().expect("valid settings");
         let (stop, stopped) = oneshot::channel::<()>();
-        let serving = tokio::spawn(server.serve_with_shutdown(listener, echo(), async {
-            let _ = stopped.await;
-        }));
+        let serving = tokio::spawn(
+            server
+                .serve(listener, echo())
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                }),
+        );
         // Use up every descriptor (each connection costs one here and one
         // in the server), keeping one spare.
         let spare = std::fs::File::open("/dev/null").unwrap();
@@ -516,9 +530,13 @@ async fn unix_peers_are_not_limited_per_ip() {
         .build()
         .expect("valid settings");
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve_with_shutdown(listener, echo(), async {
-        let _ = stopped.await;
-    }));
+    let serving = tokio::spawn(
+        server
+            .serve(listener, echo())
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
+    );
     let mut streams = Vec::new();
     for name in ["one", "two", "three"] {
         let mut stream = support::within(tokio::net::UnixStream::connect(&path))
@@ -559,7 +577,7 @@ async fn huge_durations_mean_never_not_a_panic() {
         .idle_timeout(Some(Duration::MAX))
         .heartbeat_interval(Some(Duration::MAX))
         .handshake_timeout(Some(Duration::MAX))
-        .drain_deadline(Duration::MAX);
+        .drain_timeout(Duration::MAX);
     let mut server = serve(builder, echo()).await;
     let mut peer = RawPeer::connect(server.addr).await;
     peer.send(Frame::ping("still here")).await;
@@ -590,7 +608,7 @@ async fn running_session(server: &TestServer, peer: &mut RawPeer) -> Session {
 
 #[tokio::test]
 async fn a_full_outbox_during_a_graceful_close_ends_as_slow_consumer() {
-    let mut server = serve(Server::builder().outbound_queue(2), echo()).await;
+    let mut server = serve(Server::builder().outbox_capacity(2), echo()).await;
     let mut peer = RawPeer::connect(server.addr).await;
     let session = running_session(&server, &mut peer).await;
     // No await in between: the session's task does not run meanwhile.
@@ -619,7 +637,7 @@ async fn a_push_taken_while_the_service_is_made_is_written_on_a_graceful_close()
     let (ended_tx, mut ended) = mpsc::unbounded_channel();
     let (conn_tx, mut connected) = mpsc::unbounded_channel::<Session>();
     let server = Server::builder()
-        .drain_deadline(DRAIN)
+        .drain_timeout(DRAIN)
         .on_connect(move |s| {
             assert_eq!(s.send(Frame::data("welcome")), Ok(()));
             let _ = conn_tx.send(s.clone());
@@ -632,9 +650,11 @@ async fn a_push_taken_while_the_service_is_made_is_written_on_a_graceful_close()
     let registry = server.registry();
     let (_stop, stopped) = oneshot::channel::<()>();
     let _serving = tokio::spawn(
-        server.serve_make_with_shutdown(pipes, pending_make(), async {
-            let _ = stopped.await;
-        }),
+        server
+            .serve(pipes, msgi::PerSession(pending_make()))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
     );
     let mut peer = dial(&tx);
     let session = connected.recv().await.unwrap();
@@ -669,7 +689,7 @@ fn never_answering(
     ended: mpsc::UnboundedSender<CloseReason>,
 ) -> tokio::task::JoinHandle<io::Result<()>> {
     let server = Server::builder()
-        .drain_deadline(DRAIN)
+        .drain_timeout(DRAIN)
         .on_connect(move |s| {
             let _ = connected.send(s.clone());
         })
@@ -685,7 +705,11 @@ fn never_answering(
             std::future::pending::<Result<Option<Frame>, Infallible>>()
         })))
     });
-    tokio::spawn(server.serve_make_with_shutdown(pipes, make, std::future::pending()))
+    tokio::spawn(
+        server
+            .serve(pipes, msgi::PerSession(make))
+            .with_graceful_shutdown(std::future::pending()),
+    )
 }
 
 #[tokio::test(start_paused = true)]
@@ -783,9 +807,13 @@ async fn a_panicking_disconnect_hook_still_releases_the_session() {
         .expect("valid settings");
     let registry = server.registry();
     let (stop, stopped) = oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve_with_shutdown(listener, echo(), async {
-        let _ = stopped.await;
-    }));
+    let serving = tokio::spawn(
+        server
+            .serve(listener, echo())
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
+    );
     let mut peer = RawPeer::connect(addr).await;
     peer.send(Frame::ping("")).await;
     assert_eq!(
@@ -854,7 +882,7 @@ async fn pushes_written_before_the_service_is_made_go_through_the_sessions_trans
     let (conn_tx, mut connected) = mpsc::unbounded_channel::<Session>();
     let server = Server::builder()
         .framing(msgi::Wire::new(FrameCodec::new()).transform(MakeNumbered))
-        .drain_deadline(DRAIN)
+        .drain_timeout(DRAIN)
         .on_connect(move |s| {
             assert_eq!(s.send(Frame::data("welcome")), Ok(()));
             let _ = conn_tx.send(s.clone());
@@ -864,9 +892,11 @@ async fn pushes_written_before_the_service_is_made_go_through_the_sessions_trans
     let registry = server.registry();
     let (_stop, stopped) = oneshot::channel::<()>();
     let _serving = tokio::spawn(
-        server.serve_make_with_shutdown(pipes, pending_make(), async {
-            let _ = stopped.await;
-        }),
+        server
+            .serve(pipes, msgi::PerSession(pending_make()))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
     );
     let mut peer = dial(&tx);
     let session = connected.recv().await.unwrap();

@@ -178,7 +178,7 @@ async fn a_hello_cannot_take_another_sessions_default_client_id() {
 /// when the close came.
 #[tokio::test]
 async fn pushes_taken_before_a_close_are_written_before_its_disconnect() {
-    let builder = Server::builder().outbound_queue_bytes(64 << 20);
+    let builder = Server::builder().outbox_bytes(64 << 20);
     let mut server = serve(builder, echo()).await;
     let mut peer = RawPeer::connect(server.addr).await;
     let session = only_session(&server, &mut peer).await;
@@ -362,21 +362,21 @@ fn byte_budgets_are_validated() {
         Ok(_) => panic!("settings accepted"),
         Err(e) => e,
     };
-    let e = refused(Server::builder().outbound_queue_bytes(0));
+    let e = refused(Server::builder().outbox_bytes(0));
     assert_eq!(
         (e.setting(), e.reason()),
-        ("outbound_queue_bytes", "must be at least 1")
+        ("outbox_bytes", "must be at least 1")
     );
     let e = refused(Server::builder().max_concurrent_request_bytes(0));
     assert_eq!(e.setting(), "max_concurrent_request_bytes");
     if let Ok(too_many) = usize::try_from(u64::from(u32::MAX) + 1) {
-        let e = refused(Server::builder().outbound_queue_bytes(too_many));
-        assert_eq!(e.setting(), "outbound_queue_bytes");
-        let e = refused(Server::builder().outbound_queue(too_many));
-        assert_eq!(e.setting(), "outbound_queue");
+        let e = refused(Server::builder().outbox_bytes(too_many));
+        assert_eq!(e.setting(), "outbox_bytes");
+        let e = refused(Server::builder().outbox_capacity(too_many));
+        assert_eq!(e.setting(), "outbox_capacity");
     }
     assert!(Server::builder()
-        .outbound_queue_bytes(1)
+        .outbox_bytes(1)
         .max_concurrent_request_bytes(usize::MAX)
         .build()
         .is_ok());

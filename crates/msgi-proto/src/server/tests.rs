@@ -394,7 +394,7 @@ fn a_violation_closes_at_once_and_cuts_the_requests_in_flight() {
         transmits(&mut c),
         vec![Frame::error("unsupported flags COMPRESSED")]
     );
-    let cause = Cause::ProtocolViolation("unsupported flags COMPRESSED".into());
+    let cause = Cause::ProtocolViolation(Violation::Frame, "unsupported flags COMPRESSED".into());
     assert_eq!(
         events(&mut c),
         vec![Event::Closing {
@@ -422,12 +422,12 @@ fn a_violation_closes_at_once_and_cuts_the_requests_in_flight() {
 fn a_decode_error_is_a_violation_told_with_an_error() {
     let t0 = Instant::now();
     let mut c = conn(t0);
-    c.handle_decode_error("bad magic".into(), t0);
+    c.handle_decode_error(&CodecError::BadMagic, t0);
     assert_eq!(transmits(&mut c), vec![Frame::error("bad magic")]);
     assert_eq!(
         events(&mut c),
         vec![Event::Closing {
-            cause: Cause::ProtocolViolation("bad magic".into()),
+            cause: Cause::ProtocolViolation(Violation::Framing, "bad magic".into()),
             drain: false
         }]
     );
@@ -449,7 +449,7 @@ fn a_failed_service_cuts_the_waiting_request() {
             drain: false
         }]
     );
-    c.handle_peer_reset("gone".into());
+    c.handle_peer_reset(std::io::ErrorKind::ConnectionReset);
     assert_eq!(c.closed().map(|c| c.unanswered), Some(1));
 }
 
@@ -458,12 +458,12 @@ fn a_reset_or_an_abort_ends_at_once_writing_nothing_more() {
     let t0 = Instant::now();
     let mut c = conn(t0);
     let _held = request(&mut c, Frame::data("1").with_request_id(1), t0);
-    c.handle_peer_reset("connection reset".into());
+    c.handle_peer_reset(std::io::ErrorKind::ConnectionReset);
     assert_eq!(c.phase(), Phase::Closed);
     assert_eq!(
         c.closed(),
         Some(Closed {
-            cause: Cause::PeerReset("connection reset".into()),
+            cause: Cause::PeerReset(std::io::ErrorKind::ConnectionReset),
             drain_timed_out: false,
             unanswered: 1
         })
@@ -481,7 +481,7 @@ fn a_reset_or_an_abort_ends_at_once_writing_nothing_more() {
     c.handle_close(Close::Abort, t0);
     assert_eq!(c.closed().map(|c| c.cause), Some(Cause::Local));
     // Nothing happens after the end.
-    c.handle_peer_reset("late".into());
+    c.handle_peer_reset(std::io::ErrorKind::ConnectionReset);
     assert!(
         !c.handle_timeout(t0 + 100 * SEC),
         "no timer runs once closed"
@@ -503,7 +503,7 @@ fn a_reset_while_lingering_is_the_normal_end() {
     assert_eq!(c.phase(), Phase::Lingering);
     // The peer resets instead of closing: its last frame was read, so this
     // ends the linger as a close would, not as a failure.
-    c.handle_peer_reset("connection reset".into());
+    c.handle_peer_reset(std::io::ErrorKind::ConnectionReset);
     assert_eq!(
         c.closed(),
         Some(Closed {
@@ -1062,8 +1062,8 @@ mod property {
                     now,
                 ),
                 Step::PeerClosed => h.c.handle_peer_closed(now),
-                Step::PeerReset => h.c.handle_peer_reset("reset".into()),
-                Step::DecodeError => h.c.handle_decode_error("bad bytes".into(), now),
+                Step::PeerReset => h.c.handle_peer_reset(std::io::ErrorKind::ConnectionReset),
+                Step::DecodeError => h.c.handle_decode_error(&CodecError::BadMagic, now),
                 Step::ServiceFailed => h.c.handle_service_failed("down".into(), now),
                 Step::Written => h.c.handle_written(now),
                 Step::PushesDone => h.c.handle_pushes_done(|| Bytes::from_static(b"bye")),
@@ -1082,7 +1082,7 @@ mod property {
         }
         // End it: whatever was pending is answered or reported cut.
         h.drain();
-        h.c.handle_peer_reset("end".into());
+        h.c.handle_peer_reset(std::io::ErrorKind::UnexpectedEof);
         h.drain();
         h.check();
         let closed = h.closed.clone().or_else(|| h.c.closed());

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::builder::{finite, ClientBuilder};
 use super::connector::{Connecting, Connector};
 use super::{ClientError, CloseCause, DoneGuard, Shared, Status};
-use crate::transport::{now, Alarm, ReadError, Transport};
+use crate::transport::{now, Alarm, ByteStream as Transport, ReadError};
 use msgi_proto::client::{
     CallError, Caller, Config, Connection, ConnectionError, Event, Phase, Violation,
     DEFAULT_MAX_EVENTS, MIN_HIGH_WATER,
@@ -482,7 +482,7 @@ where
                 Poll::Ready(Err(ReadError::Codec(e))) => self.conn.handle_decode_error(e, now),
                 Poll::Ready(Err(ReadError::Reset(why))) => self
                     .conn
-                    .handle_connection_lost(ConnectionError::Transport(why), now),
+                    .handle_connection_lost(ConnectionError::Transport(why.to_string()), now),
             }
             progress = true;
         }

@@ -24,7 +24,8 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::session::{CloseReason, NodeId, OutboxLimits, PeerAddr, SendError, Session, SessionId};
+use crate::accept::ConnectInfo;
+use crate::session::{CloseReason, NodeId, OutboxLimits, SendError, Session, SessionId};
 use msgi_proto::Frame;
 
 pub use backplane::{Backplane, BackplaneError, Envelope, LocalNode, Target};
@@ -395,7 +396,7 @@ impl Registry {
     }
 
     /// Creates and registers a session for a newly accepted peer.
-    pub(crate) fn register(&self, remote: PeerAddr, outbox: Arc<OutboxLimits>) -> Session {
+    pub(crate) fn register(&self, remote: ConnectInfo, outbox: Arc<OutboxLimits>) -> Session {
         let n = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let id = SessionId::nth(self.inner.node, n);
         let session = Session::new(id, remote, outbox);
@@ -634,8 +635,8 @@ mod tests {
     #[test]
     fn client_id_takeover() {
         let registry = Registry::new();
-        let a = registry.register(PeerAddr::Unknown, limits(8));
-        let b = registry.register(PeerAddr::Unknown, limits(8));
+        let a = registry.register(ConnectInfo::new(), limits(8));
+        let b = registry.register(ConnectInfo::new(), limits(8));
         let a_default = a.id().to_string();
         assert_eq!(registry.get_by_client_id(&a_default), Some(a.clone()));
         registry.set_client_id(&a, "alice".into()).unwrap();
@@ -655,7 +656,7 @@ mod tests {
     #[test]
     fn default_client_ids_are_canonical_and_cannot_be_announced() {
         let registry = Registry::new();
-        let a = registry.register(PeerAddr::Unknown, limits(8));
+        let a = registry.register(ConnectInfo::new(), limits(8));
         let default = a.id().to_string();
         assert_eq!(registry.get_by_client_id(&default), Some(a.clone()));
         assert_eq!(registry.get_by_client_id(&format!("0{default}")), None);
@@ -663,7 +664,7 @@ mod tests {
         assert_eq!(registry.get_by_client_id(""), None);
         // What a handshake could announce never resolves to a default id.
         assert!(msgi_proto::session::parse_client_id(default.as_bytes()).is_err());
-        let b = registry.register(PeerAddr::Unknown, limits(8));
+        let b = registry.register(ConnectInfo::new(), limits(8));
         let plus = format!("+{default}");
         registry.set_client_id(&b, plus.clone()).unwrap();
         assert_eq!(registry.get_by_client_id(&default), Some(a.clone()));
@@ -675,8 +676,8 @@ mod tests {
     fn session_ids_carry_the_node_and_count_from_one() {
         let node = NodeId::new(5).unwrap();
         let registry = Registry::builder().node_id(node).build().unwrap();
-        let a = registry.register(PeerAddr::Unknown, limits(8));
-        let b = registry.register(PeerAddr::Unknown, limits(8));
+        let a = registry.register(ConnectInfo::new(), limits(8));
+        let b = registry.register(ConnectInfo::new(), limits(8));
         assert_eq!(registry.node_id(), node);
         assert_eq!((a.id().node(), b.id().node()), (node, node));
         assert_eq!(a.id().as_u64(), (5 << 44) | 1);
@@ -689,7 +690,7 @@ mod tests {
             .node_id(NodeId::new(6).unwrap())
             .build()
             .unwrap();
-        assert_ne!(other.register(PeerAddr::Unknown, limits(8)).id(), a.id());
+        assert_ne!(other.register(ConnectInfo::new(), limits(8)).id(), a.id());
         // Random node ids by default.
         assert_ne!(
             (0..4)
@@ -704,7 +705,7 @@ mod tests {
     fn broadcast_reaches_every_session_across_batches() {
         let registry = Registry::new();
         let sessions: Vec<_> = (0..BROADCAST_BATCH * 2 + 5)
-            .map(|_| registry.register(PeerAddr::Unknown, limits(4)))
+            .map(|_| registry.register(ConnectInfo::new(), limits(4)))
             .collect();
         registry.remove(&sessions[BROADCAST_BATCH]);
         assert_eq!(
@@ -732,8 +733,8 @@ mod tests {
     #[test]
     fn a_broadcast_filter_may_use_the_registry() {
         let registry = Registry::new();
-        let a = registry.register(PeerAddr::Unknown, limits(4));
-        let _b = registry.register(PeerAddr::Unknown, limits(4));
+        let a = registry.register(ConnectInfo::new(), limits(4));
+        let _b = registry.register(ConnectInfo::new(), limits(4));
         let inner = registry.clone();
         let sent = registry.broadcast_filter(Frame::data("x"), |s| {
             inner.get(s.id()).is_some() && s.id() != a.id()
@@ -744,16 +745,16 @@ mod tests {
     #[test]
     fn a_broadcast_reports_each_refusal_by_cause() {
         let registry = Registry::new();
-        let full = registry.register(PeerAddr::Unknown, limits(1));
-        let closed = registry.register(PeerAddr::Unknown, limits(8));
+        let full = registry.register(ConnectInfo::new(), limits(1));
+        let closed = registry.register(ConnectInfo::new(), limits(8));
         let small = registry.register(
-            PeerAddr::Unknown,
+            ConnectInfo::new(),
             Arc::new(OutboxLimits {
                 max_frame_len: 12,
                 ..*limits(8)
             }),
         );
-        let _fine = registry.register(PeerAddr::Unknown, limits(8));
+        let _fine = registry.register(ConnectInfo::new(), limits(8));
         assert_eq!(full.send(Frame::data("x")), Ok(()));
         closed.close_outbox();
         let delivery = registry.broadcast(Frame::data("news"));
@@ -778,7 +779,7 @@ mod tests {
     #[test]
     fn sends_to_unknown_sessions_without_a_backplane() {
         let registry = Registry::new();
-        let a = registry.register(PeerAddr::Unknown, limits(8));
+        let a = registry.register(ConnectInfo::new(), limits(8));
         assert_eq!(registry.send(a.id(), Frame::data("z")), Ok(Sent::Queued));
         let missing = SessionId::nth(registry.node_id(), 99);
         assert_eq!(
@@ -808,9 +809,9 @@ mod tests {
         let bus = Arc::new(MemoryBackplane::new());
         let a = Registry::builder().backplane(bus.clone()).build().unwrap();
         let b = Registry::builder().backplane(bus.clone()).build().unwrap();
-        let full = b.register(PeerAddr::Unknown, limits(1));
-        let closed = b.register(PeerAddr::Unknown, limits(8));
-        let fine = b.register(PeerAddr::Unknown, limits(8));
+        let full = b.register(ConnectInfo::new(), limits(1));
+        let closed = b.register(ConnectInfo::new(), limits(8));
+        let fine = b.register(ConnectInfo::new(), limits(8));
         closed.close_outbox();
         assert_eq!(full.send(Frame::data("first")), Ok(()));
 
@@ -840,7 +841,7 @@ mod tests {
         let bus = Arc::new(MemoryBackplane::new());
         let a = Registry::builder().backplane(bus.clone()).build().unwrap();
         let b = Registry::builder().backplane(bus.clone()).build().unwrap();
-        let session = b.register(PeerAddr::Unknown, limits(8));
+        let session = b.register(ConnectInfo::new(), limits(8));
         let node = LocalNode::new(b.node_id(), Arc::downgrade(&b.inner));
         let id = session.id();
         drop(session);
@@ -861,8 +862,8 @@ mod tests {
     fn servers_sharing_a_registry_close_only_their_own_sessions() {
         let registry = Registry::new();
         let (one, two) = (limits(8), limits(8));
-        let a = registry.register(PeerAddr::Unknown, one.clone());
-        let b = registry.register(PeerAddr::Unknown, two);
+        let a = registry.register(ConnectInfo::new(), one.clone());
+        let b = registry.register(ConnectInfo::new(), two);
         registry.close_served_with(&one, CloseReason::ServerShutdown);
         assert!(a.is_closing());
         assert!(!b.is_closing());

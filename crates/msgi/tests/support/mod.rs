@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use msgi::{
-    CloseReason, Frame, FrameCodec, Framing, Listener, MakeFraming, PeerAddr, Registry,
+    CloseReason, ConnectInfo, Frame, FrameCodec, Framing, Listener, MakeFraming, Registry,
     ServerBuilder, Session, SessionId,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
@@ -84,6 +84,7 @@ fn start<C, L, S>(
 where
     C: MakeFraming,
     L: Listener,
+    L::Io: msgi::IntoTransport<C::Framing>,
     S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
     S::Error: Into<msgi::BoxError>,
     S::Future: Send + 'static,
@@ -97,9 +98,13 @@ where
         .expect("valid settings");
     let registry = server.registry();
     let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve_with_shutdown(listener, service, async {
-        let _ = rx.await;
-    }));
+    let task = tokio::spawn(
+        server
+            .serve(listener, service)
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            }),
+    );
     TestServer {
         addr,
         registry,
@@ -134,13 +139,13 @@ impl Pipes {
 impl Listener for Pipes {
     type Io = DuplexStream;
 
-    async fn accept(&mut self) -> io::Result<(DuplexStream, PeerAddr)> {
+    async fn accept(&mut self) -> io::Result<(DuplexStream, ConnectInfo)> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         if let Some(e) = self.script.pop_front() {
             return Err(e);
         }
         match self.conns.recv().await {
-            Some(io) => Ok((io, PeerAddr::Unknown)),
+            Some(io) => Ok((io, ConnectInfo::new())),
             None => Err(io::ErrorKind::NotConnected.into()),
         }
     }
