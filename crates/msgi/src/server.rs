@@ -293,9 +293,8 @@ impl<C: MakeFraming, A> Builder<C, A> {
     }
 
     /// Tells `observer` what the runtime sees (see [`Observer`]): sessions
-    /// opened and closed, rejected connections, frames and bytes, write
-    /// stalls, queue depths, calls in flight, request latency. Without one
-    /// (the default), each report is a branch not taken.
+    /// opened and closed (with the reason), rejected connections (with why).
+    /// Without one (the default), each report is a branch not taken.
     pub fn observer(mut self, observer: impl Observer) -> Self {
         self.observer = Some(Arc::new(observer));
         self

@@ -495,7 +495,7 @@ impl Session {
     ///
     /// `Ok(())` means the frame will be written, before the DISCONNECT of a
     /// graceful close, unless the session ends abnormally first (slow
-    /// consumer, reset, protocol violation, timeout, drain deadline); its
+    /// consumer, reset, protocol violation, timeout, drain timeout); its
     /// [`CloseReason`] then says why queued frames were lost. Once the
     /// session has stopped taking pushes this returns
     /// [`SendError::Closed`].

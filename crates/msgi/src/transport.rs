@@ -63,7 +63,7 @@ pub enum ReadError {
 ///   bytes, which the session keeps bounded (it stops reading above its
 ///   high-water mark);
 /// - [`poll_write`](Transport::poll_write) writes and flushes the whole
-///   queue, and [`take_written`](ByteStream::take_written) says how many
+///   queue, and [`take_written`](Transport::take_written) says how many
 ///   bytes went out since it was last asked (the heartbeat clock counts
 ///   them as activity);
 /// - a transport should release its buffers when idle: an idle session is

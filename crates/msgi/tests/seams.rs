@@ -465,3 +465,101 @@ fn close_kinds_are_a_bounded_set() {
     // No text reaches the label.
     assert_eq!(CloseReason::Closed("x".into()).kind(), "closed");
 }
+
+/// An accept step that fails the first connection and never finishes the
+/// others.
+#[derive(Clone, Default)]
+struct FailThenHang(Arc<AtomicUsize>);
+
+impl<Io: Send + 'static> tower::Service<Accepted<Io>> for FailThenHang {
+    type Response = Accepted<Io>;
+    type Error = io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<Accepted<Io>>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _incoming: Accepted<Io>) -> Self::Future {
+        if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            Box::pin(async { Err(io::Error::other("bad handshake")) })
+        } else {
+            Box::pin(std::future::pending())
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_accept_step_ends_its_connection_and_shutdown_drops_the_rest() {
+    let counts = Counting::default();
+    let step = FailThenHang::default();
+    let server = Server::builder()
+        .handshake_timeout(None)
+        .observer(counts.clone())
+        .accept(step.clone())
+        .build()
+        .expect("valid settings");
+    let (pipes, tx) = Pipes::new(Vec::new());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(pipes, echo()).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    }));
+    let mut failed = dial(&tx);
+    let mut rest = Vec::new();
+    assert_eq!(within(failed.read_to_end(&mut rest)).await.unwrap(), 0);
+    assert_eq!(
+        *counts.0.rejected.lock().unwrap(),
+        [Rejection::AcceptFailed]
+    );
+
+    // A step that never finishes (no handshake timeout) does not hold up
+    // shutdown: it is dropped.
+    let mut hanging = dial(&tx);
+    within(async {
+        while step.0.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    stop.send(()).unwrap();
+    within(serving).await.unwrap().unwrap();
+    assert_eq!(within(hanging.read_to_end(&mut rest)).await.unwrap(), 0);
+    assert_eq!(
+        *counts.0.rejected.lock().unwrap(),
+        [Rejection::AcceptFailed, Rejection::ServerShutdown]
+    );
+    assert_eq!(counts.0.opened.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn the_per_ip_cap_is_reported() {
+    let counts = Counting::default();
+    let mut server = support::serve(
+        Server::builder()
+            .max_connections_per_ip(Some(1))
+            .observer(counts.clone()),
+        echo(),
+    )
+    .await;
+    let mut first = within(RawPeer::connect(server.addr)).await;
+    first.send(Frame::data("one").with_request_id(1)).await;
+    assert!(within(first.recv()).await.is_some());
+    let mut second = within(RawPeer::connect(server.addr)).await;
+    let refused = within(second.recv()).await.expect("ERROR");
+    assert_eq!(refused.kind(), Kind::ERROR);
+    assert_eq!(
+        refused.payload_text(),
+        "too many connections from this address"
+    );
+    assert_eq!(
+        *counts.0.rejected.lock().unwrap(),
+        [Rejection::TooManyFromAddress]
+    );
+    assert_eq!(
+        Rejection::TooManyFromAddress.kind(),
+        "too_many_from_address"
+    );
+    drop(first);
+    within(server.shutdown()).await;
+}
