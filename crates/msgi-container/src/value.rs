@@ -219,7 +219,7 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 ///
 /// Lookups ([`value`](Self::value), [`get`](Self::get), [`insert`](Self::insert)) compare
 /// names one by one: fast for the tens of values a message carries, O(len) each. Building
-/// a whole map (the decoder, [`Container::builder`], serde) checks repeats with a hash set
+/// a whole map (the decoder, [`Container::builder`](crate::Container::builder), serde) checks repeats with a hash set
 /// once there are more than 16 names, so it stays linear in the number of names whatever
 /// a peer sends; calling `insert` in a loop to build a large map is quadratic.
 ///
