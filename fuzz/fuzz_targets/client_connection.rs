@@ -255,6 +255,7 @@ fuzz_target!(|input: Input| {
         held_sends: usize::from(input.held_sends).max(1),
         queue_timeout: ms(input.queue_timeout),
         close_linger: ms(input.close_linger),
+        max_events: msgi_proto::client::DEFAULT_MAX_EVENTS,
     };
     let mut now = Instant::now();
     let mut conn: Connection<Call> = Connection::new(config, now);

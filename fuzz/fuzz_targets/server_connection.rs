@@ -291,7 +291,7 @@ fuzz_target!(|input: Input| {
             }
             Ev::PeerClosed => conn.handle_peer_closed(now),
             Ev::PeerReset => conn.handle_peer_reset(std::io::ErrorKind::ConnectionReset),
-            Ev::DecodeError => conn.handle_decode_error("bad magic".into(), now),
+            Ev::DecodeError => conn.handle_decode_error(&msgi_proto::CodecError::BadMagic, now),
             Ev::ServiceFailed => conn.handle_service_failed("down".into(), now),
             Ev::Written => conn.handle_written(now),
             Ev::PushesDone => conn.handle_pushes_done(|| Bytes::from_static(b"bye")),
