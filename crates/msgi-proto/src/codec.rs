@@ -68,6 +68,7 @@ pub enum CodecError {
 
 impl CodecError {
     /// True when the error is the peer's fault (anything but I/O).
+    #[inline]
     pub fn is_protocol_violation(&self) -> bool {
         !matches!(self, CodecError::Io(_))
     }
@@ -126,26 +127,31 @@ const MAX_IOVECS: usize = 64;
 
 impl WriteBuf {
     /// An empty buffer; allocates nothing.
+    #[inline]
     pub fn new() -> WriteBuf {
         WriteBuf::default()
     }
 
     /// Bytes queued.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len + self.tail.len()
     }
 
     /// True when nothing is queued.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Appends bytes to the packed buffer (they are copied).
+    #[inline]
     pub fn put_slice(&mut self, bytes: &[u8]) {
         self.tail.extend_from_slice(bytes);
     }
 
     /// The packed buffer, to encode into directly.
+    #[inline]
     pub fn tail_mut(&mut self) -> &mut BytesMut {
         &mut self.tail
     }
@@ -230,6 +236,7 @@ impl WriteBuf {
     }
 
     /// Frees the packed buffer's memory; used when a session goes idle.
+    #[inline]
     pub fn release(&mut self) {
         if self.is_empty() {
             self.tail = BytesMut::new();
@@ -337,6 +344,7 @@ impl Default for FrameCodec {
 
 impl FrameCodec {
     /// A codec with the default maximum frame size (1 MiB).
+    #[inline]
     pub fn new() -> FrameCodec {
         FrameCodec::with_max_frame_size(DEFAULT_MAX_FRAME_SIZE)
     }
@@ -348,6 +356,7 @@ impl FrameCodec {
     /// field carries refuses it with a [`ConfigError`](crate::ConfigError)
     /// (`ServerBuilder::build`, `ClientBuilder::connect`). A codec used on
     /// its own with such a limit refuses every frame it cannot carry.
+    #[inline]
     pub fn with_max_frame_size(max: usize) -> FrameCodec {
         FrameCodec {
             max_frame_size: max,
@@ -355,6 +364,7 @@ impl FrameCodec {
     }
 
     /// The maximum frame size, header included.
+    #[inline]
     pub fn max_frame_size(&self) -> usize {
         self.max_frame_size
     }
@@ -532,11 +542,13 @@ impl Default for LineCodec {
 
 impl LineCodec {
     /// A codec accepting lines up to 64 KiB.
+    #[inline]
     pub fn new() -> LineCodec {
         LineCodec::with_max_line(64 * 1024)
     }
 
     /// A codec accepting lines up to `max` bytes (newline excluded).
+    #[inline]
     pub fn with_max_line(max: usize) -> LineCodec {
         LineCodec {
             max_line: max,

@@ -42,6 +42,7 @@ pub struct Extensions {
 
 impl Extensions {
     /// An empty map; allocates nothing.
+    #[inline]
     pub fn new() -> Extensions {
         Extensions::default()
     }
@@ -51,11 +52,13 @@ impl Extensions {
     /// [`get`](Extensions::get) finds it by that type. Meant for a handle the
     /// runtime attaches to every request (the session); values of the same
     /// type inserted with [`insert`](Extensions::insert) are shadowed by it.
+    #[inline]
     pub fn set_shared(&mut self, value: Arc<dyn Any + Send + Sync>) {
         self.shared = Some(value);
     }
 
     /// Takes the shared slot's value out.
+    #[inline]
     pub fn take_shared(&mut self) -> Option<Arc<dyn Any + Send + Sync>> {
         self.shared.take()
     }
@@ -78,6 +81,7 @@ impl Extensions {
     }
 
     /// The value of type `T`, if any (the shared slot first).
+    #[inline]
     pub fn get<T: Send + Sync + 'static>(&self) -> Option<&T> {
         match self.shared.as_deref().and_then(|s| s.downcast_ref::<T>()) {
             Some(value) => Some(value),
@@ -87,12 +91,14 @@ impl Extensions {
 
     /// The value of type `T`, mutably. A value in the shared slot is shared,
     /// so it is not reachable mutably.
+    #[inline]
     pub fn get_mut<T: Send + Sync + 'static>(&mut self) -> Option<&mut T> {
         self.other.get_mut()
     }
 
     /// Removes and returns the value of type `T` (from the shared slot, a
     /// clone of it).
+    #[inline]
     pub fn remove<T: Clone + Send + Sync + 'static>(&mut self) -> Option<T> {
         if self.shared_is::<T>() {
             let shared = self.shared.take()?;
@@ -102,17 +108,20 @@ impl Extensions {
     }
 
     /// Removes everything.
+    #[inline]
     pub fn clear(&mut self) {
         self.shared = None;
         self.other.clear();
     }
 
     /// True when the map holds nothing.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.shared.is_none() && self.other.is_empty()
     }
 
     /// Number of values held.
+    #[inline]
     pub fn len(&self) -> usize {
         usize::from(self.shared.is_some()) + self.other.len()
     }

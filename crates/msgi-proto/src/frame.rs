@@ -53,6 +53,7 @@ impl Kind {
     pub const MAX: u16 = 0xFFF;
 
     /// Makes a kind from its numeric value, or `None` if it does not fit in 12 bits.
+    #[inline]
     pub const fn new(value: u16) -> Option<Kind> {
         if value <= Self::MAX {
             Some(Kind(value))
@@ -62,6 +63,7 @@ impl Kind {
     }
 
     /// An application-defined kind (`0x100`–`0xFFF`), or `None` outside that range.
+    #[inline]
     pub const fn app(value: u16) -> Option<Kind> {
         if value >= Self::APP_MIN && value <= Self::MAX {
             Some(Kind(value))
@@ -71,17 +73,20 @@ impl Kind {
     }
 
     /// The numeric value (12 bits).
+    #[inline]
     pub const fn get(self) -> u16 {
         self.0
     }
 
     /// True for the kinds that reach the user's service: DATA, CONTROL and
     /// application kinds.
+    #[inline]
     pub const fn is_delivered(self) -> bool {
         matches!(self.0, 0x010 | 0x020) || self.0 >= Self::APP_MIN
     }
 
     /// True for `0x000` and the unassigned kinds below `0x100`.
+    #[inline]
     pub const fn is_reserved(self) -> bool {
         self.0 < Self::APP_MIN
             && !matches!(
@@ -132,33 +137,39 @@ impl Flags {
     const MASK: u16 = 0xF000;
 
     /// Flags from the high bits of `bits`; the low 12 bits are ignored.
+    #[inline]
     pub const fn from_bits_truncate(bits: u16) -> Flags {
         Flags(bits & Self::MASK)
     }
 
     /// The raw bits (always within `0xF000`).
+    #[inline]
     pub const fn bits(self) -> u16 {
         self.0
     }
 
     /// True if every flag in `other` is set in `self`.
+    #[inline]
     pub const fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
     }
 
     /// True if no flag is set.
+    #[inline]
     pub const fn is_empty(self) -> bool {
         self.0 == 0
     }
 
     /// `self` with the flags of `other` added.
     #[must_use]
+    #[inline]
     pub const fn with(self, other: Flags) -> Flags {
         Flags(self.0 | other.0)
     }
 
     /// `self` with the flags of `other` removed.
     #[must_use]
+    #[inline]
     pub const fn without(self, other: Flags) -> Flags {
         Flags(self.0 & !other.0)
     }
@@ -227,47 +238,56 @@ impl Frame {
     }
 
     /// A DATA frame.
+    #[inline]
     pub fn data(payload: impl Into<Bytes>) -> Frame {
         Frame::new(Kind::DATA, payload)
     }
 
     /// A CONTROL frame.
+    #[inline]
     pub fn control(payload: impl Into<Bytes>) -> Frame {
         Frame::new(Kind::CONTROL, payload)
     }
 
     /// An ERROR frame with a UTF-8 reason.
+    #[inline]
     pub fn error(reason: impl Into<String>) -> Frame {
         Frame::new(Kind::ERROR, Bytes::from(reason.into()))
     }
 
     /// A PING frame.
+    #[inline]
     pub fn ping(payload: impl Into<Bytes>) -> Frame {
         Frame::new(Kind::PING, payload)
     }
 
     /// A HEARTBEAT frame (empty payload).
+    #[inline]
     pub fn heartbeat() -> Frame {
         Frame::new(Kind::HEARTBEAT, Bytes::new())
     }
 
     /// A DISCONNECT frame with a UTF-8 reason.
+    #[inline]
     pub fn disconnect(reason: impl Into<String>) -> Frame {
         Frame::new(Kind::DISCONNECT, Bytes::from(reason.into()))
     }
 
     /// The frame's kind.
+    #[inline]
     pub fn kind(&self) -> Kind {
         Kind(self.kind)
     }
 
     /// Changes the frame's kind.
+    #[inline]
     pub fn set_kind(&mut self, kind: Kind) {
         self.kind = kind.get();
     }
 
     /// The flags as they go on the wire, `CORRELATED` included when the
     /// frame has a request id.
+    #[inline]
     pub fn flags(&self) -> Flags {
         if self.request_id.is_some() {
             self.flags.with(Flags::CORRELATED)
@@ -278,22 +298,26 @@ impl Frame {
 
     /// Replaces the transform flags. `CORRELATED` in `flags` is ignored: use
     /// [`set_request_id`](Frame::set_request_id) for that.
+    #[inline]
     pub fn set_flags(&mut self, flags: Flags) {
         self.flags = flags.without(Flags::CORRELATED);
     }
 
     /// The request id, present on correlated frames.
+    #[inline]
     pub fn request_id(&self) -> Option<u32> {
         self.request_id
     }
 
     /// Sets or clears the request id (and so the `CORRELATED` flag).
+    #[inline]
     pub fn set_request_id(&mut self, id: Option<u32>) {
         self.request_id = id;
     }
 
     /// The frame with the given request id.
     #[must_use]
+    #[inline]
     pub fn with_request_id(mut self, id: u32) -> Frame {
         self.request_id = Some(id);
         self
@@ -301,47 +325,56 @@ impl Frame {
 
     /// The frame with the given transform flags (see [`set_flags`](Frame::set_flags)).
     #[must_use]
+    #[inline]
     pub fn with_flags(mut self, flags: Flags) -> Frame {
         self.set_flags(flags);
         self
     }
 
     /// The payload.
+    #[inline]
     pub fn payload(&self) -> &Bytes {
         &self.payload
     }
 
     /// The payload, mutably (to replace it in a transform).
+    #[inline]
     pub fn payload_mut(&mut self) -> &mut Bytes {
         &mut self.payload
     }
 
     /// Takes the payload out of the frame.
+    #[inline]
     pub fn into_payload(self) -> Bytes {
         self.payload
     }
 
     /// The payload as UTF-8 text, with invalid sequences replaced.
+    #[inline]
     pub fn payload_text(&self) -> std::borrow::Cow<'_, str> {
         String::from_utf8_lossy(&self.payload)
     }
 
     /// Typed context attached to this frame inside the process.
+    #[inline]
     pub fn extensions(&self) -> &Extensions {
         &self.extensions
     }
 
     /// Typed context attached to this frame, mutably.
+    #[inline]
     pub fn extensions_mut(&mut self) -> &mut Extensions {
         &mut self.extensions
     }
 
     /// Total length on the wire, header included.
+    #[inline]
     pub fn wire_len(&self) -> usize {
         self.header_len() + self.payload.len()
     }
 
     /// Length of this frame's header on the wire (10 or 14 bytes).
+    #[inline]
     pub fn header_len(&self) -> usize {
         if self.request_id.is_some() {
             CORRELATED_HEADER_LEN
@@ -351,11 +384,13 @@ impl Frame {
     }
 
     /// The 16-bit type field: flags OR kind.
+    #[inline]
     pub fn type_field(&self) -> u16 {
         self.flags().bits() | self.kind
     }
 
     /// An answer to `self`: same request id, the given kind and payload.
+    #[inline]
     pub fn reply(&self, kind: Kind, payload: impl Into<Bytes>) -> Frame {
         let mut frame = Frame::new(kind, payload);
         frame.request_id = self.request_id;

@@ -162,29 +162,34 @@ impl Config {
     }
 
     /// The heartbeat, idle and handshake timers.
+    #[inline]
     pub fn timers(&self) -> Timers {
         self.timers
     }
 
     /// Requests in the service (or waiting for it) at which the connection
     /// stops reading.
+    #[inline]
     pub fn max_concurrent_requests(&self) -> usize {
         self.max_concurrent_requests
     }
 
     /// Payload bytes (as decoded) of the requests in the service at or
     /// above which the connection stops reading.
+    #[inline]
     pub fn max_concurrent_request_bytes(&self) -> usize {
         self.max_concurrent_request_bytes
     }
 
     /// How long a close may take, from its start to its end.
+    #[inline]
     pub fn drain_timeout(&self) -> Duration {
         self.drain_timeout
     }
 
     /// Queued output bytes at or above which the connection stops reading
     /// requests and taking pushes.
+    #[inline]
     pub fn high_water(&self) -> usize {
         self.high_water
     }
@@ -307,12 +312,14 @@ pub struct Token {
 
 impl Token {
     /// The request id the answer will carry (`None` for a one-way request).
+    #[inline]
     pub fn request_id(&self) -> Option<u32> {
         self.request_id
     }
 
     /// The request's payload bytes, counted against
     /// [`Config::max_concurrent_request_bytes`] until it is answered.
+    #[inline]
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -455,11 +462,13 @@ impl Connection {
     }
 
     /// The settings.
+    #[inline]
     pub fn config(&self) -> &Config {
         &self.config
     }
 
     /// The close phase: what the runtime's I/O should do.
+    #[inline]
     pub fn phase(&self) -> Phase {
         match self.state {
             State::Open => Phase::Open,
@@ -471,23 +480,27 @@ impl Connection {
     }
 
     /// The last reading decision of [`poll_read`](Connection::poll_read).
+    #[inline]
     pub fn reading(&self) -> Reading {
         self.reading
     }
 
     /// Requests let in and not answered (one waiting for the service
     /// included).
+    #[inline]
     pub fn outstanding(&self) -> usize {
         self.outstanding as usize
     }
 
     /// Requests cut so far: let in, and never to be answered because a
     /// close could not wait for them ([`Closed::unanswered`] at the end).
+    #[inline]
     pub fn unanswered(&self) -> usize {
         self.unanswered as usize
     }
 
     /// Payload bytes of the [`outstanding`](Connection::outstanding) requests.
+    #[inline]
     pub fn outstanding_bytes(&self) -> usize {
         self.outstanding_bytes
     }
@@ -495,6 +508,7 @@ impl Connection {
     /// Whether the runtime may move pushes into its write queue, which
     /// holds `write_queued` bytes: while open or draining, below the
     /// high-water mark.
+    #[inline]
     pub fn takes_pushes(&self, write_queued: usize) -> bool {
         matches!(self.state, State::Open | State::Draining { .. })
             && write_queued < self.config.high_water
@@ -506,6 +520,7 @@ impl Connection {
     /// while a request or event waits to be taken, a frame waits to be
     /// written, or the requests let in are at `max_concurrent_requests` or
     /// `max_concurrent_request_bytes`. `None` also once closing.
+    #[inline]
     pub fn poll_read(&mut self, write_queued: usize, now: Instant) -> Option<ReadPermit<'_>> {
         if !matches!(self.state, State::Open) {
             return None;
@@ -570,12 +585,14 @@ impl Connection {
     }
 
     /// Whether a request waits for the service ([`poll_request`](Connection::poll_request)).
+    #[inline]
     pub fn has_request(&self) -> bool {
         matches!(self.slot, Slot::Request(_))
     }
 
     /// The request waiting for the service, with its token. Take it once
     /// the service is ready: until then the connection reads nothing more.
+    #[inline]
     pub fn poll_request(&mut self) -> Option<Request> {
         if !self.has_request() {
             return None;
@@ -715,6 +732,7 @@ impl Connection {
 
     /// The service failed: ERROR `service unavailable`, then close without
     /// waiting for answers ([`Cause::ServiceFailed`]).
+    #[inline]
     pub fn handle_service_failed(&mut self, why: String, now: Instant) {
         self.close_now(
             Cause::ServiceFailed(why),
@@ -725,6 +743,7 @@ impl Connection {
 
     /// Bytes were written at `now`: resets the heartbeat timer and, while
     /// reading waits for the peer, shows the peer is alive.
+    #[inline]
     pub fn handle_written(&mut self, now: Instant) {
         self.proto.on_sent(now);
     }
@@ -732,6 +751,7 @@ impl Connection {
     /// Whether a draining connection has answered every request it let in:
     /// then the runtime seals its pushes (those taken are written first)
     /// and calls [`handle_pushes_done`](Connection::handle_pushes_done).
+    #[inline]
     pub fn answered_all(&self) -> bool {
         matches!(self.state, State::Draining { .. }) && self.outstanding == 0
     }
@@ -754,6 +774,7 @@ impl Connection {
 
     /// The write side is shut (everything written): linger for the peer to
     /// close, at most [`LINGER`] (and within the drain deadline).
+    #[inline]
     pub fn handle_write_closed(&mut self, now: Instant) {
         if matches!(self.state, State::Flushing) {
             self.state = State::Lingering;
@@ -763,6 +784,7 @@ impl Connection {
 
     /// When [`handle_timeout`](Connection::handle_timeout) must next be
     /// called; `None` when no timer runs.
+    #[inline]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::Closed { .. } => None,
@@ -806,21 +828,57 @@ impl Connection {
         fired
     }
 
+    /// Whether [`poll_transmit`](Connection::poll_transmit) or
+    /// [`poll_event`](Connection::poll_event) has anything: when not, a
+    /// runtime may skip both (the per-request hot path).
+    #[inline]
+    pub fn has_output(&self) -> bool {
+        self.transmit.is_some()
+            || !matches!(self.slot, Slot::Empty | Slot::Request(_))
+            || self.closing_owed.is_some()
+            || matches!(
+                self.state,
+                State::Closed {
+                    reported: false,
+                    ..
+                }
+            )
+    }
+
     /// The next frame to write.
+    #[inline]
     pub fn poll_transmit(&mut self) -> Option<Frame> {
         let next = self.transmit.take();
+        if self.more.is_some() {
+            self.refill_transmit();
+        }
+        next
+    }
+
+    #[cold]
+    fn refill_transmit(&mut self) {
         if let Some(more) = &mut self.more {
             self.transmit = more.pop_front();
             if more.is_empty() {
                 self.more = None;
             }
         }
-        next
     }
 
     /// The next event (the request for the service comes from
     /// [`poll_request`](Connection::poll_request)).
+    #[inline]
     pub fn poll_event(&mut self) -> Option<Event> {
+        // The common case (a request or nothing in the slot, no close to
+        // report) answers without a call.
+        if !self.has_output() {
+            return None;
+        }
+        self.poll_event_slow()
+    }
+
+    #[cold]
+    fn poll_event_slow(&mut self) -> Option<Event> {
         // Checked first: on the hot path the slot holds a request (or
         // nothing), which stays where it is.
         if !matches!(self.slot, Slot::Empty | Slot::Request(_)) {
@@ -964,6 +1022,7 @@ impl ReadPermit<'_> {
     /// a graceful close ([`Cause::PeerDisconnect`]), ERROR becomes
     /// [`Event::PeerError`], and every other frame is a request for the
     /// service ([`Connection::poll_request`]).
+    #[inline]
     pub fn handle_frame(self, frame: Frame, now: Instant) {
         self.conn.handle_frame(frame, now);
     }

@@ -209,6 +209,7 @@ impl Protocol {
 
     /// Records that bytes were written at `now`: resets the heartbeat timer
     /// and, while reading is blocked on the peer, shows the peer is alive.
+    #[inline]
     pub fn on_sent(&mut self, now: Instant) {
         self.last_tx = now;
         if self.read_state == ReadState::BlockedOnPeer {
@@ -218,6 +219,7 @@ impl Protocol {
 
     /// Records whether the session reads at `now` (see [`Reading`]). Cheap
     /// when nothing changes.
+    #[inline]
     pub fn set_reading(&mut self, reading: Reading, now: Instant) {
         let next = match reading {
             Reading::Open => ReadState::Open,
@@ -238,6 +240,7 @@ impl Protocol {
     /// Starts the drain: the session must be closed by `now + deadline`
     /// (never, if that is beyond what the clock can hold). A second call
     /// keeps the first deadline.
+    #[inline]
     pub fn start_drain(&mut self, now: Instant, within: Duration) {
         if !self.draining {
             self.draining = true;

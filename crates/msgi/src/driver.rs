@@ -452,7 +452,10 @@ where
             progress = true;
             self.session.touch(now);
             permit.handle_frame(frame, now);
-            self.pump();
+            // A request (the common case) leaves nothing to write or report.
+            if self.conn.has_output() {
+                self.pump();
+            }
         }
     }
 }

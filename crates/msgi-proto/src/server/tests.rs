@@ -1114,3 +1114,27 @@ mod property {
 fn app_kind() -> Kind {
     Kind::new(Kind::APP_MIN).unwrap_or(Kind::DATA)
 }
+
+#[test]
+fn has_output_says_whether_a_transmit_or_event_waits() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    assert!(!c.has_output(), "a new connection has nothing");
+    let token = request(&mut c, Frame::data("q").with_request_id(1), t0);
+    assert!(!c.has_output(), "a request taken leaves nothing to write");
+    c.handle_answer(token, ok(Frame::data("a")));
+    assert!(c.has_output(), "an answer waits to be written");
+    assert_eq!(transmits(&mut c).len(), 1);
+    assert!(!c.has_output());
+    assert!(read(&mut c, Frame::ping("p"), t0));
+    assert!(c.has_output(), "a PONG waits to be written");
+    assert_eq!(transmits(&mut c).len(), 1);
+    assert!(read(&mut c, Frame::error("bad"), t0));
+    assert!(c.has_output(), "a peer error waits to be reported");
+    assert_eq!(events(&mut c).len(), 1);
+    assert!(!c.has_output());
+    c.handle_peer_reset(std::io::ErrorKind::ConnectionReset);
+    assert!(c.has_output(), "the close waits to be reported");
+    assert_eq!(events(&mut c).len(), 1);
+    assert!(!c.has_output(), "reported once");
+}
