@@ -305,6 +305,12 @@ pub trait Framing: Send + 'static {
     /// Sets the largest unit this framing accepts or sends, in bytes.
     fn set_max_frame_size(&mut self, max: usize);
 
+    /// Hands the keys a transport upgrade established for this connection
+    /// to its transforms ([`FrameTransform::set_session_keys`](crate::FrameTransform::set_session_keys)),
+    /// before the first frame. The default ignores them (a framing without
+    /// transforms).
+    fn set_session_keys(&mut self, _keys: &crate::SessionKeys) {}
+
     /// The largest unit this framing accepts or sends, in bytes: the one
     /// source of truth for the limit (a server or client built with this
     /// framing uses it, it never overrides it).

@@ -60,6 +60,55 @@ impl Side {
     }
 }
 
+/// Per-direction traffic secrets a transport upgrade established for one
+/// connection (msgi-middleware's pre-shared-key handshake), handed to the
+/// connection's transforms with [`FrameTransform::set_session_keys`] before
+/// any frame is sent or received; each transform derives its own keys from
+/// them.
+///
+/// Opaque bytes to this crate (it does no cryptography): 32 bytes for each
+/// direction. `Debug` never shows them, and they are overwritten with zeros
+/// when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKeys {
+    client_to_server: [u8; 32],
+    server_to_client: [u8; 32],
+}
+
+impl SessionKeys {
+    /// The secrets of frames the client sends and of frames the server sends.
+    pub fn new(client_to_server: [u8; 32], server_to_client: [u8; 32]) -> Self {
+        SessionKeys {
+            client_to_server,
+            server_to_client,
+        }
+    }
+
+    /// The secret of the frames `side` sends.
+    pub fn sent_by(&self, side: Side) -> &[u8; 32] {
+        match side {
+            Side::Client => &self.client_to_server,
+            Side::Server => &self.server_to_client,
+        }
+    }
+}
+
+impl fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionKeys(..)")
+    }
+}
+
+impl Drop for SessionKeys {
+    fn drop(&mut self) {
+        // Best effort: no copy the compiler made is reached.
+        self.client_to_server = [0; 32];
+        self.server_to_client = [0; 32];
+        std::hint::black_box(&self.client_to_server);
+        std::hint::black_box(&self.server_to_client);
+    }
+}
+
 /// One reversible rewrite of frames, with per-session state.
 ///
 /// `decode` sees frames as they came off the wire (after the transforms
@@ -111,6 +160,13 @@ pub trait FrameTransform: Send + 'static {
     /// the start of the session is given to
     /// [`MakeTransform::make_transform`](crate::MakeTransform::make_transform).
     fn set_max_frame_size(&mut self, _max: usize) {}
+
+    /// Takes the keys a transport upgrade (a pre-shared-key handshake)
+    /// established for this session, before its first frame: called by the
+    /// server after its accept step and by the client after its connector,
+    /// when the upgrade produced [`SessionKeys`]. The default ignores them
+    /// (transforms without keys).
+    fn set_session_keys(&mut self, _keys: &SessionKeys) {}
 
     /// Undoes the transform on a received frame.
     fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError>;
@@ -259,6 +315,11 @@ impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
         self.inner.set_max_frame_size(max);
     }
 
+    fn set_session_keys(&mut self, keys: &SessionKeys) {
+        self.transform.set_session_keys(keys);
+        self.inner.set_session_keys(keys);
+    }
+
     fn max_frame_size(&self) -> usize {
         self.inner.max_frame_size()
     }
@@ -274,6 +335,12 @@ impl<T: FrameTransform> FrameTransform for Option<T> {
     fn set_max_frame_size(&mut self, max: usize) {
         if let Some(t) = self {
             t.set_max_frame_size(max);
+        }
+    }
+
+    fn set_session_keys(&mut self, keys: &SessionKeys) {
+        if let Some(t) = self {
+            t.set_session_keys(keys);
         }
     }
 
@@ -323,6 +390,42 @@ mod tests {
         fn commit(&mut self) {
             self.commits += 1;
         }
+    }
+
+    /// Remembers the keys it was given.
+    #[derive(Default)]
+    struct Keyed(Option<SessionKeys>);
+
+    impl FrameTransform for Keyed {
+        fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
+            Ok(frame)
+        }
+        fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
+            Ok(frame)
+        }
+        fn set_session_keys(&mut self, keys: &SessionKeys) {
+            self.0 = Some(keys.clone());
+        }
+    }
+
+    #[test]
+    fn session_keys_reach_every_transform_of_the_stack() {
+        let keys = SessionKeys::new([1; 32], [2; 32]);
+        let mut stack = Transformed::new(
+            Keyed::default(),
+            Transformed::new(Some(Keyed::default()), crate::FrameCodec::new()),
+        );
+        stack.set_session_keys(&keys);
+        assert_eq!(stack.transform().0.as_ref(), Some(&keys));
+        let below = stack
+            .get_ref()
+            .transform()
+            .as_ref()
+            .and_then(|k| k.0.as_ref());
+        assert_eq!(below, Some(&keys));
+        assert_eq!(keys.sent_by(Side::Client), &[1; 32]);
+        assert_eq!(keys.sent_by(Side::Server), &[2; 32]);
+        assert_eq!(format!("{keys:?}"), "SessionKeys(..)", "never printed");
     }
 
     #[test]

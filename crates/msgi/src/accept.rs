@@ -65,6 +65,18 @@ impl ConnectInfo {
         }
     }
 
+    /// Takes the value of type `T` out, if one was recorded: how the server
+    /// and the client take the [`SessionKeys`](crate::SessionKeys) an
+    /// accept step or a connector recorded, so that they reach the
+    /// session's transforms and not the application.
+    pub fn remove<T: Send + Sync + 'static>(&mut self) -> Option<T> {
+        let peer: &mut dyn Any = &mut self.peer;
+        match peer.downcast_mut::<Option<T>>() {
+            Some(addr) => addr.take(),
+            None => self.other.remove::<T>(),
+        }
+    }
+
     /// The peer's IP address ([`SocketAddr`]), if it has one.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
@@ -166,6 +178,8 @@ mod tests {
         let other: SocketAddr = ([10, 0, 0, 2], 1).into();
         assert_eq!(info.insert(other), Some(addr), "the address is replaced");
         assert_eq!(info.peer_addr(), Some(other));
+        assert_eq!(info.remove::<String>().as_deref(), Some("h2"));
+        assert_eq!(info.get::<String>(), None, "taken out");
         let empty = ConnectInfo::new();
         assert_eq!(empty.peer_addr(), None);
         assert_eq!(empty.get::<SocketAddr>(), None);

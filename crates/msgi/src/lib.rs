@@ -53,15 +53,15 @@ mod transport;
 
 pub use accept::{Accepted, ConnectInfo, NoHandshake};
 pub use client::{
-    Client, ClientBuilder, ClientError, CloseCause, Forward, ForwardFuture, Incoming, Reconnect,
-    ResponseFuture, TcpConnector,
+    Client, ClientBuilder, ClientError, CloseCause, Connected, Forward, ForwardFuture, Incoming,
+    Reconnect, ResponseFuture, TcpConnector,
 };
 pub use codec::TokioCodec;
 pub use msgi_proto::server::Violation;
 pub use msgi_proto::{
     encode_header, CodecError, ConfigError, Extensions, Flags, Frame, FrameCodec, FrameTransform,
-    Framing, Kind, LineCodec, MakeFraming, MakeTransform, SessionParams, Side, Transformed, Wire,
-    WriteBuf, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
+    Framing, Kind, LineCodec, MakeFraming, MakeTransform, SessionKeys, SessionParams, Side,
+    Transformed, Wire, WriteBuf, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
 };
 pub use observer::{Observer, Rejection};
 pub use registry::{

@@ -35,9 +35,9 @@ use crate::transport::{IntoTransport, Transport};
 use crate::BoxError;
 use msgi_proto::session::Timers;
 use msgi_proto::ConfigError;
-use msgi_proto::Side;
 use msgi_proto::{Frame, CORRELATED_HEADER_LEN};
 use msgi_proto::{FrameCodec, Framing, MakeFraming};
+use msgi_proto::{SessionKeys, Side};
 
 /// A source of connections for [`Server::serve`].
 ///
@@ -931,7 +931,11 @@ where
             let Ok(Ok(incoming)) = tokio::time::timeout(linger, accepting).await else {
                 return;
             };
-            let (io, _) = incoming.into_parts();
+            let (io, mut info) = incoming.into_parts();
+            let mut codec = codec;
+            if let Some(keys) = info.remove::<SessionKeys>() {
+                codec.set_session_keys(&keys);
+            }
             say_last(
                 io.into_transport(codec),
                 Some(Frame::error(SERVER_FULL)),
@@ -1192,7 +1196,13 @@ where
                         // Only reachable if polled again after completing.
                         return Poll::Ready(());
                     };
-                    let (io, info) = incoming.into_parts();
+                    let (io, mut info) = incoming.into_parts();
+                    let mut codec = codec;
+                    // Keys from the accept step (a pre-shared-key handshake)
+                    // go to the transforms, not into the session's info.
+                    if let Some(keys) = info.remove::<SessionKeys>() {
+                        codec.set_session_keys(&keys);
+                    }
                     let transport = io.into_transport(codec);
                     if let (Some(per_ip), Some(ip)) = (&common.per_ip, limited_ip(info.peer_addr()))
                     {

@@ -12,7 +12,7 @@ use tokio::net::ToSocketAddrs;
 use tokio::sync::Semaphore;
 use tower::Service;
 
-use super::connector::{Connector, FnConnector, TcpConnector};
+use super::connector::{Connected, Connector, FnConnector, TcpConnector};
 use super::{Client, ClientError};
 use msgi_proto::session::Timers;
 use msgi_proto::CORRELATED_HEADER_LEN;
@@ -344,7 +344,9 @@ impl<C: MakeFraming + Clone + fmt::Debug> ClientBuilder<C> {
     /// Connects with `connector`, a tower service that opens a transport to
     /// `target` (as hyper-util's and tonic's connectors do): it is made
     /// ready and called once per connection, again for each reconnect. Any
-    /// transport works (TLS, Unix socket, in-memory pipe). Its error, if
+    /// transport works (TLS, Unix socket, in-memory pipe); a connector that
+    /// runs a handshake answers an [`Accepted`](crate::Accepted) carrying
+    /// what it established (see [`Connected`]). Its error, if
     /// not a [`ClientError`] already, becomes [`ClientError::Connect`] to
     /// `the transport` with the error as its source.
     pub async fn connect_with_connector<S, A>(
@@ -354,7 +356,7 @@ impl<C: MakeFraming + Clone + fmt::Debug> ClientBuilder<C> {
     ) -> Result<Client, ClientError>
     where
         S: Service<A> + Send + 'static,
-        S::Response: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        S::Response: Connected,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
         A: Clone + Send + 'static,

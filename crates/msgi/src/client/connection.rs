@@ -407,9 +407,13 @@ where
                     self.opening = None;
                     progress = true;
                     match opened {
-                        Ok(io) => {
+                        Ok((io, mut info)) => {
                             // Fresh per-session state for every connection.
-                            let framing = self.cfg.framing.make_framing(Side::Client);
+                            let mut framing = self.cfg.framing.make_framing(Side::Client);
+                            // Keys from the connector's handshake (pre-shared key).
+                            if let Some(keys) = info.remove::<msgi_proto::SessionKeys>() {
+                                framing.set_session_keys(&keys);
+                            }
                             self.transport = Some(Transport::new(io, framing));
                             self.conn.handle_connected(now, deadline);
                         }

@@ -11,14 +11,46 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tower::Service;
 
 use super::ClientError;
+use crate::accept::{Accepted, ConnectInfo};
 use msgi_proto::BoxError;
 
-/// A transport being opened.
-pub(super) type Connecting<T> = Pin<Box<dyn Future<Output = Result<T, ClientError>> + Send>>;
+/// A transport being opened, and what its connector learned.
+pub(super) type Connecting<T> =
+    Pin<Box<dyn Future<Output = Result<(T, ConnectInfo), ClientError>> + Send>>;
+
+/// What a connector answers: a byte stream (any `AsyncRead + AsyncWrite`,
+/// with nothing more to say), or an [`Accepted`] (a byte stream and the
+/// [`ConnectInfo`] its upgrade recorded). The client takes the
+/// [`SessionKeys`](crate::SessionKeys) of a pre-shared-key handshake out of
+/// that info and hands them to the connection's transforms.
+pub trait Connected: Send + 'static {
+    /// The byte stream the client frames.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The stream and what the connector learned about the connection.
+    fn into_connected(self) -> (Self::Io, ConnectInfo);
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connected for T {
+    type Io = T;
+
+    fn into_connected(self) -> (T, ConnectInfo) {
+        (self, ConnectInfo::new())
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connected for Accepted<T> {
+    type Io = T;
+
+    fn into_connected(self) -> (T, ConnectInfo) {
+        self.into_parts()
+    }
+}
 
 /// Opens TCP connections with `TCP_NODELAY` set as configured: each
 /// address the target resolves to is tried in turn, and an error names the
@@ -117,9 +149,10 @@ struct ServiceOpen<S, A> {
     target: A,
 }
 
-impl<S, A> Open<S::Response> for ServiceOpen<S, A>
+impl<S, A> Open<<S::Response as Connected>::Io> for ServiceOpen<S, A>
 where
     S: Service<A> + Send,
+    S::Response: Connected,
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
     A: Clone + Send,
@@ -130,9 +163,14 @@ where
             .map_err(|e| connect_error(e.into()))
     }
 
-    fn open(&mut self) -> Connecting<S::Response> {
+    fn open(&mut self) -> Connecting<<S::Response as Connected>::Io> {
         let opening = self.service.call(self.target.clone());
-        Box::pin(async move { opening.await.map_err(|e| connect_error(e.into())) })
+        Box::pin(async move {
+            opening
+                .await
+                .map(Connected::into_connected)
+                .map_err(|e| connect_error(e.into()))
+        })
     }
 }
 
@@ -142,7 +180,8 @@ pub(super) struct Connector<T>(Box<dyn Open<T>>);
 impl<T> Connector<T> {
     pub(super) fn new<S, A>(service: S, target: A) -> Self
     where
-        S: Service<A, Response = T> + Send + 'static,
+        S: Service<A> + Send + 'static,
+        S::Response: Connected<Io = T>,
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
         A: Clone + Send + 'static,

@@ -24,7 +24,7 @@ mod incoming;
 mod service;
 
 pub use builder::{ClientBuilder, Reconnect};
-pub use connector::TcpConnector;
+pub use connector::{Connected, TcpConnector};
 pub use error::{ClientError, CloseCause};
 pub use forward::{Forward, ForwardFuture};
 pub use handle::Client;
