@@ -1,0 +1,255 @@
+//! The client side: [`TlsConnector`], a connector (a tower `Service` of a
+//! target) that opens a transport with an inner connector (TCP by
+//! default) and runs the TLS handshake on it.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use msgi::{BoxError, ClientError, TcpConnector};
+use rustls::client::ClientConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::client::TlsStream;
+
+use crate::config::{provider, root_store, TlsConfigError, ALPN_MSGI};
+
+/// Opens TLS connections for a [`Client`](msgi::Client): give it to
+/// [`ClientBuilder::connect_with_connector`](msgi::ClientBuilder::connect_with_connector)
+/// with the address. Each connection (and each reconnect) opens the
+/// transport with the inner connector ([`TcpConnector`] unless
+/// [`with_transport`](TlsConnector::with_transport) says otherwise) and
+/// runs the handshake, verifying the server's certificate for the server
+/// name; both count against the client's connect timeout.
+///
+/// A handshake that fails is [`ClientError::Connect`] whose source is an
+/// [`io::Error`] holding a [`HandshakeError`] (find it with
+/// [`HandshakeError::of`]): the server's certificate did not verify, the
+/// server does not speak TLS, or the connection ended. A server that
+/// refuses this client's certificate (mutual TLS) says so after the
+/// client's side of the handshake is done, so that shows as the
+/// connection lost with the server's TLS alert in its text.
+#[derive(Clone)]
+pub struct TlsConnector<C = TcpConnector> {
+    inner: C,
+    tls: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+}
+
+impl<C: fmt::Debug> fmt::Debug for TlsConnector<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConnector")
+            .field("inner", &self.inner)
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConnector {
+    /// Settings for connections to the server called `server_name` (a DNS
+    /// name or an IP address; its certificate must name it).
+    pub fn builder(server_name: impl Into<String>) -> TlsConnectorBuilder {
+        TlsConnectorBuilder {
+            server_name: server_name.into(),
+            roots: Vec::new(),
+            client_cert: None,
+            alpn: vec![ALPN_MSGI.to_vec()],
+        }
+    }
+
+    /// A connector of any rustls configuration (build it with
+    /// `ClientConfig::builder_with_provider(msgi_tls::provider())` to keep
+    /// the provider explicit), over TCP.
+    pub fn from_config(config: Arc<ClientConfig>, server_name: ServerName<'static>) -> TlsConnector {
+        TlsConnector {
+            inner: TcpConnector::new(),
+            tls: tokio_rustls::TlsConnector::from(config),
+            server_name,
+        }
+    }
+}
+
+impl<C> TlsConnector<C> {
+    /// The same TLS over another transport connector (a
+    /// `Service<Target>` answering a byte stream: a
+    /// [`TcpConnector`] with other settings, a Unix socket, a proxy).
+    pub fn with_transport<C2>(self, inner: C2) -> TlsConnector<C2> {
+        TlsConnector {
+            inner,
+            tls: self.tls,
+            server_name: self.server_name,
+        }
+    }
+
+    /// The name the server's certificate is verified for (and sent as SNI).
+    pub fn server_name(&self) -> &ServerName<'static> {
+        &self.server_name
+    }
+}
+
+/// Settings of a [`TlsConnector`], checked by
+/// [`build`](TlsConnectorBuilder::build).
+pub struct TlsConnectorBuilder {
+    server_name: String,
+    roots: Vec<CertificateDer<'static>>,
+    client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsConnectorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsConnectorBuilder")
+            .field("server_name", &self.server_name)
+            .field("roots", &self.roots.len())
+            .field("client_cert", &self.client_cert.is_some())
+            .field("alpn", &self.alpn)
+            .finish()
+    }
+}
+
+impl TlsConnectorBuilder {
+    /// Trusts these CA certificates for the server's chain (required: no
+    /// system roots are read).
+    pub fn root_certificates(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
+        self.roots.extend(roots);
+        self
+    }
+
+    /// Presents this certificate chain (its own certificate first) and key
+    /// to a server that asks for one (mutual TLS).
+    pub fn client_certificate(
+        mut self,
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Self {
+        self.client_cert = Some((cert_chain, key));
+        self
+    }
+
+    /// The ALPN protocols offered, most preferred first (default:
+    /// [`ALPN_MSGI`]; empty: none offered).
+    pub fn alpn_protocols(mut self, protocols: Vec<Vec<u8>>) -> Self {
+        self.alpn = protocols;
+        self
+    }
+
+    /// The connector, with rustls's `ring` provider, TLS 1.3 and 1.2.
+    ///
+    /// # Errors
+    ///
+    /// No root certificates or an unusable one, an invalid server name, or
+    /// a client key that does not match its certificate.
+    pub fn build(self) -> Result<TlsConnector, TlsConfigError> {
+        let server_name =
+            ServerName::try_from(self.server_name.clone()).map_err(|source| {
+                TlsConfigError::ServerName {
+                    name: self.server_name,
+                    source,
+                }
+            })?;
+        let roots = root_store(self.roots)?;
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsConfigError::Rustls)?
+            .with_root_certificates(roots);
+        let mut config = match self.client_cert {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(TlsConfigError::Rustls)?,
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = self.alpn;
+        Ok(TlsConnector::from_config(Arc::new(config), server_name))
+    }
+}
+
+/// Why a client's TLS handshake failed: the source of the [`io::Error`]
+/// inside [`ClientError::Connect`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// What the server sent is not TLS: most likely a plain (non-TLS)
+    /// msgi port, which answers the ClientHello with an MSGI ERROR frame.
+    #[error("the server's answer is not TLS (is this a plain msgi port?)")]
+    NotTls(#[source] rustls::Error),
+    /// TLS refused the server (its certificate did not verify for the
+    /// server name: `InvalidCertificate(UnknownIssuer)`, `NotValidForName`,
+    /// ...), or the server refused this client (an alert).
+    #[error("TLS handshake refused")]
+    Tls(#[source] rustls::Error),
+    /// The connection failed or closed during the handshake.
+    #[error("the connection ended during the TLS handshake")]
+    Io(#[source] io::Error),
+}
+
+impl HandshakeError {
+    /// The handshake error behind a client's error, if that is what it is.
+    pub fn of(error: &ClientError) -> Option<&HandshakeError> {
+        error.io_error()?.get_ref()?.downcast_ref::<HandshakeError>()
+    }
+
+    /// What rustls refused, unless the connection itself failed.
+    pub fn rustls_error(&self) -> Option<&rustls::Error> {
+        match self {
+            HandshakeError::NotTls(e) | HandshakeError::Tls(e) => Some(e),
+            HandshakeError::Io(_) => None,
+        }
+    }
+
+    fn from_io(error: io::Error) -> HandshakeError {
+        if !matches!(
+            error.get_ref().map(|e| e.is::<rustls::Error>()),
+            Some(true)
+        ) {
+            return HandshakeError::Io(error);
+        }
+        match error.into_inner().map(|e| e.downcast::<rustls::Error>()) {
+            Some(Ok(e)) => match *e {
+                e @ rustls::Error::InvalidMessage(_) => HandshakeError::NotTls(e),
+                e => HandshakeError::Tls(e),
+            },
+            // Checked just above: unreachable, and still an honest answer.
+            Some(Err(e)) => HandshakeError::Io(io::Error::other(e)),
+            None => HandshakeError::Io(io::Error::other("TLS handshake failed")),
+        }
+    }
+}
+
+impl<A, C> tower::Service<A> for TlsConnector<C>
+where
+    C: tower::Service<A>,
+    C::Response: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C::Error: Into<BoxError>,
+    C::Future: Send + 'static,
+{
+    type Response = TlsStream<C::Response>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, target: A) -> Self::Future {
+        let opening = self.inner.call(target);
+        let tls = self.tls.clone();
+        let name = self.server_name.clone();
+        Box::pin(async move {
+            // The transport's own error (a ClientError naming the address
+            // for TCP) goes to the client as it is.
+            let io = opening.await.map_err(Into::into)?;
+            let label = format!("{} (TLS)", name.to_str());
+            tls.connect(name, io).await.map_err(|e| {
+                let kind = e.kind();
+                let error = io::Error::new(kind, HandshakeError::from_io(e));
+                BoxError::from(ClientError::Connect {
+                    target: label,
+                    source: Arc::new(error),
+                })
+            })
+        })
+    }
+}

@@ -1,0 +1,246 @@
+//! The server side: [`TlsAcceptor`], the accept step that runs the
+//! handshake in each connection's task, and [`TlsInfo`], what it verified.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use msgi::{Accepted, Plain};
+use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
+use rustls::{CipherSuite, ProtocolVersion};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+
+use crate::config::{provider, root_store, TlsConfigError, ALPN_MSGI};
+
+/// The server's TLS accept step: give it to
+/// [`ServerBuilder::accept`](msgi::ServerBuilder::accept). Each accepted
+/// connection's handshake runs in that connection's own task, under the
+/// server's connection cap and handshake timeout (a peer that sends
+/// nothing, or half a ClientHello, holds one place until the timeout and
+/// delays no one else). The session runs on the TLS stream, and its
+/// connection info gains a [`TlsInfo`].
+///
+/// A failed handshake (a plaintext client, an unknown client certificate
+/// under mutual TLS, no common protocol version) ends that connection only,
+/// as [`Rejection::AcceptFailed`](msgi::Rejection::AcceptFailed); the error
+/// is an [`AcceptError`].
+#[derive(Clone)]
+pub struct TlsAcceptor {
+    inner: tokio_rustls::TlsAcceptor,
+}
+
+impl fmt::Debug for TlsAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsAcceptor").finish_non_exhaustive()
+    }
+}
+
+impl TlsAcceptor {
+    /// Settings for a server presenting `cert_chain` (its certificate
+    /// first, then intermediates) with `key`.
+    pub fn builder(
+        cert_chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> TlsAcceptorBuilder {
+        TlsAcceptorBuilder {
+            cert_chain,
+            key,
+            client_ca: None,
+            alpn: vec![ALPN_MSGI.to_vec()],
+        }
+    }
+
+    /// An acceptor of any rustls configuration (build it with
+    /// `ServerConfig::builder_with_provider(msgi_tls::provider())` to keep
+    /// the provider explicit).
+    pub fn from_config(config: Arc<ServerConfig>) -> TlsAcceptor {
+        TlsAcceptor {
+            inner: tokio_rustls::TlsAcceptor::from(config),
+        }
+    }
+
+    /// The rustls configuration.
+    pub fn config(&self) -> &Arc<ServerConfig> {
+        self.inner.config()
+    }
+}
+
+/// Settings of a [`TlsAcceptor`], checked by
+/// [`build`](TlsAcceptorBuilder::build).
+pub struct TlsAcceptorBuilder {
+    cert_chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    client_ca: Option<Vec<CertificateDer<'static>>>,
+    alpn: Vec<Vec<u8>>,
+}
+
+impl fmt::Debug for TlsAcceptorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsAcceptorBuilder")
+            .field("cert_chain", &self.cert_chain.len())
+            .field("client_ca", &self.client_ca.as_ref().map(Vec::len))
+            .field("alpn", &self.alpn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsAcceptorBuilder {
+    /// Mutual TLS: every client must present a certificate chain that
+    /// verifies to one of `roots`; a client without one, or with another,
+    /// fails its handshake. Its chain is then in [`TlsInfo`].
+    pub fn client_ca(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
+        self.client_ca = Some(roots);
+        self
+    }
+
+    /// The ALPN protocols the server accepts, most preferred first
+    /// (default: [`ALPN_MSGI`]; empty: no ALPN).
+    pub fn alpn_protocols(mut self, protocols: Vec<Vec<u8>>) -> Self {
+        self.alpn = protocols;
+        self
+    }
+
+    /// The acceptor, with rustls's `ring` provider, TLS 1.3 and 1.2.
+    ///
+    /// # Errors
+    ///
+    /// The key does not match the certificate or cannot sign, or a client
+    /// CA certificate is unusable.
+    pub fn build(self) -> Result<TlsAcceptor, TlsConfigError> {
+        let provider = provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(TlsConfigError::Rustls)?;
+        let builder = match self.client_ca {
+            Some(roots) => {
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(roots)?), provider)
+                        .build()
+                        .map_err(TlsConfigError::ClientVerifier)?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder
+            .with_single_cert(self.cert_chain, self.key)
+            .map_err(TlsConfigError::Rustls)?;
+        config.alpn_protocols = self.alpn;
+        Ok(TlsAcceptor::from_config(Arc::new(config)))
+    }
+}
+
+/// What the TLS handshake established, in the session's connection info:
+/// `session.connect_info::<TlsInfo>()`.
+///
+/// Under mutual TLS the client's certificate chain was verified against the
+/// client CA before the session started; read the names in it with an
+/// X.509 parser of your choice.
+#[derive(Clone, Debug)]
+pub struct TlsInfo {
+    peer_certificates: Arc<[CertificateDer<'static>]>,
+    server_name: Option<Arc<str>>,
+    alpn: Option<Arc<[u8]>>,
+    version: Option<ProtocolVersion>,
+    cipher_suite: Option<CipherSuite>,
+}
+
+impl TlsInfo {
+    fn of(conn: &ServerConnection) -> TlsInfo {
+        TlsInfo {
+            peer_certificates: conn.peer_certificates().unwrap_or_default().into(),
+            server_name: conn.server_name().map(Arc::from),
+            alpn: conn.alpn_protocol().map(Arc::from),
+            version: conn.protocol_version(),
+            cipher_suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
+        }
+    }
+
+    /// The client's verified certificate chain, its own certificate first
+    /// (empty without mutual TLS).
+    pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
+        &self.peer_certificates
+    }
+
+    /// The client's own certificate, under mutual TLS.
+    pub fn peer_certificate(&self) -> Option<&CertificateDer<'static>> {
+        self.peer_certificates.first()
+    }
+
+    /// The server name the client asked for (SNI), if it sent one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
+    }
+
+    /// The ALPN protocol agreed, if the client offered one the server
+    /// accepts.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.alpn.as_deref()
+    }
+
+    /// The TLS version agreed.
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.version
+    }
+
+    /// The cipher suite agreed.
+    pub fn cipher_suite(&self) -> Option<CipherSuite> {
+        self.cipher_suite
+    }
+}
+
+/// A server-side TLS handshake that failed, for one connection: the
+/// [`io::Error`] is the source, with the [`rustls::Error`] inside it
+/// ([`rustls_error`](AcceptError::rustls_error)) when TLS refused the peer.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake with {} failed", peer.map_or_else(|| "the peer".to_owned(), |a| a.to_string()))]
+pub struct AcceptError {
+    peer: Option<SocketAddr>,
+    #[source]
+    source: io::Error,
+}
+
+impl AcceptError {
+    /// The peer's address, if the transport has one.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// What rustls refused (a plaintext peer: an invalid message; no client
+    /// certificate under mutual TLS; an unknown issuer), if TLS refused
+    /// it; `None` when the connection itself failed or closed.
+    pub fn rustls_error(&self) -> Option<&rustls::Error> {
+        self.source.get_ref()?.downcast_ref::<rustls::Error>()
+    }
+}
+
+impl<Io> tower::Service<Accepted<Io>> for TlsAcceptor
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    type Response = Accepted<Plain<TlsStream<Io>>>;
+    type Error = AcceptError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, AcceptError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), AcceptError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, incoming: Accepted<Io>) -> Self::Future {
+        let (io, mut info) = incoming.into_parts();
+        let handshake = self.inner.accept(io);
+        Box::pin(async move {
+            let stream = handshake.await.map_err(|source| AcceptError {
+                peer: info.peer_addr(),
+                source,
+            })?;
+            info.insert(TlsInfo::of(stream.get_ref().1));
+            Ok(Accepted::new(Plain(stream), info))
+        })
+    }
+}
