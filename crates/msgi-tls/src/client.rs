@@ -63,7 +63,10 @@ impl TlsConnector {
     /// A connector of any rustls configuration (build it with
     /// `ClientConfig::builder_with_provider(msgi_tls::provider())` to keep
     /// the provider explicit), over TCP.
-    pub fn from_config(config: Arc<ClientConfig>, server_name: ServerName<'static>) -> TlsConnector {
+    pub fn from_config(
+        config: Arc<ClientConfig>,
+        server_name: ServerName<'static>,
+    ) -> TlsConnector {
         TlsConnector {
             inner: TcpConnector::new(),
             tls: tokio_rustls::TlsConnector::from(config),
@@ -143,13 +146,12 @@ impl TlsConnectorBuilder {
     /// No root certificates or an unusable one, an invalid server name, or
     /// a client key that does not match its certificate.
     pub fn build(self) -> Result<TlsConnector, TlsConfigError> {
-        let server_name =
-            ServerName::try_from(self.server_name.clone()).map_err(|source| {
-                TlsConfigError::ServerName {
-                    name: self.server_name,
-                    source,
-                }
-            })?;
+        let server_name = ServerName::try_from(self.server_name.clone()).map_err(|source| {
+            TlsConfigError::ServerName {
+                name: self.server_name,
+                source,
+            }
+        })?;
         let roots = root_store(self.roots)?;
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -188,7 +190,10 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// The handshake error behind a client's error, if that is what it is.
     pub fn of(error: &ClientError) -> Option<&HandshakeError> {
-        error.io_error()?.get_ref()?.downcast_ref::<HandshakeError>()
+        error
+            .io_error()?
+            .get_ref()?
+            .downcast_ref::<HandshakeError>()
     }
 
     /// What rustls refused, unless the connection itself failed.
@@ -200,10 +205,7 @@ impl HandshakeError {
     }
 
     fn from_io(error: io::Error) -> HandshakeError {
-        if !matches!(
-            error.get_ref().map(|e| e.is::<rustls::Error>()),
-            Some(true)
-        ) {
+        if !matches!(error.get_ref().map(|e| e.is::<rustls::Error>()), Some(true)) {
             return HandshakeError::Io(error);
         }
         match error.into_inner().map(|e| e.downcast::<rustls::Error>()) {

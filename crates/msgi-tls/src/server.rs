@@ -119,10 +119,12 @@ impl TlsAcceptorBuilder {
             .map_err(TlsConfigError::Rustls)?;
         let builder = match self.client_ca {
             Some(roots) => {
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(roots)?), provider)
-                        .build()
-                        .map_err(TlsConfigError::ClientVerifier)?;
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(root_store(roots)?),
+                    provider,
+                )
+                .build()
+                .map_err(TlsConfigError::ClientVerifier)?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),

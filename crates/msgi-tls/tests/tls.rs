@@ -52,9 +52,10 @@ impl Ca {
         let key = KeyPair::generate().unwrap();
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names.clone()).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().cloned().unwrap_or_default(),
+        );
         let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
         let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
         (vec![cert.der().clone()], key)
@@ -99,9 +100,7 @@ fn echo() -> impl tower::Service<
 /// Serves echo with `builder`, `step` as its accept step.
 async fn serve<A, Io>(builder: ServerBuilder, step: A) -> Running
 where
-    A: tower::Service<msgi::Accepted<TcpStream>, Response = msgi::Accepted<Io>>
-        + Send
-        + 'static,
+    A: tower::Service<msgi::Accepted<TcpStream>, Response = msgi::Accepted<Io>> + Send + 'static,
     A::Error: Into<msgi::BoxError>,
     A::Future: Send + 'static,
     Io: msgi::IntoTransport<msgi::FrameCodec>,
@@ -159,7 +158,9 @@ async fn refused(connector: TlsConnector, addr: SocketAddr) -> ClientError {
 }
 
 async fn assert_echoes(client: &Client, text: &str) {
-    let answer = within(client.call(Frame::data(text.to_owned()))).await.unwrap();
+    let answer = within(client.call(Frame::data(text.to_owned())))
+        .await
+        .unwrap();
     assert_eq!(answer.payload_text(), text);
 }
 
@@ -204,7 +205,11 @@ async fn handshake_echo_and_the_verified_identity_in_connect_info() {
 async fn without_client_ca_no_client_certificate_is_asked_and_the_chain_is_empty() {
     let ca = Ca::new("CA");
     let (chain, key) = server_identity(&ca);
-    let mut server = serve(Server::builder(), TlsAcceptor::builder(chain, key).build().unwrap()).await;
+    let mut server = serve(
+        Server::builder(),
+        TlsAcceptor::builder(chain, key).build().unwrap(),
+    )
+    .await;
     // By IP address: the certificate names 127.0.0.1 too; no SNI is sent for an IP.
     let connector = TlsConnector::builder("127.0.0.1")
         .root_certificates(vec![ca.der()])
@@ -223,7 +228,11 @@ async fn a_server_certificate_from_another_ca_is_refused_with_a_typed_error() {
     let ca = Ca::new("the server's CA");
     let other = Ca::new("another CA");
     let (chain, key) = server_identity(&ca);
-    let mut server = serve(Server::builder(), TlsAcceptor::builder(chain, key).build().unwrap()).await;
+    let mut server = serve(
+        Server::builder(),
+        TlsAcceptor::builder(chain, key).build().unwrap(),
+    )
+    .await;
     let connector = TlsConnector::builder("localhost")
         .root_certificates(vec![other.der()])
         .build()
@@ -244,7 +253,10 @@ async fn a_server_certificate_from_another_ca_is_refused_with_a_typed_error() {
     let causes: Vec<String> = chain_of(&error);
     assert_eq!(
         causes,
-        ["TLS handshake refused", "invalid peer certificate: UnknownIssuer"]
+        [
+            "TLS handshake refused",
+            "invalid peer certificate: UnknownIssuer"
+        ]
     );
     // The server saw the client's alert: a failed accept step, no session.
     assert_eq!(
@@ -258,7 +270,11 @@ async fn a_server_certificate_from_another_ca_is_refused_with_a_typed_error() {
 async fn a_certificate_for_another_name_is_refused() {
     let ca = Ca::new("CA");
     let (chain, key) = ca.issue(&["elsewhere.example"]);
-    let server = serve(Server::builder(), TlsAcceptor::builder(chain, key).build().unwrap()).await;
+    let server = serve(
+        Server::builder(),
+        TlsAcceptor::builder(chain, key).build().unwrap(),
+    )
+    .await;
     let connector = TlsConnector::builder("localhost")
         .root_certificates(vec![ca.der()])
         .build()
@@ -268,8 +284,7 @@ async fn a_certificate_for_another_name_is_refused() {
         matches!(
             HandshakeError::of(&error),
             Some(HandshakeError::Tls(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName
-                    | CertificateError::NotValidForNameContext { .. }
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
             )))
         ),
         "{error:?}"
@@ -328,7 +343,11 @@ async fn mutual_tls_refuses_a_client_without_a_certificate_or_with_an_unknown_on
 async fn a_plaintext_client_on_a_tls_port_is_refused_and_other_sessions_go_on() {
     let ca = Ca::new("CA");
     let (chain, key) = server_identity(&ca);
-    let mut server = serve(Server::builder(), TlsAcceptor::builder(chain, key).build().unwrap()).await;
+    let mut server = serve(
+        Server::builder(),
+        TlsAcceptor::builder(chain, key).build().unwrap(),
+    )
+    .await;
     let connector = TlsConnector::builder("localhost")
         .root_certificates(vec![ca.der()])
         .build()
@@ -428,7 +447,11 @@ async fn a_hundred_slow_handshakes_do_not_delay_a_tls_client_or_a_plain_one() {
     let plain_client = within(Client::connect(plain.addr)).await.unwrap();
     assert_echoes(&plain_client, "plain too").await;
     // Bounded: far below the handshake timeout the slow ones hold.
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 
     // The slow ones are all still waiting (none refused, none closed).
     assert!(server.rejected.try_recv().is_err());
