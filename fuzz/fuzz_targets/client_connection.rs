@@ -227,6 +227,7 @@ impl Harness {
                 | Event::Push(_)
                 | Event::LateAnswer { .. }
                 | Event::Unsendable(_) => {}
+                _ => {}
             }
         }
     }
@@ -241,21 +242,23 @@ fuzz_target!(|input: Input| {
     book.strict.set(true);
     let max_frame = 64 + usize::from(input.max_frame);
     let high_water = 64 + usize::from(input.high_water);
-    let config = Config {
-        timers: Timers {
+    let Ok(config) = Config::builder()
+        .timers(Timers {
             idle_timeout: ms(input.idle),
             heartbeat_interval: ms(input.heartbeat),
             handshake_timeout: None,
-        },
-        binary: input.binary,
-        client_id: input.client_id.then(|| "fuzz".to_owned()),
-        early_frames: usize::from(input.early_frames),
-        early_bytes: usize::from(input.early_bytes),
-        high_water,
-        held_sends: usize::from(input.held_sends).max(1),
-        queue_timeout: ms(input.queue_timeout),
-        close_linger: ms(input.close_linger),
-        max_events: msgi_proto::client::DEFAULT_MAX_EVENTS,
+        })
+        .binary(input.binary)
+        .client_id(input.client_id.then(|| "fuzz".to_owned()))
+        .early_frames(usize::from(input.early_frames))
+        .early_bytes(usize::from(input.early_bytes))
+        .high_water(high_water)
+        .held_sends(usize::from(input.held_sends).max(1))
+        .queue_timeout(ms(input.queue_timeout))
+        .close_linger(ms(input.close_linger))
+        .build()
+    else {
+        return;
     };
     let mut now = Instant::now();
     let mut conn: Connection<Call> = Connection::new(config, now);

@@ -55,6 +55,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::CodecError;
+use crate::config::ConfigError;
 use crate::frame::{Frame, Kind};
 use crate::session::{self, Expired, Inbound, Protocol, Reading, Role, Timers, WELCOME_PREFIX};
 use crate::text::PeerText;
@@ -76,58 +77,190 @@ pub trait Caller {
     fn is_abandoned(&self) -> bool;
 }
 
-/// Settings of a client [`Connection`].
+/// Settings of a client [`Connection`], checked when built
+/// ([`Config::builder`], [`ConfigBuilder::build`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
-    /// Heartbeat and idle timers (the handshake timer is not used: the
-    /// driver gives each transport its handshake deadline).
-    pub timers: Timers,
-    /// False for framings without kinds and request ids (text lines): no
-    /// handshake, no calls.
-    pub binary: bool,
-    /// The client id announced in HELLO; `None`: no handshake.
-    pub client_id: Option<String>,
-    /// Frames the server may send before WELCOME, at most.
-    pub early_frames: usize,
-    /// Wire bytes the server may send before WELCOME, at most.
-    pub early_bytes: usize,
-    /// Bytes queued for writing at or above which no more held work is
-    /// encoded ([`Connection::accepts_work`] is false); reading stops at
-    /// twice this ([`Connection::may_read`]).
-    pub high_water: usize,
-    /// Events waiting in [`Connection::poll_event`] at or above which
-    /// reading stops ([`Connection::may_read`] is false) until the driver
-    /// drains them: what reading produces (pushes, answers) is bounded.
-    pub max_events: usize,
-    /// One-way frames taken while not connected and held, at most (the
-    /// outbox capacity): [`Connection::accepts_work`] is false beyond.
-    pub held_sends: usize,
-    /// How long a call held while not connected waits for a connection;
-    /// `None`: as long as the client tries.
-    pub queue_timeout: Option<Duration>,
-    /// How long a graceful close waits for its bytes to be written; `None`:
-    /// for ever.
-    pub close_linger: Option<Duration>,
+    timers: Timers,
+    binary: bool,
+    client_id: Option<String>,
+    early_frames: usize,
+    early_bytes: usize,
+    high_water: usize,
+    max_events: usize,
+    held_sends: usize,
+    queue_timeout: Option<Duration>,
+    close_linger: Option<Duration>,
 }
 
 impl Default for Config {
+    /// The defaults of [`ConfigBuilder`] (which pass its checks).
     fn default() -> Self {
-        Config {
-            timers: Timers {
-                idle_timeout: Some(Duration::from_secs(60)),
-                heartbeat_interval: Some(Duration::from_secs(20)),
-                handshake_timeout: None,
+        ConfigBuilder::default().settings
+    }
+}
+
+impl Config {
+    /// Settings to adjust, then check with [`ConfigBuilder::build`].
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// The client id announced in HELLO, if any.
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
+    /// The write-queue high-water mark.
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+}
+
+/// Builds a client [`Config`]: each setter replaces one value, and
+/// [`build`](ConfigBuilder::build) refuses a combination that cannot work
+/// with a [`ConfigError`] naming the setting.
+#[derive(Debug, Clone)]
+pub struct ConfigBuilder {
+    settings: Config,
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        ConfigBuilder {
+            settings: Config {
+                timers: Timers {
+                    idle_timeout: Some(Duration::from_secs(60)),
+                    heartbeat_interval: Some(Duration::from_secs(20)),
+                    handshake_timeout: None,
+                },
+                binary: true,
+                client_id: None,
+                early_frames: 1024,
+                early_bytes: 4 * 1024 * 1024,
+                high_water: MIN_HIGH_WATER,
+                max_events: DEFAULT_MAX_EVENTS,
+                held_sends: 1024,
+                queue_timeout: Some(Duration::from_secs(10)),
+                close_linger: Some(Duration::from_secs(5)),
             },
-            binary: true,
-            client_id: None,
-            early_frames: 1024,
-            early_bytes: 4 * 1024 * 1024,
-            high_water: MIN_HIGH_WATER,
-            max_events: DEFAULT_MAX_EVENTS,
-            held_sends: 1024,
-            queue_timeout: Some(Duration::from_secs(10)),
-            close_linger: Some(Duration::from_secs(5)),
         }
+    }
+}
+
+impl ConfigBuilder {
+    /// Heartbeat and idle timers (default 20 s and 60 s; the handshake
+    /// timer is not used: the driver gives each transport its handshake
+    /// deadline). A zero interval or timeout is refused (`None` disables).
+    pub fn timers(mut self, timers: Timers) -> Self {
+        self.settings.timers = timers;
+        self
+    }
+
+    /// False for framings without kinds and request ids (text lines): no
+    /// handshake, no calls (default true).
+    pub fn binary(mut self, binary: bool) -> Self {
+        self.settings.binary = binary;
+        self
+    }
+
+    /// The client id announced in HELLO (default `None`: no handshake).
+    /// Over a binary framing it must be one the server can accept (1 to 255
+    /// bytes of UTF-8 without control characters, not digits only).
+    pub fn client_id(mut self, id: Option<String>) -> Self {
+        self.settings.client_id = id;
+        self
+    }
+
+    /// Frames the server may send before WELCOME, at most (default 1024).
+    pub fn early_frames(mut self, frames: usize) -> Self {
+        self.settings.early_frames = frames;
+        self
+    }
+
+    /// Wire bytes the server may send before WELCOME, at most (default
+    /// 4 MiB).
+    pub fn early_bytes(mut self, bytes: usize) -> Self {
+        self.settings.early_bytes = bytes;
+        self
+    }
+
+    /// Bytes queued for writing at or above which no more held work is
+    /// encoded ([`Connection::accepts_work`] is false); reading stops at
+    /// twice this ([`Connection::may_read`]). Default [`MIN_HIGH_WATER`];
+    /// at least 1.
+    pub fn high_water(mut self, bytes: usize) -> Self {
+        self.settings.high_water = bytes;
+        self
+    }
+
+    /// Events waiting in [`Connection::poll_event`] at or above which
+    /// reading stops ([`Connection::may_read`] is false) until the driver
+    /// drains them (default [`DEFAULT_MAX_EVENTS`]; at least 1).
+    pub fn max_events(mut self, events: usize) -> Self {
+        self.settings.max_events = events;
+        self
+    }
+
+    /// One-way frames taken while not connected and held, at most (the
+    /// outbox capacity; default 1024; at least 1):
+    /// [`Connection::accepts_work`] is false beyond.
+    pub fn held_sends(mut self, frames: usize) -> Self {
+        self.settings.held_sends = frames;
+        self
+    }
+
+    /// How long a call held while not connected waits for a connection
+    /// (default 10 s); `None`: as long as the client tries.
+    pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings.queue_timeout = timeout;
+        self
+    }
+
+    /// How long a graceful close waits for its bytes to be written (default
+    /// 5 s); `None`: for ever.
+    pub fn close_linger(mut self, linger: Option<Duration>) -> Self {
+        self.settings.close_linger = linger;
+        self
+    }
+
+    /// Checks the settings.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first setting refused: a zero limit
+    /// (`high_water`, `max_events`: the connection would never write or
+    /// read; `held_sends`), a zero idle timeout or heartbeat interval (use
+    /// `None`), or a client id the
+    /// server would refuse.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let s = &self.settings;
+        for (setting, n) in [
+            ("high_water", s.high_water),
+            ("max_events", s.max_events),
+            ("held_sends", s.held_sends),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::new(setting, "must be at least 1"));
+            }
+        }
+        for (setting, t) in [
+            ("idle_timeout", s.timers.idle_timeout),
+            ("heartbeat_interval", s.timers.heartbeat_interval),
+        ] {
+            if t.is_some_and(|t| t.is_zero()) {
+                return Err(ConfigError::new(
+                    setting,
+                    "must be above zero (None disables it)",
+                ));
+            }
+        }
+        if let (Some(id), true) = (&s.client_id, s.binary) {
+            session::parse_client_id(id.as_bytes())
+                .map_err(|why| ConfigError::new("client_id", why))?;
+        }
+        Ok(self.settings)
     }
 }
 
@@ -321,6 +454,7 @@ impl std::error::Error for CallError {
 
 /// What the driver must tell the application, or do.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<R> {
     /// The transport is ready for calls (WELCOME arrived, or there is no
     /// handshake).
@@ -350,6 +484,7 @@ pub enum Event<R> {
 
 /// Where a [`Connection`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Phase {
     /// No transport (before the first, or between two).
     Disconnected,

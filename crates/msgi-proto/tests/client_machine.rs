@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use msgi_proto::client::{
-    CallError, Caller, Config, Connection, ConnectionError, Event, Phase, Violation,
+    CallError, Caller, Config, ConfigBuilder, Connection, ConnectionError, Event, Phase, Violation,
 };
 use msgi_proto::session::{Inbound, Protocol, Role, Timers, WELCOME_PREFIX};
 use msgi_proto::{Frame, FrameCodec, Framing, Kind};
@@ -63,22 +63,28 @@ struct Pair {
     closed: usize,
 }
 
-fn config() -> Config {
-    Config {
-        timers: Timers {
+fn settings() -> ConfigBuilder {
+    Config::builder()
+        .timers(Timers {
             idle_timeout: Some(10 * SEC),
             heartbeat_interval: Some(3 * SEC),
             handshake_timeout: None,
-        },
-        client_id: Some("alice".into()),
-        early_frames: 4,
-        early_bytes: 1000,
-        high_water: 64,
-        held_sends: 8,
-        queue_timeout: Some(5 * SEC),
-        close_linger: Some(2 * SEC),
-        ..Config::default()
-    }
+        })
+        .client_id(Some("alice".into()))
+        .early_frames(4)
+        .early_bytes(1000)
+        .high_water(64)
+        .held_sends(8)
+        .queue_timeout(Some(5 * SEC))
+        .close_linger(Some(2 * SEC))
+}
+
+fn config() -> Config {
+    settings().build().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn build(settings: ConfigBuilder) -> Config {
+    settings.build().unwrap_or_else(|e| panic!("{e}"))
 }
 
 impl Pair {
@@ -252,6 +258,7 @@ impl Pair {
                 Event::Unsendable(e) => panic!("unsendable: {e}"),
                 Event::Lost(e) => self.lost.push(e),
                 Event::Closed => self.closed += 1,
+                _ => panic!("an event this harness does not know"),
             }
         }
     }
@@ -517,9 +524,7 @@ fn one_way_frames_not_fully_written_are_sent_first_after_a_reconnect() {
 
 #[test]
 fn a_lost_transport_fails_written_calls_and_holds_unwritten_ones() {
-    let mut config = config();
-    config.high_water = 16;
-    let mut pair = Pair::new(config);
+    let mut pair = Pair::new(build(settings().high_water(16)));
     pair.connect();
     pair.settle();
     pair.handler = |_| None;
@@ -557,10 +562,7 @@ fn a_lost_transport_fails_written_calls_and_holds_unwritten_ones() {
 }
 
 fn config_with_queue(queue: Duration) -> Config {
-    Config {
-        queue_timeout: Some(queue),
-        ..config()
-    }
+    build(settings().queue_timeout(Some(queue)))
 }
 
 #[test]
@@ -612,9 +614,7 @@ fn violations_queue_an_error_and_lose_the_transport() {
 
 #[test]
 fn close_writes_held_frames_then_disconnect_and_fails_unwritten_calls() {
-    let mut config = config();
-    config.high_water = 16;
-    let mut pair = Pair::new(config);
+    let mut pair = Pair::new(build(settings().high_water(16)));
     pair.connect();
     pair.settle();
     pair.handler = |_| None;
@@ -722,6 +722,16 @@ enum Step {
     Advance(u64),
     HandlesGone,
     Close,
+    /// The server sends DISCONNECT.
+    Disconnect,
+    /// The server sends bytes that do not decode (bad magic).
+    Garbage,
+    /// The server refuses the handshake (ERROR with request id 0).
+    Refuse,
+    /// Whether the server answers the next handshakes with WELCOME.
+    Welcoming(bool),
+    /// The server sends WELCOME unasked (late, or a second one).
+    Welcome,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -740,6 +750,11 @@ fn step() -> impl Strategy<Value = Step> {
         2 => (0u64..4000).prop_map(Step::Advance),
         1 => Just(Step::HandlesGone),
         1 => Just(Step::Close),
+        1 => Just(Step::Disconnect),
+        1 => Just(Step::Garbage),
+        1 => Just(Step::Refuse),
+        1 => any::<bool>().prop_map(Step::Welcoming),
+        1 => Just(Step::Welcome),
     ]
 }
 
@@ -751,11 +766,10 @@ proptest! {
     /// past its deadline) no call is left waiting without a bound.
     #[test]
     fn arbitrary_event_sequences_keep_the_invariants(steps in prop::collection::vec(step(), 1..120)) {
-        let mut config = config();
-        config.high_water = 48;
-        let mut pair = Pair::new(config);
+        let mut pair = Pair::new(build(settings().high_water(48)));
         pair.handler = |_| None;
         let mut handles_gone = false;
+        let mut pushes_at_connect = 0;
         for step in steps {
             match step {
                 Step::Call if !handles_gone => {
@@ -809,6 +823,58 @@ proptest! {
                     pair.client.close(pair.now);
                     pair.events();
                 }
+                Step::Disconnect | Step::Garbage | Step::Refuse => {
+                    // Read at once, with nothing before it: the frame is the
+                    // next the client reads, unless reading is blocked.
+                    let phase = pair.client.phase();
+                    let alone = pair.to_client.is_empty() && pair.client.may_read();
+                    let lost = pair.lost.len();
+                    match step {
+                        Step::Disconnect => pair.server_send(Frame::disconnect("bye")),
+                        Step::Garbage => pair.to_client.extend_from_slice(b"XSGI\0\0\0\x0a\0\x10"),
+                        _ => pair.server_send(Frame::error("refused").with_request_id(0)),
+                    }
+                    pair.read();
+                    let ends = match step {
+                        Step::Refuse => phase == Phase::Handshaking,
+                        _ => matches!(phase, Phase::Handshaking | Phase::Open | Phase::Closing),
+                    };
+                    if alone && ends {
+                        // The transport is gone, and said why (a closing
+                        // client stops for good instead).
+                        prop_assert!(
+                            matches!(pair.client.phase(), Phase::Disconnected | Phase::Closed),
+                            "{step:?} in {phase:?} left {:?}",
+                            pair.client.phase()
+                        );
+                        if phase != Phase::Closing {
+                            prop_assert_eq!(pair.lost.len(), lost + 1);
+                            let kind = match step {
+                                // Before WELCOME, DISCONNECT refuses too.
+                                Step::Disconnect if phase == Phase::Handshaking => "handshake_refused",
+                                Step::Disconnect => "server_disconnected",
+                                Step::Garbage => "undecodable",
+                                _ => "handshake_refused",
+                            };
+                            prop_assert_eq!(pair.lost[lost].kind(), kind);
+                        }
+                    }
+                    if step_is_refuse(&step) && phase == Phase::Open && alone {
+                        // Id 0 matches no call once open: a late answer.
+                        prop_assert_eq!(pair.client.phase(), Phase::Open);
+                    }
+                }
+                Step::Welcoming(on) => pair.welcome = on,
+                Step::Welcome => {
+                    pair.server_send(Frame::control(format!("{WELCOME_PREFIX}1")).with_request_id(0));
+                }
+            }
+            // Frames that arrive before WELCOME are never handed on before
+            // it: a handshaking client has made no push since it connected.
+            if pair.client.phase() == Phase::Handshaking {
+                prop_assert_eq!(pair.pushes.len(), pushes_at_connect);
+            } else {
+                pushes_at_connect = pair.pushes.len();
             }
             // At most one completion per call; none for an abandoned one
             // after it was abandoned (abandoned before: never completed).
@@ -859,6 +925,10 @@ proptest! {
     }
 }
 
+fn step_is_refuse(step: &Step) -> bool {
+    matches!(step, Step::Refuse)
+}
+
 /// Feeds `frames` encoded server frames to a machine read as a driver
 /// would (while `may_read`), without encoding or draining in between:
 /// returns how many were read.
@@ -883,14 +953,7 @@ fn read_without_draining(
 fn replies_owed_stop_reading_at_twice_the_high_water_mark() {
     let now = Instant::now();
     let high_water = 64 * 1024;
-    let mut conn = Connection::<Call>::new(
-        Config {
-            client_id: None,
-            high_water,
-            ..Config::default()
-        },
-        now,
-    );
+    let mut conn = Connection::<Call>::new(build(Config::builder().high_water(high_water)), now);
     conn.handle_connected(now, None);
     let mut server = FrameCodec::new();
     let mut to_client = BytesMut::new();
@@ -926,14 +989,7 @@ fn replies_owed_stop_reading_at_twice_the_high_water_mark() {
 #[test]
 fn undrained_events_stop_reading() {
     let now = Instant::now();
-    let mut conn = Connection::<Call>::new(
-        Config {
-            client_id: None,
-            max_events: 10,
-            ..Config::default()
-        },
-        now,
-    );
+    let mut conn = Connection::<Call>::new(build(Config::builder().max_events(10)), now);
     conn.handle_connected(now, None);
     let mut server = FrameCodec::new();
     let mut to_client = BytesMut::new();
@@ -1037,4 +1093,134 @@ fn a_call_held_during_the_handshake_gets_a_fresh_queue_deadline_when_lost() {
     conn.handle_timeout(lost_at + 10 * SEC);
     assert!(std::iter::from_fn(|| conn.poll_event())
         .any(|e| matches!(e, Event::Answer(_, Err(CallError::NotConnected)))));
+}
+
+#[test]
+fn settings_that_cannot_work_are_refused_when_built() {
+    let refused = |b: ConfigBuilder| match b.build() {
+        Err(e) => e.setting(),
+        Ok(_) => panic!("accepted"),
+    };
+    assert_eq!(refused(Config::builder().high_water(0)), "high_water");
+    assert_eq!(refused(Config::builder().max_events(0)), "max_events");
+    assert_eq!(refused(Config::builder().held_sends(0)), "held_sends");
+    let timers = |idle, heartbeat| Timers {
+        idle_timeout: idle,
+        heartbeat_interval: heartbeat,
+        handshake_timeout: None,
+    };
+    assert_eq!(
+        refused(Config::builder().timers(timers(Some(Duration::ZERO), None))),
+        "idle_timeout"
+    );
+    assert_eq!(
+        refused(Config::builder().timers(timers(None, Some(Duration::ZERO)))),
+        "heartbeat_interval"
+    );
+    for id in ["", "007", "a\nb"] {
+        assert_eq!(
+            refused(Config::builder().client_id(Some(id.into()))),
+            "client_id",
+            "{id:?}"
+        );
+    }
+    // A text framing sends no HELLO: its client id is not checked.
+    assert!(Config::builder()
+        .binary(false)
+        .client_id(Some(String::new()))
+        .build()
+        .is_ok());
+    assert!(Config::builder().timers(timers(None, None)).build().is_ok());
+    assert_eq!(
+        Config::builder()
+            .client_id(Some("zoë".into()))
+            .build()
+            .map(|c| c.client_id().map(str::to_owned)),
+        Ok(Some("zoë".to_owned()))
+    );
+}
+
+#[test]
+fn a_server_that_does_not_read_makes_written_bytes_count_as_its_activity() {
+    // Reading stops at twice the high-water mark of replies owed; the idle
+    // clock then runs, and each write the server takes is a sign of life.
+    let timers = Timers {
+        idle_timeout: Some(10 * SEC),
+        heartbeat_interval: None,
+        handshake_timeout: None,
+    };
+    let mut pair = Pair::new(build(settings().high_water(16).timers(timers)));
+    pair.connect();
+    pair.settle();
+    for _ in 0..8 {
+        pair.server_send(Frame::ping(""));
+    }
+    pair.read();
+    pair.transmit();
+    assert!(!pair.client.may_read(), "blocked on the server");
+    pair.advance(8 * SEC);
+    pair.write(5);
+    pair.advance(8 * SEC);
+    assert!(pair.lost.is_empty(), "{:?}", pair.lost);
+    // Nothing written for the idle timeout (since 8 s): idle at 18 s,
+    // blocked or not.
+    pair.advance(SEC);
+    assert!(pair.lost.is_empty(), "{:?}", pair.lost);
+    pair.advance(SEC);
+    assert!(
+        matches!(pair.lost.as_slice(), [ConnectionError::IdleTimeout]),
+        "{:?}",
+        pair.lost
+    );
+}
+
+/// An encoder that refuses every frame, as a framing refuses one too large
+/// for it.
+fn refuse(frame: Frame) -> Result<usize, msgi_proto::CodecError> {
+    Err(msgi_proto::CodecError::FrameTooLarge {
+        length: frame.wire_len() as u64,
+        max: 1,
+    })
+}
+
+#[test]
+fn a_call_the_framing_refuses_fails_with_encode_and_frees_its_place() {
+    let now = Instant::now();
+    let mut conn = Connection::<Call>::new(config_without_handshake(), now);
+    conn.handle_connected(now, None);
+    assert!(matches!(conn.poll_event(), Some(Event::Connected)));
+    let gone = Rc::new(Cell::new(false));
+    conn.call(Frame::data("too big"), Call { n: 7, gone }, None, now);
+    conn.poll_transmit(now, refuse);
+    match conn.poll_event() {
+        Some(Event::Answer(call, Err(CallError::Encode(e)))) => {
+            assert_eq!(call.n, 7);
+            assert!(matches!(*e, msgi_proto::CodecError::FrameTooLarge { .. }));
+        }
+        _ => panic!("the call did not fail with Encode"),
+    }
+    assert_eq!(conn.pending_calls(), 0);
+    assert_eq!(conn.held(), 0);
+    assert_eq!(conn.phase(), Phase::Open);
+}
+
+#[test]
+fn a_one_way_frame_the_framing_refuses_is_reported_unsendable() {
+    let now = Instant::now();
+    let mut conn = Connection::<Call>::new(config_without_handshake(), now);
+    conn.handle_connected(now, None);
+    assert!(matches!(conn.poll_event(), Some(Event::Connected)));
+    conn.send(Frame::data("too big"), now);
+    conn.poll_transmit(now, refuse);
+    assert!(
+        matches!(conn.poll_event(), Some(Event::Unsendable(e)) if matches!(*e, msgi_proto::CodecError::FrameTooLarge { .. }))
+    );
+    assert!(conn.poll_event().is_none());
+    assert_eq!(conn.held(), 0);
+    assert_eq!(conn.pending_bytes(), 0);
+    assert_eq!(conn.phase(), Phase::Open);
+}
+
+fn config_without_handshake() -> Config {
+    build(settings().client_id(None))
 }

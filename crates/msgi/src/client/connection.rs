@@ -23,7 +23,7 @@ use msgi_proto::client::{
     DEFAULT_MAX_EVENTS, MIN_HIGH_WATER,
 };
 use msgi_proto::text::PeerText;
-use msgi_proto::{CodecError, Frame, Framing, MakeFraming, Side};
+use msgi_proto::{CodecError, ConfigError, Frame, Framing, MakeFraming, Side};
 
 /// Where a call's answer goes; abandoned once its caller dropped the
 /// receiving end.
@@ -95,22 +95,22 @@ fn take(stamp: Option<&Arc<Stamp>>) -> bool {
     stamp.is_none_or(|stamp| stamp.swap_from_queued(TAKEN))
 }
 
-/// The machine's settings from the builder's.
+/// The machine's settings from the builder's, checked.
 pub(super) fn machine_config<C: MakeFraming + Clone + fmt::Debug>(
     cfg: &ClientBuilder<C>,
-) -> Config {
-    Config {
-        timers: cfg.timers(),
-        binary: cfg.framing.codec().is_binary(),
-        client_id: cfg.client_id.clone(),
-        early_frames: cfg.incoming,
-        early_bytes: cfg.incoming_bytes,
-        high_water: cfg.framing.codec().max_frame_size().max(MIN_HIGH_WATER),
-        max_events: DEFAULT_MAX_EVENTS,
-        held_sends: cfg.outbox,
-        queue_timeout: finite(cfg.queue_timeout),
-        close_linger: finite(Some(cfg.connect_timeout)),
-    }
+) -> Result<Config, ConfigError> {
+    Config::builder()
+        .timers(cfg.timers())
+        .binary(cfg.framing.codec().is_binary())
+        .client_id(cfg.client_id.clone())
+        .early_frames(cfg.incoming)
+        .early_bytes(cfg.incoming_bytes)
+        .high_water(cfg.framing.codec().max_frame_size().max(MIN_HIGH_WATER))
+        .max_events(DEFAULT_MAX_EVENTS)
+        .held_sends(cfg.outbox)
+        .queue_timeout(finite(cfg.queue_timeout))
+        .close_linger(finite(Some(cfg.connect_timeout)))
+        .build()
 }
 
 /// Frames read in one go before events are drained and replies encoded.
@@ -182,12 +182,13 @@ where
     pub(super) fn new(
         cfg: ClientBuilder<C>,
         connector: Connector<T>,
+        config: Config,
         rx: mpsc::Receiver<Command>,
         incoming: mpsc::Sender<Frame>,
         shared: Arc<Shared>,
     ) -> Self {
         let now = now();
-        let conn = Connection::new(machine_config(&cfg), now);
+        let conn = Connection::new(config, now);
         let mut task = ClientTask {
             incoming_bytes: cfg.incoming_bytes,
             cfg,
@@ -589,6 +590,9 @@ where
                     .unwrap_or_else(|| closed_reason(&self.shared));
                 return Some(Outcome::Stopped(reason));
             }
+            // An event added to the machine later, which this driver does
+            // not act on yet.
+            _ => tracing::debug!("client event ignored"),
         }
         None
     }

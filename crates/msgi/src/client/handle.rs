@@ -136,6 +136,7 @@ impl Client {
         C: msgi_proto::MakeFraming + Clone + fmt::Debug,
     {
         cfg.validate()?;
+        let config = super::connection::machine_config(&cfg)?;
         let (tx, rx) = mpsc::channel(cfg.outbox);
         let (incoming_tx, incoming_rx) = mpsc::channel(cfg.incoming);
         let incoming_held = Arc::new(AtomicUsize::new(0));
@@ -157,7 +158,7 @@ impl Client {
             pushes_dropped: AtomicU64::new(0),
             unsent: Mutex::new(Vec::new()),
         });
-        let mut task = ClientTask::new(cfg, connector, rx, incoming_tx, shared.clone());
+        let mut task = ClientTask::new(cfg, connector, config, rx, incoming_tx, shared.clone());
         task.first_connection().await?;
         tokio::spawn(task.run());
         Ok(Client::handle(tx, shared))
