@@ -122,6 +122,9 @@ pub fn reserve_at_most(buf: &mut BytesMut, additional: usize) {
 /// the buffer stays within the bound of docs/ARCHITECTURE.md.
 const RECLAIM_SLACK: usize = RESERVE_AHEAD / 2;
 
+/// The smallest buffer [`WriteBuf::reserve`] starts for packed frames.
+const WRITE_CHUNK: usize = 8 * 1024;
+
 /// The most slices handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -150,10 +153,48 @@ impl WriteBuf {
         self.tail.extend_from_slice(bytes);
     }
 
-    /// The packed buffer, to encode into directly.
+    /// The packed buffer, to encode into directly (call
+    /// [`reserve`](WriteBuf::reserve) first: growing it by itself copies
+    /// what it holds).
     #[inline]
     pub fn tail_mut(&mut self) -> &mut BytesMut {
         &mut self.tail
+    }
+
+    /// Makes room for `additional` more bytes in the packed buffer without
+    /// copying what it holds: when the buffer lacks room, the bytes packed
+    /// so far are queued as a chunk of their own (one more slice in the
+    /// vectored write) and a new buffer is started, twice the size of the
+    /// last one (at least 8 KiB, at most [`RESERVE_AHEAD`], never
+    /// less than `additional`). So a burst of answers costs a few
+    /// allocations per write and no copy, where growing one buffer by
+    /// reallocation copied every byte again at each doubling.
+    #[inline]
+    pub fn reserve(&mut self, additional: usize) {
+        if self.tail.capacity() - self.tail.len() < additional {
+            self.grow(additional);
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, additional: usize) {
+        let last = self.tail.capacity();
+        if self.tail.is_empty() {
+            // Written out since: the allocation is reused if it is ours
+            // alone (nothing to copy).
+            if self.tail.try_reclaim(additional) {
+                return;
+            }
+        } else {
+            let packed = self.tail.split().freeze();
+            self.len += packed.len();
+            self.chunks.push_back(packed);
+        }
+        let size = last
+            .saturating_mul(2)
+            .clamp(WRITE_CHUNK, RESERVE_AHEAD)
+            .max(additional);
+        self.tail = BytesMut::with_capacity(size);
     }
 
     /// Drops every byte queued after the first `len` (nothing if fewer are
@@ -287,6 +328,7 @@ pub trait Framing: Send + 'static {
     /// framing below them succeeded), so the caller can send something else
     /// instead, such as an ERROR.
     fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
+        dst.reserve(frame.wire_len());
         self.encode(frame, dst.tail_mut())
     }
 
@@ -516,6 +558,12 @@ impl Framing for FrameCodec {
 
     fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
         self.check_outgoing(&frame)?;
+        let packed = if frame.payload().len() < ZERO_COPY_THRESHOLD {
+            frame.wire_len()
+        } else {
+            frame.header_len()
+        };
+        dst.reserve(packed);
         encode_header(&frame, dst.tail_mut());
         dst.put_bytes(frame.into_payload());
         Ok(())
@@ -641,6 +689,49 @@ mod tests {
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let n = buf.chunks_vectored(&mut slices);
         slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    /// A burst of small answers is packed without moving what was packed
+    /// before (growing one buffer by reallocation copied it at each
+    /// doubling: about 600 instructions per 1 KiB answer), in order, in a
+    /// few buffers none larger than needed twice over.
+    #[test]
+    fn packing_a_burst_never_moves_what_is_packed() {
+        let mut codec = FrameCodec::new();
+        let mut buf = WriteBuf::new();
+        let frame = |i: u32| Frame::data(vec![i as u8; 1024]).with_request_id(i);
+        codec.encode_into(frame(0), &mut buf).unwrap();
+        let first = buf.tail.as_ptr();
+        let mut expected = BytesMut::new();
+        codec.encode(frame(0), &mut expected).unwrap();
+        for i in 1..100 {
+            codec.encode_into(frame(i), &mut buf).unwrap();
+            codec.encode(frame(i), &mut expected).unwrap();
+        }
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = buf.chunks_vectored(&mut slices);
+        assert_eq!(slices[0].as_ptr(), first, "the first answer was moved");
+        assert!((2..=6).contains(&n), "{n} buffers for 100 answers");
+        assert!(slices[..n].iter().all(|s| s.len() <= RESERVE_AHEAD));
+        assert_eq!(queued(&buf), expected);
+        assert_eq!(buf.len(), expected.len());
+    }
+
+    /// Once written out, the packed buffer's allocation takes the next
+    /// answer (no new allocation while a burst goes on).
+    #[test]
+    fn a_written_buffer_is_reused() {
+        let mut codec = FrameCodec::new();
+        let mut buf = WriteBuf::new();
+        codec.encode_into(Frame::data("one"), &mut buf).unwrap();
+        let start = buf.tail.as_ptr() as usize;
+        let capacity = buf.tail.capacity();
+        assert!(capacity >= WRITE_CHUNK);
+        buf.advance(buf.len());
+        codec.encode_into(Frame::data("two"), &mut buf).unwrap();
+        let at = buf.tail.as_ptr() as usize;
+        assert!((start..start + capacity).contains(&at), "a new allocation");
+        assert_eq!(queued(&buf), b"MSGI\0\0\0\x0d\0\x10two");
     }
 
     #[test]
