@@ -4,6 +4,13 @@
 //! on loopback (so server and generator never share a runtime), and runs
 //! them alternately, msgi then the raw-tokio reference, for `--rounds`
 //! rounds: every figure is a median and a ratio msgi / reference.
+//!
+//! `fanout` measures broadcast instead, against `msgi fanout-server` (see
+//! the `fanout` module).
+
+#[path = "bench_fanout.rs"]
+mod fanout;
+pub(crate) use fanout::{serve as fanout_serve, FanoutServerArgs};
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -57,9 +64,19 @@ pub(crate) struct BenchArgs {
     /// Send one-way frames (the echo comes back uncorrelated) instead of calls.
     #[arg(long)]
     one_way: bool,
-    /// Sessions to open (idle).
+    /// Sessions to open (idle, fanout).
     #[arg(long, default_value_t = 10_000, value_parser = crate::flags::count)]
     sessions: usize,
+    /// Fanout: deliveries offered per second (publishes x recipients);
+    /// without it, one publish at a time, as fast as the server takes them.
+    #[arg(long, value_parser = crate::flags::rate)]
+    rate: Option<f64>,
+    /// Fanout: whom each publish goes to.
+    #[arg(long, value_enum, default_value_t = fanout::Target::All)]
+    target: fanout::Target,
+    /// Fanout: the sessions of `--target subset` (client ids f0 .. f<K-1>).
+    #[arg(long, default_value_t = 1000, value_parser = crate::flags::count)]
+    subset: usize,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -78,6 +95,8 @@ enum Mode {
     Idle,
     /// One frame at a time.
     Latency,
+    /// Broadcasts to --sessions sessions (msgi fanout-server only).
+    Fanout,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +125,9 @@ struct Measurement {
     server_cpu_us_per_msg: Option<f64>,
     /// Server resident memory per idle session, bytes.
     server_rss_per_session: Option<f64>,
+    /// What a fanout run adds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fanout: Option<fanout::Fanout>,
 }
 
 /// A server in a child process.
@@ -115,10 +137,21 @@ struct ChildServer {
 }
 
 impl ChildServer {
-    fn start(kind: &str, wire: &WireArgs) -> Result<ChildServer> {
+    fn start(kind: &str, args: &BenchArgs) -> Result<ChildServer> {
+        let wire = &args.wire;
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
-        if kind == "msgi" {
+        if kind == "fanout" {
+            let subset = args.subset.to_string();
+            cmd.args([
+                "fanout-server",
+                "--listen",
+                "127.0.0.1:0",
+                "--subset",
+                &subset,
+            ]);
+            cmd.args(wire.to_args());
+        } else if kind == "msgi" {
             cmd.args([
                 "serve",
                 "--listen",
@@ -181,9 +214,15 @@ fn rss(pid: u32) -> Option<u64> {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<()> {
-    let size = args
-        .size
-        .unwrap_or(if args.mode == Mode::Latency { 64 } else { 1024 });
+    let size = args.size.unwrap_or(match args.mode {
+        Mode::Latency => 64,
+        Mode::Fanout => 128,
+        _ => 1024,
+    });
+    if args.mode == Mode::Fanout {
+        // Before the server starts: it inherits the limit.
+        fanout::prepare(args.sessions)?;
+    }
     let mut results = Vec::new();
     if let Some(addr) = args.addr {
         for round in 0..args.rounds {
@@ -191,13 +230,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         }
     } else {
         let kinds: &[&str] = match args.servers {
+            // The reference server does not broadcast.
+            _ if args.mode == Mode::Fanout => &["fanout"],
             Servers::Both => &["msgi", "reference"],
             Servers::Msgi => &["msgi"],
             Servers::Reference => &["reference"],
         };
         for round in 0..args.rounds {
             for kind in kinds {
-                let server = ChildServer::start(kind, &args.wire)?;
+                let server = ChildServer::start(kind, &args)?;
                 let m = measure(&args, size, kind, round, server.addr, Some(server.pid())).await?;
                 results.push(m);
             }
@@ -232,9 +273,11 @@ async fn measure(
         Mode::Latency => throughput(args, addr, size, 1, 1, false, &label).await?,
         Mode::Connect => connect_loops(args, addr, &label).await?,
         Mode::Idle => idle(args, addr, pid, &label).await?,
+        Mode::Fanout => fanout::fanout(args, size, addr, pid).await?,
     };
     if let (Some(before), Some(after)) = (cpu_before, pid.and_then(cpu_time)) {
-        if m.messages > 0 && args.mode != Mode::Idle {
+        // Fanout times the server's CPU over the publishing only.
+        if m.messages > 0 && !matches!(args.mode, Mode::Idle | Mode::Fanout) {
             m.server_cpu_us_per_msg =
                 Some((after - before).as_secs_f64() * 1e6 / m.messages as f64);
         }
@@ -658,6 +701,14 @@ struct Report<'a> {
     connections: usize,
     depth: usize,
     one_way: bool,
+    /// Fanout only: the receiving sessions, whom publishes go to, the
+    /// offered rate (none: one publish at a time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sessions: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<fanout::Target>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate: Option<f64>,
     layers: String,
     runs: &'a [Measurement],
     medians: Vec<Measurement>,
@@ -693,6 +744,7 @@ fn report(args: &BenchArgs, size: usize, results: &[Measurement]) -> Result<()> 
                 errors: runs.iter().map(|r| r.errors).sum(),
                 server_cpu_us_per_msg: med_opt(|r| r.server_cpu_us_per_msg),
                 server_rss_per_session: med_opt(|r| r.server_rss_per_session),
+                fanout: fanout_median(&runs),
             }
         })
         .collect();
@@ -712,6 +764,9 @@ fn report(args: &BenchArgs, size: usize, results: &[Measurement]) -> Result<()> 
                 args.depth
             },
             one_way: args.one_way,
+            sessions: (args.mode == Mode::Fanout).then_some(args.sessions),
+            target: (args.mode == Mode::Fanout).then_some(args.target),
+            rate: args.rate.filter(|_| args.mode == Mode::Fanout),
             layers: args.wire.describe(),
             runs: results,
             medians,
@@ -767,6 +822,20 @@ fn shape(args: &BenchArgs, size: usize) -> String {
         Mode::Latency => format!("{size} B payload, 1 connection, one frame at a time"),
         Mode::Connect => format!("{} connect-PING-close loop(s)", args.connections),
         Mode::Idle => format!("{} idle session(s)", args.sessions),
+        Mode::Fanout => format!(
+            "{size} B payload, {} session(s), target {:?}{}, {}",
+            args.sessions,
+            args.target,
+            if args.target == fanout::Target::Subset {
+                format!(" ({})", args.subset.min(args.sessions))
+            } else {
+                String::new()
+            },
+            match args.rate {
+                Some(r) => format!("{r:.0} deliveries/s offered"),
+                None => "one publish at a time".to_owned(),
+            }
+        ),
     }
 }
 
@@ -777,8 +846,32 @@ fn print_row(m: &Measurement, name: &str) {
     let rss = m
         .server_rss_per_session
         .map_or_else(String::new, |r| format!("  rss/session {:.0} B", r));
+    let fan = m.fanout.as_ref().map_or_else(String::new, |f| {
+        format!(
+            "  offered {:.0}/s  lost {}  refused (slow) {}  refused (other) {}  sessions closed {}",
+            f.offered_per_sec, f.lost, f.refused_slow, f.refused_other, f.sessions_closed
+        )
+    });
     println!(
-        "  {name:<14} {:>10.0} msg/s {:>9.1} MB/s  p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  cpu/msg {cpu:>9}  errors {}{rss}",
+        "  {name:<14} {:>10.0} msg/s {:>9.1} MB/s  p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  cpu/msg {cpu:>9}  errors {}{rss}{fan}",
         m.msgs_per_sec, m.mb_per_sec, m.p50_us, m.p99_us, m.p999_us, m.errors
     );
+}
+
+/// The fanout figures of several runs: the median offered rate, the
+/// counts summed (a loss in any run shows).
+fn fanout_median(runs: &[&Measurement]) -> Option<fanout::Fanout> {
+    let all: Vec<&fanout::Fanout> = runs.iter().filter_map(|r| r.fanout.as_ref()).collect();
+    let first = all.first()?;
+    let sum = |f: fn(&fanout::Fanout) -> u64| all.iter().map(|x| f(x)).sum();
+    Some(fanout::Fanout {
+        recipients: first.recipients,
+        publishes: sum(|f| f.publishes),
+        offered_per_sec: median(all.iter().map(|f| f.offered_per_sec).collect()).unwrap_or(0.0),
+        queued: sum(|f| f.queued),
+        lost: sum(|f| f.lost),
+        refused_slow: sum(|f| f.refused_slow),
+        refused_other: sum(|f| f.refused_other),
+        sessions_closed: sum(|f| f.sessions_closed),
+    })
 }

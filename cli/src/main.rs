@@ -39,8 +39,11 @@ enum Command {
     /// Start a chat server on loopback, connect clients and show broadcast,
     /// a private message, request/response and a graceful shutdown.
     Demo,
-    /// Measure an MSGI server: throughput, connection rate, idle memory, latency.
+    /// Measure an MSGI server: throughput, connection rate, idle memory, latency, fan-out.
     Bench(bench::BenchArgs),
+    /// The broadcasting server `msgi bench fanout` measures.
+    #[command(hide = true)]
+    FanoutServer(bench::FanoutServerArgs),
     /// The raw-tokio reference echo server `msgi bench` measures msgi against.
     #[command(hide = true)]
     ReferenceServer {
@@ -135,6 +138,7 @@ async fn main() -> ExitCode {
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
         Command::ReferenceServer { listen } => reference_server(listen).await,
+        Command::FanoutServer(args) => bench::fanout_serve(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -637,3 +637,49 @@ fn send_says_when_the_peer_does_not_speak_msgi() {
     assert!(!err.contains("--key-file"), "not a layer mismatch: {err}");
     http.join().unwrap();
 }
+
+/// `msgi bench fanout` end to end at a tiny scale: 20 sessions, a child
+/// `fanout-server`, every target; every delivery the server queued is
+/// received, counted once, and the counts add up exactly.
+#[test]
+fn bench_fanout_counts_every_delivery() {
+    for (target, recipients) in [("all", 21u64), ("filter", 20), ("subset", 5)] {
+        let out = run(&[
+            "bench",
+            "fanout",
+            "--sessions",
+            "20",
+            "--target",
+            target,
+            "--subset",
+            "5",
+            "--rate",
+            "2000",
+            "-t",
+            "0.3",
+            "--rounds",
+            "1",
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let run = &report["runs"][0];
+        let fan = &run["fanout"];
+        assert_eq!(fan["recipients"], recipients, "{report}");
+        let publishes = fan["publishes"].as_u64().unwrap();
+        assert!(publishes > 0, "{report}");
+        // Every publish reached every recipient, once.
+        assert_eq!(
+            fan["queued"].as_u64().unwrap(),
+            publishes * recipients,
+            "{report}"
+        );
+        assert_eq!(run["messages"], fan["queued"], "{report}");
+        assert_eq!(fan["lost"], 0, "{report}");
+        assert_eq!(fan["refused_slow"], 0, "{report}");
+        assert_eq!(fan["sessions_closed"], 0, "{report}");
+        assert_eq!(run["errors"], 0, "{report}");
+        assert!(run["p99_us"].as_f64().unwrap() > 0.0, "{report}");
+        assert_eq!(report["target"], target, "{report}");
+    }
+}
