@@ -26,11 +26,15 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use msgi::{Frame, Framing, Kind, MakeFraming, Side};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::stack::WireArgs;
+use crate::tls::BenchTls;
+
+/// The name of the msgi-over-TLS server in the runs and the report.
+const MSGI_TLS: &str = "msgi+tls";
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -82,6 +86,10 @@ pub(crate) struct BenchArgs {
     json: bool,
     #[command(flatten)]
     wire: WireArgs,
+    /// Also run msgi over TLS (server `msgi+tls`, a throwaway certificate),
+    /// alternately with the others (throughput and latency).
+    #[arg(long)]
+    tls: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -137,7 +145,7 @@ struct ChildServer {
 }
 
 impl ChildServer {
-    fn start(kind: &str, args: &BenchArgs) -> Result<ChildServer> {
+    fn start(kind: &str, args: &BenchArgs, tls: Option<&BenchTls>) -> Result<ChildServer> {
         let wire = &args.wire;
         let exe = std::env::current_exe()?;
         let mut cmd = Command::new(exe);
@@ -151,7 +159,7 @@ impl ChildServer {
                 &subset,
             ]);
             cmd.args(wire.to_args());
-        } else if kind == "msgi" {
+        } else if kind == "msgi" || kind == MSGI_TLS {
             cmd.args([
                 "serve",
                 "--listen",
@@ -163,6 +171,9 @@ impl ChildServer {
                 "1000000",
             ]);
             cmd.args(wire.to_args());
+            if let (MSGI_TLS, Some(tls)) = (kind, tls) {
+                cmd.args(tls.serve.to_args());
+            }
         } else {
             cmd.args(["reference-server", "--listen", "127.0.0.1:0"]);
         }
@@ -219,6 +230,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         Mode::Fanout => 128,
         _ => 1024,
     });
+    let tls = if args.tls {
+        if args.addr.is_some() || args.servers == Servers::Reference {
+            bail!("--tls starts msgi over TLS itself: leave out --addr and --servers reference");
+        }
+        if !matches!(args.mode, Mode::Throughput | Mode::Latency) {
+            bail!("--tls measures throughput and latency");
+        }
+        Some(BenchTls::new()?)
+    } else {
+        None
+    };
     if args.mode == Mode::Fanout {
         // Before the server starts: it inherits the limit.
         fanout::prepare(args.sessions)?;
@@ -226,20 +248,24 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     if let Some(addr) = args.addr {
         for round in 0..args.rounds {
-            results.push(measure(&args, size, "target", round, addr, args.pid).await?);
+            results.push(measure(&args, size, "target", round, addr, args.pid, None).await?);
         }
     } else {
-        let kinds: &[&str] = match args.servers {
+        let kinds: &[&str] = match (args.servers, tls.is_some()) {
             // The reference server does not broadcast.
             _ if args.mode == Mode::Fanout => &["fanout"],
-            Servers::Both => &["msgi", "reference"],
-            Servers::Msgi => &["msgi"],
-            Servers::Reference => &["reference"],
+            (Servers::Both, false) => &["msgi", "reference"],
+            (Servers::Both, true) => &["msgi", MSGI_TLS, "reference"],
+            (Servers::Msgi, false) => &["msgi"],
+            (Servers::Msgi, true) => &["msgi", MSGI_TLS],
+            (Servers::Reference, _) => &["reference"],
         };
         for round in 0..args.rounds {
             for kind in kinds {
-                let server = ChildServer::start(kind, &args)?;
-                let m = measure(&args, size, kind, round, server.addr, Some(server.pid())).await?;
+                let tls = tls.as_ref().filter(|_| *kind == MSGI_TLS);
+                let server = ChildServer::start(kind, &args, tls)?;
+                let pid = Some(server.pid());
+                let m = measure(&args, size, kind, round, server.addr, pid, tls).await?;
                 results.push(m);
             }
         }
@@ -254,6 +280,7 @@ async fn measure(
     round: usize,
     addr: SocketAddr,
     pid: Option<u32>,
+    tls: Option<&BenchTls>,
 ) -> Result<Measurement> {
     let label = format!("{server} #{}", round + 1);
     let cpu_before = pid.and_then(cpu_time);
@@ -267,10 +294,11 @@ async fn measure(
                 args.depth,
                 args.one_way,
                 &label,
+                tls,
             )
             .await?
         }
-        Mode::Latency => throughput(args, addr, size, 1, 1, false, &label).await?,
+        Mode::Latency => throughput(args, addr, size, 1, 1, false, &label, tls).await?,
         Mode::Connect => connect_loops(args, addr, &label).await?,
         Mode::Idle => idle(args, addr, pid, &label).await?,
         Mode::Fanout => fanout::fanout(args, size, addr, pid).await?,
@@ -323,6 +351,7 @@ fn framing(wire: &WireArgs) -> Result<crate::stack::Framing> {
 }
 
 /// C connections, each keeping D frames in flight, verifying every answer.
+#[allow(clippy::too_many_arguments)]
 async fn throughput(
     args: &BenchArgs,
     addr: SocketAddr,
@@ -331,14 +360,13 @@ async fn throughput(
     depth: usize,
     one_way: bool,
     label: &str,
+    tls: Option<&BenchTls>,
 ) -> Result<Measurement> {
     let payload = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let run = Run::begin(args, label)?;
     let (done, errors, deadline) = (run.done.clone(), run.errors.clone(), run.deadline);
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let stream = TcpStream::connect(addr).await.context("connecting")?;
-        stream.set_nodelay(true)?;
         let conn = Connection {
             payload: payload.clone(),
             depth,
@@ -351,7 +379,19 @@ async fn throughput(
         // sequence, and nonce prefix), as the sending and receiving halves
         // of one connection.
         let (enc, dec) = (framing(&args.wire)?, framing(&args.wire)?);
-        tasks.push(tokio::spawn(conn.run(stream, enc, dec)));
+        let task = match tls {
+            Some(tls) => {
+                let (rd, wr) = tokio::io::split(tls.connect(addr).await?);
+                tokio::spawn(conn.run(rd, wr, enc, dec))
+            }
+            None => {
+                let stream = TcpStream::connect(addr).await.context("connecting")?;
+                stream.set_nodelay(true)?;
+                let (rd, wr) = stream.into_split();
+                tokio::spawn(conn.run(rd, wr, enc, dec))
+            }
+        };
+        tasks.push(task);
     }
     run.finish(tasks, size).await
 }
@@ -428,13 +468,17 @@ struct Connection {
 
 impl Connection {
     /// Runs one connection; returns its latency histogram (nanoseconds).
-    async fn run(
+    async fn run<R, W>(
         self,
-        stream: TcpStream,
+        mut rd: R,
+        mut wr: W,
         mut enc: crate::stack::Framing,
         mut dec: crate::stack::Framing,
-    ) -> Result<Histogram<u64>> {
-        let (mut rd, mut wr) = stream.into_split();
+    ) -> Result<Histogram<u64>>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         // Request ids are slots 0..depth; a slot is free again once answered.
         let (free_tx, mut free_rx) = mpsc::unbounded_channel::<u32>();
         for id in 0..self.depth as u32 {
@@ -804,6 +848,21 @@ fn report(args: &BenchArgs, size: usize, results: &[Measurement]) -> Result<()> 
         }
         if let (Some(x), Some(y)) = (a.server_rss_per_session, b.server_rss_per_session) {
             print!(", rss/session {:.2}", ratio(x, y));
+        }
+        println!();
+    }
+    if let (Some(t), Some(a)) = (
+        medians.iter().find(|m| m.server == MSGI_TLS),
+        medians.iter().find(|m| m.server == "msgi"),
+    ) {
+        let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+        print!(
+            "msgi+tls / msgi: rate {:.2}, p50 {:.2}",
+            ratio(t.msgs_per_sec, a.msgs_per_sec),
+            ratio(t.p50_us, a.p50_us)
+        );
+        if let (Some(x), Some(y)) = (t.server_cpu_us_per_msg, a.server_cpu_us_per_msg) {
+            print!(", cpu/msg {:.2}", ratio(x, y));
         }
         println!();
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use msgi::proto::client::Violation;
+use msgi::proto::client::{ConnectionError, Violation};
 use msgi::{Client, ClientError, Frame, Kind, Reconnect, Server};
 use msgi_container::Container;
 use tracing_subscriber::EnvFilter;
@@ -17,6 +17,7 @@ mod demo;
 mod flags;
 mod reference;
 mod stack;
+mod tls;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -84,6 +85,8 @@ struct ServeArgs {
     /// What to do with frames over the rate limit.
     #[arg(long, value_enum, default_value_t = stack::Policy::Reject)]
     rate_limit_policy: stack::Policy,
+    #[command(flatten)]
+    tls: tls::ServeTls,
 }
 
 #[derive(clap::Args, Debug)]
@@ -106,6 +109,8 @@ struct SendArgs {
     timeout_ms: Option<u64>,
     #[command(flatten)]
     wire: stack::WireArgs,
+    #[command(flatten)]
+    tls: tls::SendTls,
     /// Send a container built from JSON instead of text, and print the answer as JSON:
     /// '{"message_type": "...", "values": {...}}' (also source_id, source_sub_id,
     /// target_id, target_sub_id; docs/PROTOCOL.md section 6).
@@ -204,15 +209,31 @@ async fn serve(args: ServeArgs) -> Result<()> {
 async fn serve_with<C: msgi::MakeFraming>(args: ServeArgs, framing: C) -> Result<()> {
     // Every setting is checked before anything is bound or announced.
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
-    let server = Server::builder()
+    let builder = Server::builder()
         .framing(framing)
         .max_connections(args.max_connections)
         .max_connections_per_ip(args.max_connections_per_ip)
         .max_frame_size(args.max_frame_size)
         .idle_timeout(idle)
         .on_connect(|s| tracing::info!(session = %s.id(), peer = ?s.peer_addr(), "connected"))
-        .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"))
-        .build()?;
+        .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"));
+    // The TLS handshake runs in each connection's accept step.
+    match args.tls.acceptor()? {
+        Some(tls) => run_server(builder.accept(tls).build()?, args).await,
+        None => run_server(builder.build()?, args).await,
+    }
+}
+
+async fn run_server<C, A, Io>(server: Server<C, A>, args: ServeArgs) -> Result<()>
+where
+    C: msgi::MakeFraming,
+    A: tower::Service<msgi::Accepted<tokio::net::TcpStream>, Response = msgi::Accepted<Io>>
+        + Send
+        + 'static,
+    A::Error: Into<msgi::BoxError>,
+    A::Future: Send + 'static,
+    Io: msgi::IntoTransport<C::Framing>,
+{
     // The frame itself is the answer: same kind, flags, payload and request
     // id (its extensions never reach the wire).
     let echo =
@@ -230,7 +251,14 @@ async fn serve_with<C: msgi::MakeFraming>(args: ServeArgs, framing: C) -> Result
     if args.announce {
         announce(listener.local_addr()?)?;
     }
-    tracing::info!(addr = %listener.local_addr()?, layers = %args.wire.describe(), "msgi echo server listening");
+    let tls = if args.tls.client_ca.is_some() {
+        "mutual TLS"
+    } else if args.tls.tls_cert.is_some() {
+        "TLS"
+    } else {
+        "none"
+    };
+    tracing::info!(addr = %listener.local_addr()?, layers = %args.wire.describe(), tls, "msgi echo server listening");
     server
         .serve(listener, echo)
         .with_graceful_shutdown(shutdown)
@@ -325,20 +353,25 @@ async fn send(args: SendArgs) -> Result<()> {
         // clap requires one of them.
         (None, None) => bail!("give a payload, or --container"),
     };
-    let client = Client::builder()
+    let builder = Client::builder()
         .framing(args.wire.framing()?)
         .connect_timeout(wait)
-        .reconnect(NO_RECONNECT)
-        .connect(args.addr.clone())
-        .await
-        .map_err(|e| {
-            // Name the address once: the library's error may already.
-            if e.to_string().contains(&args.addr) {
-                anyhow::Error::new(e)
-            } else {
-                anyhow::Error::new(e).context(format!("could not connect to {}", args.addr))
-            }
-        })?;
+        .reconnect(NO_RECONNECT);
+    let connected = match args.tls.connector(&args.addr)? {
+        Some(tls) => builder.connect_with_connector(tls, args.addr.clone()).await,
+        None => builder.connect(args.addr.clone()).await,
+    };
+    let client = connected.map_err(|e| {
+        if let Some(hint) = tls_hint(&e, &args.addr) {
+            return anyhow::Error::new(hint);
+        }
+        // Name the address once: the library's error may already.
+        if e.to_string().contains(&args.addr) {
+            anyhow::Error::new(e)
+        } else {
+            anyhow::Error::new(e).context(format!("could not connect to {}", args.addr))
+        }
+    })?;
     let frame = Frame::new(args.kind, payload);
     let answer = if args.correlated || args.kind == Kind::PING {
         match tokio::time::timeout(wait, client.call(frame)).await {
@@ -410,7 +443,16 @@ async fn lost(client: &Client, wire: &stack::WireArgs) -> Hint {
         // Not a layer mismatch: what answered is not an MSGI server at all.
         (
             "what answered does not speak MSGI (its bytes do not start with `MSGI`)".to_owned(),
-            "check the address and port: is `msgi serve` (or another MSGI server) listening there?",
+            "check the address and port: is `msgi serve` (or another MSGI server) listening there? \
+             (a TLS port needs --tls-ca)",
+        )
+    } else if let Some(alert) = tls_alert(reason.as_ref()) {
+        // The server's TLS refused this client after the handshake (TLS
+        // 1.3 says so then): mutual TLS without an accepted certificate.
+        (
+            format!("the server ended the TLS session ({alert})"),
+            "under mutual TLS, give --tls-cert and --tls-key with a certificate \
+             signed by a CA in the server's --client-ca",
         )
     } else if violation.is_some() {
         (
@@ -431,6 +473,34 @@ async fn lost(client: &Client, wire: &stack::WireArgs) -> Hint {
         hint: hint.to_owned(),
         source: reason,
     }
+}
+
+/// The TLS alert that ended a connection, if one did.
+fn tls_alert(reason: Option<&ClientError>) -> Option<&str> {
+    match reason?.connection_error()? {
+        ConnectionError::Transport(text) if text.contains("fatal alert") => Some(text),
+        _ => None,
+    }
+}
+
+/// A failed TLS handshake: what it means and what to check.
+fn tls_hint(error: &ClientError, addr: &str) -> Option<Hint> {
+    let handshake = msgi_tls::HandshakeError::of(error)?;
+    let hint = match handshake {
+        msgi_tls::HandshakeError::NotTls(_) => {
+            "the server does not speak TLS: leave out the --tls-* flags for a plain msgi port"
+        }
+        msgi_tls::HandshakeError::Tls(msgi_tls::rustls::Error::InvalidCertificate(_)) => {
+            "check that --tls-ca holds the CA that signed the server's certificate, and that \
+             the certificate names the host of --addr (or give --tls-server-name)"
+        }
+        _ => "check the TLS flags on both sides",
+    };
+    Some(Hint {
+        message: format!("TLS handshake with {addr} failed"),
+        hint: hint.to_owned(),
+        source: Some(error.clone()),
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,177 @@
+//! The TLS flags of `msgi serve`, `msgi send` and `msgi bench` (msgi-tls).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use msgi_tls::{load_certs, load_key, TlsAcceptor, TlsConnector};
+
+/// `msgi serve` over TLS: its certificate and key, and mutual TLS.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct ServeTls {
+    /// Serve TLS with this certificate chain (PEM: the server's
+    /// certificate first, then intermediates).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// Mutual TLS: require a client certificate signed by a CA in this
+    /// file (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) client_ca: Option<PathBuf>,
+}
+
+impl ServeTls {
+    /// The accept step, if TLS was asked for; every file is read and
+    /// checked here, before anything is bound.
+    pub(crate) fn acceptor(&self) -> Result<Option<TlsAcceptor>> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let mut builder = TlsAcceptor::builder(load_certs(cert)?, load_key(key)?);
+        if let Some(ca) = &self.client_ca {
+            builder = builder.client_ca(load_certs(ca)?);
+        }
+        Ok(Some(builder.build().context("TLS settings")?))
+    }
+
+    /// The same flags, for a child `msgi serve`.
+    pub(crate) fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = Vec::new();
+        for (flag, path) in [
+            ("--tls-cert", &self.tls_cert),
+            ("--tls-key", &self.tls_key),
+            ("--client-ca", &self.client_ca),
+        ] {
+            if let Some(path) = path {
+                args.push(flag.into());
+                args.push(path.into());
+            }
+        }
+        args
+    }
+}
+
+/// `msgi send` over TLS: the CA to verify the server with, and a client
+/// certificate for mutual TLS.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct SendTls {
+    /// Connect with TLS, verifying the server's certificate with the CA
+    /// certificates in this file (PEM).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tls_ca: Option<PathBuf>,
+    /// Present this client certificate chain (PEM) to a server that
+    /// requires one (mutual TLS).
+    #[arg(long, value_name = "FILE", requires_all = ["tls_ca", "tls_key"])]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the host of
+    /// --addr).
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    pub(crate) tls_server_name: Option<String>,
+}
+
+impl SendTls {
+    /// The connector, if TLS was asked for, for the server at `addr`.
+    pub(crate) fn connector(&self, addr: &str) -> Result<Option<TlsConnector>> {
+        let Some(ca) = &self.tls_ca else {
+            return Ok(None);
+        };
+        let name = self
+            .tls_server_name
+            .clone()
+            .unwrap_or_else(|| host_of(addr).to_owned());
+        let mut builder = TlsConnector::builder(name).root_certificates(load_certs(ca)?);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            builder = builder.client_certificate(load_certs(cert)?, load_key(key)?);
+        }
+        Ok(Some(builder.build().context("TLS settings")?))
+    }
+}
+
+/// The host of `host:port` or `[v6]:port` (the whole text without a port).
+pub(crate) fn host_of(addr: &str) -> &str {
+    if let Some(rest) = addr.strip_prefix('[') {
+        return rest.split_once(']').map_or(addr, |(host, _)| host);
+    }
+    match addr.rsplit_once(':') {
+        // More than one colon without brackets: a bare IPv6 address.
+        Some((host, _)) if !host.contains(':') => host,
+        _ => addr,
+    }
+}
+
+/// A throwaway CA and server certificate for `msgi bench --tls`, written to
+/// a temporary folder (removed on drop) for the `msgi serve` child; the
+/// generator connects with [`BenchTls::connect`].
+pub(crate) struct BenchTls {
+    dir: PathBuf,
+    pub(crate) serve: ServeTls,
+    connector: TlsConnector,
+}
+
+impl BenchTls {
+    pub(crate) fn new() -> Result<BenchTls> {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key)?;
+        let key = KeyPair::generate()?;
+        let cert =
+            CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &ca, &ca_key)?;
+        let dir = std::env::temp_dir().join(format!("msgi-bench-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+        std::fs::write(&cert_path, cert.pem())?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        let connector = TlsConnector::builder("localhost")
+            .root_certificates(vec![ca.der().clone()])
+            .build()?;
+        Ok(BenchTls {
+            dir,
+            serve: ServeTls {
+                tls_cert: Some(cert_path),
+                tls_key: Some(key_path),
+                client_ca: None,
+            },
+            connector,
+        })
+    }
+
+    /// A TLS connection to the child server (TCP_NODELAY on).
+    pub(crate) async fn connect(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> {
+        use tower::ServiceExt;
+        self.connector
+            .clone()
+            .oneshot(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("TLS connect")
+    }
+}
+
+impl Drop for BenchTls {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn the_server_name_is_the_host_of_the_address() {
+        assert_eq!(host_of("localhost:7000"), "localhost");
+        assert_eq!(host_of("127.0.0.1:7000"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7000"), "::1");
+        assert_eq!(host_of("::1"), "::1");
+        assert_eq!(host_of("example.org"), "example.org");
+    }
+}
