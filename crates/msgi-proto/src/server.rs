@@ -623,8 +623,42 @@ impl Connection {
         token: Token,
         result: Result<Option<Frame>, E>,
     ) {
+        if let Some(frame) = self.take_answer(token, result) {
+            self.push_transmit(frame);
+        }
+    }
+
+    /// [`handle_answer`](Connection::handle_answer), handing the answer
+    /// back instead of queueing it when nothing waits to be written before
+    /// it: the runtime writes it next, before anything
+    /// [`poll_transmit`](Connection::poll_transmit) gives later. (Behind
+    /// frames already queued, it is queued and `None` comes back.) Saves a
+    /// runtime that writes at once the trip through the transmit queue.
+    #[inline]
+    pub fn take_answer<E: fmt::Display>(
+        &mut self,
+        token: Token,
+        result: Result<Option<Frame>, E>,
+    ) -> Option<Frame> {
+        let frame = self.make_answer(token, result)?;
+        if self.transmit.is_none() {
+            return Some(frame);
+        }
+        self.push_transmit(frame);
+        None
+    }
+
+    /// The answer to the request of `token`, by the rules of
+    /// [`handle_answer`](Connection::handle_answer); `None` when nothing
+    /// is sent.
+    #[inline]
+    fn make_answer<E: fmt::Display>(
+        &mut self,
+        token: Token,
+        result: Result<Option<Frame>, E>,
+    ) -> Option<Frame> {
         if !matches!(self.state, State::Open | State::Draining { .. }) {
-            return;
+            return None;
         }
         self.outstanding = self.outstanding.saturating_sub(1);
         self.outstanding_bytes = self.outstanding_bytes.saturating_sub(token.bytes);
@@ -642,14 +676,14 @@ impl Connection {
             }
             (None, Ok(Some(frame))) => frame,
             (Some(id), Ok(None)) => Frame::error("no response").with_request_id(id),
-            (None, Ok(None)) => return,
+            (None, Ok(None)) => return None,
             (id, Err(error)) => {
                 let mut frame = Frame::error(error.to_string());
                 frame.set_request_id(id);
                 frame
             }
         };
-        self.push_transmit(frame);
+        Some(frame)
     }
 
     /// Answers the handshake of [`Event::Hello`] with `WELCOME <session_id>`

@@ -345,8 +345,14 @@ where
                     tracing::debug!(session = %self.session.id(), request_id = id, kind = %frame.kind(), "handler answered with a kind that cannot answer; the peer gets an ERROR");
                 }
             }
-            self.conn.handle_answer(token, result);
-            self.pump();
+            // Nothing queued before it (the common case): straight to the
+            // transport, not through the connection's transmit queue.
+            if let Some(frame) = self.conn.take_answer(token, result) {
+                self.queue(frame);
+            }
+            if self.conn.has_output() {
+                self.pump();
+            }
         }
     }
 
@@ -423,6 +429,16 @@ where
     }
 
     fn read_requests(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        let mut read = false;
+        let progress = self.read_frames(cx, now, &mut read);
+        if read {
+            // Once per wake-up, not per frame: all were read at `now`.
+            self.session.touch(now);
+        }
+        progress
+    }
+
+    fn read_frames(&mut self, cx: &mut Context<'_>, now: Instant, read: &mut bool) -> bool {
         let mut progress = false;
         loop {
             progress |= self.call_waiting(cx, now);
@@ -450,7 +466,7 @@ where
                 }
             };
             progress = true;
-            self.session.touch(now);
+            *read = true;
             permit.handle_frame(frame, now);
             // A request (the common case) leaves nothing to write or report.
             if self.conn.has_output() {

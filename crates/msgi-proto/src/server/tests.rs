@@ -1138,3 +1138,37 @@ fn has_output_says_whether_a_transmit_or_event_waits() {
     assert_eq!(events(&mut c).len(), 1);
     assert!(!c.has_output(), "reported once");
 }
+
+#[test]
+fn take_answer_hands_the_answer_back_only_when_nothing_waits_before_it() {
+    let t0 = Instant::now();
+    let mut c = conn(t0);
+    let first = request(&mut c, Frame::data("1").with_request_id(1), t0);
+    let second = request(&mut c, Frame::data("2").with_request_id(2), t0);
+    // The first answer waits in the transmit queue: the second goes behind it.
+    c.handle_answer(first, ok(Frame::data("a")));
+    assert_eq!(c.take_answer(second, ok(Frame::data("b"))), None);
+    assert_eq!(
+        transmits(&mut c),
+        vec![
+            Frame::data("a").with_request_id(1),
+            Frame::data("b").with_request_id(2)
+        ]
+    );
+    // Nothing waits: handed back, by the same rules, and counted as answered.
+    let third = request(&mut c, Frame::data("3").with_request_id(3), t0);
+    assert_eq!(
+        c.take_answer(third, Ok::<_, &str>(None)),
+        Some(Frame::error("no response").with_request_id(3))
+    );
+    assert_eq!(transmits(&mut c), vec![]);
+    assert_eq!(c.outstanding(), 0);
+    assert_eq!(c.outstanding_bytes(), 0);
+    // A one-way request's `None` sends nothing; after a cut, nothing either.
+    let one_way = request(&mut c, Frame::data("4"), t0);
+    assert_eq!(c.take_answer(one_way, Ok::<_, &str>(None)), None);
+    let cut = request(&mut c, Frame::data("5").with_request_id(5), t0);
+    c.handle_peer_reset(std::io::ErrorKind::ConnectionReset);
+    assert_eq!(c.take_answer(cut, ok(Frame::data("late"))), None);
+    assert_eq!(c.closed().map(|closed| closed.unanswered), Some(1));
+}
