@@ -59,7 +59,7 @@ pub fn weight(key: u64, addr: SocketAddr) -> u64 {
 /// least loaded. Frames without a key go to the least loaded endpoint up.
 ///
 /// `poll_ready` is ready while at least one upstream is up (`Pending`
-/// otherwise, woken when one comes up: put it behind [`FailFast`]). A
+/// otherwise, woken when one comes up: put it behind [`FailFast`](crate::FailFast)). A
 /// call waits for its endpoint's readiness in its own future (a saturated
 /// upstream keeps its keys: they wait for it); if that upstream goes down
 /// first, the call fails with [`Error::Down`], unsent (retryable).
