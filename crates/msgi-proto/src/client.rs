@@ -56,7 +56,8 @@ use std::time::{Duration, Instant};
 
 use crate::codec::CodecError;
 use crate::config::ConfigError;
-use crate::frame::{Frame, Kind};
+use crate::delivery;
+use crate::frame::{Flags, Frame, Kind};
 use crate::session::{self, Expired, Inbound, Protocol, Reading, Role, Timers, WELCOME_PREFIX};
 use crate::text::PeerText;
 
@@ -92,6 +93,24 @@ pub struct Config {
     held_sends: usize,
     queue_timeout: Option<Duration>,
     close_linger: Option<Duration>,
+    ack: Option<AckWindow>,
+}
+
+/// Acknowledged delivery's bounds on the client (docs/PROTOCOL.md, section
+/// 3, *Acknowledged delivery*): one-way frames sent and not yet
+/// acknowledged are kept, at most this many and this many wire bytes;
+/// [`Connection::accepts_work`] is false while the window is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckWindow {
+    /// Frames kept, at most (at least 1).
+    pub frames: usize,
+    /// Wire bytes kept, at most (at least 1; a frame into an empty window
+    /// is always taken).
+    pub bytes: usize,
+    /// This run of the client (1 to `u64::MAX`): the server forgets the
+    /// numbers of another epoch for the same client id. Draw it at random
+    /// when the client starts.
+    pub epoch: u64,
 }
 
 impl Default for Config {
@@ -144,6 +163,7 @@ impl Default for ConfigBuilder {
                 held_sends: 1024,
                 queue_timeout: Some(Duration::from_secs(10)),
                 close_linger: Some(Duration::from_secs(5)),
+                ack: None,
             },
         }
     }
@@ -225,6 +245,15 @@ impl ConfigBuilder {
         self
     }
 
+    /// Acknowledged delivery: every one-way frame is kept until the server
+    /// acknowledges it and sent again after a reconnect (default `None`:
+    /// one-way frames are at most once). Needs a client id and a binary
+    /// framing.
+    pub fn acknowledged(mut self, window: Option<AckWindow>) -> Self {
+        self.settings.ack = window;
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
@@ -253,6 +282,21 @@ impl ConfigBuilder {
                 return Err(ConfigError::new(
                     setting,
                     "must be above zero (None disables it)",
+                ));
+            }
+        }
+        if let Some(window) = &s.ack {
+            if window.frames == 0 || window.bytes == 0 || window.epoch == 0 {
+                return Err(ConfigError::new(
+                    "acknowledged",
+                    "window frames, bytes and epoch must be at least 1",
+                ));
+            }
+            if s.client_id.is_none() || !s.binary {
+                return Err(ConfigError::new(
+                    "acknowledged",
+                    "needs a client id and a binary framing (the server keeps \
+                     the numbers per client id)",
                 ));
             }
         }
@@ -345,6 +389,9 @@ pub enum ConnectionError {
     Transport(String),
     /// The client closed the connection itself.
     ClientClosed,
+    /// The server did not take up acknowledged delivery: its answer to
+    /// RESUME (escaped, capped).
+    DeliveryRefused(String),
 }
 
 impl ConnectionError {
@@ -360,6 +407,7 @@ impl ConnectionError {
             ConnectionError::HandshakeTimeout => "handshake_timeout",
             ConnectionError::Transport(_) => "transport",
             ConnectionError::ClientClosed => "client_closed",
+            ConnectionError::DeliveryRefused(_) => "delivery_refused",
         }
     }
 
@@ -386,6 +434,9 @@ impl fmt::Display for ConnectionError {
             ConnectionError::HandshakeTimeout => f.write_str("handshake not answered in time"),
             ConnectionError::Transport(why) => f.write_str(why),
             ConnectionError::ClientClosed => f.write_str("the client closed"),
+            ConnectionError::DeliveryRefused(why) => {
+                write!(f, "acknowledged delivery refused by server: {why}")
+            }
         }
     }
 }
@@ -558,6 +609,50 @@ pub struct Connection<R> {
     last_error: Option<String>,
     handles_gone: bool,
     events: VecDeque<Event<R>>,
+    /// Acknowledged delivery's window, when on.
+    acks: Option<Acks>,
+}
+
+/// One-way frames sent and not yet acknowledged, in order.
+struct Acks {
+    limits: AckWindow,
+    window: VecDeque<Frame>,
+    /// Wire bytes in `window`.
+    bytes: usize,
+    /// The sequence number of `window[0]` (numbers start at 1).
+    base: u64,
+    /// Frames of `window`, from the front, encoded on this transport.
+    sent: usize,
+    resume: Resume,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// Not asked on this transport yet.
+    Idle,
+    /// RESUME sent with this request id.
+    Waiting(u32),
+    /// RESUMED arrived: frames of the window go out.
+    Done,
+}
+
+impl Acks {
+    fn full(&self) -> bool {
+        self.window.len() >= self.limits.frames
+            || (!self.window.is_empty() && self.bytes >= self.limits.bytes)
+    }
+
+    /// Forgets the frames up to `last` (acknowledged).
+    fn acknowledge(&mut self, last: u64) {
+        while self.base <= last {
+            let Some(frame) = self.window.pop_front() else {
+                break;
+            };
+            self.bytes = self.bytes.saturating_sub(frame.wire_len());
+            self.sent = self.sent.saturating_sub(1);
+            self.base += 1;
+        }
+    }
 }
 
 impl<R: Caller> fmt::Debug for Connection<R> {
@@ -580,7 +675,6 @@ impl<R: Caller> Connection<R> {
     pub fn new(config: Config, now: Instant) -> Self {
         let proto = Protocol::new(Role::Client, config.timers, config.binary, now);
         Connection {
-            config,
             state: State::Disconnected,
             proto,
             calls: HashMap::new(),
@@ -595,7 +689,28 @@ impl<R: Caller> Connection<R> {
             last_error: None,
             handles_gone: false,
             events: VecDeque::new(),
+            acks: config.ack.map(|limits| Acks {
+                limits,
+                window: VecDeque::new(),
+                bytes: 0,
+                base: 1,
+                sent: 0,
+                resume: Resume::Idle,
+            }),
+            config,
         }
+    }
+
+    /// One-way frames kept until the server acknowledges them (sent or
+    /// not); 0 without acknowledged delivery.
+    pub fn unacknowledged(&self) -> usize {
+        self.acks.as_ref().map_or(0, |a| a.window.len())
+    }
+
+    /// The highest sequence number the server acknowledged (0: none yet, or
+    /// no acknowledged delivery).
+    pub fn acknowledged(&self) -> u64 {
+        self.acks.as_ref().map_or(0, |a| a.base - 1)
     }
 
     /// Where the connection is.
@@ -681,6 +796,15 @@ impl<R: Caller> Connection<R> {
                 *deadline = None;
             }
         }
+        if self.acks.is_some() {
+            let id = self.allocate_id();
+            if let Some(acks) = &mut self.acks {
+                acks.resume = Resume::Waiting(id);
+                acks.sent = 0;
+                let resume = delivery::resume_frame(acks.limits.epoch, acks.base);
+                self.push_own(resume.with_request_id(id));
+            }
+        }
         self.events.push_back(Event::Connected);
         self.check_orphaned(now);
     }
@@ -696,6 +820,11 @@ impl<R: Caller> Connection<R> {
     fn lose(&mut self, error: ConnectionError, now: Instant) {
         let closing = matches!(self.state, State::Closing { .. });
         self.state = State::Disconnected;
+        if let Some(acks) = &mut self.acks {
+            // Sent or not, kept until acknowledged: all again next time.
+            acks.sent = 0;
+            acks.resume = Resume::Idle;
+        }
         for (_, caller) in self.calls.drain() {
             self.events.push_back(Event::Answer(
                 caller,
@@ -729,6 +858,11 @@ impl<R: Caller> Connection<R> {
     /// Queues a one-way frame (its request id removed).
     pub fn send(&mut self, mut frame: Frame, _now: Instant) {
         frame.set_request_id(None);
+        if let Some(acks) = &mut self.acks {
+            acks.bytes = acks.bytes.saturating_add(frame.wire_len());
+            acks.window.push_back(frame);
+            return;
+        }
         let counted = !matches!(self.state, State::Open | State::Closing { .. });
         self.held_taken += usize::from(counted);
         self.held.push_back(Held::Send { frame, counted });
@@ -774,7 +908,7 @@ impl<R: Caller> Connection<R> {
     /// [`Config::held_sends`] one-way frames are held; never once closing
     /// or after every handle is gone.
     pub fn accepts_work(&self) -> bool {
-        if self.handles_gone {
+        if self.handles_gone || self.acks.as_ref().is_some_and(Acks::full) {
             return false;
         }
         match self.state {
@@ -848,6 +982,7 @@ impl<R: Caller> Connection<R> {
                 };
                 self.transmit(held, &mut encode);
             }
+            self.transmit_window(self.config.high_water, &mut encode);
             // Every handle gone and the last held frame out: close now.
             self.check_orphaned(now);
         }
@@ -859,6 +994,13 @@ impl<R: Caller> Connection<R> {
             } => {
                 while let Some(held) = self.held.pop_front() {
                     self.transmit(held, &mut encode);
+                }
+                self.transmit_window(usize::MAX, &mut encode);
+                if self.unacknowledged() > 0 {
+                    // DISCONNECT once the server has taken every frame (or
+                    // at the close linger).
+                    self.update_reading(now);
+                    return;
                 }
                 match encode(Frame::disconnect("client closed")) {
                     Ok(n) => self.queued += n as u64,
@@ -905,6 +1047,40 @@ impl<R: Caller> Connection<R> {
                     Err(e) => self
                         .events
                         .push_back(Event::Answer(caller, Err(CallError::Encode(Arc::new(e))))),
+                }
+            }
+        }
+    }
+
+    /// Encodes frames of the acknowledged window not sent on this transport
+    /// yet, once RESUMED came, while the write queue is below `up_to`.
+    fn transmit_window<E>(&mut self, up_to: usize, encode: &mut E)
+    where
+        E: FnMut(Frame) -> Result<usize, CodecError>,
+    {
+        loop {
+            let pending = self.pending_bytes();
+            let Some(acks) = &mut self.acks else {
+                return;
+            };
+            if acks.resume != Resume::Done || pending >= up_to {
+                return;
+            }
+            let Some(frame) = acks.window.get(acks.sent) else {
+                return;
+            };
+            match encode(frame.clone()) {
+                Ok(n) => {
+                    self.queued += n as u64;
+                    acks.sent += 1;
+                }
+                Err(e) => {
+                    // Never on the wire: it takes no number, the frames
+                    // after it move up.
+                    if let Some(frame) = acks.window.remove(acks.sent) {
+                        acks.bytes = acks.bytes.saturating_sub(frame.wire_len());
+                    }
+                    self.events.push_back(Event::Unsendable(Arc::new(e)));
                 }
             }
         }
@@ -1018,6 +1194,18 @@ impl<R: Caller> Connection<R> {
     }
 
     fn on_frame(&mut self, frame: Frame, now: Instant) {
+        if let Some(acks) = &self.acks {
+            let plain = frame.flags().without(Flags::CORRELATED).is_empty();
+            match (acks.resume, frame.request_id()) {
+                (Resume::Waiting(id), Some(rid)) if rid == id => {
+                    return self.on_resumed(frame, now);
+                }
+                (_, None) if plain && frame.kind() == delivery::ACK => {
+                    return self.on_ack(frame, now);
+                }
+                _ => {}
+            }
+        }
         let kind = frame.kind();
         let request_id = frame.request_id();
         // One lookup per answer: the call is taken out at once.
@@ -1064,6 +1252,60 @@ impl<R: Caller> Connection<R> {
             }
             Inbound::Hello { .. } | Inbound::Nothing => {}
         }
+    }
+
+    /// The answer to RESUME: the window's frames up to its number were
+    /// taken; the rest go out now, numbered from the next.
+    fn on_resumed(&mut self, frame: Frame, now: Instant) {
+        // Activity, as any frame (a HEARTBEAT's classification).
+        self.proto.on_frame(Frame::heartbeat(), now);
+        let last = match frame.kind() {
+            Kind::CONTROL => delivery::parse_resumed(frame.payload()),
+            _ => None,
+        };
+        let Some(acks) = &mut self.acks else {
+            return;
+        };
+        match last {
+            Some(last) if last < acks.base + acks.window.len() as u64 => {
+                acks.acknowledge(last);
+                acks.resume = Resume::Done;
+                acks.sent = 0;
+            }
+            Some(last) => {
+                let rule = format!(
+                    "RESUMED {last} names frames never sent (next is {})",
+                    acks.base + acks.window.len() as u64
+                );
+                self.push_own(Frame::error(rule.clone()));
+                self.lose(ConnectionError::Violation(Violation::Rule(rule)), now);
+            }
+            None => {
+                let why = PeerText(frame.payload()).to_string();
+                self.lose(ConnectionError::DeliveryRefused(why), now);
+            }
+        }
+    }
+
+    /// An ACK: every frame up to its number was handed to the application.
+    fn on_ack(&mut self, frame: Frame, now: Instant) {
+        self.proto.on_frame(Frame::heartbeat(), now);
+        let Some(acks) = &mut self.acks else {
+            return;
+        };
+        let sent_through = acks.base + acks.sent as u64 - 1;
+        let rule = match delivery::parse_ack(&frame) {
+            Some(_) if acks.resume != Resume::Done => "ACK before RESUMED".to_owned(),
+            Some(last) if last <= sent_through => {
+                acks.acknowledge(last);
+                self.check_orphaned(now);
+                return;
+            }
+            Some(last) => format!("ACK {last} for frames not sent (sent up to {sent_through})"),
+            None => "ACK payload is not 8 bytes".to_owned(),
+        };
+        self.push_own(Frame::error(rule.clone()));
+        self.lose(ConnectionError::Violation(Violation::Rule(rule)), now);
     }
 
     fn answer(&mut self, caller: R, result: Result<Frame, CallError>, now: Instant) {
@@ -1286,12 +1528,18 @@ impl<R: Caller> Connection<R> {
             return Vec::new();
         }
         self.held_taken = 0;
-        self.held
-            .drain(..)
-            .filter_map(|held| match held {
+        let window = self.acks.as_mut().map(|a| {
+            a.bytes = 0;
+            a.sent = 0;
+            std::mem::take(&mut a.window)
+        });
+        window
+            .into_iter()
+            .flatten()
+            .chain(self.held.drain(..).filter_map(|held| match held {
                 Held::Send { frame, .. } => Some(frame),
                 Held::Call { .. } => None,
-            })
+            }))
             .collect()
     }
 

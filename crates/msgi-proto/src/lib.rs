@@ -20,6 +20,7 @@
 pub mod client;
 mod codec;
 mod config;
+pub mod delivery;
 mod extensions;
 mod frame;
 pub mod server;
