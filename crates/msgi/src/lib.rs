@@ -43,6 +43,7 @@
 mod accept;
 mod client;
 mod codec;
+pub mod delivery;
 mod driver;
 mod observer;
 mod registry;

@@ -109,6 +109,7 @@ pub struct ClientBuilder<C = FrameCodec> {
     pub(super) incoming_bytes: usize,
     pub(super) max_concurrent_requests: usize,
     pub(super) queue_timeout: Option<Duration>,
+    pub(super) acknowledged: Option<(usize, usize)>,
 }
 
 impl Default for ClientBuilder {
@@ -127,6 +128,7 @@ impl Default for ClientBuilder {
             incoming_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
             queue_timeout: Some(Duration::from_secs(10)),
+            acknowledged: None,
         }
     }
 }
@@ -156,6 +158,7 @@ impl<C: MakeFraming + Clone + fmt::Debug> ClientBuilder<C> {
             incoming_bytes: self.incoming_bytes,
             max_concurrent_requests: self.max_concurrent_requests,
             queue_timeout: self.queue_timeout,
+            acknowledged: self.acknowledged,
         }
     }
 
@@ -256,6 +259,26 @@ impl<C: MakeFraming + Clone + fmt::Debug> ClientBuilder<C> {
     /// when the task takes it off the outbox after the connection dropped.
     pub fn queue_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.queue_timeout = timeout;
+        self
+    }
+
+    /// Acknowledged delivery (docs/RELIABILITY.md): the server acknowledges
+    /// the one-way frames it handed to its application, and the client
+    /// keeps every frame [`send`](Client::send) accepted until then, at
+    /// most `frames` frames and `bytes` wire bytes (a frame into an empty
+    /// window is always taken), and sends the unacknowledged ones again
+    /// after a reconnect. The server drops the ones it already handed on,
+    /// so its handler sees each frame once across reconnects to a live
+    /// server (at least once if the server lost its state). A full window
+    /// holds the outbox: `send` waits, [`Client::try_send`] fails with
+    /// [`ClientError::OutboxFull`], [`Client::send_timeout`] fails at its
+    /// deadline. Needs a [`client_id`](ClientBuilder::client_id) and a server
+    /// with [`AckLayer`](crate::delivery::AckLayer); a server without it
+    /// refuses (the connection is lost with
+    /// `ConnectionError::DeliveryRefused`). Default: off (a one-way frame is
+    /// at most once once its bytes are written).
+    pub fn acknowledged(mut self, frames: usize, bytes: usize) -> Self {
+        self.acknowledged = Some((frames, bytes));
         self
     }
 

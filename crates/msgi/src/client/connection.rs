@@ -19,7 +19,7 @@ use super::connector::{Connecting, Connector};
 use super::{ClientError, CloseCause, DoneGuard, Shared, Status};
 use crate::transport::{now, Alarm, ByteStream as Transport, ReadError};
 use msgi_proto::client::{
-    CallError, Caller, Config, Connection, ConnectionError, Event, Phase, Violation,
+    AckWindow, CallError, Caller, Config, Connection, ConnectionError, Event, Phase, Violation,
     DEFAULT_MAX_EVENTS, MIN_HIGH_WATER,
 };
 use msgi_proto::text::PeerText;
@@ -110,6 +110,12 @@ pub(super) fn machine_config<C: MakeFraming + Clone + fmt::Debug>(
         .held_sends(cfg.outbox)
         .queue_timeout(finite(cfg.queue_timeout))
         .close_linger(finite(Some(cfg.connect_timeout)))
+        .acknowledged(cfg.acknowledged.map(|(frames, bytes)| AckWindow {
+            frames,
+            bytes,
+            // This run of the client: never 0.
+            epoch: fastrand::u64(1..),
+        }))
         .build()
 }
 
@@ -169,6 +175,8 @@ pub(super) struct ClientTask<T, C: MakeFraming> {
     incoming: mpsc::Sender<Frame>,
     incoming_bytes: usize,
     handles_gone: bool,
+    /// One-way frames taken off the outbox.
+    sends_taken: u64,
     shared: Arc<Shared>,
     /// Declared last: dropped after everything above.
     _done: DoneGuard,
@@ -207,6 +215,7 @@ where
             rx,
             incoming,
             handles_gone: false,
+            sends_taken: 0,
             _done: DoneGuard(shared.clone()),
             shared,
         };
@@ -263,7 +272,10 @@ where
 
     fn take_command(&mut self, command: Command, now: Instant) {
         match command {
-            Command::Send(frame) => self.conn.send(frame, now),
+            Command::Send(frame) => {
+                self.sends_taken += 1;
+                self.conn.send(frame, now)
+            }
             Command::Call(frame, reply, stamp) => {
                 if take(stamp.as_ref()) {
                     let deadline = stamp.map(|stamp| stamp.deadline);
@@ -445,6 +457,18 @@ where
                 if let Some(outcome) = self.on_event(event, cx, now) {
                     return Poll::Ready(outcome);
                 }
+            }
+            if self.cfg.acknowledged.is_some() {
+                let now_acks = (
+                    self.conn.acknowledged(),
+                    self.conn.unacknowledged(),
+                    self.sends_taken,
+                );
+                self.shared.acks.send_if_modified(|acks| {
+                    let changed = *acks != now_acks;
+                    *acks = now_acks;
+                    changed
+                });
             }
 
             let deadline = [

@@ -157,6 +157,9 @@ impl Client {
             incoming_held,
             pushes_dropped: AtomicU64::new(0),
             unsent: Mutex::new(Vec::new()),
+            acks: watch::Sender::new((0, 0, 0)),
+            acknowledged: cfg.acknowledged.is_some(),
+            sends_queued: AtomicU64::new(0),
         });
         let mut task = ClientTask::new(cfg, connector, config, rx, incoming_tx, shared.clone());
         task.first_connection().await?;
@@ -190,7 +193,9 @@ impl Client {
         self.tx
             .send(Command::Send(frame))
             .await
-            .map_err(|_| self.shared.closed_error())
+            .map_err(|_| self.shared.closed_error())?;
+        self.shared.sends_queued.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Sends a one-way frame without waiting: [`ClientError::OutboxFull`]
@@ -198,10 +203,14 @@ impl Client {
     pub fn try_send(&self, mut frame: Frame) -> Result<(), ClientError> {
         frame.set_request_id(None);
         self.check_size(&frame)?;
-        self.tx.try_send(Command::Send(frame)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ClientError::OutboxFull,
-            mpsc::error::TrySendError::Closed(_) => self.shared.closed_error(),
-        })
+        self.tx
+            .try_send(Command::Send(frame))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ClientError::OutboxFull,
+                mpsc::error::TrySendError::Closed(_) => self.shared.closed_error(),
+            })?;
+        self.shared.sends_queued.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     pub(super) fn check_size(&self, frame: &Frame) -> Result<(), ClientError> {
@@ -348,8 +357,77 @@ impl Client {
         self.shared.state.load(Ordering::Acquire) == CONNECTED
     }
 
+    /// With acknowledged delivery, one-way frames kept until the server
+    /// acknowledges them (sent or not), as of the task's last wake-up; 0
+    /// otherwise.
+    pub fn unacknowledged(&self) -> usize {
+        self.shared.acks.borrow().1
+    }
+
+    /// With acknowledged delivery, how many one-way frames the server has
+    /// acknowledged since the client started (their sequence numbers run
+    /// from 1); 0 otherwise.
+    pub fn acknowledged(&self) -> u64 {
+        self.shared.acks.borrow().0
+    }
+
+    /// With acknowledged delivery, waits until the server has acknowledged
+    /// every one-way frame accepted so far (bound it with a timeout).
+    /// Returns at once without acknowledged delivery, and with the client's
+    /// stop reason if it stops first.
+    pub async fn wait_acknowledged(&self) -> Result<(), ClientError> {
+        if !self.shared.acknowledged {
+            return Ok(());
+        }
+        // Every send accepted before this call, taken by the task and
+        // acknowledged.
+        let target = self.shared.sends_queued.load(Ordering::Acquire);
+        let mut acks = self.shared.acks.subscribe();
+        let mut status = self.shared.status.subscribe();
+        loop {
+            let (_, unacked, taken) = *acks.borrow_and_update();
+            if taken >= target && unacked == 0 {
+                return Ok(());
+            }
+            if self.is_closed() {
+                return Err(self.shared.closed_error());
+            }
+            tokio::select! {
+                changed = acks.changed() => {
+                    if changed.is_err() {
+                        return Err(self.shared.closed_error());
+                    }
+                }
+                _ = status.changed() => {}
+            }
+        }
+    }
+
+    /// Sends a one-way frame, waiting at most `timeout` for room in the
+    /// outbox (which a full acknowledgement window holds):
+    /// [`ClientError::OutboxFull`] at the deadline, with nothing queued;
+    /// otherwise as [`send`](Client::send).
+    pub async fn send_timeout(
+        &self,
+        mut frame: Frame,
+        timeout: Duration,
+    ) -> Result<(), ClientError> {
+        frame.set_request_id(None);
+        self.check_size(&frame)?;
+        match self.tx.send_timeout(Command::Send(frame), timeout).await {
+            Ok(()) => {
+                self.shared.sends_queued.fetch_add(1, Ordering::AcqRel);
+                Ok(())
+            }
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(ClientError::OutboxFull),
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(self.shared.closed_error()),
+        }
+    }
+
     /// One-way frames that were accepted but never written because the
-    /// client stopped (reconnecting off or given up). Each is returned once.
+    /// client stopped (reconnecting off or given up); with acknowledged
+    /// delivery, every frame not acknowledged (written or not: the server
+    /// may or may not have taken it). Each is returned once.
     pub fn take_unsent(&self) -> Vec<Frame> {
         std::mem::take(
             &mut *self

@@ -12,7 +12,11 @@
 //! given up (two exceptions, logged: a frame a wire transform refuses when
 //! it is written for another reason than its size, and frames still queued
 //! when every handle is gone, with nobody left to hand them to). Written is
-//! not delivered: there are no acknowledgements.
+//! not delivered: a plain one-way frame is at most once once its bytes are
+//! written (a frame written just before the connection drops may be lost).
+//! With [`ClientBuilder::acknowledged`] the server acknowledges what it
+//! handed to its application and the client sends the rest again after a
+//! reconnect (docs/RELIABILITY.md).
 mod builder;
 mod connection;
 mod connector;
@@ -85,6 +89,14 @@ pub(super) struct Shared {
     incoming_held: Arc<AtomicUsize>,
     pushes_dropped: AtomicU64,
     unsent: Mutex<Vec<Frame>>,
+    /// Acknowledged delivery: the highest number acknowledged, the frames
+    /// kept unacknowledged,
+    /// and the one-way frames the task took off the outbox.
+    acks: watch::Sender<(u64, usize, u64)>,
+    /// Acknowledged delivery is on.
+    acknowledged: bool,
+    /// One-way frames accepted into the outbox.
+    sends_queued: AtomicU64,
 }
 
 impl Shared {
