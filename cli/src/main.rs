@@ -87,6 +87,15 @@ struct ServeArgs {
     rate_limit_policy: stack::Policy,
     #[command(flatten)]
     tls: tls::ServeTls,
+    /// Also serve MSGI over WebSocket on this address (one frame per binary
+    /// message: browsers connect to ws://ADDR/), with the same settings,
+    /// handler and registry (plain WebSocket: TLS applies to --listen).
+    #[arg(long, value_name = "ADDR")]
+    ws_listen: Option<SocketAddr>,
+    /// An origin whose pages may open WebSocket sessions (repeat for more;
+    /// `*` for any). Default: the WebSocket address's own origin only.
+    #[arg(long, value_name = "ORIGIN", requires = "ws_listen")]
+    ws_allow_origin: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -199,32 +208,61 @@ async fn reference_server(listen: SocketAddr) -> Result<()> {
 async fn serve(args: ServeArgs) -> Result<()> {
     // Without wire flags, run the plain codec: no transform stack per session.
     if args.wire.is_empty() {
-        serve_with(args, msgi::FrameCodec::new()).await
+        serve_with(args, |_| Ok(msgi::FrameCodec::new())).await
     } else {
-        let framing = args.wire.framing()?;
-        serve_with(args, framing).await
+        serve_with(args, |args| args.wire.framing()).await
     }
 }
 
-async fn serve_with<C: msgi::MakeFraming>(args: ServeArgs, framing: C) -> Result<()> {
+async fn serve_with<C: msgi::MakeFraming>(
+    args: ServeArgs,
+    framing: impl Fn(&ServeArgs) -> Result<C>,
+) -> Result<()> {
     // Every setting is checked before anything is bound or announced.
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
-    let builder = Server::builder()
-        .framing(framing)
-        .max_connections(args.max_connections)
-        .max_connections_per_ip(args.max_connections_per_ip)
-        .max_frame_size(args.max_frame_size)
-        .idle_timeout(idle)
-        .on_connect(|s| tracing::info!(session = %s.id(), peer = ?s.peer_addr(), "connected"))
-        .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"));
+    // One registry and the same settings for every listener (TCP, WebSocket).
+    let registry = msgi::Registry::new();
+    let builder = |framing: C| {
+        Server::builder()
+            .framing(framing)
+            .registry(registry.clone())
+            .max_connections(args.max_connections)
+            .max_connections_per_ip(args.max_connections_per_ip)
+            .max_frame_size(args.max_frame_size)
+            .idle_timeout(idle)
+            .on_connect(|s| tracing::info!(session = %s.id(), peer = ?s.peer_addr(), "connected"))
+            .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"))
+    };
+    let ws_server = match args.ws_listen {
+        Some(_) => Some(builder(framing(&args)?).accept(ws_accept(&args)?).build()?),
+        None => None,
+    };
     // The TLS handshake runs in each connection's accept step.
+    let tcp = builder(framing(&args)?);
     match args.tls.acceptor()? {
-        Some(tls) => run_server(builder.accept(tls).build()?, args).await,
-        None => run_server(builder.build()?, args).await,
+        Some(tls) => run_server(tcp.accept(tls).build()?, ws_server, args).await,
+        None => run_server(tcp.build()?, ws_server, args).await,
     }
 }
 
-async fn run_server<C, A, Io>(server: Server<C, A>, args: ServeArgs) -> Result<()>
+/// The WebSocket accept step of `--ws-allow-origin` (none: same origin).
+fn ws_accept(args: &ServeArgs) -> Result<msgi::ws::WebSocketAccept> {
+    let mut step = msgi::ws::WebSocketAccept::builder().max_message_size(args.max_frame_size);
+    for origin in &args.ws_allow_origin {
+        step = if origin == "*" {
+            step.allow_any_origin()
+        } else {
+            step.allow_origin(origin)
+        };
+    }
+    Ok(step.build()?)
+}
+
+async fn run_server<C, A, Io>(
+    server: Server<C, A>,
+    ws_server: Option<Server<C, msgi::ws::WebSocketAccept>>,
+    args: ServeArgs,
+) -> Result<()>
 where
     C: msgi::MakeFraming,
     A: tower::Service<msgi::Accepted<tokio::net::TcpStream>, Response = msgi::Accepted<Io>>
@@ -245,11 +283,22 @@ where
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let ws_listener = match args.ws_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (--ws-listen)"))?,
+        ),
+        None => None,
+    };
     // Watch the signals before announcing: a SIGTERM sent as soon as the
     // address is known must already stop the server gracefully.
     let shutdown = shutdown_signal()?;
     if args.announce {
         announce(listener.local_addr()?)?;
+        if let Some(ws) = &ws_listener {
+            announce_ws(ws.local_addr()?)?;
+        }
     }
     let tls = if args.tls.client_ca.is_some() {
         "mutual TLS"
@@ -259,10 +308,32 @@ where
         "none"
     };
     tracing::info!(addr = %listener.local_addr()?, layers = %args.wire.describe(), tls, "msgi echo server listening");
-    server
-        .serve(listener, echo)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    match (ws_server, ws_listener) {
+        (Some(ws_server), Some(ws_listener)) => {
+            tracing::info!(addr = %ws_listener.local_addr()?, "msgi WebSocket listening");
+            // One signal stops both; each drains its own sessions.
+            let stop = tokio_util::sync::CancellationToken::new();
+            let signal = stop.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                signal.cancel();
+            });
+            tokio::try_join!(
+                server
+                    .serve(listener, echo.clone())
+                    .with_graceful_shutdown(stop.clone().cancelled_owned()),
+                ws_server
+                    .serve(ws_listener, echo)
+                    .with_graceful_shutdown(stop.cancelled_owned()),
+            )?;
+        }
+        _ => {
+            server
+                .serve(listener, echo)
+                .with_graceful_shutdown(shutdown)
+                .await?;
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -290,6 +361,15 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
         };
         tracing::info!(signal, "shutting down");
     })
+}
+
+/// `LISTENING ws://<addr>/`, after the TCP line (for scripts).
+fn announce_ws(addr: SocketAddr) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "LISTENING ws://{addr}/")?;
+    out.flush()?;
+    Ok(())
 }
 
 fn announce(addr: SocketAddr) -> Result<()> {

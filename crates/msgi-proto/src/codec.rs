@@ -61,6 +61,12 @@ pub enum CodecError {
     /// error chain prints its message once.
     #[error(transparent)]
     Transform(crate::BoxError),
+    /// A message transport (a WebSocket) received a message that is not
+    /// one whole frame: a text message, part of a frame, more than one
+    /// frame, or a message its own protocol refuses. Its `Display` and
+    /// `source` are the transport's error's own.
+    #[error(transparent)]
+    Message(crate::BoxError),
     /// The transport failed (`Display` and `source` are the I/O error's).
     #[error(transparent)]
     Io(#[from] std::io::Error),

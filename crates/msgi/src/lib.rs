@@ -15,6 +15,7 @@
 //! | a server | [`Server::builder`], a `tower::service_fn` handler, the example below |
 //! | to push to sessions (chat, presence, live updates) | [`Registry`], [`Session`] (in each request's [`Extensions`]) |
 //! | a client | [`Client::connect`], [`ClientBuilder`] |
+//! | browsers as clients (MSGI over WebSocket, feature `websocket`) | `msgi::ws` |
 //! | compression, encryption, HMAC, timeouts, rate limits | the `msgi-middleware` crate |
 //! | the wire and session rules without I/O (fuzzing, other runtimes) | [`proto`] (the `msgi-proto` crate) |
 //! | how it is built, memory bounds, where each rule lives | [`guide::architecture`] |
@@ -51,6 +52,9 @@ mod serve;
 mod server;
 mod session;
 mod transport;
+#[cfg(feature = "websocket")]
+#[cfg_attr(docsrs, doc(cfg(feature = "websocket")))]
+pub mod ws;
 
 pub use accept::{Accepted, ConnectInfo, NoHandshake};
 pub use client::{

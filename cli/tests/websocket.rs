@@ -1,0 +1,105 @@
+//! `msgi serve --ws-listen`: the echo server answers over WebSocket too,
+//! one frame per binary message, and refuses pages of other origins.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use msgi::{Frame, FrameCodec, Framing};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+const MSGI: &str = env!("CARGO_BIN_EXE_msgi");
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// `msgi serve` with a WebSocket listener; killed on drop.
+struct Serve {
+    child: Child,
+    ws: String,
+}
+
+impl Serve {
+    fn start(extra: &[&str]) -> Serve {
+        let mut child = Command::new(MSGI)
+            .args(["serve", "--listen", "127.0.0.1:0", "--announce"])
+            .args(["--ws-listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut tcp = String::new();
+        out.read_line(&mut tcp).unwrap();
+        assert!(tcp.starts_with("LISTENING 127.0.0.1:"), "{tcp}");
+        let mut ws = String::new();
+        out.read_line(&mut ws).unwrap();
+        let ws = ws.trim().strip_prefix("LISTENING ").unwrap().to_owned();
+        assert!(ws.starts_with("ws://127.0.0.1:"), "{ws}");
+        Serve { child, ws }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn connect(
+    url: &str,
+    origin: Option<&str>,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    WsError,
+> {
+    let mut request = url.into_client_request()?;
+    if let Some(origin) = origin {
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+    }
+    let (ws, _) = tokio::time::timeout(LIMIT, tokio_tungstenite::connect_async(request))
+        .await
+        .unwrap()?;
+    Ok(ws)
+}
+
+#[tokio::test]
+async fn serve_answers_over_websocket() {
+    let serve = Serve::start(&["--ws-allow-origin", "http://chat.example"]);
+    let mut ws = connect(&serve.ws, Some("http://chat.example"))
+        .await
+        .unwrap();
+    let mut codec = FrameCodec::new();
+    let mut out = BytesMut::new();
+    codec
+        .encode(Frame::data("echo me").with_request_id(3), &mut out)
+        .unwrap();
+    ws.send(Message::binary(out.to_vec())).await.unwrap();
+    let answer = loop {
+        match tokio::time::timeout(LIMIT, ws.next()).await.unwrap() {
+            Some(Ok(Message::Binary(bytes))) => {
+                let mut buf = BytesMut::from(&bytes[..]);
+                let frame = codec.decode(&mut buf).unwrap().unwrap();
+                if frame.kind() != msgi::Kind::HEARTBEAT {
+                    break frame;
+                }
+            }
+            other => panic!("expected a binary message, got {other:?}"),
+        }
+    };
+    assert_eq!(answer.payload(), "echo me");
+    assert_eq!(answer.request_id(), Some(3));
+
+    match connect(&serve.ws, Some("http://evil.example")).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 403),
+        Err(e) => panic!("expected 403, got {e}"),
+        Ok(_) => panic!("another origin was let in"),
+    }
+}
