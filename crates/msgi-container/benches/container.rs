@@ -6,15 +6,17 @@
 //! buffer, and decodes them back. The other formats decode into a struct, either owning
 //! its strings (`String`, one allocation each) or borrowing them from the input (`&str`);
 //! a container decodes into named values whose strings are slices of the payload's
-//! `Bytes`, and `decode+read` also reads every field through the typed getters, which is
-//! what a handler does and what a struct decode includes.
+//! `Bytes` (`Container`, one reference count per string), or is read in place
+//! (`ContainerRef`, `&str` views like bincode's borrowed decode: the fair comparison);
+//! `decode+read` also reads every field through the typed getters, which is what a
+//! handler does and what a struct decode includes.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
-use msgi_container::{decode, Container};
+use msgi_container::{decode, Container, ContainerRef};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
@@ -99,6 +101,24 @@ fn read(c: &Container) -> LoginRef<'_> {
     }
 }
 
+/// The same, read in place.
+fn read_ref<'a>(c: &ContainerRef<'a>) -> LoginRef<'a> {
+    LoginRef {
+        message_type: c.message_type(),
+        source_id: c.source_id(),
+        source_sub_id: c.source_sub_id(),
+        target_id: c.target_id(),
+        target_sub_id: c.target_sub_id(),
+        user: c.get("user").unwrap(),
+        token: c.get("token").unwrap(),
+        device: c.get("device").unwrap(),
+        locale: c.get("locale").unwrap(),
+        timestamp: c.get("timestamp").unwrap(),
+        version: c.get("version").unwrap(),
+        remember: c.get("remember").unwrap(),
+    }
+}
+
 fn bench(c: &mut Criterion) {
     let l = login();
     let cont = container(&l);
@@ -111,6 +131,9 @@ fn bench(c: &mut Criterion) {
 
     // Same data everywhere.
     assert_eq!(read(&decode(&payload).unwrap()).user, l.user);
+    let (borrowed, _): (LoginRef<'_>, usize) =
+        bincode::serde::borrow_decode_from_slice(&bin, cfg).unwrap();
+    assert_eq!(read_ref(&ContainerRef::decode(&payload).unwrap()), borrowed);
     let (back, _): (Login, usize) = bincode::serde::decode_from_slice(&bin, cfg).unwrap();
     assert_eq!(back, l);
     eprintln!(
@@ -142,6 +165,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             let c = decode(black_box(&payload)).unwrap();
             black_box(read(&c));
+        })
+    });
+    g.bench_function("msgi-container ref", |b| {
+        b.iter(|| ContainerRef::decode(black_box(&payload)).unwrap())
+    });
+    g.bench_function("msgi-container ref decode+read", |b| {
+        b.iter(|| {
+            let c = ContainerRef::decode(black_box(&payload)).unwrap();
+            black_box(read_ref(&c));
         })
     });
     g.bench_function("bincode owned", |b| {

@@ -52,6 +52,7 @@ mod json;
 #[cfg(feature = "serde")]
 mod serde_impl;
 mod value;
+mod view;
 mod wire;
 
 pub use bytestring::ByteString;
@@ -61,4 +62,5 @@ pub use get::FromValue;
 #[cfg(feature = "serde")]
 pub use serde_impl::{from_value, from_values, to_value, to_values, SerdeError};
 pub use value::{Iter, Value, ValueKind, Values, MAX_SHORT_LEN};
+pub use view::{ContainerRef, FromValueRef, ValueRef, ValuesRef};
 pub use wire::{decode, Limits, FORMAT_VERSION, MAX_DEPTH_LIMIT, MAX_VALUES_LIMIT};

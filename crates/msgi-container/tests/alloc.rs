@@ -4,7 +4,7 @@
 use std::alloc::System;
 
 use bytes::Bytes;
-use msgi_container::{decode, Container, DecodeError, Limits, Value};
+use msgi_container::{decode, Container, ContainerRef, DecodeError, Limits, Value};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -68,4 +68,23 @@ fn decoding_allocates_what_the_limits_allow_and_no_more() {
     let used = region.change();
     assert_eq!(d, c);
     assert!(used.bytes_allocated < 1024, "{used:?}");
+
+    // Read in place: one vector for the two values, nothing else.
+    let region = Region::new(GLOBAL);
+    let v = ContainerRef::decode(&p).unwrap();
+    let used = region.change();
+    assert_eq!(v.get::<&str>("a").unwrap().len(), 100_000);
+    assert_eq!(used.allocations, 1, "{used:?}");
+    assert!(used.bytes_allocated <= 2 * 64, "{used:?}");
+    drop(v);
+
+    // And the billion-value claim: nothing.
+    let mut p = vec![1, 0, 0, 0, 0, 0];
+    p.extend(varint(1_000_000_000));
+    p.resize(20, 0);
+    let region = Region::new(GLOBAL);
+    let r = ContainerRef::decode(&p);
+    let used = region.change();
+    assert!(matches!(r, Err(DecodeError::CountTooLarge { .. })));
+    assert_eq!(used.allocations, 0, "{used:?}");
 }

@@ -2,10 +2,28 @@
 //! deserves, never a panic, and never after allocating what it claims.
 //!
 //! `msgi_container::decode` is the entry point the fuzz target calls; these are the
-//! tricky inputs written down.
+//! tricky inputs written down. Every payload here also goes through the in-place reader
+//! (`ContainerRef::decode_with`), which must give the same container or the same error.
 
 use bytes::Bytes;
-use msgi_container::{decode, Container, DecodeError, Field, Limits, Value, Values};
+use msgi_container::{Container, ContainerRef, DecodeError, Field, Limits, Value, Values};
+
+fn decode(p: &Bytes) -> Result<Container, DecodeError> {
+    decode_with(p, &Limits::DEFAULT)
+}
+
+/// Both decoders on `p`: they agree on the result (the same encoding when they take it,
+/// the same error when they refuse it), and the owned one's answer is returned.
+fn decode_with(p: &Bytes, limits: &Limits) -> Result<Container, DecodeError> {
+    let owned = Container::decode_with(p, limits);
+    let view = ContainerRef::decode_with(p, limits);
+    assert_eq!(
+        view.map(|v| v.to_container().encode()),
+        owned.as_ref().map(Container::encode).map_err(Clone::clone),
+        "the decoders disagree on {p:x?}"
+    );
+    owned
+}
 
 /// Version byte and an empty header: what every payload below starts with.
 const HEAD: [u8; 6] = [1, 0, 0, 0, 0, 0];
@@ -121,14 +139,14 @@ fn a_count_the_bytes_could_hold_is_still_bounded_by_max_values() {
         .build()
         .unwrap()
         .encode();
-    assert!(Container::decode_with(&ok, &limits).is_ok());
+    assert!(decode_with(&ok, &limits).is_ok());
     let over = Container::builder("")
         .value("a", vec![Value::Null; 10])
         .build()
         .unwrap()
         .encode();
     assert_eq!(
-        Container::decode_with(&over, &limits),
+        decode_with(&over, &limits),
         Err(DecodeError::TooManyValues { max: 10, at: 10 })
     );
     // Nested claims are charged as they are read, before anything is reserved for them:
@@ -139,7 +157,7 @@ fn a_count_the_bytes_could_hold_is_still_bounded_by_max_values() {
     }
     body.resize(body.len() + 8, 0);
     assert_eq!(
-        Container::decode_with(&payload(&body), &limits),
+        decode_with(&payload(&body), &limits),
         Err(DecodeError::TooManyValues { max: 10, at: 12 })
     );
 }
@@ -286,18 +304,18 @@ fn nesting_is_bounded_without_touching_the_stack() {
         Err(DecodeError::TooDeep { max: 32, .. })
     ));
     let deepest = Limits::new(msgi_container::MAX_DEPTH_LIMIT, 1 << 20).unwrap();
-    assert!(Container::decode_with(&nested_arrays(128), &deepest).is_ok());
+    assert!(decode_with(&nested_arrays(128), &deepest).is_ok());
     assert!(matches!(
-        Container::decode_with(&nested_arrays(1_000_000), &deepest),
+        decode_with(&nested_arrays(1_000_000), &deepest),
         Err(DecodeError::TooDeep { max: 128, .. })
     ));
     // Maps count the same way; depth 0 refuses any.
     let flat = Limits::new(0, 10).unwrap();
     assert_eq!(
-        Container::decode_with(&payload(&[1, 1, b'm', 9, 0]), &flat),
+        decode_with(&payload(&[1, 1, b'm', 9, 0]), &flat),
         Err(DecodeError::TooDeep { max: 0, at: 9 })
     );
-    assert!(Container::decode_with(&payload(&[1, 1, b'm', 0]), &flat).is_ok());
+    assert!(decode_with(&payload(&[1, 1, b'm', 0]), &flat).is_ok());
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! through a container, any derived struct through a container's values.
 
 use bytes::Bytes;
-use msgi_container::{decode, ByteString, Container, Value, Values};
+use msgi_container::{decode, ByteString, Container, ContainerRef, Value, ValueRef, Values};
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -96,8 +96,21 @@ proptest! {
         let back = decode(&bytes).unwrap();
         // Bytes equal: every float bit pattern kept. Debug equal: the same structure
         // (PartialEq alone would fail on NaN, which is not equal to itself).
-        prop_assert_eq!(back.encode(), bytes);
+        prop_assert_eq!(back.encode(), bytes.clone());
         prop_assert_eq!(format!("{back:?}"), format!("{c:?}"));
+        // Read in place: the same container, its text and bytes views of the payload.
+        let view = ContainerRef::decode(&bytes).unwrap();
+        prop_assert_eq!(view.to_container().encode(), bytes.clone());
+        prop_assert_eq!(format!("{:?}", view.to_container()), format!("{c:?}"));
+        let range = bytes.as_ptr_range();
+        for (name, value) in view.iter() {
+            prop_assert!(name.is_empty() || range.contains(&name.as_ptr()));
+            match value {
+                ValueRef::Str(s) if !s.is_empty() => prop_assert!(range.contains(&s.as_ptr())),
+                ValueRef::Bytes(b) if !b.is_empty() => prop_assert!(range.contains(&b.as_ptr())),
+                _ => {}
+            }
+        }
     }
 
     #[test]
@@ -141,9 +154,41 @@ proptest! {
             bytes[0] = 1;
         }
         let p = Bytes::from(bytes);
-        if let Ok(c) = decode(&p) {
-            prop_assert_eq!(c.encode(), p);
+        let owned = decode(&p);
+        if let Ok(c) = &owned {
+            prop_assert_eq!(c.encode(), p.clone());
         }
+        // The in-place reader takes the same payloads, and refuses the others with the
+        // same error.
+        let view = ContainerRef::decode(&p).map(|v| v.to_container().encode());
+        prop_assert_eq!(view, owned.map(|c| c.encode()));
+    }
+
+    #[test]
+    fn any_change_to_an_encoding_gets_the_same_answer_from_both_decoders(
+        c in any_container(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4),
+    ) {
+        // Valid encodings with a few bytes set, inserted or removed: errors deep inside
+        // nested values, not only at the start.
+        let mut bytes = c.encode().to_vec();
+        for (at, byte, op) in edits {
+            if bytes.is_empty() {
+                break;
+            }
+            let i = at.index(bytes.len());
+            match op {
+                0 => bytes[i] = byte,
+                1 => bytes.insert(i, byte),
+                _ => {
+                    bytes.remove(i);
+                }
+            }
+        }
+        let p = Bytes::from(bytes);
+        let owned = decode(&p).map(|c| c.encode());
+        let view = ContainerRef::decode(&p).map(|v| v.to_container().encode());
+        prop_assert_eq!(view, owned);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The worked example of docs/PROTOCOL.md, section 6, read from the document itself.
 
 use bytes::Bytes;
-use msgi_container::{decode, Container, Value, Values};
+use msgi_container::{decode, Container, ContainerRef, Value, Values};
 
 const PROTOCOL: &str = include_str!("../../../docs/PROTOCOL.md");
 const MARKER: &str = "<!-- checked by crates/msgi-container/tests/worked_example.rs";
@@ -86,4 +86,13 @@ fn the_documented_json_is_what_to_json_writes() {
         back.value("raw"),
         Some(&Value::Array(vec![Value::U64(1), Value::U64(2)]))
     );
+}
+
+#[test]
+fn the_documented_bytes_read_in_place() {
+    let bytes = documented_bytes();
+    let view = ContainerRef::decode(&bytes).unwrap();
+    assert_eq!(view.to_container(), example());
+    assert_eq!(view.get::<i64>("ts").unwrap(), 1_700_000_000);
+    assert_eq!(view.get::<&str>("user").unwrap(), "ann");
 }
