@@ -148,12 +148,14 @@ impl<'a> ContainerRef<'a> {
     }
 
     /// The value named `name`.
+    #[inline]
     pub fn value(&self, name: &str) -> Option<&ValueRef<'a>> {
         self.values.value(name)
     }
 
     /// The value named `name` as `T`, with the conversions and errors of
     /// [`Container::get`] (see [`FromValueRef`]).
+    #[inline]
     pub fn get<T: FromValueRef<'a>>(&self, name: &str) -> Result<T, GetError> {
         self.values.get(name)
     }
@@ -195,6 +197,7 @@ impl<'a> ValuesRef<'a> {
     }
 
     /// The value named `name` (names compared one by one, as [`Values::value`]).
+    #[inline]
     pub fn value(&self, name: &str) -> Option<&ValueRef<'a>> {
         self.entries
             .iter()
@@ -209,6 +212,7 @@ impl<'a> ValuesRef<'a> {
 
     /// The value named `name` as `T`: [`GetError::Missing`] when there is none,
     /// [`GetError::WrongType`] or [`GetError::OutOfRange`] when it is not a `T`.
+    #[inline]
     pub fn get<T: FromValueRef<'a>>(&self, name: &str) -> Result<T, GetError> {
         match self.value(name) {
             Some(v) => T::from_value_ref(v).map_err(|e| e.named(name)),
@@ -302,20 +306,55 @@ fn wrong(expected: &'static str, value: &ValueRef<'_>) -> ValueError {
     }
 }
 
-macro_rules! scalar {
+fn out_of_range(expected: &'static str, value: &ValueRef<'_>) -> ValueError {
+    ValueError::OutOfRange {
+        expected,
+        found: value.kind(),
+    }
+}
+
+// The conversions of `get.rs`, on `ValueRef` (the tests hold both to the same answers).
+macro_rules! integer {
     ($($t:ty),*) => {$(
         impl<'a> FromValueRef<'a> for $t {
             #[inline]
             fn from_value_ref(value: &ValueRef<'a>) -> Result<Self, ValueError> {
-                match value.scalar() {
-                    Some(v) => <$t as crate::FromValue<'_>>::from_value(&v),
-                    None => Err(wrong(stringify!($t), value)),
-                }
+                let fitted = match *value {
+                    ValueRef::I64(n) => <$t>::try_from(n).ok(),
+                    ValueRef::U64(n) => <$t>::try_from(n).ok(),
+                    _ => return Err(wrong(stringify!($t), value)),
+                };
+                fitted.ok_or_else(|| out_of_range(stringify!($t), value))
             }
         }
     )*};
 }
-scalar!(bool, i8, i16, i32, i64, u8, u16, u32, u64, f64);
+integer!(i8, i16, i32, i64, u8, u16, u32, u64);
+
+impl<'a> FromValueRef<'a> for f64 {
+    #[inline]
+    fn from_value_ref(value: &ValueRef<'a>) -> Result<Self, ValueError> {
+        match *value {
+            ValueRef::F64(x) => Ok(x),
+            // Exactly as `FromValue for f64`: integers of magnitude up to 2^53.
+            ValueRef::I64(_) | ValueRef::U64(_) => match value.scalar() {
+                Some(v) => <f64 as crate::FromValue<'_>>::from_value(&v),
+                None => Err(wrong("f64", value)),
+            },
+            _ => Err(wrong("f64", value)),
+        }
+    }
+}
+
+impl<'a> FromValueRef<'a> for bool {
+    #[inline]
+    fn from_value_ref(value: &ValueRef<'a>) -> Result<Self, ValueError> {
+        match *value {
+            ValueRef::Bool(b) => Ok(b),
+            _ => Err(wrong("bool", value)),
+        }
+    }
+}
 
 impl<'a> FromValueRef<'a> for &'a str {
     #[inline]
