@@ -11,6 +11,9 @@
 //! [`decode`] reads one from the payload's [`Bytes`](bytes::Bytes) without copying its
 //! strings and bytes, and within [`Limits`] (nesting depth, number of values) so that a
 //! hostile payload fails with a [`DecodeError`] instead of exhausting memory or the stack.
+//! [`ContainerRef::decode`] reads the same payload in place, faster: names, strings and
+//! bytes are `&str` / `&[u8]` views of the payload (no reference count per string), with
+//! the same checks and errors; [`ContainerRef::to_container`] makes an owned copy.
 //!
 //! ```
 //! use msgi_container::{decode, Container};

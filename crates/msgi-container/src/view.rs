@@ -742,6 +742,11 @@ mod tests {
     }
 
     #[test]
+    fn a_value_read_in_place_takes_the_48_bytes_the_limits_docs_count() {
+        assert!(std::mem::size_of::<(&str, ValueRef<'_>)>() <= 48);
+    }
+
+    #[test]
     fn runs_agree_with_from_utf8_on_every_range() {
         check(b"hello world");
         check("aé€😀b".as_bytes());
