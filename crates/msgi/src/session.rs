@@ -549,9 +549,18 @@ impl Session {
             return Err(SendError::SlowConsumer);
         }
         outbox.bytes = outbox.bytes.saturating_add(cost);
+        let was_empty = outbox.frames.is_empty();
         outbox.frames.push_back(frame);
         drop(outbox);
-        self.inner.waker.wake();
+        // One wake-up per batch, not per frame: a push into a non-empty
+        // outbox was announced already. The push that made it non-empty
+        // woke the driver, which has not drained it yet, or the driver
+        // left frames there because its write queue is at the high-water
+        // mark, and takes them when the socket takes that queue (see
+        // `drain_outbox`).
+        if was_empty {
+            self.inner.waker.wake();
+        }
         Ok(())
     }
 
@@ -621,7 +630,15 @@ impl Session {
     }
 
     /// Moves queued frames into `sink` while it accepts them; the driver's
-    /// waker must have been registered first.
+    /// waker must have been registered first. Frames left behind (`sink`
+    /// said stop) get no new wake-up from later pushes: the caller must
+    /// come back for them on its own (the driver does when its write queue
+    /// drains).
+    ///
+    /// The buffer keeps its size here: a session under a steady stream of
+    /// broadcasts reuses it instead of freeing and growing it again at
+    /// every wake-up; [`free_outbox`](Session::free_outbox) gives it back
+    /// once the session goes quiet.
     pub(crate) fn drain_outbox(&self, mut sink: impl FnMut(Frame) -> bool) -> bool {
         let mut outbox = lock(&self.inner.outbox);
         let mut moved = false;
@@ -631,9 +648,6 @@ impl Session {
             if !sink(frame) {
                 break;
             }
-        }
-        if outbox.frames.is_empty() && outbox.frames.capacity() > 32 {
-            outbox.frames = VecDeque::new();
         }
         moved
     }
@@ -1024,5 +1038,69 @@ mod tests {
         assert_eq!(s.data::<u32>(), Some(5));
         s.with_data(|d| *d.get_mut::<u32>().unwrap() += 1);
         assert_eq!(s.data::<u32>(), Some(6));
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_burst_of_pushes_wakes_the_driver_once_and_keeps_the_buffer() {
+        let s = Session::new(SessionId(1), ConnectInfo::new(), limits(1024));
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(count.clone());
+        let wakes = || count.0.load(Ordering::SeqCst);
+        s.register(&Context::from_waker(&waker));
+        for i in 0..100 {
+            assert_eq!(s.send(Frame::data(format!("{i}"))), Ok(()));
+        }
+        assert_eq!(wakes(), 1, "one wake-up for the burst");
+        // The driver takes part of it (its write queue filled up): the
+        // frames left are its to come back for; pushes on top wake nobody.
+        s.register(&Context::from_waker(&waker));
+        let mut taken = Vec::new();
+        s.drain_outbox(|f| {
+            taken.push(f);
+            taken.len() < 40
+        });
+        assert_eq!(s.send(Frame::data("more")), Ok(()));
+        assert_eq!(wakes(), 1);
+        s.drain_outbox(|f| {
+            taken.push(f);
+            true
+        });
+        let texts: Vec<String> = taken
+            .iter()
+            .map(|f| f.payload_text().into_owned())
+            .collect();
+        let expected: Vec<String> = (0..100)
+            .map(|i| i.to_string())
+            .chain(["more".to_owned()])
+            .collect();
+        assert_eq!(texts, expected, "every frame, in order");
+        // Drained: the buffer the burst grew is kept for the next burst
+        // (no allocation per wake-up) until the driver frees it, quiet.
+        assert!(lock(&s.inner.outbox).frames.capacity() >= 100);
+        // The next push into the empty outbox wakes the driver again.
+        s.register(&Context::from_waker(&waker));
+        assert_eq!(s.send(Frame::data("again")), Ok(()));
+        assert_eq!(wakes(), 2);
+        s.drain_outbox(|_| true);
+        s.free_outbox();
+        assert_eq!(lock(&s.inner.outbox).frames.capacity(), 0);
+        // A full outbox and a close wake it whatever it holds.
+        let full = Session::new(SessionId(2), ConnectInfo::new(), limits(2));
+        full.register(&Context::from_waker(&waker));
+        assert_eq!(full.send(Frame::data("a")), Ok(()));
+        assert_eq!(wakes(), 3);
+        full.register(&Context::from_waker(&waker));
+        assert_eq!(full.send(Frame::data("b")), Ok(()));
+        assert_eq!(full.send(Frame::data("c")), Err(SendError::SlowConsumer));
+        assert_eq!(wakes(), 4);
     }
 }

@@ -367,6 +367,34 @@ fn deliver_local(
     }
 }
 
+/// Queues `frame` (its extensions cleared by the caller) for every local
+/// session, without allocating and without copying a session handle:
+/// there is no caller's code to run, so each batch of 32 sessions is sent
+/// to under the registry's read lock (a push never blocks and never takes
+/// that lock), which is then released before the next batch.
+fn deliver_all(inner: &Inner, frame: &Frame) -> Delivery {
+    let mut delivery = Delivery::default();
+    let mut after: Option<SessionId> = None;
+    loop {
+        let maps = inner.read();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut taken = 0;
+        for (id, session) in maps
+            .sessions
+            .range((start, Bound::Unbounded))
+            .take(BROADCAST_BATCH)
+        {
+            delivery.count(session.send(frame.clone()));
+            after = Some(*id);
+            taken += 1;
+        }
+        drop(maps);
+        if taken < BROADCAST_BATCH {
+            return delivery;
+        }
+    }
+}
+
 impl Registry {
     /// An empty registry of local sessions, with a node id drawn at random
     /// and no backplane.
@@ -552,13 +580,15 @@ impl Registry {
     /// sessions whose outbox is full are closed as slow consumers and
     /// counted so; nobody waits for them.
     ///
-    /// The local part allocates nothing: it walks the registry in small
-    /// batches (see [`broadcast_filter`](Registry::broadcast_filter)) and
-    /// each session gets a clone of the frame, whose payload is shared.
+    /// The local part allocates nothing: it walks the registry in batches
+    /// of 32 sessions, one visit of the registry's lock each, and each
+    /// session gets a clone of the frame, whose payload is shared. A
+    /// session that joins while a broadcast runs may or may not get it;
+    /// one that has left is skipped.
     pub fn broadcast(&self, mut frame: Frame) -> Delivery {
         // Extensions never reach the wire; do not clone them per session.
         frame.extensions_mut().clear();
-        let mut delivery = deliver_local(&self.inner, &frame, |_| true);
+        let mut delivery = deliver_all(&self.inner, &frame);
         if let Some(backplane) = self.inner.backplane() {
             delivery.remote =
                 match backplane.publish(Envelope::new(self.inner.node, Target::All, frame)) {
