@@ -29,6 +29,13 @@ use msgi_proto::{Frame, CORRELATED_HEADER_LEN};
 /// once, not once per push.
 pub(crate) const IDLE_OUTBOX_SLOTS: usize = 4;
 
+/// Outbox slots a session grows to at once when a burst of pushes outgrows
+/// its idle buffer (a broadcast stream faster than the session's wake-ups):
+/// one reallocation per burst instead of a doubling chain (4, 8, 16, 32),
+/// about 2 KiB while the burst lasts, given back when the session goes
+/// quiet.
+const BURST_OUTBOX_SLOTS: usize = 32;
+
 /// A session's id: opaque, unique across the nodes of a cluster.
 ///
 /// It prints (and parses) as a decimal number, which is what the peer sees
@@ -550,6 +557,10 @@ impl Session {
         }
         outbox.bytes = outbox.bytes.saturating_add(cost);
         let was_empty = outbox.frames.is_empty();
+        let (len, capacity) = (outbox.frames.len(), outbox.frames.capacity());
+        if len == capacity && capacity >= IDLE_OUTBOX_SLOTS && capacity < BURST_OUTBOX_SLOTS {
+            outbox.frames.reserve(BURST_OUTBOX_SLOTS - len);
+        }
         outbox.frames.push_back(frame);
         drop(outbox);
         // One wake-up per batch, not per frame: a push into a non-empty

@@ -72,9 +72,18 @@ async fn a_broadcast_allocates_nothing_per_delivery() {
     // A burst grows each outbox; a session that goes quiet after it gives
     // that buffer back, so the next broadcast makes one small buffer each.
     // (20 queued: a 32-slot buffer, which only the quiet session frees.)
+    // The burst outgrows the small buffer once per session: one jump to
+    // 32 slots, not a chain of doublings.
+    let region = Region::new(GLOBAL);
     for _ in 0..20 {
         assert_eq!(server.registry.broadcast(frame.clone()).queued, 70);
     }
+    let burst = region.change();
+    assert_eq!(
+        (burst.allocations, burst.reallocations),
+        (0, 70),
+        "a burst of 20 broadcasts to 70 sessions: {burst:?}"
+    );
     for peer in &mut peers {
         for _ in 0..20 {
             assert_eq!(peer.recv_skip_heartbeats().await.unwrap(), frame);
