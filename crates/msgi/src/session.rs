@@ -558,7 +558,7 @@ impl Session {
         outbox.bytes = outbox.bytes.saturating_add(cost);
         let was_empty = outbox.frames.is_empty();
         let (len, capacity) = (outbox.frames.len(), outbox.frames.capacity());
-        if len == capacity && capacity >= IDLE_OUTBOX_SLOTS && capacity < BURST_OUTBOX_SLOTS {
+        if len == capacity && (IDLE_OUTBOX_SLOTS..BURST_OUTBOX_SLOTS).contains(&capacity) {
             outbox.frames.reserve(BURST_OUTBOX_SLOTS - len);
         }
         outbox.frames.push_back(frame);
