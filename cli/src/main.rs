@@ -40,6 +40,11 @@ enum Command {
     /// Start a chat server on loopback, connect clients and show broadcast,
     /// a private message, request/response and a graceful shutdown.
     Demo,
+    /// Write a throwaway CA, a server and a client certificate (PEM) to try
+    /// TLS with: serve --tls-cert server.pem --tls-key server.key
+    /// [--client-ca ca.pem], send --tls-ca ca.pem [--tls-cert client.pem
+    /// --tls-key client.key].
+    Certs(tls::CertsArgs),
     /// Measure an MSGI server: throughput, connection rate, idle memory, latency, fan-out.
     Bench(bench::BenchArgs),
     /// The broadcasting server `msgi bench fanout` measures.
@@ -151,6 +156,7 @@ async fn main() -> ExitCode {
         Command::Send(args) => send(args).await,
         Command::Demo => demo::run().await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Certs(args) => tls::certs(args),
         Command::ReferenceServer { listen } => reference_server(listen).await,
         Command::FanoutServer(args) => bench::fanout_serve(args).await,
     };

@@ -103,6 +103,96 @@ pub(crate) fn host_of(addr: &str) -> &str {
     }
 }
 
+/// A throwaway CA with a server and a client certificate it signed.
+struct Pki {
+    ca: rcgen::Certificate,
+    server: (rcgen::Certificate, rcgen::KeyPair),
+    client: (rcgen::Certificate, rcgen::KeyPair),
+}
+
+impl Pki {
+    /// The server certificate names `names` (DNS names or IP addresses).
+    fn new(names: &[String]) -> Result<Pki> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::new(Vec::<String>::new())?;
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "msgi throwaway CA");
+        let ca = ca.self_signed(&ca_key)?;
+        let issue = |names: Vec<String>, cn: &str| -> Result<(rcgen::Certificate, KeyPair)> {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::new(names)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            Ok((params.signed_by(&key, &ca, &ca_key)?, key))
+        };
+        let first = names.first().map_or("server", String::as_str);
+        let server = issue(names.to_vec(), first)?;
+        let client = issue(vec!["msgi-client".to_owned()], "msgi-client")?;
+        Ok(Pki { ca, server, client })
+    }
+}
+
+/// `msgi certs`: files to try TLS with.
+#[derive(clap::Args, Debug)]
+pub(crate) struct CertsArgs {
+    /// Folder to write ca.pem, server.pem, server.key, client.pem and
+    /// client.key into (created if missing; existing files are kept).
+    dir: PathBuf,
+    /// A name the server certificate is valid for (DNS name or IP address);
+    /// repeat for more.
+    #[arg(long = "name", value_name = "NAME", default_values = ["localhost", "127.0.0.1"])]
+    names: Vec<String>,
+}
+
+/// Writes a throwaway CA, a server certificate for `names` and a client
+/// certificate, both signed by that CA (its key is not kept).
+pub(crate) fn certs(args: CertsArgs) -> Result<()> {
+    let pki = Pki::new(&args.names)?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let files = [
+        ("ca.pem", pki.ca.pem(), false),
+        ("server.pem", pki.server.0.pem(), false),
+        ("server.key", pki.server.1.serialize_pem(), true),
+        ("client.pem", pki.client.0.pem(), false),
+        ("client.key", pki.client.1.serialize_pem(), true),
+    ];
+    // Check every file first: nothing is written if one exists.
+    for (name, _, _) in &files {
+        let path = args.dir.join(name);
+        if path.exists() {
+            anyhow::bail!(
+                "{} exists: remove it or choose another folder",
+                path.display()
+            );
+        }
+    }
+    for (name, pem, secret) in files {
+        let path = args.dir.join(name);
+        write_new(&path, pem.as_bytes(), secret)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+/// Creates `path` (failing if it exists); private keys readable by the
+/// owner only (Unix).
+fn write_new(path: &std::path::Path, bytes: &[u8], secret: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    options.open(path)?.write_all(bytes)
+}
+
 /// A throwaway CA and server certificate for `msgi bench --tls`, written to
 /// a temporary folder (removed on drop) for the `msgi serve` child; the
 /// generator connects with [`BenchTls::connect`].
@@ -114,21 +204,14 @@ pub(crate) struct BenchTls {
 
 impl BenchTls {
     pub(crate) fn new() -> Result<BenchTls> {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let ca_key = KeyPair::generate()?;
-        let mut ca = CertificateParams::new(Vec::<String>::new())?;
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = ca.self_signed(&ca_key)?;
-        let key = KeyPair::generate()?;
-        let cert =
-            CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &ca, &ca_key)?;
+        let pki = Pki::new(&["localhost".to_owned()])?;
         let dir = std::env::temp_dir().join(format!("msgi-bench-tls-{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
-        std::fs::write(&cert_path, cert.pem())?;
-        std::fs::write(&key_path, key.serialize_pem())?;
+        std::fs::write(&cert_path, pki.server.0.pem())?;
+        std::fs::write(&key_path, pki.server.1.serialize_pem())?;
         let connector = TlsConnector::builder("localhost")
-            .root_certificates(vec![ca.der().clone()])
+            .root_certificates(vec![pki.ca.der().clone()])
             .build()?;
         Ok(BenchTls {
             dir,

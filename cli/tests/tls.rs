@@ -309,3 +309,68 @@ fn bench_runs_msgi_over_tls_next_to_plain_msgi() {
         stderr(&out)
     );
 }
+
+#[test]
+fn certs_writes_what_serve_and_send_need_for_mutual_tls() {
+    let dir = std::env::temp_dir().join(format!("msgi-cli-certs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let folder = dir.display().to_string();
+    let out = run(&["certs", &folder]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = |name: &str| dir.join(name).display().to_string();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        [
+            "ca.pem",
+            "server.pem",
+            "server.key",
+            "client.pem",
+            "client.key"
+        ]
+        .map(|n| file(n) + "\n")
+        .concat()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file("server.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "a private key is the owner's only");
+    }
+    let server = Serve::start(&[
+        "--tls-cert",
+        &file("server.pem"),
+        "--tls-key",
+        &file("server.key"),
+        "--client-ca",
+        &file("ca.pem"),
+    ]);
+    let out = run(&[
+        "send",
+        "--addr",
+        &server.addr,
+        "--tls-ca",
+        &file("ca.pem"),
+        "--tls-cert",
+        &file("client.pem"),
+        "--tls-key",
+        &file("client.key"),
+        "--correlated",
+        "made by msgi certs",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "DATA id=1 made by msgi certs\n"
+    );
+    // Existing files are never overwritten.
+    let before = std::fs::read(file("ca.pem")).unwrap();
+    let out = run(&["certs", &folder]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("exists"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(file("ca.pem")).unwrap(), before);
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -117,3 +117,14 @@ fn a_client_needs_roots_and_a_valid_server_name() {
 fn rustls_key(key: &KeyPair) -> msgi_tls::pki_types::PrivateKeyDer<'static> {
     msgi_tls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into())
 }
+
+#[test]
+fn the_workspace_has_one_crypto_library_ring() {
+    let lock =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock")).unwrap();
+    assert!(lock.contains("name = \"ring\""));
+    assert!(
+        !lock.contains("name = \"aws-lc"),
+        "aws-lc-rs entered the tree: a second crypto library"
+    );
+}

@@ -197,7 +197,11 @@ async fn handshake_echo_and_the_verified_identity_in_connect_info() {
         info.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
-    assert!(info.cipher_suite().is_some());
+    // The ring provider's first choice (docs/BENCHMARKS.md names it).
+    assert_eq!(
+        info.cipher_suite(),
+        Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+    );
     client.close().await;
 }
 
@@ -476,11 +480,12 @@ async fn the_handshake_timeout_closes_slow_handshakes() {
     .await;
     let slow = slow_handshakers(server.addr, 10).await;
     for mut stream in slow {
-        // The server closes it: end of stream (or a reset), within the bound.
+        // The server closes it without a word: end of stream (or a reset),
+        // within the bound.
         let mut rest = Vec::new();
         let read = within(stream.read_to_end(&mut rest)).await;
         assert!(
-            matches!(&read, Ok(0)) || read.is_err(),
+            rest.is_empty() && (matches!(&read, Ok(0)) || read.is_err()),
             "closed without a word: {read:?} {rest:?}"
         );
     }
@@ -502,4 +507,103 @@ fn chain_of(error: &dyn std::error::Error) -> Vec<String> {
         cause = e.source();
     }
     out
+}
+
+#[tokio::test]
+async fn alpn_msgi_is_agreed_other_names_refused_none_accepted() {
+    let ca = Ca::new("CA");
+    let (chain, key) = server_identity(&ca);
+    let mut server = serve(
+        Server::builder(),
+        TlsAcceptor::builder(chain, key).build().unwrap(),
+    )
+    .await;
+    let client = |alpn: Vec<Vec<u8>>| {
+        TlsConnector::builder("localhost")
+            .root_certificates(vec![ca.der()])
+            .alpn_protocols(alpn)
+            .build()
+            .unwrap()
+    };
+    // Only another protocol: refused during the handshake.
+    let error = connect(client(vec![b"h2".to_vec()]), server.addr)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            HandshakeError::of(&error),
+            Some(HandshakeError::Tls(rustls::Error::AlertReceived(
+                rustls::AlertDescription::NoApplicationProtocol
+            )))
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        within(server.rejected.recv()).await,
+        Some(Rejection::AcceptFailed)
+    );
+    // None offered: accepted, nothing agreed.
+    let plain_alpn = connect(client(Vec::new()), server.addr).await.unwrap();
+    assert_echoes(&plain_alpn, "no ALPN").await;
+    let info = within(server.infos.recv()).await.unwrap().unwrap();
+    assert_eq!(info.alpn_protocol(), None);
+    // Another one first, msgi too: msgi is agreed.
+    let both = connect(client(vec![b"h2".to_vec(), b"msgi".to_vec()]), server.addr)
+        .await
+        .unwrap();
+    assert_echoes(&both, "msgi among others").await;
+    let info = within(server.infos.recv()).await.unwrap().unwrap();
+    assert_eq!(info.alpn_protocol(), Some(&b"msgi"[..]));
+}
+
+#[tokio::test]
+async fn tls_1_2_clients_are_served_too() {
+    let ca = Ca::new("CA");
+    let (chain, key) = server_identity(&ca);
+    let mut server = serve(
+        Server::builder(),
+        TlsAcceptor::builder(chain, key).build().unwrap(),
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(msgi_tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = msgi_tls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = TlsConnector::from_config(Arc::new(config), name);
+    let client = connect(connector, server.addr).await.unwrap();
+    assert_echoes(&client, "over TLS 1.2").await;
+    let info = within(server.infos.recv()).await.unwrap().unwrap();
+    assert_eq!(
+        info.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+}
+
+#[tokio::test]
+async fn handshakes_hold_places_under_the_connection_cap_and_server_full_is_said_in_tls() {
+    let ca = Ca::new("CA");
+    let (chain, key) = server_identity(&ca);
+    let tls = TlsAcceptor::builder(chain, key).build().unwrap();
+    let mut server = serve(Server::builder().max_connections(2), tls).await;
+    // Two handshakes that never finish take both places.
+    let _slow = slow_handshakers(server.addr, 2).await;
+    let connector = TlsConnector::builder("localhost")
+        .root_certificates(vec![ca.der()])
+        .build()
+        .unwrap();
+    // The third connection's handshake completes (outside the cap), then
+    // it reads ERROR `server full` through TLS.
+    let error = refused(connector, server.addr).await;
+    assert!(
+        error.to_string().contains("server full"),
+        "told in TLS: {error}"
+    );
+    assert_eq!(
+        within(server.rejected.recv()).await,
+        Some(Rejection::ServerFull)
+    );
 }
