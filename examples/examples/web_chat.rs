@@ -58,14 +58,18 @@ fn chat(
 }
 
 /// Serves the page on `http`, msgi over WebSocket on `ws` and over TCP on
-/// `tcp`, until one of them fails.
-async fn serve(http: TcpListener, ws: TcpListener, tcp: TcpListener) -> anyhow::Result<()> {
+/// `tcp`, all in `registry`, until one of them fails.
+async fn serve(
+    http: TcpListener,
+    ws: TcpListener,
+    tcp: TcpListener,
+    registry: Registry,
+) -> anyhow::Result<()> {
     let page = http.local_addr()?;
     let mut origins = WebSocketAccept::builder().allow_origin(format!("http://{page}"));
     if page.ip().is_loopback() {
         origins = origins.allow_origin(format!("http://localhost:{}", page.port()));
     }
-    let registry = Registry::new();
     let ws_server = Server::builder()
         .registry(registry.clone())
         .accept(origins.build()?)
@@ -141,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
         tcp.local_addr()?
     );
     tokio::select! {
-        result = serve(http, ws, tcp) => result,
+        result = serve(http, ws, tcp, Registry::new()) => result,
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }
@@ -325,7 +329,8 @@ mod tests {
             ws.local_addr().unwrap(),
             tcp.local_addr().unwrap(),
         );
-        let server = tokio::spawn(serve(http, ws, tcp));
+        let registry = Registry::new();
+        let server = tokio::spawn(serve(http, ws, tcp, registry.clone()));
 
         tokio::time::timeout(LIMIT, async {
             let (_browser, devtools) = chromium().await;
@@ -397,6 +402,54 @@ mod tests {
                 &once("document.getElementById('status').dataset.lastAnswer === 'delivered to 2'"),
             )
             .await;
+
+            // msgi.js: its encoding is the wire's (PROTOCOL.md's example),
+            // an ERROR answer rejects the call, an unanswered one times out.
+            let mut wire = bytes::BytesMut::new();
+            msgi::Framing::encode(
+                &mut msgi::FrameCodec::new(),
+                Frame::data("abc").with_request_id(7),
+                &mut wire,
+            )
+            .unwrap();
+            let encoded = cdp
+                .eval(
+                    &page,
+                    "import('./msgi.js').then((m) => Array.from(m.encodeFrame({ kind: m.Kind.DATA, payload: 'abc', requestId: 7 })))",
+                )
+                .await;
+            assert_eq!(encoded, json!(wire.to_vec()));
+            let refused = cdp
+                .eval(
+                    &page,
+                    "msgiChat.call('x', { kind: 0x100 }).then(() => 'answered', (e) => `${e.remote} ${e.message}`)",
+                )
+                .await;
+            assert_eq!(refused, json!("true no response"));
+            let unanswered = cdp
+                .eval(
+                    &page,
+                    "msgiChat.call('', { kind: 0x002, timeout: 200 }).then(() => 'answered', (e) => e.code)",
+                )
+                .await;
+            assert_eq!(unanswered, json!("timeout"));
+
+            // The server closes the browser's session: the page says why,
+            // reconnects with a new session, and gets broadcasts again.
+            let before = status.as_str().unwrap().to_owned();
+            let session = registry.get_by_client_id("browser").unwrap();
+            assert!(session.close("moving you"));
+            cdp.eval(&page, &log_has("server: moving you")).await;
+            cdp.eval(
+                &page,
+                &once(&format!(
+                    "document.getElementById('status').dataset.state === 'open' && document.getElementById('status').textContent !== {}",
+                    json!(before)
+                )),
+            )
+            .await;
+            client.send(Frame::data("welcome back")).await.unwrap();
+            cdp.eval(&page, &log_has("rust: welcome back")).await;
             let _ = cdp.call(None, "Browser.close", json!({})).await;
         })
         .await
