@@ -504,3 +504,54 @@ impl msgi::Observer for Rejections {
         let _ = self.0.send(why);
     }
 }
+
+/// PROTOCOL.md's worked example, byte for byte: the RFC 6455 upgrade, a
+/// masked binary message holding one frame, the unmasked answer, and the
+/// close frame of an application's DISCONNECT.
+#[tokio::test]
+async fn the_worked_example_in_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, mut sessions) = ws_server(WebSocketAccept::new(), |b| b).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        within(tcp.read_exact(&mut byte)).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=\r\n"),
+        "{head}"
+    );
+
+    // DATA "abc" with request id 7: 17 bytes, masked with 01 02 03 04.
+    let frame = b"MSGI\x00\x00\x00\x11\x10\x10\x00\x00\x00\x07abc";
+    let mask = [1u8, 2, 3, 4];
+    let mut message = vec![0x82, 0x80 | 17];
+    message.extend_from_slice(&mask);
+    message.extend(frame.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&message).await.unwrap();
+    let mut answer = [0u8; 19];
+    within(tcp.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(answer[..2], [0x82, 0x11]);
+    assert_eq!(&answer[2..], frame);
+
+    // The application closes the session with "bye": DISCONNECT as a
+    // binary message, then close 1000 "bye".
+    let session = within(sessions.recv()).await.unwrap();
+    assert!(session.close("bye"));
+    let mut tail = [0u8; 2 + 13 + 2 + 5];
+    within(tcp.read_exact(&mut tail)).await.unwrap();
+    assert_eq!(
+        tail,
+        *b"\x82\x0dMSGI\x00\x00\x00\x0d\x00\x50bye\x88\x05\x03\xe8bye"
+    );
+}
