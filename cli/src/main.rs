@@ -15,6 +15,7 @@ use tracing_subscriber::EnvFilter;
 mod bench;
 mod demo;
 mod flags;
+mod gateway;
 mod reference;
 mod stack;
 mod tls;
@@ -45,6 +46,9 @@ enum Command {
     /// [--client-ca ca.pem], send --tls-ca ca.pem [--tls-cert client.pem
     /// --tls-key client.key].
     Certs(tls::CertsArgs),
+    /// Spread requests over upstream msgi servers (p2c on load, or by client
+    /// id), with routes by kind; answers ERROR when no upstream is up.
+    Gateway(gateway::GatewayArgs),
     /// Measure an MSGI server: throughput, connection rate, idle memory, latency, fan-out.
     Bench(bench::BenchArgs),
     /// The broadcasting server `msgi bench fanout` measures.
@@ -155,6 +159,7 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Send(args) => send(args).await,
         Command::Demo => demo::run().await,
+        Command::Gateway(args) => gateway::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Certs(args) => tls::certs(args),
         Command::ReferenceServer { listen } => reference_server(listen).await,

@@ -33,7 +33,9 @@ pub enum LoadMeasure {
         /// The estimate of a new connection, before any answer (default 1 ms).
         default_rtt: Duration,
         /// How fast an estimate falls back towards what is observed
-        /// (default 10 s).
+        /// (default 1 s: on a LAN, where answers take well under a
+        /// millisecond, one slow answer would otherwise keep an upstream
+        /// out of the running for tens of seconds).
         decay: Duration,
         /// The latency a failed request counts as, at least (default 500 ms).
         failure_penalty: Duration,
@@ -46,7 +48,7 @@ impl Default for LoadMeasure {
     fn default() -> Self {
         LoadMeasure::PeakEwma {
             default_rtt: Duration::from_millis(1),
-            decay: Duration::from_secs(10),
+            decay: Duration::from_secs(1),
             failure_penalty: Duration::from_millis(500),
         }
     }
