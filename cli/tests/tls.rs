@@ -166,6 +166,46 @@ fn send_talks_to_serve_over_mutual_tls() {
 }
 
 #[test]
+fn send_verifies_the_server_for_tls_server_name() {
+    let pki = Pki::new("server-name");
+    let server = mutual_tls_server(&pki);
+    let flags = |name: &'static str| {
+        vec![
+            "--tls-ca".to_owned(),
+            pki.path("server-ca.pem"),
+            "--tls-cert".to_owned(),
+            pki.path("client.pem"),
+            "--tls-key".to_owned(),
+            pki.path("client.key"),
+            "--tls-server-name".to_owned(),
+            name.to_owned(),
+        ]
+    };
+    let send = |name: &'static str| {
+        let mut args = vec!["send".to_owned(), "--addr".to_owned(), server.addr.clone()];
+        args.extend(flags(name));
+        args.push("hi".to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(&args)
+    };
+    // The certificate names localhost: accepted for it at 127.0.0.1.
+    let out = send("localhost");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "DATA hi\n");
+    let out = send("other.example");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("could not connect to other.example (TLS)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("not valid for name \"other.example\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn send_without_a_client_certificate_hears_the_refusal_and_what_to_give() {
     let pki = Pki::new("anonymous");
     let server = mutual_tls_server(&pki);

@@ -205,17 +205,16 @@ impl HandshakeError {
     }
 
     fn from_io(error: io::Error) -> HandshakeError {
-        if !matches!(error.get_ref().map(|e| e.is::<rustls::Error>()), Some(true)) {
-            return HandshakeError::Io(error);
-        }
-        match error.into_inner().map(|e| e.downcast::<rustls::Error>()) {
-            Some(Ok(e)) => match *e {
-                e @ rustls::Error::InvalidMessage(_) => HandshakeError::NotTls(e),
-                e => HandshakeError::Tls(e),
-            },
-            // Checked just above: unreachable, and still an honest answer.
-            Some(Err(e)) => HandshakeError::Io(io::Error::other(e)),
-            None => HandshakeError::Io(io::Error::other("TLS handshake failed")),
+        // tokio-rustls reports what rustls refused as an InvalidData
+        // io::Error around the rustls::Error.
+        let refused = error
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<rustls::Error>())
+            .cloned();
+        match refused {
+            Some(e @ rustls::Error::InvalidMessage(_)) => HandshakeError::NotTls(e),
+            Some(e) => HandshakeError::Tls(e),
+            None => HandshakeError::Io(error),
         }
     }
 }

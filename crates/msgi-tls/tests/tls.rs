@@ -607,3 +607,37 @@ async fn handshakes_hold_places_under_the_connection_cap_and_server_full_is_said
         Some(Rejection::ServerFull)
     );
 }
+
+#[tokio::test]
+async fn a_server_that_closes_during_the_handshake_is_an_io_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Takes the connection, reads the whole ClientHello record, closes its
+    // side (FIN, nothing left unread, so no reset) and waits for the client
+    // to go.
+    let closer = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut header = [0u8; 5];
+        stream.read_exact(&mut header).await.unwrap();
+        let len = u16::from_be_bytes([header[3], header[4]]);
+        let mut hello = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut hello).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest).await;
+    });
+    let ca = Ca::new("CA");
+    let connector = TlsConnector::builder("localhost")
+        .root_certificates(vec![ca.der()])
+        .build()
+        .unwrap();
+    let error = connect(connector, addr).await.unwrap_err();
+    match HandshakeError::of(&error) {
+        Some(e @ HandshakeError::Io(io)) => {
+            assert_eq!(io.kind(), std::io::ErrorKind::UnexpectedEof, "{io}");
+            assert_eq!(e.rustls_error(), None);
+        }
+        other => panic!("{other:?}"),
+    }
+    within(closer).await.unwrap();
+}
