@@ -67,7 +67,7 @@ mod server;
 
 pub use client::{HandshakeError, TlsConnector, TlsConnectorBuilder};
 pub use config::{load_certs, load_key, provider, TlsConfigError, ALPN_MSGI};
-pub use server::{AcceptError, TlsAcceptor, TlsAcceptorBuilder, TlsInfo};
+pub use server::{AcceptError, TlsAcceptor, TlsAcceptorBuilder, TlsInfo, TlsThen};
 
 /// The rustls this crate is built on (its configuration types, for
 /// [`TlsAcceptor::from_config`] and [`TlsConnector::from_config`]).

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use msgi::{Accepted, Plain};
+use msgi::{Accepted, BoxError, ConnectInfo, Plain};
 use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
 use rustls::{CipherSuite, ProtocolVersion};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -68,6 +68,58 @@ impl TlsAcceptor {
     /// The rustls configuration.
     pub fn config(&self) -> &Arc<ServerConfig> {
         self.inner.config()
+    }
+
+    /// The TLS handshake, then `next` (another accept step taking any byte
+    /// stream, such as msgi's `WebSocketAccept` for WebSocket over TLS,
+    /// `wss://`) on the TLS stream, as one accept step: both run in the
+    /// connection's task under the handshake timeout, and `next` finds the
+    /// [`TlsInfo`] in the connection info. Browsers offer ALPN `http/1.1`
+    /// for a WebSocket: give the acceptor
+    /// `alpn_protocols(vec![b"http/1.1".to_vec()])` (the default, `msgi`
+    /// alone, refuses them).
+    pub fn then<B>(self, next: B) -> TlsThen<B> {
+        TlsThen { tls: self, next }
+    }
+}
+
+/// The accept step of [`TlsAcceptor::then`]: the handshake, then another
+/// step on the TLS stream. Its error is the handshake's [`AcceptError`] or
+/// the next step's error, boxed.
+#[derive(Clone, Debug)]
+pub struct TlsThen<B> {
+    tls: TlsAcceptor,
+    next: B,
+}
+
+impl<Io, B> tower::Service<Accepted<Io>> for TlsThen<B>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: tower::Service<Accepted<TlsStream<Io>>> + Clone + Send + 'static,
+    B::Error: Into<BoxError>,
+    B::Future: Send + 'static,
+{
+    type Response = B::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<B::Response, BoxError>> + Send>>;
+
+    /// Ready when the next step is.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.next.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, incoming: Accepted<Io>) -> Self::Future {
+        // The step made ready goes with this connection; a fresh clone
+        // stays for the next one (tower's usual clone-and-swap).
+        let clone = self.next.clone();
+        let mut next = std::mem::replace(&mut self.next, clone);
+        let handshake = self.tls.handshake(incoming);
+        Box::pin(async move {
+            let (stream, info) = handshake.await?;
+            next.call(Accepted::new(stream, info))
+                .await
+                .map_err(Into::into)
+        })
     }
 }
 
@@ -234,15 +286,33 @@ where
     }
 
     fn call(&mut self, incoming: Accepted<Io>) -> Self::Future {
+        let handshake = self.handshake(incoming);
+        Box::pin(async move {
+            let (stream, info) = handshake.await?;
+            Ok(Accepted::new(Plain(stream), info))
+        })
+    }
+}
+
+impl TlsAcceptor {
+    /// The handshake on `incoming`: the TLS stream, and the info with the
+    /// [`TlsInfo`] added.
+    fn handshake<Io>(
+        &self,
+        incoming: Accepted<Io>,
+    ) -> impl Future<Output = Result<(TlsStream<Io>, ConnectInfo), AcceptError>> + Send + 'static
+    where
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let (io, mut info) = incoming.into_parts();
         let handshake = self.inner.accept(io);
-        Box::pin(async move {
+        async move {
             let stream = handshake.await.map_err(|source| AcceptError {
                 peer: info.peer_addr(),
                 source,
             })?;
             info.insert(TlsInfo::of(stream.get_ref().1));
-            Ok(Accepted::new(Plain(stream), info))
-        })
+            Ok((stream, info))
+        }
     }
 }
