@@ -391,15 +391,14 @@ impl<'a, T: FromValueRef<'a>> FromValueRef<'a> for Option<T> {
     }
 }
 
-/// UTF-8 checked in runs: the longest valid stretch of the payload from the first text
-/// that needs it, checked once (`str::from_utf8` is word-at-a-time on ASCII, and the
-/// lengths, tags and small numbers between texts are ASCII), then each text that lies in
-/// it is a `&str` slice of it. A text is valid UTF-8 exactly when it lies in one valid run
-/// on character boundaries (UTF-8 is self-synchronising: a valid text starts with a
-/// leading byte, which no sequence before it can claim); a text that does not is checked
-/// by itself, so the result is always that of `str::from_utf8` on the text. Runs never
-/// overlap, so the payload is scanned at most twice in all (once to find a run's end,
-/// once more to take the valid part as `&str`).
+/// UTF-8 checked in runs: from the first text that needs it, the longest stretch of
+/// ASCII bytes is found (eight bytes at a time) and taken as `&str` once
+/// (`str::from_utf8` on ASCII is word-at-a-time too); each text that lies in it is a `&str`
+/// slice of it. The lengths, tags and small numbers between texts are ASCII, so one run
+/// usually covers many texts. A text not inside the run (one with non-ASCII characters,
+/// or one that is not UTF-8) is checked by itself with `str::from_utf8`, so the answer is
+/// always `str::from_utf8`'s on the text. Runs never overlap, so each byte is looked at a
+/// bounded number of times: linear in the payload, whatever it holds.
 #[derive(Debug)]
 pub(crate) struct Utf8Runs<'a> {
     buf: &'a [u8],
@@ -446,15 +445,32 @@ impl<'a> Utf8Runs<'a> {
     #[cold]
     fn new_run(&mut self, at: usize) {
         let rest = self.buf.get(at..).unwrap_or_default();
+        let ascii = rest.get(..ascii_prefix(rest)).unwrap_or_default();
         self.start = at;
-        self.run = match std::str::from_utf8(rest) {
-            Ok(s) => s,
-            Err(e) => {
-                let valid = rest.get(..e.valid_up_to()).unwrap_or_default();
-                std::str::from_utf8(valid).unwrap_or_default()
-            }
-        };
+        // ASCII is UTF-8: this never fails (an empty run if it did).
+        self.run = std::str::from_utf8(ascii).unwrap_or_default();
     }
+}
+
+/// How many bytes at the start of `bytes` are ASCII.
+#[inline]
+fn ascii_prefix(bytes: &[u8]) -> usize {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut n = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        if u64::from_le_bytes(word) & HIGH != 0 {
+            break;
+        }
+        n += 8;
+    }
+    let tail = bytes.get(n..).unwrap_or_default();
+    n + tail
+        .iter()
+        .position(|b| !b.is_ascii())
+        .unwrap_or(tail.len())
 }
 
 struct Cursor<'a> {
@@ -747,11 +763,27 @@ mod tests {
     }
 
     #[test]
+    fn ascii_prefixes() {
+        for (bytes, n) in [
+            (&b""[..], 0),
+            (b"abc", 3),
+            (b"abcdefgh", 8),
+            (b"abcdefghijklmnopq", 17),
+            (b"abcdefghij\x80kl", 10),
+            (b"abc\xffdefghijkl", 3),
+            (b"\xc3\xa9", 0),
+        ] {
+            assert_eq!(ascii_prefix(bytes), n, "{bytes:x?}");
+        }
+    }
+
+    #[test]
     fn runs_agree_with_from_utf8_on_every_range() {
         check(b"hello world");
         check("aé€😀b".as_bytes());
         check(b"ab\xc3(\xa9\xe2\x82xy\xff\xf0\x9f\x98\x80z");
         check(b"\x05ab\xc8\xc3\xa9\x80\x80\xc3");
         check(&[0xe2, 0x82, 0xac, 0x82, 0xac, 0x61, 0xed, 0xa0, 0x80, 0x61]);
+        check(b"0123456789abcdef\xc3\xa9ghijklmnopqrstuvw\x80xyz0123456789");
     }
 }
