@@ -24,7 +24,7 @@ mod tls;
 #[command(
     name = "msgi",
     version,
-    about = "Framed TCP messaging: serve, send, demo, bench"
+    about = "Framed TCP messaging: serve, send, gateway, demo, bench"
 )]
 struct Cli {
     #[command(subcommand)]
