@@ -555,3 +555,96 @@ async fn the_worked_example_in_bytes() {
         *b"\x82\x0dMSGI\x00\x00\x00\x0d\x00\x50bye\x88\x05\x03\xe8bye"
     );
 }
+
+/// Embedding: an HTTP server of one's own answers the upgrade (here by
+/// hand, as a hyper or axum route would), then hands the upgraded stream to
+/// `serve_connection` as a `WebSocket::from_upgraded`.
+#[tokio::test]
+async fn a_stream_upgraded_elsewhere_is_served_by_serve_connection() {
+    use http::header::{HeaderMap, HeaderName, HeaderValue};
+    use msgi::ws::{accept_key, WebSocket};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let settings = WebSocketAccept::builder()
+        .allow_origin("http://app.example")
+        .max_message_size(4096)
+        .build()
+        .unwrap();
+    let (tx, mut sessions) = mpsc::unbounded_channel();
+    let server = Server::builder()
+        .on_connect(move |s| {
+            let _ = tx.send(s.clone());
+        })
+        .build()
+        .unwrap();
+    let (listener, addr) = listener().await;
+    let upgrade = {
+        let settings = settings.clone();
+        async move {
+            loop {
+                let (mut tcp, peer) = listener.accept().await.unwrap();
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    tcp.read_exact(&mut byte).await.unwrap();
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8(head).unwrap();
+                let mut lines = text.split("\r\n");
+                let path = lines.next().unwrap().split(' ').nth(1).unwrap().to_owned();
+                let mut headers = HeaderMap::new();
+                for line in lines.filter(|l| !l.is_empty()) {
+                    let (name, value) = line.split_once(':').unwrap();
+                    headers.append(
+                        HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                        HeaderValue::from_str(value.trim()).unwrap(),
+                    );
+                }
+                if !settings.origin_allowed(&headers) {
+                    tcp.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                    continue;
+                }
+                let key = accept_key(headers["sec-websocket-key"].as_bytes());
+                tcp.write_all(
+                    format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                         Connection: Upgrade\r\nSec-WebSocket-Accept: {key}\r\n\r\n"
+                    )
+                    .as_bytes(),
+                )
+                .await
+                .unwrap();
+                let mut info = msgi::ConnectInfo::from_peer_addr(peer);
+                info.insert(WebSocketRequest::new(path.parse().unwrap(), headers));
+                let ws = WebSocket::from_upgraded(tcp, &settings).await;
+                tokio::spawn(server.serve_connection(ws, info, echo()));
+            }
+        }
+    };
+    tokio::spawn(upgrade);
+
+    let mut peer = Peer::connect_with(addr, "/embedded", Some("http://app.example"))
+        .await
+        .unwrap();
+    peer.send(Frame::data("through my own route").with_request_id(5))
+        .await;
+    let answer = peer.recv().await;
+    assert_eq!(answer.payload(), "through my own route");
+    assert_eq!(answer.request_id(), Some(5));
+    let session = within(sessions.recv()).await.unwrap();
+    let request = session.connect_info::<WebSocketRequest>().unwrap();
+    assert_eq!(request.path(), "/embedded");
+    assert_eq!(request.origin(), Some("http://app.example"));
+    // The message limit of `settings` holds there too.
+    peer.send(Frame::data(vec![0u8; 8000])).await;
+    let ending = peer.ending().await;
+    assert_eq!(code_and_reason(&ending).0, CloseCode::Size);
+
+    match Peer::connect_with(addr, "/", Some("http://evil.example")).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 403),
+        Err(e) => panic!("expected 403, got {e}"),
+        Ok(_) => panic!("another origin was let in"),
+    }
+}
