@@ -87,7 +87,7 @@ pub(crate) struct BenchArgs {
     #[command(flatten)]
     wire: WireArgs,
     /// Also run msgi over TLS (server `msgi+tls`, a throwaway certificate),
-    /// alternately with the others (throughput and latency).
+    /// alternately with the others (throughput, latency, idle).
     #[arg(long)]
     tls: bool,
 }
@@ -234,8 +234,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         if args.addr.is_some() || args.servers == Servers::Reference {
             bail!("--tls starts msgi over TLS itself: leave out --addr and --servers reference");
         }
-        if !matches!(args.mode, Mode::Throughput | Mode::Latency) {
-            bail!("--tls measures throughput and latency");
+        if !matches!(args.mode, Mode::Throughput | Mode::Latency | Mode::Idle) {
+            bail!("--tls measures throughput, latency and idle sessions");
         }
         Some(BenchTls::new()?)
     } else {
@@ -300,7 +300,7 @@ async fn measure(
         }
         Mode::Latency => throughput(args, addr, size, 1, 1, false, &label, tls).await?,
         Mode::Connect => connect_loops(args, addr, &label).await?,
-        Mode::Idle => idle(args, addr, pid, &label).await?,
+        Mode::Idle => idle(args, addr, pid, &label, tls).await?,
         Mode::Fanout => fanout::fanout(args, size, addr, pid).await?,
     };
     if let (Some(before), Some(after)) = (cpu_before, pid.and_then(cpu_time)) {
@@ -614,6 +614,15 @@ impl SentTimes {
 async fn ping_once(addr: SocketAddr, framing: &mut crate::stack::Framing) -> Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    ping_on(&mut stream, framing).await?;
+    Ok(stream)
+}
+
+/// One PING/PONG on `stream` with `framing`.
+async fn ping_on<S>(stream: &mut S, framing: &mut crate::stack::Framing) -> Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut out = BytesMut::new();
     framing.encode(Frame::ping("p"), &mut out)?;
     stream.write_all(&out).await?;
@@ -621,7 +630,7 @@ async fn ping_once(addr: SocketAddr, framing: &mut crate::stack::Framing) -> Res
     loop {
         if let Some(f) = framing.decode(&mut buf)? {
             if f.kind() == Kind::PONG {
-                return Ok(stream);
+                return Ok(());
             }
             continue;
         }
@@ -662,11 +671,32 @@ async fn connect_loops(args: &BenchArgs, addr: SocketAddr, label: &str) -> Resul
     run.finish(tasks, 0).await
 }
 
+/// A session that stays open, over TCP or TLS.
+type Held = Box<dyn std::any::Any + Send>;
+
+/// Opens a session (TLS with `tls`), checks it with PING/PONG, keeps it.
+async fn open_idle(
+    addr: SocketAddr,
+    wire: WireArgs,
+    tls: Option<msgi_tls::TlsConnector>,
+) -> Result<Held> {
+    let mut f = framing(&wire)?;
+    match tls {
+        Some(connector) => {
+            let mut stream = BenchTls::open(connector, addr).await?;
+            ping_on(&mut stream, &mut f).await?;
+            Ok(Box::new(stream))
+        }
+        None => Ok(Box::new(ping_once(addr, &mut f).await?)),
+    }
+}
+
 async fn idle(
     args: &BenchArgs,
     addr: SocketAddr,
     pid: Option<u32>,
     label: &str,
+    tls: Option<&BenchTls>,
 ) -> Result<Measurement> {
     let done = Arc::new(AtomicU64::new(0));
     let bar = if args.json {
@@ -682,8 +712,8 @@ async fn idle(
         bar
     };
     // Settle the server first: one session, then measure the baseline.
-    let mut f = framing(&args.wire)?;
-    let warm = ping_once(addr, &mut f).await?;
+    let connector = tls.map(BenchTls::connector);
+    let warm = open_idle(addr, args.wire.clone(), connector.clone()).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = pid.and_then(rss);
     let start = Instant::now();
@@ -692,11 +722,7 @@ async fn idle(
     let mut opened = 0;
     while opened < args.sessions || !pending.is_empty() {
         while opened < args.sessions && pending.len() < 64 {
-            let wire = args.wire.clone();
-            pending.spawn(async move {
-                let mut f = framing(&wire)?;
-                ping_once(addr, &mut f).await
-            });
+            pending.spawn(open_idle(addr, args.wire.clone(), connector.clone()));
             opened += 1;
         }
         if let Some(joined) = pending.join_next().await {

@@ -229,9 +229,21 @@ impl BenchTls {
         &self,
         addr: std::net::SocketAddr,
     ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> {
+        BenchTls::open(self.connector(), addr).await
+    }
+
+    /// The connector that trusts the throwaway CA (for tasks of their own).
+    pub(crate) fn connector(&self) -> TlsConnector {
+        self.connector.clone()
+    }
+
+    /// A TLS connection with `connector` (from [`BenchTls::connector`]).
+    pub(crate) async fn open(
+        connector: TlsConnector,
+        addr: std::net::SocketAddr,
+    ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> {
         use tower::ServiceExt;
-        self.connector
-            .clone()
+        connector
             .oneshot(addr)
             .await
             .map_err(|e| anyhow::anyhow!(e))

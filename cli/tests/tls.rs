@@ -340,6 +340,27 @@ fn bench_runs_msgi_over_tls_next_to_plain_msgi() {
             "every echo verified: {run}"
         );
     }
+    // Idle sessions over TLS: each opened and checked with PING/PONG.
+    let out = run(&[
+        "bench",
+        "idle",
+        "--servers",
+        "msgi",
+        "--tls",
+        "--sessions",
+        "20",
+        "--rounds",
+        "1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
+    assert_eq!(servers, ["msgi", "msgi+tls"]);
+    for run in runs {
+        assert_eq!(run["messages"].as_u64(), Some(20), "{run}");
+    }
     // TLS needs servers it starts.
     let out = run(&["bench", "--tls", "--addr", "127.0.0.1:1", "-t", "0.2"]);
     assert_eq!(out.status.code(), Some(1));
