@@ -8,6 +8,8 @@
 //! `fanout` measures broadcast instead, against `msgi fanout-server` (see
 //! the `fanout` module).
 
+#[path = "bench_ack.rs"]
+mod bench_ack;
 #[path = "bench_fanout.rs"]
 mod fanout;
 pub(crate) use fanout::{serve as fanout_serve, FanoutServerArgs};
@@ -90,6 +92,11 @@ pub(crate) struct BenchArgs {
     /// alternately with the others (throughput, latency, idle).
     #[arg(long)]
     tls: bool,
+    /// Throughput of one-way frames sent with msgi's client against
+    /// `msgi serve --ack`: plain (counted once written) and with
+    /// acknowledged delivery (counted once acknowledged), alternately.
+    #[arg(long)]
+    ack: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -159,7 +166,7 @@ impl ChildServer {
                 &subset,
             ]);
             cmd.args(wire.to_args());
-        } else if kind == "msgi" || kind == MSGI_TLS {
+        } else if kind == "msgi" || kind == MSGI_TLS || args.ack {
             cmd.args([
                 "serve",
                 "--listen",
@@ -171,6 +178,9 @@ impl ChildServer {
                 "1000000",
             ]);
             cmd.args(wire.to_args());
+            if args.ack {
+                cmd.arg("--ack");
+            }
             if let (MSGI_TLS, Some(tls)) = (kind, tls) {
                 cmd.args(tls.serve.to_args());
             }
@@ -254,6 +264,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
         let kinds: &[&str] = match (args.servers, tls.is_some()) {
             // The reference server does not broadcast.
             _ if args.mode == Mode::Fanout => &["fanout"],
+            _ if args.ack => &[bench_ack::PLAIN, bench_ack::ACKED],
             (Servers::Both, false) => &["msgi", "reference"],
             (Servers::Both, true) => &["msgi", MSGI_TLS, "reference"],
             (Servers::Msgi, false) => &["msgi"],
@@ -285,6 +296,9 @@ async fn measure(
     let label = format!("{server} #{}", round + 1);
     let cpu_before = pid.and_then(cpu_time);
     let mut m = match args.mode {
+        Mode::Throughput if args.ack => {
+            bench_ack::throughput(args, addr, size, server == bench_ack::ACKED, round).await?
+        }
         Mode::Throughput => {
             throughput(
                 args,

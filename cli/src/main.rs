@@ -16,6 +16,7 @@ mod bench;
 mod demo;
 mod flags;
 mod gateway;
+mod numbered;
 mod reference;
 mod stack;
 mod tls;
@@ -105,6 +106,14 @@ struct ServeArgs {
     /// `*` for any). Default: the WebSocket address's own origin only.
     #[arg(long, value_name = "ORIGIN", requires = "ws_listen")]
     ws_allow_origin: Vec<String>,
+    /// Acknowledged delivery (docs/RELIABILITY.md): acknowledge the one-way
+    /// frames of clients that ask for it and drop the ones sent again.
+    #[arg(long)]
+    ack: bool,
+    /// Append the payload of every one-way DATA frame handed to the echo
+    /// service to this file, one per line (for scripts/ack_restarts.sh).
+    #[arg(long, value_name = "FILE")]
+    record: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,8 +143,19 @@ struct SendArgs {
     /// target_id, target_sub_id; docs/PROTOCOL.md section 6).
     #[arg(long, value_name = "JSON", conflicts_with = "text")]
     container: Option<String>,
+    /// Announce this client id (needed by --ack).
+    #[arg(long)]
+    client_id: Option<String>,
+    /// Send N numbered one-way frames (payloads 0 .. N-1) instead of a
+    /// payload, reconnecting as needed; prints what was acknowledged.
+    #[arg(long, value_name = "N", conflicts_with_all = ["text", "container", "correlated"])]
+    count: Option<u64>,
+    /// With --count: acknowledged delivery (the server needs --ack); waits
+    /// up to --wait seconds for the last acknowledgement.
+    #[arg(long, requires_all = ["count", "client_id"])]
+    ack: bool,
     /// The payload, as text.
-    #[arg(required_unless_present = "container")]
+    #[arg(required_unless_present_any = ["container", "count"])]
     text: Option<String>,
 }
 
@@ -289,7 +309,28 @@ where
         tower::service_fn(
             |frame: Frame| async move { Ok::<_, std::convert::Infallible>(Some(frame)) },
         );
-    let echo = stack::request_layers(args.timeout_ms, args.rate_limit, args.rate_limit_policy)?
+    let recorder = args
+        .record
+        .as_deref()
+        .map(numbered::Recorder::open)
+        .transpose()?;
+    let echo = tower::ServiceBuilder::new()
+        // Outermost: acknowledged delivery numbers every frame handed on.
+        .option_layer(
+            args.ack
+                .then(|| msgi::delivery::AckLayer::new(msgi::delivery::AckStore::new())),
+        )
+        .map_request(move |frame: Frame| {
+            if let Some(recorder) = &recorder {
+                recorder.record(&frame);
+            }
+            frame
+        })
+        .layer(stack::request_layers(
+            args.timeout_ms,
+            args.rate_limit,
+            args.rate_limit_policy,
+        )?)
         .service(echo);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -435,6 +476,9 @@ async fn send(args: SendArgs) -> Result<()> {
     let wait = args
         .timeout_ms
         .map_or(Duration::from_secs(args.wait), Duration::from_millis);
+    if let Some(count) = args.count {
+        return numbered::send(&args.addr, args.client_id, count, args.ack, wait).await;
+    }
     // The payload first: a mistake in it is said without connecting.
     let payload: Bytes = match (&args.container, args.text) {
         (Some(json), _) => Container::from_json_str(json)

@@ -17,7 +17,7 @@
 //!   sends HELLO (request id 0) and waits for WELCOME. An ERROR with id 0,
 //!   or an ERROR or DISCONNECT without an id, refuses it
 //!   ([`ConnectionError::HandshakeRefused`]). Other frames before WELCOME
-//!   count against [`Config::early_frames`] and [`Config::early_bytes`]
+//!   count against [`ConfigBuilder::early_frames`] and [`ConfigBuilder::early_bytes`]
 //!   (beyond: [`Violation::TooManyBeforeWelcome`]); all but HEARTBEAT, PING
 //!   and PONG go through the session rules once WELCOME arrives, in order,
 //!   as if they came after it (a request id: a late answer; flags for a
@@ -67,7 +67,7 @@ pub const HANDSHAKE_ID: u32 = 0;
 /// The least write-queue high-water mark, as the server's.
 pub const MIN_HIGH_WATER: usize = 64 * 1024;
 
-/// [`Config::max_events`] by default.
+/// [`ConfigBuilder::max_events`] by default.
 pub const DEFAULT_MAX_EVENTS: usize = 256;
 
 /// What waits for a call's answer: the driver's reply handle (a oneshot
@@ -568,7 +568,7 @@ enum State {
 /// Work held by the connection, not yet encoded, in order.
 enum Held<R> {
     /// A one-way frame; `counted`: taken while not connected (it counts
-    /// against [`Config::held_sends`]).
+    /// against [`ConfigBuilder::held_sends`]).
     Send { frame: Frame, counted: bool },
     /// A call, failed with [`CallError::NotConnected`] at its deadline
     /// while not connected (`None`: never).
@@ -905,7 +905,7 @@ impl<R: Caller> Connection<R> {
     /// Whether the driver should take more work off the application's
     /// queue: while open, when nothing is held and the write queue is below
     /// the high-water mark; while not connected, until
-    /// [`Config::held_sends`] one-way frames are held; never once closing
+    /// [`ConfigBuilder::held_sends`] one-way frames are held; never once closing
     /// or after every handle is gone.
     pub fn accepts_work(&self) -> bool {
         if self.handles_gone || self.acks.as_ref().is_some_and(Acks::full) {
@@ -923,7 +923,7 @@ impl<R: Caller> Connection<R> {
     /// Whether the driver should read: the bytes the client owes (encoded
     /// and not written, plus its own replies not encoded yet: PONGs,
     /// ERRORs) are below twice the high-water mark, and fewer than
-    /// [`Config::max_events`] events wait in [`poll_event`](Connection::poll_event).
+    /// [`ConfigBuilder::max_events`] events wait in [`poll_event`](Connection::poll_event).
     /// A peer that does not read, or a driver that does not drain events,
     /// stops being read: reading never grows either queue past its bound
     /// (by more than the one frame that crossed it).

@@ -396,3 +396,49 @@ fn acknowledged_delivery_needs_a_client_id() {
         .build();
     assert!(refused.is_err());
 }
+
+#[test]
+fn worked_example_bytes() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/PROTOCOL.md"
+    ))
+    .unwrap();
+    let hex = |frame: Frame| {
+        let mut wire = BytesMut::new();
+        FrameCodec::new().encode(frame, &mut wire).unwrap();
+        wire.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let lines = [
+        (
+            "C→S RESUME 9 1",
+            delivery::resume_frame(9, 1).with_request_id(1),
+        ),
+        (
+            "S→C RESUMED 0",
+            delivery::resumed_frame(0).with_request_id(1),
+        ),
+        ("C→S DATA a (#1)", Frame::data("a")),
+        ("C→S DATA b (#2)", Frame::data("b")),
+        ("S→C ACK 2", delivery::ack_frame(2)),
+    ];
+    for (label, frame) in lines {
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("{label} not in PROTOCOL.md"));
+        let documented: String = line[label.len()..].split_whitespace().collect();
+        assert_eq!(documented, hex(frame), "{label}");
+    }
+    // And the machine says the same: the client's RESUME is these bytes.
+    let mut link = Link::new(window(100, 1 << 20));
+    let mut store = Store::default();
+    link.connect();
+    link.serve(&mut store, usize::MAX);
+    link.read();
+    link.transmit();
+    let mut wire = link.queue.clone();
+    let resume = FrameCodec::new().decode(&mut wire).unwrap().unwrap();
+    assert_eq!(resume.kind(), Kind::CONTROL);
+    assert_eq!(resume.payload_text(), "RESUME 7 1");
+}

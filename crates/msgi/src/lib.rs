@@ -97,4 +97,7 @@ pub mod guide {
 
     #[doc = include_str!("../../../docs/BENCHMARKS.md")]
     pub mod benchmarks {}
+
+    #[doc = include_str!("../../../docs/RELIABILITY.md")]
+    pub mod reliability {}
 }
