@@ -105,6 +105,13 @@ impl Deflate {
     }
 }
 
+#[cfg(feature = "psk")]
+impl crate::psk::Named for Deflate {
+    fn name(&self) -> Option<&'static str> {
+        Some("deflate")
+    }
+}
+
 impl MakeTransform for Deflate {
     type Transform = DeflateSession;
 

@@ -1,67 +1,61 @@
-//! Payload encryption with XChaCha20-Poly1305 and a pre-shared key: the
-//! ENCRYPTED flag. [`Encrypt`] is the settings, a [`MakeTransform`];
-//! [`EncryptSession`] one session's transform.
+//! Payload encryption with AES-256-GCM under per-session, per-direction
+//! keys: the ENCRYPTED flag. [`Encrypt`] is the settings, a
+//! [`MakeTransform`]; [`EncryptSession`] one session's transform.
+//!
+//! The keys come from the session's pre-shared-key handshake
+//! ([`crate::psk`]): each direction has its own key, derived from the
+//! pre-shared key and both ends' fresh randomness, so no two sessions, and
+//! not the two directions of one session, ever share a key. Until the
+//! handshake's [`SessionKeys`] arrive (a connection that did not run the
+//! handshake), every frame is refused in both directions
+//! ([`EncryptError::NoSessionKeys`]).
 //!
 //! Every frame of the session is sealed, in both directions, the session's
 //! own frames (PING, HEARTBEAT, ERROR, DISCONNECT) and pushes included. A
 //! received frame without the flag, with a bad tag, truncated, replayed,
-//! reordered, from the other direction or under another key is refused: the
-//! session ends with an ERROR and nothing reaches the handler.
+//! reordered, from another session, from the other direction or under
+//! another key is refused: the session ends with an ERROR and nothing
+//! reaches the handler.
 //!
 //! ## Wire format
 //!
 //! ```text
-//! payload = nonce (24 bytes) ‖ ciphertext (as long as the plaintext) ‖ tag (16 bytes)
-//! associated data = type (2) ‖ request id (4, zero when uncorrelated) ‖ direction (1) ‖ sequence (8)
+//! payload = counter (8) ‖ ciphertext (as long as the plaintext) ‖ tag (16)
+//! nonce (12 bytes) = direction (1) ‖ 00 00 00 ‖ counter (8)
+//! associated data = type (2) ‖ request id (4, zero when uncorrelated) ‖ sequence (8)
+//! key = HKDF-Expand-Label(traffic secret of the sending side, "key", "", 32)
 //! ```
 //!
-//! `type` is the frame's type field with ENCRYPTED set, as this layer sends
-//! it; direction is `0x01` client to server, `0x02` server to client; the
-//! sequence counts the frames this layer sealed and that were written (see
-//! `FrameTransform::commit`) in that direction on this
-//! connection, from 0. The sequence is not sent: the receiver uses the one
-//! it expects, so a replayed or reordered frame fails authentication.
-//!
-//! ## Nonces
-//!
-//! One pre-shared key serves every session, across restarts, with no key
-//! exchange, so a nonce must never repeat across sessions. XChaCha20's
-//! 192-bit nonces make that easy: this layer draws 16 random bytes from the
-//! operating system when a connection's transform is made and appends an 8-byte count of
-//! the frames sealed so far (advanced by every seal, even of a frame that
-//! is then not written, so it equals the sequence as long as every sealed
-//! frame is sent), so nonces are unique within a connection by construction and
-//! across connections with overwhelming probability, without a system call
-//! per frame. Receivers do not interpret the nonce; any unique 24 bytes will
-//! do. The price is 24 bytes per frame.
+//! The counter counts the frames this side *sealed* on the connection (every
+//! [`encode`](FrameTransform::encode), sent or not), from 0, so no nonce is
+//! ever used twice under a key; it is sent because a sealed frame may end up
+//! not written (over the maximum frame size once sealed). The sequence counts
+//! the frames this side sealed *and wrote*, from 0 (see
+//! `FrameTransform::commit`); it is not sent: the receiver uses the one it
+//! expects next, so a replayed, reordered or dropped frame fails
+//! authentication. docs/PROTOCOL.md section 4 has every byte.
 //!
 //! ## Speed
 //!
-//! poly1305's AVX2 backend is slow for messaging-sized frames (it prepares
-//! the key for every message); build with `--cfg poly1305_backend="soft"`
-//! (as this workspace's `.cargo/config.toml` does) for about 3x faster
-//! sealing below a few KiB. Figures in docs/BENCHMARKS.md.
-//!
-//! ## Replays
-//!
-//! What this does not stop: without a handshake in which the server
-//! contributes fresh randomness, a recording of a whole session can be
-//! replayed from its first frame as a new session. Use TLS where that
-//! matters.
+//! ring's AES-256-GCM (AES-NI and carry-less multiplication where the CPU
+//! has them), no allocation but the sealed payload, no system call per
+//! frame. Figures in docs/BENCHMARKS.md.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
-use chacha20poly1305::aead::{AeadInOut, KeyInit};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
-use msgi::{BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionParams, Side};
+use msgi::{BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionKeys, SessionParams, Side};
+use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 
-/// Nonce bytes at the start of an encrypted payload.
-pub const NONCE_LEN: usize = 24;
+use crate::psk::{expand_label, Named};
+
+/// Counter bytes at the start of an encrypted payload.
+pub const COUNTER_LEN: usize = 8;
 /// Tag bytes at the end of an encrypted payload.
 pub const TAG_LEN: usize = 16;
+/// Bytes encryption adds to a payload.
+pub const OVERHEAD: usize = COUNTER_LEN + TAG_LEN;
 
 /// Why an encrypted frame was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,200 +64,186 @@ pub enum EncryptError {
     /// A frame without the ENCRYPTED flag arrived on an encrypted session.
     #[error("plaintext frame on an encrypted session")]
     Plaintext,
-    /// The payload is shorter than a nonce and a tag.
+    /// The payload is shorter than a counter and a tag.
     #[error("encrypted payload too short ({0} bytes)")]
     Truncated(usize),
-    /// The tag did not verify: tampered, replayed, reordered, or another key.
-    #[error("decryption failed (tampered, replayed, reordered or wrong key)")]
+    /// The tag did not verify: tampered, replayed, reordered, from another
+    /// session or direction, or another key.
+    #[error("decryption failed (tampered, replayed, reordered, from another session or wrong key)")]
     Decrypt,
-    /// No randomness for the connection's nonces.
-    #[error("no random nonce prefix available: {0}")]
-    Random(String),
+    /// The connection ran no pre-shared-key handshake, so there is no key.
+    #[error("no session keys: the connection did not run the pre-shared-key handshake")]
+    NoSessionKeys,
 }
 
-/// A 32-byte pre-shared key.
-#[derive(Clone)]
-pub struct EncryptionKey(Arc<XChaCha20Poly1305>);
-
-impl EncryptionKey {
-    /// A key from exactly 32 bytes.
-    pub fn new(bytes: [u8; 32]) -> Self {
-        EncryptionKey(Arc::new(XChaCha20Poly1305::new(&bytes.into())))
-    }
-
-    /// A key from a slice, which must be 32 bytes long.
-    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
-        let bytes: [u8; 32] = bytes.try_into().ok()?;
-        Some(EncryptionKey::new(bytes))
-    }
-}
-
-impl fmt::Debug for EncryptionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("EncryptionKey(..)")
-    }
-}
-
-/// Encryption settings: makes each session's [`EncryptSession`], with a
-/// nonce prefix of its own. Add it to a [`Wire`](msgi::Wire) with
-/// `.encrypt(key)` ([`WireExt`](crate::WireExt)).
-#[derive(Clone, Debug)]
+/// Encryption settings: makes each session's [`EncryptSession`]. Add it to
+/// a [`Wire`](msgi::Wire) with `.encrypt()` ([`WireExt`](crate::WireExt)),
+/// and run the pre-shared-key handshake ([`crate::psk::Psk`]) on the
+/// connections, which gives the keys.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Encrypt {
-    key: EncryptionKey,
+    _private: (),
 }
 
 impl Encrypt {
-    /// Encrypt with `key`.
-    pub fn new(key: EncryptionKey) -> Self {
-        Encrypt { key }
+    /// Encrypt every frame under the session's handshake keys.
+    pub fn new() -> Self {
+        Encrypt::default()
+    }
+}
+
+impl Named for Encrypt {
+    fn name(&self) -> Option<&'static str> {
+        Some("encrypt")
     }
 }
 
 impl MakeTransform for Encrypt {
     type Transform = EncryptSession;
 
-    /// Draws the session's nonce prefix from the operating system (if that
-    /// fails, every seal of the session fails with [`EncryptError::Random`]).
     fn make_transform(&self, params: SessionParams) -> EncryptSession {
         EncryptSession {
-            key: self.key.clone(),
+            keys: None,
             side: params.side,
             sent: 0,
             received: 0,
             sealed: AtomicU64::new(0),
-            nonce_prefix: NoncePrefix::draw(),
         }
     }
 
     fn max_overhead(&self) -> usize {
-        NONCE_LEN + TAG_LEN
+        OVERHEAD
     }
 }
 
-/// The encryption transform of one session (made by [`Encrypt`]).
+/// One session's two keys (boxed: about 1 KiB of key schedule, only in
+/// sessions that encrypt).
+struct Keys {
+    seal: LessSafeKey,
+    open: LessSafeKey,
+}
+
+/// The encryption transform of one session (made by [`Encrypt`]); refuses
+/// every frame until the handshake's keys arrive
+/// ([`FrameTransform::set_session_keys`]).
 ///
-/// Nonces never repeat, however the transform is driven: the nonce is the
-/// connection's random prefix followed by a count of the frames *sealed*,
-/// advanced by every [`encode`](FrameTransform::encode) (committed or not),
-/// while the authenticated sequence advances only on
-/// [`commit`](FrameTransform::commit). Two `encode`s without a `commit`
-/// give two frames with the same sequence (the peer accepts at most one of
-/// them) but never two frames under one nonce. A clone draws its own
-/// prefix (so a sending half and a receiving half may be split off by
-/// cloning).
-#[derive(Debug)]
+/// Nonces never repeat, however the transform is driven: the nonce counter
+/// advances on every [`encode`](FrameTransform::encode) (committed or not),
+/// the authenticated sequence only on [`commit`](FrameTransform::commit). Two
+/// `encode`s without a `commit` give two frames with the same sequence (the
+/// peer accepts at most one of them) under two nonces. Not `Clone`: a copy
+/// would seal under the same nonces.
 pub struct EncryptSession {
-    key: EncryptionKey,
+    keys: Option<Box<Keys>>,
     side: Side,
     /// Frames sent and committed: the authenticated sequence.
     sent: u64,
     received: u64,
-    /// Frames sealed under `nonce_prefix`, committed or not: the last 8
-    /// bytes of the nonce. An atomic only because `encode` takes `&self`
-    /// (one uncontended add per frame, next to the AEAD).
+    /// Frames sealed, committed or not: the nonce counter. An atomic only
+    /// because `encode` takes `&self` (one uncontended add per frame).
     sealed: AtomicU64,
-    /// Random first 16 bytes of this connection's nonces.
-    nonce_prefix: NoncePrefix,
 }
 
-/// The random part of a connection's nonces.
-#[derive(Debug, Clone, Copy)]
-enum NoncePrefix {
-    /// Drawn from the operating system.
-    Drawn([u8; 16]),
-    /// The operating system gave no randomness: nothing may be sealed.
-    Failed(getrandom::Error),
-}
-
-impl NoncePrefix {
-    fn draw() -> NoncePrefix {
-        let mut prefix = [0u8; 16];
-        match getrandom::fill(&mut prefix) {
-            Ok(()) => NoncePrefix::Drawn(prefix),
-            Err(e) => NoncePrefix::Failed(e),
-        }
+impl fmt::Debug for EncryptSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EncryptSession")
+            .field("side", &self.side)
+            .field("keyed", &self.keys.is_some())
+            .field("sent", &self.sent)
+            .field("received", &self.received)
+            .finish_non_exhaustive()
     }
 }
 
-impl Clone for EncryptSession {
-    /// A clone gets a fresh nonce prefix (and nonce count), so the original
-    /// and the clone never seal under one nonce; it keeps the sequences, so
-    /// either may go on with the session.
-    fn clone(&self) -> Self {
-        let nonce_prefix = match self.nonce_prefix {
-            NoncePrefix::Drawn(_) => NoncePrefix::draw(),
-            other => other,
-        };
-        EncryptSession {
-            key: self.key.clone(),
-            side: self.side,
-            sent: self.sent,
-            received: self.received,
-            sealed: AtomicU64::new(0),
-            nonce_prefix,
-        }
-    }
+/// The key of the frames `side` sends, from the session's keys.
+fn direction_key(keys: &SessionKeys, side: Side) -> Option<LessSafeKey> {
+    let key = expand_label(keys.sent_by(side), b"key", b"").ok()?;
+    let key = UnboundKey::new(&AES_256_GCM, &key).ok()?;
+    Some(LessSafeKey::new(key))
 }
 
-/// The associated data for a frame of `type_field` (ENCRYPTED set) sent by `from`.
-fn associated_data(frame: &Frame, type_field: u16, from: Side, seq: u64) -> [u8; 15] {
-    let mut ad = [0u8; 15];
+fn nonce(from: Side, counter: u64) -> Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[0] = from.direction_byte();
+    nonce[4..].copy_from_slice(&counter.to_be_bytes());
+    Nonce::assume_unique_for_key(nonce)
+}
+
+/// The associated data of a frame of `type_field` (ENCRYPTED set).
+fn associated_data(frame: &Frame, type_field: u16, seq: u64) -> [u8; 14] {
+    let mut ad = [0u8; 14];
     ad[..2].copy_from_slice(&type_field.to_be_bytes());
     ad[2..6].copy_from_slice(&frame.request_id().unwrap_or(0).to_be_bytes());
-    ad[6] = from.direction_byte();
-    ad[7..].copy_from_slice(&seq.to_be_bytes());
+    ad[6..].copy_from_slice(&seq.to_be_bytes());
     ad
 }
 
 impl EncryptSession {
-    /// Seals `frame` with the given nonce and the next sequence number.
-    /// Only for test vectors (the documented worked example): the caller
-    /// owns the nonce, and a nonce used twice under a key leaks the XOR of
-    /// the plaintexts and allows forgeries. [`encode`](FrameTransform::encode)
-    /// draws unique nonces itself. It changes no state:
-    /// [`commit`](FrameTransform::commit) moves to the next sequence.
-    pub fn seal_with_nonce(
-        &self,
-        mut frame: Frame,
-        nonce: [u8; NONCE_LEN],
-    ) -> Result<Frame, BoxError> {
+    /// Seals `frame` under nonce counter `counter` and the next sequence
+    /// number. Only for test vectors (the documented worked example): the
+    /// caller owns the counter, and a counter used twice leaks the XOR of
+    /// the plaintexts and allows forgeries.
+    /// [`encode`](FrameTransform::encode) counts itself. It changes no
+    /// state: [`commit`](FrameTransform::commit) moves to the next sequence.
+    pub fn seal_with_counter(&self, mut frame: Frame, counter: u64) -> Result<Frame, BoxError> {
+        let keys = self.keys.as_ref().ok_or(EncryptError::NoSessionKeys)?;
         let flags = frame.flags().with(Flags::ENCRYPTED);
         frame.set_flags(flags);
-        let ad = associated_data(&frame, frame.type_field(), self.side, self.sent);
+        let ad = associated_data(&frame, frame.type_field(), self.sent);
         let plain = frame.payload();
-        let mut out = BytesMut::with_capacity(NONCE_LEN + plain.len() + TAG_LEN);
-        out.put_slice(&nonce);
+        let mut out = BytesMut::with_capacity(OVERHEAD + plain.len());
+        out.put_u64(counter);
         out.put_slice(plain);
-        let tag = self
-            .key
-            .0
-            .encrypt_inout_detached(&XNonce::from(nonce), &ad, (&mut out[NONCE_LEN..]).into())
+        let tag = keys
+            .seal
+            .seal_in_place_separate_tag(
+                nonce(self.side, counter),
+                Aad::from(ad),
+                &mut out[COUNTER_LEN..],
+            )
             .map_err(|_| EncryptError::Decrypt)?;
-        out.put_slice(&tag);
+        out.put_slice(tag.as_ref());
         *frame.payload_mut() = out.freeze();
         Ok(frame)
     }
 }
 
 impl FrameTransform for EncryptSession {
+    fn set_session_keys(&mut self, keys: &SessionKeys) {
+        self.keys = match (
+            direction_key(keys, self.side),
+            direction_key(keys, self.side.peer()),
+        ) {
+            (Some(seal), Some(open)) => Some(Box::new(Keys { seal, open })),
+            _ => None,
+        };
+    }
+
     fn decode(&mut self, mut frame: Frame) -> Result<Frame, BoxError> {
+        let keys = self.keys.as_ref().ok_or(EncryptError::NoSessionKeys)?;
         if !frame.flags().contains(Flags::ENCRYPTED) {
             return Err(EncryptError::Plaintext.into());
         }
         let sealed = frame.payload();
         let len = sealed.len();
-        if len < NONCE_LEN + TAG_LEN {
+        let Some(cipher_len) = len.checked_sub(OVERHEAD) else {
             return Err(EncryptError::Truncated(len).into());
-        }
-        let ad = associated_data(&frame, frame.type_field(), self.side.peer(), self.received);
-        let (nonce, rest) = sealed.split_at(NONCE_LEN);
-        let (cipher, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let nonce = XNonce::try_from(nonce).map_err(|_| EncryptError::Truncated(len))?;
+        };
+        let (counter, rest) = sealed.split_at(COUNTER_LEN);
+        let (cipher, tag) = rest.split_at(cipher_len);
+        let truncated = |_| EncryptError::Truncated(len);
+        let counter = u64::from_be_bytes(counter.try_into().map_err(truncated)?);
         let tag = Tag::try_from(tag).map_err(|_| EncryptError::Truncated(len))?;
+        let ad = associated_data(&frame, frame.type_field(), self.received);
         let mut plain = BytesMut::from(cipher);
-        self.key
-            .0
-            .decrypt_inout_detached(&nonce, &ad, (&mut plain[..]).into(), &tag)
+        keys.open
+            .open_in_place_separate_tag(
+                nonce(self.side.peer(), counter),
+                Aad::from(ad),
+                tag,
+                &mut plain,
+                0..,
+            )
             .map_err(|_| EncryptError::Decrypt)?;
         self.received += 1;
         *frame.payload_mut() = plain.freeze();
@@ -272,22 +252,17 @@ impl FrameTransform for EncryptSession {
         Ok(frame)
     }
 
-    /// Seals under the next nonce: the nonce count advances here, on every
-    /// seal, so no nonce seals two frames even without a
+    /// Seals under the next nonce counter: it advances here, on every seal,
+    /// so no nonce seals two frames even without a
     /// [`commit`](FrameTransform::commit) between them; the authenticated
     /// sequence does not.
     fn encode(&self, frame: Frame) -> Result<Frame, BoxError> {
-        let prefix = match self.nonce_prefix {
-            NoncePrefix::Drawn(prefix) => prefix,
-            NoncePrefix::Failed(e) => return Err(EncryptError::Random(e.to_string()).into()),
-        };
-        // 2^64 seals under one prefix cannot happen (centuries at a
-        // billion frames a second), so the count never wraps in practice.
-        let count = self.sealed.fetch_add(1, Ordering::Relaxed);
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce[..16].copy_from_slice(&prefix);
-        nonce[16..].copy_from_slice(&count.to_be_bytes());
-        self.seal_with_nonce(frame, nonce)
+        if self.keys.is_none() {
+            return Err(EncryptError::NoSessionKeys.into());
+        }
+        // 2^64 seals cannot happen (centuries at a billion frames a second).
+        let counter = self.sealed.fetch_add(1, Ordering::Relaxed);
+        self.seal_with_counter(frame, counter)
     }
 
     /// The frame sealed under the current sequence was written: the next
@@ -297,26 +272,8 @@ impl FrameTransform for EncryptSession {
     }
 
     fn max_overhead(&self) -> usize {
-        NONCE_LEN + TAG_LEN
+        OVERHEAD
     }
-}
-
-/// Reads a key file: 32 raw bytes, or 64 hex digits (whitespace around ignored).
-pub fn key_from_file_contents(contents: &[u8]) -> Option<EncryptionKey> {
-    if contents.len() == 32 {
-        return EncryptionKey::from_slice(contents);
-    }
-    let text = std::str::from_utf8(contents).ok()?.trim();
-    // Hex digits only: `u8::from_str_radix` alone would also take a sign (`+f`).
-    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut key = [0u8; 32];
-    for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
-        let pair = std::str::from_utf8(pair).ok()?;
-        *byte = u8::from_str_radix(pair, 16).ok()?;
-    }
-    Some(EncryptionKey::new(key))
 }
 
 #[cfg(test)]
@@ -330,25 +287,28 @@ mod tests {
         out
     }
 
-    fn pair(key: [u8; 32]) -> (EncryptSession, EncryptSession) {
-        let make = Encrypt::new(EncryptionKey::new(key));
-        let client = make.make_transform(SessionParams::new(Side::Client, 1 << 20));
-        let server = make.make_transform(SessionParams::new(Side::Server, 1 << 20));
+    fn pair(keys: &SessionKeys) -> (EncryptSession, EncryptSession) {
+        let make = Encrypt::new();
+        let mut client = make.make_transform(SessionParams::new(Side::Client, 1 << 20));
+        let mut server = make.make_transform(SessionParams::new(Side::Server, 1 << 20));
+        client.set_session_keys(keys);
+        server.set_session_keys(keys);
         (client, server)
+    }
+
+    fn refused(t: &mut EncryptSession, frame: Frame) -> String {
+        t.decode(frame).unwrap_err().to_string()
     }
 
     #[test]
     fn round_trip_in_both_directions() {
-        let (mut client, mut server) = pair([7; 32]);
+        let (mut client, mut server) = pair(&SessionKeys::new([1; 32], [2; 32]));
         for i in 0..3u32 {
             let f = Frame::data(format!("secret {i}")).with_request_id(i);
             let sealed = send(&mut client, f.clone());
             assert!(sealed.flags().contains(Flags::ENCRYPTED));
             assert!(!sealed.payload().windows(6).any(|w| w == b"secret"));
-            assert_eq!(
-                sealed.payload().len(),
-                f.payload().len() + NONCE_LEN + TAG_LEN
-            );
+            assert_eq!(sealed.payload().len(), f.payload().len() + OVERHEAD);
             assert_eq!(server.decode(sealed).unwrap(), f);
             let back = send(&mut server, Frame::heartbeat());
             assert_eq!(client.decode(back).unwrap(), Frame::heartbeat());
@@ -356,84 +316,70 @@ mod tests {
     }
 
     #[test]
+    fn without_keys_nothing_is_sealed_or_opened() {
+        let make = Encrypt::new();
+        let mut bare = make.make_transform(SessionParams::new(Side::Server, 1 << 20));
+        let err = bare.encode(Frame::data("x")).unwrap_err();
+        assert!(matches!(err.downcast_ref(), Some(EncryptError::NoSessionKeys)));
+        let (mut client, _) = pair(&SessionKeys::new([1; 32], [2; 32]));
+        let sealed = send(&mut client, Frame::data("x"));
+        assert!(refused(&mut bare, sealed).starts_with("no session keys"));
+        assert!(!format!("{client:?}").contains("1, 1"), "no key in Debug");
+    }
+
+    #[test]
     fn every_kind_of_bad_frame_is_refused() {
-        let (mut client, mut server) = pair([1; 32]);
+        let keys = SessionKeys::new([1; 32], [2; 32]);
+        let (mut client, server) = pair(&keys);
         let first = send(&mut client, Frame::data("one"));
         let second = send(&mut client, Frame::data("two"));
+        let fresh = || pair(&keys).1;
 
         // Reordered: the second frame first.
-        assert!(server.clone().decode(second.clone()).is_err());
+        assert!(refused(&mut fresh(), second.clone()).starts_with("decryption failed"));
         // Tampered payload, tampered header (request id), truncated.
         let mut tampered = first.clone();
         let mut bytes = tampered.payload().to_vec();
-        bytes[NONCE_LEN] ^= 1;
+        bytes[COUNTER_LEN] ^= 1;
         *tampered.payload_mut() = bytes.into();
-        assert!(server.clone().decode(tampered).is_err());
-        assert!(server
-            .clone()
-            .decode(first.clone().with_request_id(1))
-            .is_err());
+        assert!(fresh().decode(tampered).is_err());
+        assert!(fresh().decode(first.clone().with_request_id(1)).is_err());
         let mut short = first.clone();
-        *short.payload_mut() = first.payload().slice(..30);
-        assert!(server.clone().decode(short).is_err());
-        // Plaintext, and the other direction reflected back.
-        assert!(server.clone().decode(Frame::data("one")).is_err());
-        let reflected = server.clone().encode(Frame::data("x")).unwrap();
-        assert!(server.clone().decode(reflected).is_err());
-        // Wrong key.
-        let (mut other, _) = pair([2; 32]);
-        assert!(server
-            .clone()
-            .decode(send(&mut other, Frame::data("one")))
-            .is_err());
+        *short.payload_mut() = first.payload().slice(..20);
+        assert!(refused(&mut fresh(), short).starts_with("encrypted payload too short"));
+        // A changed counter is another nonce: refused.
+        let mut recounted = first.clone();
+        let mut bytes = recounted.payload().to_vec();
+        bytes[7] ^= 1;
+        *recounted.payload_mut() = bytes.into();
+        assert!(fresh().decode(recounted).is_err());
+        // Plaintext.
+        assert!(refused(&mut fresh(), Frame::data("one")).starts_with("plaintext frame"));
+        // Reflected: the server's own frame back to it (another key).
+        let reflected = send(&mut fresh(), Frame::data("x"));
+        assert!(fresh().decode(reflected).is_err());
+        // Another session's keys.
+        let (mut other, _) = pair(&SessionKeys::new([3; 32], [2; 32]));
+        assert!(fresh().decode(send(&mut other, Frame::data("one"))).is_err());
 
         // In order it works; then a replay of the first fails.
+        let mut server = server;
         server.decode(first.clone()).unwrap();
         server.decode(second).unwrap();
         assert!(server.decode(first).is_err());
     }
 
     #[test]
-    fn nonces_differ_between_frames_and_connections() {
-        let (mut a, _) = pair([5; 32]);
-        let (mut b, _) = pair([5; 32]);
-        let n = |f: Frame| f.payload().slice(..NONCE_LEN);
-        let a0 = n(send(&mut a, Frame::data("x")));
-        let a1 = n(send(&mut a, Frame::data("x")));
-        let b0 = n(send(&mut b, Frame::data("x")));
-        assert_ne!(a0, a1);
-        assert_ne!(a0, b0);
-        assert_eq!(a0[..16], a1[..16], "one prefix per connection");
-    }
-
-    #[test]
     fn encode_twice_without_commit_never_reuses_a_nonce() {
-        let (client, mut server) = pair([3; 32]);
-        let n = |f: &Frame| f.payload().slice(..NONCE_LEN);
+        let keys = SessionKeys::new([1; 32], [2; 32]);
+        let (client, mut server) = pair(&keys);
+        let counter = |f: &Frame| f.payload().slice(..COUNTER_LEN);
         let first = client.encode(Frame::data("one")).unwrap();
         let second = client.encode(Frame::data("two")).unwrap();
-        assert_ne!(n(&first), n(&second), "two frames sealed under one nonce");
-        // A clone of the started transform seals under a nonce of its own.
-        let third = client.clone().encode(Frame::data("three")).unwrap();
-        assert_ne!(n(&third), n(&first));
-        assert_ne!(n(&third), n(&second));
+        assert_ne!(counter(&first), counter(&second), "two frames under one nonce");
         // The sequence did not move: either frame is the peer's frame 0,
         // and only one of them is accepted.
-        assert_eq!(server.clone().decode(second).unwrap(), Frame::data("two"));
+        assert_eq!(pair(&keys).1.decode(second).unwrap(), Frame::data("two"));
         assert_eq!(server.decode(first).unwrap(), Frame::data("one"));
-        assert!(server.decode(third).is_err(), "frame 0 again");
-    }
-
-    #[test]
-    fn key_files() {
-        assert!(key_from_file_contents(&[9u8; 32]).is_some());
-        let hex = "00".repeat(32) + "\n";
-        assert!(key_from_file_contents(hex.as_bytes()).is_some());
-        assert!(key_from_file_contents(b"short").is_none());
-        // A sign is not a hex digit, though `u8::from_str_radix` takes one.
-        let signed = format!("+f{}", "0".repeat(62));
-        assert!(key_from_file_contents(signed.as_bytes()).is_none());
-        let upper = "AB".repeat(32);
-        assert!(key_from_file_contents(upper.as_bytes()).is_some());
     }
 }

@@ -15,7 +15,8 @@
 //!   requests and answers, but also pushes (broadcasts, sends to a session),
 //!   one-way client frames and the session's own PONG, HEARTBEAT, ERROR and
 //!   DISCONNECT. Client and server must stack the same transforms in the same
-//!   order.
+//!   order. [`Encrypt`] and [`Sign`] take their keys from the pre-shared-key
+//!   handshake ([`psk`]), fresh for each connection and direction.
 //! - **Service layers** ([`FrameTimeoutLayer`], [`RateLimitLayer`]) wrap the
 //!   handler, a `Service<Frame, Response = Option<Frame>>`, and compose with
 //!   tower's own (`ConcurrencyLimit`, `LoadShed`, `Buffer`, `Timeout`,
@@ -26,15 +27,14 @@
 //! use std::time::Duration;
 //! use msgi::{Frame, FrameCodec, Server, Wire};
 //! use msgi_middleware::{
-//!     EncryptionKey, HmacKeys, Limit, RateLimitLayer, RatePolicy, ServiceBuilderExt, WireExt,
+//!     Limit, PresharedKeys, Psk, RateLimitLayer, RatePolicy, ServiceBuilderExt, WireExt,
 //! };
 //! use tower::{service_fn, ServiceBuilder};
 //!
-//! // From the application down to the wire: compress, then encrypt, then sign.
-//! let framing = Wire::new(FrameCodec::new())
-//!     .deflate(256)
-//!     .encrypt(EncryptionKey::new([7; 32]))
-//!     .sign(HmacKeys::new(1, b"signing key"));
+//! // From the application down to the wire: compress, then encrypt, then sign,
+//! // under keys the pre-shared-key handshake derives for each connection.
+//! let framing = Wire::new(FrameCodec::new()).deflate(256).encrypt().sign();
+//! let psk = Psk::new(PresharedKeys::new(1, &[7; 32]), &framing);
 //!
 //! let handler = ServiceBuilder::new()
 //!     .load_shed()
@@ -43,7 +43,7 @@
 //!     .frame_rate_limit(RateLimitLayer::new(RatePolicy::Reject).per_session(Limit::frames(1000.0)?))
 //!     .service(service_fn(|f: Frame| async move { Ok::<_, std::convert::Infallible>(Some(f)) }));
 //!
-//! let server = Server::builder().framing(framing).build()?;
+//! let server = Server::builder().framing(framing).accept(psk.acceptor()).build()?;
 //! # let _ = (server, handler);
 //! # Ok::<(), msgi::ConfigError>(())
 //! ```
@@ -62,7 +62,8 @@
 //! neither layers nor services.
 //!
 //! One cargo feature per transform or layer (`compression`, `encryption`,
-//! `hmac`, `timeout`, `rate-limit`, `container`) and `full` (the default) for all.
+//! `hmac`, `timeout`, `rate-limit`, `container`; `psk`, the handshake, comes
+//! with the two that need it) and `full` (the default) for all.
 #![deny(missing_docs)]
 
 mod builder;
@@ -74,6 +75,8 @@ pub mod container;
 pub mod encryption;
 #[cfg(feature = "hmac")]
 pub mod hmac;
+#[cfg(feature = "psk")]
+pub mod psk;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
 #[cfg(feature = "timeout")]
@@ -86,9 +89,11 @@ pub use compression::{Deflate, DeflateError, DeflateSession};
 #[cfg(feature = "container")]
 pub use container::{ContainerRequest, ContainerRouter, DeliverToTarget, RouteError};
 #[cfg(feature = "encryption")]
-pub use encryption::{Encrypt, EncryptError, EncryptSession, EncryptionKey};
+pub use encryption::{Encrypt, EncryptError, EncryptSession};
 #[cfg(feature = "hmac")]
-pub use hmac::{AuthenticatedKey, HmacKeys, KeyRingError, Sign, SignError, SignSession};
+pub use hmac::{Sign, SignError, SignSession};
+#[cfg(feature = "psk")]
+pub use psk::{AuthenticatedKey, PresharedKeys, Psk, PskError};
 #[cfg(feature = "rate-limit")]
 pub use rate_limit::{Limit, RateLimit, RateLimitLayer, RatePolicy};
 #[cfg(feature = "timeout")]

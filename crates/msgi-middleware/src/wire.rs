@@ -15,14 +15,13 @@ mod sealed {
 ///
 /// ```
 /// use msgi::{Client, FrameCodec, Server, Wire};
-/// use msgi_middleware::{EncryptionKey, HmacKeys, WireExt};
+/// use msgi_middleware::{PresharedKeys, Psk, WireExt};
 ///
 /// // From the application down to the wire: compress, then encrypt, then sign.
-/// let framing = Wire::new(FrameCodec::new())
-///     .deflate(256)
-///     .encrypt(EncryptionKey::new([7; 32]))
-///     .sign(HmacKeys::new(1, b"signing key"));
-/// let server = Server::builder().framing(framing.clone()).build()?;
+/// let framing = Wire::new(FrameCodec::new()).deflate(256).encrypt().sign();
+/// // The keys: a handshake on every connection, from a pre-shared key.
+/// let psk = Psk::new(PresharedKeys::new(1, &[7; 32]), &framing);
+/// let server = Server::builder().framing(framing.clone()).accept(psk.acceptor()).build()?;
 /// let client = Client::builder().framing(framing);
 /// # let _ = (server, client);
 /// # Ok::<(), msgi::ConfigError>(())
@@ -31,19 +30,23 @@ mod sealed {
 /// The settings types ([`Deflate`](crate::Deflate), [`Encrypt`](crate::Encrypt),
 /// [`Sign`](crate::Sign)) go in with [`Wire::transform`] too, for options
 /// the shortcuts do not take (`Deflate::new().level(6)?`) or for optional
-/// ones (`Option<Encrypt>`).
+/// ones (`Option<Encrypt>`). Run the pre-shared-key handshake
+/// ([`Psk`](crate::Psk)) on the connections of a framing that encrypts or
+/// signs: it gives the keys.
 pub trait WireExt<C, S>: sealed::Sealed + Sized {
     /// Compresses payloads of at least `threshold` bytes ([`Deflate`](crate::Deflate)).
     #[cfg(feature = "compression")]
     fn deflate(self, threshold: usize) -> Wire<C, Stack<S, crate::Deflate>>;
 
-    /// Encrypts every frame with `key` ([`Encrypt`](crate::Encrypt)).
+    /// Encrypts every frame under the connection's handshake keys
+    /// ([`Encrypt`](crate::Encrypt)).
     #[cfg(feature = "encryption")]
-    fn encrypt(self, key: crate::EncryptionKey) -> Wire<C, Stack<S, crate::Encrypt>>;
+    fn encrypt(self) -> Wire<C, Stack<S, crate::Encrypt>>;
 
-    /// Authenticates every frame with the keys in `keys` ([`Sign`](crate::Sign)).
+    /// Authenticates every frame under the connection's handshake keys
+    /// ([`Sign`](crate::Sign)).
     #[cfg(feature = "hmac")]
-    fn sign(self, keys: crate::HmacKeys) -> Wire<C, Stack<S, crate::Sign>>;
+    fn sign(self) -> Wire<C, Stack<S, crate::Sign>>;
 }
 
 impl<C, S> WireExt<C, S> for Wire<C, S> {
@@ -53,12 +56,12 @@ impl<C, S> WireExt<C, S> for Wire<C, S> {
     }
 
     #[cfg(feature = "encryption")]
-    fn encrypt(self, key: crate::EncryptionKey) -> Wire<C, Stack<S, crate::Encrypt>> {
-        self.transform(crate::Encrypt::new(key))
+    fn encrypt(self) -> Wire<C, Stack<S, crate::Encrypt>> {
+        self.transform(crate::Encrypt::new())
     }
 
     #[cfg(feature = "hmac")]
-    fn sign(self, keys: crate::HmacKeys) -> Wire<C, Stack<S, crate::Sign>> {
-        self.transform(crate::Sign::new(keys))
+    fn sign(self) -> Wire<C, Stack<S, crate::Sign>> {
+        self.transform(crate::Sign::new())
     }
 }

@@ -6,11 +6,9 @@
 use bytes::BytesMut;
 use msgi::{
     BoxError, Flags, Frame, FrameCodec, FrameTransform, Framing, Kind, MakeFraming, MakeTransform,
-    SessionParams, Side, Transformed, Wire, WriteBuf,
+    SessionKeys, SessionParams, Side, Transformed, Wire, WriteBuf,
 };
-use msgi_middleware::{
-    Deflate, DeflateSession, Encrypt, EncryptSession, EncryptionKey, HmacKeys, Sign, SignSession,
-};
+use msgi_middleware::{Deflate, DeflateSession, Encrypt, EncryptSession, Sign, SignSession};
 use proptest::prelude::*;
 
 /// One of the three transforms' settings, so one stack type can hold any order.
@@ -57,6 +55,13 @@ impl FrameTransform for Any {
             Any::Hmac(t) => t.set_max_frame_size(max),
         }
     }
+    fn set_session_keys(&mut self, keys: &SessionKeys) {
+        match self {
+            Any::Compress(t) => t.set_session_keys(keys),
+            Any::Encrypt(t) => t.set_session_keys(keys),
+            Any::Hmac(t) => t.set_session_keys(keys),
+        }
+    }
     fn decode(&mut self, frame: Frame) -> Result<Frame, BoxError> {
         match self {
             Any::Compress(t) => t.decode(frame),
@@ -93,20 +98,23 @@ type Stack =
 fn make(which: u8) -> Option<MakeAny> {
     match which {
         1 => Some(MakeAny::Compress(Deflate::new().threshold(8))),
-        2 => Some(MakeAny::Encrypt(Encrypt::new(EncryptionKey::new([3; 32])))),
-        3 => Some(MakeAny::Hmac(Sign::new(HmacKeys::new(9, b"k")))),
+        2 => Some(MakeAny::Encrypt(Encrypt::new())),
+        3 => Some(MakeAny::Hmac(Sign::new())),
         _ => None,
     }
 }
 
 /// One session's framing on `side`, the transforms in `order` (first
-/// nearest the application), made as a server or client makes it.
+/// nearest the application), made as a server or client makes it and
+/// keyed as the handshake keys it.
 fn stack(order: [u8; 3], side: Side) -> Stack {
-    Wire::new(FrameCodec::new())
+    let mut framing = Wire::new(FrameCodec::new())
         .transform(make(order[0]))
         .transform(make(order[1]))
         .transform(make(order[2]))
-        .make_framing(side)
+        .make_framing(side);
+    framing.set_session_keys(&SessionKeys::new([3; 32], [4; 32]));
+    framing
 }
 
 /// Every order of every subset of the three transforms (0 = none).

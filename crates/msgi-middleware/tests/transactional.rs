@@ -10,20 +10,22 @@ mod support;
 
 use msgi::{
     Client, ClientError, Frame, FrameCodec, Framing, MakeFraming, MakeTransform, SendError, Server,
-    SessionParams, Side, Wire,
+    SessionKeys, SessionParams, Side, TcpConnector, Wire,
 };
-use msgi_middleware::{EncryptionKey, HmacKeys, WireExt};
+use msgi_middleware::{PresharedKeys, Psk, WireExt};
 use support::{serve, within, TestServer};
 
 /// The maximum frame size of both ends.
 const MAX: usize = 1024;
-/// What encryption (nonce, tag) and HMAC (key id, sequence, tag) add.
-const OVERHEAD: usize = 24 + 16 + 2 + 8 + 32;
+/// What encryption (counter, tag) and HMAC (sequence, tag) add.
+const OVERHEAD: usize = 8 + 16 + 8 + 32;
 
 fn secured() -> impl MakeFraming + Clone + std::fmt::Debug {
-    Wire::new(FrameCodec::new())
-        .encrypt(EncryptionKey::new([42; 32]))
-        .sign(HmacKeys::new(1, b"hmac key"))
+    Wire::new(FrameCodec::new()).encrypt().sign()
+}
+
+fn psk() -> Psk {
+    Psk::with_transform_names(PresharedKeys::new(1, &[42; 32]), "encrypt,sign")
 }
 
 /// Echoes, except that `big` is answered with a payload over the limit.
@@ -45,7 +47,10 @@ fn handler() -> impl tower::Service<
 
 async fn setup() -> (TestServer, Client) {
     let server = serve(
-        Server::builder().framing(secured()).max_frame_size(MAX),
+        Server::builder()
+            .framing(secured())
+            .max_frame_size(MAX)
+            .accept(psk().acceptor()),
         handler(),
     )
     .await;
@@ -53,7 +58,7 @@ async fn setup() -> (TestServer, Client) {
         Client::builder()
             .framing(secured())
             .max_frame_size(MAX)
-            .connect(server.addr),
+            .connect_with_connector(psk().connector(TcpConnector::new()), server.addr),
     )
     .await
     .unwrap();
@@ -172,12 +177,15 @@ impl Framing for WritesThenFails {
 #[test]
 fn a_framing_that_writes_then_fails_sends_nothing_and_reuses_no_nonce() {
     use msgi::{FrameTransform, WriteBuf};
-    let make = msgi_middleware::Encrypt::new(EncryptionKey::new([9; 32]));
+    let make = msgi_middleware::Encrypt::new();
+    let keys = SessionKeys::new([9; 32], [10; 32]);
     // The client's framing writes and then fails; the factory is the usual one.
     let mut client = Wire::new(WritesThenFails::default())
-        .transform(make.clone())
+        .transform(make)
         .make_framing(Side::Client);
+    client.set_session_keys(&keys);
     let mut server = make.make_transform(SessionParams::new(Side::Server, 1 << 20));
+    server.set_session_keys(&keys);
 
     let mut out = WriteBuf::new();
     out.put_slice(b"queued");
@@ -200,8 +208,8 @@ fn a_framing_that_writes_then_fails_sends_nothing_and_reuses_no_nonce() {
     let mut wire = sent.split_off(6);
     let frame = FrameCodec::new().decode(&mut wire).unwrap().unwrap();
     assert_ne!(
-        refused.payload().slice(..24),
-        frame.payload().slice(..24),
+        refused.payload().slice(..8),
+        frame.payload().slice(..8),
         "two frames sealed under one nonce"
     );
     assert_eq!(server.decode(frame).unwrap(), Frame::data("two"));

@@ -12,9 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use msgi::{CloseReason, Flags, Frame, FrameCodec, Framing, Kind, MakeFraming, Server, Side, Wire};
+use msgi::{
+    CloseReason, Flags, Frame, FrameCodec, Framing, Kind, MakeFraming, Server, SessionKeys, Side,
+    TcpConnector, Wire,
+};
+use msgi_middleware::psk::ClientHandshake;
 use msgi_middleware::{
-    EncryptionKey, FrameTimeoutLayer, HmacKeys, Limit, RateLimitLayer, RatePolicy, WireExt,
+    FrameTimeoutLayer, Limit, PresharedKeys, Psk, RateLimitLayer, RatePolicy, WireExt,
 };
 use support::{serve, within, RawPeer, TestServer};
 use tokio::io::AsyncReadExt;
@@ -24,12 +28,13 @@ use tower::{Layer, ServiceBuilder};
 trait Factory: MakeFraming + Clone + std::fmt::Debug {}
 impl<M: MakeFraming + Clone + std::fmt::Debug> Factory for M {}
 
-fn key() -> EncryptionKey {
-    EncryptionKey::new([42; 32])
+/// The handshake for a stack of these transforms.
+fn psk(names: &str) -> Psk {
+    Psk::with_transform_names(PresharedKeys::new(1, &[42; 32]), names)
 }
 
 fn encrypted() -> impl Factory {
-    Wire::new(FrameCodec::new()).encrypt(key())
+    Wire::new(FrameCodec::new()).encrypt()
 }
 
 fn compressed() -> impl Factory {
@@ -37,7 +42,18 @@ fn compressed() -> impl Factory {
 }
 
 fn authenticated() -> impl Factory {
-    Wire::new(FrameCodec::new()).sign(HmacKeys::new(1, b"hmac key"))
+    Wire::new(FrameCodec::new()).sign()
+}
+
+/// Runs the client's handshake on `peer`'s stream and keys its framing.
+async fn handshake<C: Framing>(peer: &mut RawPeer<C>, psk: &Psk) -> SessionKeys {
+    let (client, hello) = ClientHandshake::start(psk, [5; 32]).unwrap();
+    peer.write(&encode(&mut FrameCodec::new(), hello)).await;
+    let answer = raw_frame(&mut peer.stream).await;
+    let (keys, finished) = client.finish(&answer).unwrap();
+    peer.write(&encode(&mut FrameCodec::new(), finished)).await;
+    peer.codec.set_session_keys(&keys);
+    keys
 }
 
 /// An echo handler that counts the frames it saw.
@@ -84,8 +100,14 @@ async fn wait_for_sessions(server: &TestServer, n: usize) {
 #[tokio::test]
 async fn broadcast_from_an_encrypting_server_is_ciphertext() {
     let seen = Arc::new(AtomicUsize::new(0));
-    let mut server = serve(Server::builder().framing(encrypted()), counting_echo(seen)).await;
+    let psk = psk("encrypt");
+    let mut server = serve(
+        Server::builder().framing(encrypted()).accept(psk.acceptor()),
+        counting_echo(seen),
+    )
+    .await;
     let mut listener = RawPeer::connect(server.addr).await;
+    let keys = handshake(&mut listener, &psk).await;
     wait_for_sessions(&server, 1).await;
 
     assert_eq!(
@@ -100,6 +122,7 @@ async fn broadcast_from_an_encrypting_server_is_ciphertext() {
     assert!(!raw.payload().windows(10).any(|w| w == b"top secret"));
     // It is the real thing: the key opens it.
     let mut opener = encrypted().make_framing(Side::Client);
+    opener.set_session_keys(&keys);
     let mut wire = BytesMut::new();
     FrameCodec::new().encode(raw, &mut wire).unwrap();
     assert_eq!(
@@ -131,9 +154,10 @@ async fn secure_client_and_server_talk_through_every_layer() {
     let framing = || {
         Wire::new(FrameCodec::new())
             .deflate(32)
-            .encrypt(key())
-            .sign(HmacKeys::new(3, b"k3"))
+            .encrypt()
+            .sign()
     };
+    let psk = Psk::new(PresharedKeys::new(3, &[3; 32]), &framing());
     let seen = Arc::new(AtomicUsize::new(0));
     let handler = ServiceBuilder::new()
         .load_shed()
@@ -141,12 +165,16 @@ async fn secure_client_and_server_talk_through_every_layer() {
         .layer(FrameTimeoutLayer::new(Duration::from_secs(5)))
         .layer(RateLimitLayer::new(RatePolicy::Delay).per_session(Limit::frames(10_000.0).unwrap()))
         .service(counting_echo(seen.clone()));
-    let mut server = serve(Server::builder().framing(framing()), handler).await;
+    let mut server = serve(
+        Server::builder().framing(framing()).accept(psk.acceptor()),
+        handler,
+    )
+    .await;
     let client = within(
         msgi::Client::builder()
             .framing(framing())
             .client_id("sec")
-            .connect(server.addr),
+            .connect_with_connector(psk.connector(TcpConnector::new()), server.addr),
     )
     .await
     .unwrap();
@@ -170,6 +198,7 @@ async fn secure_client_and_server_talk_through_every_layer() {
 /// the right key) starting with `reason`, then the close; the handler saw
 /// only what `expected_calls` says; the bystander is fine.
 async fn refused<C, A>(
+    names: &str,
     framing: C,
     attacker: A,
     bytes: impl FnOnce(&mut A::Framing) -> Vec<Vec<u8>>,
@@ -180,23 +209,29 @@ async fn refused<C, A>(
     A: MakeFraming,
 {
     let seen = Arc::new(AtomicUsize::new(0));
+    let psk = psk(names);
     let mut server = serve(
-        Server::builder().framing(framing.clone()),
+        Server::builder()
+            .framing(framing.clone())
+            .accept(psk.acceptor()),
         counting_echo(seen.clone()),
     )
     .await;
     let mut bystander =
         RawPeer::connect_with(server.addr, framing.make_framing(Side::Client)).await;
+    handshake(&mut bystander, &psk).await;
     bystander.send(Frame::ping("before")).await;
     assert_eq!(bystander.recv().await.unwrap().payload(), "before");
 
     let mut evil = RawPeer::connect_with(server.addr, attacker.make_framing(Side::Client)).await;
+    let keys = handshake(&mut evil, &psk).await;
     let writes = bytes(&mut evil.codec);
     for chunk in &writes {
         evil.write(chunk).await;
     }
     // Answers to good frames first (when the attack replays one), then the error.
     let mut reader = framing.make_framing(Side::Client);
+    reader.set_session_keys(&keys);
     let mut buf = BytesMut::new();
     let error = within(async {
         loop {
@@ -246,21 +281,9 @@ fn encode(codec: &mut impl Framing, frame: Frame) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn wrong_key_is_refused() {
-    let wrong = Wire::new(FrameCodec::new()).encrypt(EncryptionKey::new([1; 32]));
-    refused(
-        encrypted(),
-        wrong,
-        |c| vec![encode(c, Frame::data("hi"))],
-        "decryption failed",
-        0,
-    )
-    .await;
-}
-
-#[tokio::test]
 async fn tampered_ciphertext_is_refused() {
     refused(
+        "encrypt",
         encrypted(),
         encrypted(),
         |c| {
@@ -278,6 +301,7 @@ async fn tampered_ciphertext_is_refused() {
 #[tokio::test]
 async fn truncated_ciphertext_is_refused() {
     refused(
+        "encrypt",
         encrypted(),
         encrypted(),
         |c| {
@@ -299,6 +323,7 @@ async fn truncated_ciphertext_is_refused() {
 #[tokio::test]
 async fn replayed_ciphertext_is_refused() {
     refused(
+        "encrypt",
         encrypted(),
         encrypted(),
         |c| {
@@ -314,6 +339,7 @@ async fn replayed_ciphertext_is_refused() {
 #[tokio::test]
 async fn reordered_ciphertext_is_refused() {
     refused(
+        "encrypt",
         encrypted(),
         encrypted(),
         |c| {
@@ -330,6 +356,7 @@ async fn reordered_ciphertext_is_refused() {
 #[tokio::test]
 async fn plaintext_on_an_encrypted_session_is_refused() {
     refused(
+        "encrypt",
         encrypted(),
         FrameCodec::new(),
         |c| vec![encode(c, Frame::data("in the clear"))],
@@ -342,6 +369,7 @@ async fn plaintext_on_an_encrypted_session_is_refused() {
 #[tokio::test]
 async fn zip_bomb_is_refused() {
     refused(
+        "deflate",
         compressed(),
         FrameCodec::new(),
         |c| {
@@ -356,16 +384,21 @@ async fn zip_bomb_is_refused() {
 
 #[tokio::test]
 async fn bad_hmac_tag_and_replay_are_refused() {
-    let other_key = Wire::new(FrameCodec::new()).sign(HmacKeys::new(1, b"not it"));
     refused(
+        "sign",
         authenticated(),
-        other_key,
-        |c| vec![encode(c, Frame::data("x"))],
+        authenticated(),
+        |c| {
+            let mut bytes = encode(c, Frame::data("x"));
+            bytes[12] ^= 1;
+            vec![bytes]
+        },
         "authentication failed",
         0,
     )
     .await;
     refused(
+        "sign",
         authenticated(),
         authenticated(),
         |c| {
@@ -377,6 +410,7 @@ async fn bad_hmac_tag_and_replay_are_refused() {
     )
     .await;
     refused(
+        "sign",
         authenticated(),
         FrameCodec::new(),
         |c| vec![encode(c, Frame::data("unsigned"))],

@@ -4,8 +4,9 @@
 
 use bytes::BytesMut;
 use msgi::Framing as _;
-use msgi::{Frame, FrameCodec, FrameTransform, MakeTransform, SessionParams, Side};
-use msgi_middleware::{Deflate, Encrypt, EncryptionKey, HmacKeys, Sign};
+use msgi::{Frame, FrameCodec, FrameTransform, MakeTransform, SessionKeys, SessionParams, Side};
+use msgi_middleware::psk::{ClientHandshake, ServerHandshake};
+use msgi_middleware::{Deflate, Encrypt, PresharedKeys, Psk, Sign};
 
 /// A session on `side` with the default maximum frame size.
 fn on(side: Side) -> SessionParams {
@@ -47,18 +48,49 @@ fn compression_example() {
     assert!(doc().contains(&bytes), "docs/PROTOCOL.md shows {bytes}");
 }
 
+/// The handshake of the worked example: key `00 01 … 1f` (id 1), client
+/// random `20 21 … 3f`, server random `40 41 … 5f`, transforms `encrypt,sign`.
+fn handshake() -> (Frame, Frame, Frame, SessionKeys) {
+    let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let psk = Psk::with_transform_names(PresharedKeys::new(1, &key), "encrypt,sign");
+    let client_random: [u8; 32] = std::array::from_fn(|i| 0x20 + i as u8);
+    let server_random: [u8; 32] = std::array::from_fn(|i| 0x40 + i as u8);
+    let (client, hello) = ClientHandshake::start(&psk, client_random).unwrap();
+    let (server, answer) = ServerHandshake::start(&psk, server_random, &hello).unwrap();
+    let (keys, finished) = client.finish(&answer).unwrap();
+    assert_eq!(server.finish(&finished).unwrap(), keys);
+    (hello, answer, finished, keys)
+}
+
+#[test]
+fn handshake_example() {
+    let (hello, answer, finished, keys) = handshake();
+    let doc = doc();
+    for (name, bytes) in [
+        ("client hello", wire(hello)),
+        ("server hello", wire(answer)),
+        ("client finished", wire(finished)),
+        ("client traffic secret", hex(keys.sent_by(Side::Client))),
+        ("server traffic secret", hex(keys.sent_by(Side::Server))),
+    ] {
+        println!("{name}: {bytes}");
+        assert!(doc.contains(&bytes), "docs/PROTOCOL.md shows the {name} {bytes}");
+    }
+}
+
 #[test]
 fn encryption_example() {
-    let key: [u8; 32] = std::array::from_fn(|i| i as u8);
-    let nonce: [u8; 24] = std::array::from_fn(|i| 0x40 + i as u8);
-    let t = Encrypt::new(EncryptionKey::new(key)).make_transform(on(Side::Client));
+    let (.., keys) = handshake();
+    let mut t = Encrypt::new().make_transform(on(Side::Client));
+    t.set_session_keys(&keys);
     let frame = t
-        .seal_with_nonce(Frame::data("abc").with_request_id(7), nonce)
+        .seal_with_counter(Frame::data("abc").with_request_id(7), 0)
         .unwrap();
     let bytes = wire(frame.clone());
     println!("encryption: {bytes}");
     assert!(doc().contains(&bytes), "docs/PROTOCOL.md shows {bytes}");
-    let mut server = Encrypt::new(EncryptionKey::new(key)).make_transform(on(Side::Server));
+    let mut server = Encrypt::new().make_transform(on(Side::Server));
+    server.set_session_keys(&keys);
     assert_eq!(
         server.decode(frame).unwrap(),
         Frame::data("abc").with_request_id(7)
@@ -67,7 +99,9 @@ fn encryption_example() {
 
 #[test]
 fn hmac_example() {
-    let t = Sign::new(HmacKeys::new(1, b"key")).make_transform(on(Side::Client));
+    let (.., keys) = handshake();
+    let mut t = Sign::new().make_transform(on(Side::Client));
+    t.set_session_keys(&keys);
     let bytes = wire(t.encode(Frame::data("abc")).unwrap());
     println!("hmac: {bytes}");
     assert!(doc().contains(&bytes), "docs/PROTOCOL.md shows {bytes}");

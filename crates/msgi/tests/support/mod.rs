@@ -44,9 +44,13 @@ pub struct TestServer {
 }
 
 /// Starts `builder` on 127.0.0.1:0 serving `service`.
-pub async fn serve<C, S>(builder: ServerBuilder<C>, service: S) -> TestServer
+pub async fn serve<C, A, Io, S>(builder: ServerBuilder<C, A>, service: S) -> TestServer
 where
     C: MakeFraming,
+    A: tower::Service<msgi::Accepted<TcpStream>, Response = msgi::Accepted<Io>> + Send + 'static,
+    A::Error: Into<msgi::BoxError>,
+    A::Future: Send + 'static,
+    Io: msgi::IntoTransport<C::Framing>,
     S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
     S::Error: Into<msgi::BoxError>,
     S::Future: Send + 'static,
@@ -75,8 +79,8 @@ where
     (start(builder, pipes, addr, service), tx)
 }
 
-fn start<C, L, S>(
-    builder: ServerBuilder<C>,
+fn start<C, A, Io, L, S>(
+    builder: ServerBuilder<C, A>,
     listener: L,
     addr: SocketAddr,
     service: S,
@@ -84,7 +88,10 @@ fn start<C, L, S>(
 where
     C: MakeFraming,
     L: Listener,
-    L::Io: msgi::IntoTransport<C::Framing>,
+    A: tower::Service<msgi::Accepted<L::Io>, Response = msgi::Accepted<Io>> + Send + 'static,
+    A::Error: Into<msgi::BoxError>,
+    A::Future: Send + 'static,
+    Io: msgi::IntoTransport<C::Framing>,
     S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
     S::Error: Into<msgi::BoxError>,
     S::Future: Send + 'static,
