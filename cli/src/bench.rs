@@ -364,6 +364,22 @@ fn framing(wire: &WireArgs) -> Result<crate::stack::Framing> {
     Ok(wire.framing()?.make_framing(Side::Client))
 }
 
+/// With --key-file, runs the pre-shared-key handshake on `stream` and keys
+/// `framings` (a connection's sending and receiving states); else nothing.
+async fn handshake<Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    wire: &WireArgs,
+    stream: &mut Io,
+    framings: &mut [&mut crate::stack::Framing],
+) -> Result<()> {
+    if let Some(psk) = wire.psk()? {
+        let keys = psk.client_handshake(stream).await?;
+        for framing in framings {
+            framing.set_session_keys(&keys);
+        }
+    }
+    Ok(())
+}
+
 /// C connections, each keeping D frames in flight, verifying every answer.
 #[allow(clippy::too_many_arguments)]
 async fn throughput(
@@ -392,15 +408,18 @@ async fn throughput(
         // The writer and the reader each get their own state (their own
         // sequence, and nonce prefix), as the sending and receiving halves
         // of one connection.
-        let (enc, dec) = (framing(&args.wire)?, framing(&args.wire)?);
+        let (mut enc, mut dec) = (framing(&args.wire)?, framing(&args.wire)?);
         let task = match tls {
             Some(tls) => {
-                let (rd, wr) = tokio::io::split(tls.connect(addr).await?);
+                let mut io = tls.connect(addr).await?;
+                handshake(&args.wire, &mut io, &mut [&mut enc, &mut dec]).await?;
+                let (rd, wr) = tokio::io::split(io);
                 tokio::spawn(conn.run(rd, wr, enc, dec))
             }
             None => {
-                let stream = TcpStream::connect(addr).await.context("connecting")?;
+                let mut stream = TcpStream::connect(addr).await.context("connecting")?;
                 stream.set_nodelay(true)?;
+                handshake(&args.wire, &mut stream, &mut [&mut enc, &mut dec]).await?;
                 let (rd, wr) = stream.into_split();
                 tokio::spawn(conn.run(rd, wr, enc, dec))
             }
@@ -625,9 +644,14 @@ impl SentTimes {
 }
 
 /// One PING/PONG on a fresh connection with `framing`.
-async fn ping_once(addr: SocketAddr, framing: &mut crate::stack::Framing) -> Result<TcpStream> {
+async fn ping_once(
+    addr: SocketAddr,
+    wire: &WireArgs,
+    framing: &mut crate::stack::Framing,
+) -> Result<TcpStream> {
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    handshake(wire, &mut stream, &mut [&mut *framing]).await?;
     ping_on(&mut stream, framing).await?;
     Ok(stream)
 }
@@ -667,7 +691,7 @@ async fn connect_loops(args: &BenchArgs, addr: SocketAddr, label: &str) -> Resul
             while Instant::now() < deadline {
                 let mut f = framing(&wire)?;
                 let t = Instant::now();
-                match ping_once(addr, &mut f).await {
+                match ping_once(addr, &wire, &mut f).await {
                     Ok(stream) => {
                         hist.saturating_record(t.elapsed().as_nanos() as u64);
                         done.fetch_add(1, Ordering::Relaxed);
@@ -698,10 +722,11 @@ async fn open_idle(
     match tls {
         Some(connector) => {
             let mut stream = BenchTls::open(connector, addr).await?;
+            handshake(&wire, &mut stream, &mut [&mut f]).await?;
             ping_on(&mut stream, &mut f).await?;
             Ok(Box::new(stream))
         }
-        None => Ok(Box::new(ping_once(addr, &mut f).await?)),
+        None => Ok(Box::new(ping_once(addr, &wire, &mut f).await?)),
     }
 }
 

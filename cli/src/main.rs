@@ -264,15 +264,25 @@ async fn serve_with<C: msgi::MakeFraming>(
             .on_connect(|s| tracing::info!(session = %s.id(), peer = ?s.peer_addr(), "connected"))
             .on_disconnect(|s, reason| tracing::info!(session = %s.id(), client = %s.client_id(), %reason, "disconnected"))
     };
+    // The pre-shared-key handshake runs on byte streams (TCP) only.
+    let psk = args.wire.psk()?;
+    if psk.is_some() && args.ws_listen.is_some() {
+        bail!("--key-file runs the pre-shared-key handshake on TCP only: not with --ws-listen");
+    }
     let ws_server = match args.ws_listen {
         Some(_) => Some(builder(framing(&args)?).accept(ws_accept(&args)?).build()?),
         None => None,
     };
-    // The TLS handshake runs in each connection's accept step.
+    // The TLS handshake, or the pre-shared-key handshake, runs in each
+    // connection's accept step.
     let tcp = builder(framing(&args)?);
-    match args.tls.acceptor()? {
-        Some(tls) => run_server(tcp.accept(tls).build()?, ws_server, args).await,
-        None => run_server(tcp.build()?, ws_server, args).await,
+    match (args.tls.acceptor()?, psk) {
+        (Some(_), Some(_)) => {
+            bail!("--key-file and --tls-cert together are not supported: choose one")
+        }
+        (Some(tls), None) => run_server(tcp.accept(tls).build()?, ws_server, args).await,
+        (None, Some(psk)) => run_server(tcp.accept(psk.acceptor()).build()?, ws_server, args).await,
+        (None, None) => run_server(tcp.build()?, ws_server, args).await,
     }
 }
 
@@ -469,8 +479,9 @@ const NO_RECONNECT: Reconnect = Reconnect {
 };
 
 /// What the user should check when layers are the likely cause.
-const LAYERS_HINT: &str = "if the server runs with --compress, --key-file or --hmac-key-file, \
-     give the same flags and the same key files here";
+const LAYERS_HINT: &str =
+    "if the server runs with --compress, --key-file, --hmac or --no-encrypt, \
+     give the same flags and the same key file here";
 
 async fn send(args: SendArgs) -> Result<()> {
     let wait = args
@@ -492,9 +503,20 @@ async fn send(args: SendArgs) -> Result<()> {
         .framing(args.wire.framing()?)
         .connect_timeout(wait)
         .reconnect(NO_RECONNECT);
-    let connected = match args.tls.connector(&args.addr)? {
-        Some(tls) => builder.connect_with_connector(tls, args.addr.clone()).await,
-        None => builder.connect(args.addr.clone()).await,
+    // With TLS or a pre-shared key, the handshake runs in the connector; a
+    // refusal (wrong key, other transforms) is the server's or this end's reason.
+    let connected = match (args.tls.connector(&args.addr)?, args.wire.psk()?) {
+        (Some(_), Some(_)) => {
+            bail!("--key-file and --tls-ca together are not supported: choose one")
+        }
+        (Some(tls), None) => builder.connect_with_connector(tls, args.addr.clone()).await,
+        (None, Some(psk)) => {
+            let connector = psk.connector(msgi::TcpConnector::new());
+            builder
+                .connect_with_connector(connector, args.addr.clone())
+                .await
+        }
+        (None, None) => builder.connect(args.addr.clone()).await,
     };
     let client = connected.map_err(|e| {
         if let Some(hint) = tls_hint(&e, &args.addr) {

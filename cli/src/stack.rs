@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use msgi::{wire, FrameCodec, MakeFraming, Wire};
-use msgi_middleware::encryption::key_from_file_contents;
+use msgi_middleware::psk::key_from_file_contents;
 use msgi_middleware::{
-    Deflate, Encrypt, FrameTimeoutLayer, HmacKeys, Limit, RateLimitLayer, RatePolicy, Sign,
+    Deflate, Encrypt, FrameTimeoutLayer, Limit, PresharedKeys, Psk, RateLimitLayer, RatePolicy,
+    Sign,
 };
 use tower::layer::util::{Identity, Stack};
 use tower::util::Either;
@@ -19,12 +20,18 @@ pub(crate) struct WireArgs {
     /// Compress payloads of 1 KiB or more (zlib).
     #[arg(long)]
     compress: bool,
-    /// Encrypt every frame with the 32-byte key in this file (raw, or 64 hex digits).
+    /// The pre-shared key (32 raw bytes, or 64 hex digits; key id 1): every
+    /// connection runs the pre-shared-key handshake, and frames are
+    /// encrypted (AES-256-GCM) under the keys it derives.
     #[arg(long)]
     key_file: Option<PathBuf>,
-    /// Authenticate every frame with HMAC-SHA256 and the key in this file (key id 1).
-    #[arg(long)]
-    hmac_key_file: Option<PathBuf>,
+    /// Also authenticate every frame with HMAC-SHA256 under the handshake's
+    /// keys (needs --key-file).
+    #[arg(long, requires = "key_file")]
+    hmac: bool,
+    /// With --key-file: do not encrypt (authenticate only, with --hmac).
+    #[arg(long, requires = "key_file")]
+    no_encrypt: bool,
 }
 
 /// From the application to the wire: compress, encrypt, sign; each optional.
@@ -41,40 +48,38 @@ pub(crate) type WireStack = Wire<
 pub(crate) type Framing = <WireStack as MakeFraming>::Framing;
 
 impl WireArgs {
+    fn encrypts(&self) -> bool {
+        self.key_file.is_some() && !self.no_encrypt
+    }
+
     pub(crate) fn framing(&self) -> Result<WireStack> {
         let compress = self.compress.then(Deflate::new);
-        let encrypt = match &self.key_file {
-            Some(path) => {
-                let bytes =
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                let Some(key) = key_from_file_contents(&bytes) else {
-                    bail!("{}: a key is 32 raw bytes or 64 hex digits", path.display());
-                };
-                Some(Encrypt::new(key))
-            }
-            None => None,
-        };
-        let sign = match &self.hmac_key_file {
-            Some(path) => {
-                let bytes =
-                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-                let key = bytes.trim_ascii_end();
-                if key.is_empty() {
-                    bail!("{}: empty HMAC key", path.display());
-                }
-                Some(Sign::new(HmacKeys::new(1, key)))
-            }
-            None => None,
-        };
+        let encrypt = self.encrypts().then(Encrypt::new);
+        let sign = self.hmac.then(Sign::new);
         Ok(Wire::new(FrameCodec::new())
             .transform(compress)
             .transform(encrypt)
             .transform(sign))
     }
 
+    /// The pre-shared-key handshake, with --key-file: for `framing`'s transforms.
+    pub(crate) fn psk(&self) -> Result<Option<Psk>> {
+        let Some(path) = &self.key_file else {
+            return Ok(None);
+        };
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let Some(key) = key_from_file_contents(&bytes) else {
+            bail!("{}: a key is 32 raw bytes or 64 hex digits", path.display());
+        };
+        Ok(Some(Psk::new(
+            PresharedKeys::new(1, &key),
+            &self.framing()?,
+        )))
+    }
+
     /// True when no wire transform was asked for.
     pub(crate) fn is_empty(&self) -> bool {
-        !self.compress && self.key_file.is_none() && self.hmac_key_file.is_none()
+        !self.compress && self.key_file.is_none()
     }
 
     /// The same flags, for a child `msgi serve`.
@@ -87,9 +92,11 @@ impl WireArgs {
             args.push("--key-file".into());
             args.push(path.into());
         }
-        if let Some(path) = &self.hmac_key_file {
-            args.push("--hmac-key-file".into());
-            args.push(path.into());
+        if self.hmac {
+            args.push("--hmac".into());
+        }
+        if self.no_encrypt {
+            args.push("--no-encrypt".into());
         }
         args
     }
@@ -99,11 +106,14 @@ impl WireArgs {
         if self.compress {
             layers.push("compression");
         }
-        if self.key_file.is_some() {
+        if self.encrypts() {
             layers.push("encryption");
         }
-        if self.hmac_key_file.is_some() {
+        if self.hmac {
             layers.push("hmac");
+        }
+        if self.key_file.is_some() {
+            layers.push("psk handshake");
         }
         if layers.is_empty() {
             "none".into()

@@ -222,11 +222,9 @@ fn send_talks_to_serve_through_every_layer() {
     let dir = std::env::temp_dir().join(format!("msgi-cli-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("key.hex");
-    let hmac = dir.join("hmac.key");
     std::fs::write(&key, "ab".repeat(32)).unwrap();
-    std::fs::write(&hmac, "shared secret\n").unwrap();
-    let (key, hmac) = (key.to_str().unwrap(), hmac.to_str().unwrap());
-    let layers = ["--compress", "--key-file", key, "--hmac-key-file", hmac];
+    let key = key.to_str().unwrap();
+    let layers = ["--compress", "--key-file", key, "--hmac"];
 
     let server =
         Serve::start(&[&layers[..], &["--timeout-ms", "500", "--rate-limit", "100"]].concat());
@@ -247,7 +245,7 @@ fn send_talks_to_serve_through_every_layer() {
         format!("DATA id=1 {big}\n")
     );
 
-    // Without the layers the server refuses to talk, and `send` says why.
+    // Without the key the server refuses to talk, and `send` says why.
     for correlated in [true, false] {
         let mut args = vec!["send", "--addr", &server.addr, "--wait", "2", "plain"];
         if correlated {
@@ -257,14 +255,30 @@ fn send_talks_to_serve_through_every_layer() {
         assert!(!out.status.success());
         let err = stderr(&out);
         assert!(
-            err.contains("could not be decoded with this side's layers (none)"),
-            "{err}"
-        );
-        assert!(
-            err.contains("hint: if the server runs with --compress, --key-file or --hmac-key-file"),
+            err.contains("psk: this server requires the pre-shared-key handshake"),
             "{err}"
         );
     }
+    // With the key but other layers, both stacks are named.
+    let out = run(&[
+        "send",
+        "--addr",
+        &server.addr,
+        "--wait",
+        "2",
+        "--key-file",
+        key,
+        "plain",
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "handshake refused: psk: transforms differ \
+             (client encrypt; server deflate,encrypt,sign)"
+        ),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -502,9 +516,10 @@ fn the_decompression_limit_names_the_largest_payload() {
     }
 }
 
-// docs/PROTOCOL.md, section 4: which whitespace key files may carry.
+// docs/PROTOCOL.md, section 4: key files are 32 raw bytes or 64 hex digits
+// with whitespace around them; another key is refused with the reason.
 #[test]
-fn key_files_ignore_only_the_whitespace_the_protocol_page_names() {
+fn key_files_and_a_wrong_key() {
     let dir = std::env::temp_dir().join(format!("msgi-cli-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = |name: &str, contents: &str| {
@@ -514,12 +529,11 @@ fn key_files_ignore_only_the_whitespace_the_protocol_page_names() {
     };
     let hex = "0f".repeat(32);
     let server_key = file("server.key", &format!("{hex}\n"));
-    let server_hmac = file("server.hmac", "secret \t\n");
     let client_key = file("client.key", &format!("  {hex}"));
-    let client_hmac = file("client.hmac", "secret");
-    let other_hmac = file("other.hmac", " secret");
-    let server = Serve::start(&["--key-file", &server_key, "--hmac-key-file", &server_hmac]);
-    let send = |hmac: &str| {
+    let raw_key = file("raw.key", &"\x0f".repeat(32));
+    let other_key = file("other.key", &"0e".repeat(32));
+    let server = Serve::start(&["--key-file", &server_key, "--hmac"]);
+    let send = |key: &str| {
         run(&[
             "send",
             "--addr",
@@ -528,17 +542,25 @@ fn key_files_ignore_only_the_whitespace_the_protocol_page_names() {
             "--wait",
             "5",
             "--key-file",
-            &client_key,
-            "--hmac-key-file",
-            hmac,
+            key,
+            "--hmac",
             "hi",
         ])
     };
-    let out = send(&client_hmac);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "DATA id=1 hi\n");
-    // Leading whitespace is part of an HMAC key.
-    assert!(!send(&other_hmac).status.success());
+    for key in [&client_key, &raw_key] {
+        let out = send(key);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "DATA id=1 hi\n");
+    }
+    let out = send(&other_key);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "handshake refused: psk: wrong key (the server's finished MAC does not verify)"
+        ),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,4 +1,5 @@
-//! Every layer at once: compression + encryption + HMAC on the wire, and a
+//! Every layer at once: compression + encryption + HMAC on the wire, under
+//! keys a pre-shared-key handshake derives for each connection, and a
 //! frame timeout + rate limit + tower's ConcurrencyLimit and LoadShed around
 //! the handler. A client and a server talk through all of it on loopback.
 //!
@@ -8,10 +9,10 @@
 
 use std::time::Duration;
 
-use msgi::{Client, Frame, FrameCodec, Server, Session, Wire};
+use msgi::{Client, Frame, FrameCodec, Server, Session, TcpConnector, Wire};
 use msgi_middleware::{
-    AuthenticatedKey, EncryptionKey, HmacKeys, Limit, RateLimitLayer, RatePolicy,
-    ServiceBuilderExt, WireExt,
+    AuthenticatedKey, Limit, PresharedKeys, Psk, RateLimitLayer, RatePolicy, ServiceBuilderExt,
+    WireExt,
 };
 use tower::{service_fn, ServiceBuilder};
 
@@ -19,20 +20,28 @@ use tower::{service_fn, ServiceBuilder};
 async fn main() -> Result<(), msgi::BoxError> {
     // Both ends stack the same transforms, application first, wire last;
     // each session gets fresh transforms from this factory.
-    let keys = HmacKeys::new(1, b"a signing key shared by both ends");
-    let framing = Wire::new(FrameCodec::new())
-        .deflate(256)
-        .encrypt(EncryptionKey::new(*b"an example key, 32 bytes long!!!"))
-        .sign(keys.clone());
+    let framing = Wire::new(FrameCodec::new()).deflate(256).encrypt().sign();
+    // The keys: a handshake on every connection, from a pre-shared key that
+    // both ends hold (the server's ring may accept several, for rotation).
+    let server_keys = PresharedKeys::new(1, b"an example key, 32 bytes long!!!");
+    server_keys.accept(2, b"the next key, also 32 bytes long")?;
+    let server_psk = Psk::new(server_keys, &framing);
+    let client_psk = Psk::new(
+        PresharedKeys::new(1, b"an example key, 32 bytes long!!!"),
+        &framing,
+    );
 
     let handler = service_fn(|frame: Frame| async move {
-        let signer = frame.extensions().get::<AuthenticatedKey>().map(|k| k.0);
-        let session = frame.extensions().get::<Session>().map(Session::client_id);
+        let session = frame.extensions().get::<Session>();
+        let signer = session
+            .and_then(|s| s.connect_info::<AuthenticatedKey>())
+            .map(|k| k.0);
+        let session = session.map(Session::client_id);
         if frame.payload() == "slow" {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
         let text = format!(
-            "{} bytes from {session:?}, signed with key {signer:?}",
+            "{} bytes from {session:?}, pre-shared key {signer:?}",
             frame.payload().len()
         );
         Ok::<_, std::convert::Infallible>(Some(Frame::data(text)))
@@ -46,7 +55,10 @@ async fn main() -> Result<(), msgi::BoxError> {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = Server::builder().framing(framing.clone()).build()?;
+    let server = Server::builder()
+        .framing(framing.clone())
+        .accept(server_psk.acceptor())
+        .build()?;
     let registry = server.registry();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(
@@ -58,9 +70,9 @@ async fn main() -> Result<(), msgi::BoxError> {
     );
 
     let client = Client::builder()
-        .framing(framing)
+        .framing(framing.clone())
         .client_id("secure-client")
-        .connect(addr)
+        .connect_with_connector(client_psk.connector(TcpConnector::new()), addr)
         .await?;
     let mut pushes = client.incoming().ok_or("incoming taken")?;
 
@@ -88,19 +100,28 @@ async fn main() -> Result<(), msgi::BoxError> {
         }
     }
 
-    // Let the rate-limit bucket refill, then rotate the signing key; the
-    // old one stays valid for a minute.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    keys.rotate(2, b"the next signing key", Duration::from_secs(60));
+    client.close().await;
+
+    // A client that moved to the next key: the server accepts both.
+    let rotated = Client::builder()
+        .framing(framing.clone())
+        .connect_with_connector(
+            Psk::new(
+                PresharedKeys::new(2, b"the next key, also 32 bytes long"),
+                &framing,
+            )
+            .connector(TcpConnector::new()),
+            addr,
+        )
+        .await?;
     println!(
         "rotated:   {}",
-        client
+        rotated
             .call(Frame::data("after rotation"))
             .await?
             .payload_text()
     );
-
-    client.close().await;
+    rotated.close().await;
     let _ = stop.send(());
     serving.await??;
     Ok(())

@@ -16,8 +16,8 @@ use arbitrary::Arbitrary;
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use msgi_fuzz::{read_loop, End, Stream};
-use msgi_middleware::{Deflate, Encrypt, EncryptionKey, HmacKeys, Sign};
-use msgi_proto::{Flags, Frame, FrameCodec, Framing, Kind, MakeFraming, Side, Wire};
+use msgi_middleware::{Deflate, Encrypt, Sign};
+use msgi_proto::{Flags, Frame, FrameCodec, Framing, Kind, MakeFraming, SessionKeys, Side, Wire};
 
 #[derive(Arbitrary, Debug)]
 enum Max {
@@ -66,28 +66,31 @@ struct Sent {
 
 /// The transforms as a server or client makes them for one connection:
 /// `Wire` over a codec with the given limit (the transforms learn it when
-/// made), each transform present or not.
-fn stack(input: &Input, keys: &(EncryptionKey, HmacKeys), max: usize, side: Side) -> impl Framing {
+/// made), each transform present or not, keyed as the pre-shared-key
+/// handshake keys it.
+fn stack(input: &Input, keys: &SessionKeys, max: usize, side: Side) -> impl Framing {
     let deflate = (input.stack & 1 != 0).then(|| {
         Deflate::new()
             .threshold(usize::from(input.threshold))
             .level(u32::from(input.level % 10))
             .expect("levels 0 to 9 are valid")
     });
-    let encrypt = (input.stack & 2 != 0).then(|| Encrypt::new(keys.0.clone()));
-    let sign = (input.stack & 4 != 0).then(|| Sign::new(keys.1.clone()));
-    Wire::new(FrameCodec::with_max_frame_size(max))
+    let encrypt = (input.stack & 2 != 0).then(Encrypt::new);
+    let sign = (input.stack & 4 != 0).then(Sign::new);
+    let mut framing = Wire::new(FrameCodec::with_max_frame_size(max))
         .transform(deflate)
         .transform(encrypt)
         .transform(sign)
-        .make_framing(side)
+        .make_framing(side);
+    framing.set_session_keys(keys);
+    framing
 }
 
 /// Most bytes one input may make the peer send (keeps executions fast).
 const BUDGET: usize = 6 * 1024 * 1024;
 
 fuzz_target!(|input: Input| {
-    let keys = (EncryptionKey::new([7; 32]), HmacKeys::new(1, b"fuzz key"));
+    let keys = SessionKeys::new([7; 32], [8; 32]);
     let server_max = match input.server_max {
         Max::Default => msgi_proto::DEFAULT_MAX_FRAME_SIZE,
         Max::Small(n) => 14 + usize::from(n),

@@ -3,12 +3,17 @@
 //! transform does per frame, less the copy). `cargo bench -p msgi-middleware
 //! --bench aead`; the choice and the figures are in docs/BENCHMARKS.md.
 
+#![allow(missing_docs)]
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, CHACHA20_POLY1305};
 
 fn seal(c: &mut Criterion) {
     let mut group = c.benchmark_group("aead_seal");
-    for (name, alg) in [("aes-256-gcm", &AES_256_GCM), ("chacha20-poly1305", &CHACHA20_POLY1305)] {
+    for (name, alg) in [
+        ("aes-256-gcm", &AES_256_GCM),
+        ("chacha20-poly1305", &CHACHA20_POLY1305),
+    ] {
         let Ok(key) = UnboundKey::new(alg, &[7; 32]) else {
             panic!("a 32-byte key fits both algorithms");
         };

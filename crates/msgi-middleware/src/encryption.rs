@@ -45,7 +45,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, BytesMut};
-use msgi::{BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionKeys, SessionParams, Side};
+use msgi::{
+    BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionKeys, SessionParams, Side,
+};
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, AES_256_GCM};
 
 use crate::psk::{expand_label, Named};
@@ -69,7 +71,9 @@ pub enum EncryptError {
     Truncated(usize),
     /// The tag did not verify: tampered, replayed, reordered, from another
     /// session or direction, or another key.
-    #[error("decryption failed (tampered, replayed, reordered, from another session or wrong key)")]
+    #[error(
+        "decryption failed (tampered, replayed, reordered, from another session or wrong key)"
+    )]
     Decrypt,
     /// The connection ran no pre-shared-key handshake, so there is no key.
     #[error("no session keys: the connection did not run the pre-shared-key handshake")]
@@ -320,7 +324,10 @@ mod tests {
         let make = Encrypt::new();
         let mut bare = make.make_transform(SessionParams::new(Side::Server, 1 << 20));
         let err = bare.encode(Frame::data("x")).unwrap_err();
-        assert!(matches!(err.downcast_ref(), Some(EncryptError::NoSessionKeys)));
+        assert!(matches!(
+            err.downcast_ref(),
+            Some(EncryptError::NoSessionKeys)
+        ));
         let (mut client, _) = pair(&SessionKeys::new([1; 32], [2; 32]));
         let sealed = send(&mut client, Frame::data("x"));
         assert!(refused(&mut bare, sealed).starts_with("no session keys"));
@@ -360,7 +367,9 @@ mod tests {
         assert!(fresh().decode(reflected).is_err());
         // Another session's keys.
         let (mut other, _) = pair(&SessionKeys::new([3; 32], [2; 32]));
-        assert!(fresh().decode(send(&mut other, Frame::data("one"))).is_err());
+        assert!(fresh()
+            .decode(send(&mut other, Frame::data("one")))
+            .is_err());
 
         // In order it works; then a replay of the first fails.
         let mut server = server;
@@ -376,7 +385,11 @@ mod tests {
         let counter = |f: &Frame| f.payload().slice(..COUNTER_LEN);
         let first = client.encode(Frame::data("one")).unwrap();
         let second = client.encode(Frame::data("two")).unwrap();
-        assert_ne!(counter(&first), counter(&second), "two frames under one nonce");
+        assert_ne!(
+            counter(&first),
+            counter(&second),
+            "two frames under one nonce"
+        );
         // The sequence did not move: either frame is the peer's frame 0,
         // and only one of them is accepted.
         assert_eq!(pair(&keys).1.decode(second).unwrap(), Frame::data("two"));

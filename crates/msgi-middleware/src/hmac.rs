@@ -31,7 +31,9 @@
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};
-use msgi::{BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionKeys, SessionParams, Side};
+use msgi::{
+    BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionKeys, SessionParams, Side,
+};
 use ring::hmac;
 
 use crate::psk::{expand_label, Named};
@@ -275,7 +277,10 @@ mod tests {
         bytes[0] ^= 0x20;
         *tampered.payload_mut() = bytes.into();
         assert!(matches!(error(&mut fresh(), tampered), SignError::BadTag));
-        assert!(matches!(error(&mut fresh(), Frame::data("one")), SignError::Missing));
+        assert!(matches!(
+            error(&mut fresh(), Frame::data("one")),
+            SignError::Missing
+        ));
         assert!(matches!(
             error(&mut fresh(), first.clone().with_request_id(9)),
             SignError::BadTag
@@ -289,12 +294,18 @@ mod tests {
         assert!(matches!(error(&mut fresh(), spliced), SignError::BadTag));
         // No keys.
         let mut bare = Sign::new().make_transform(SessionParams::new(Side::Server, 1 << 20));
-        assert!(matches!(error(&mut bare, first.clone()), SignError::NoSessionKeys));
+        assert!(matches!(
+            error(&mut bare, first.clone()),
+            SignError::NoSessionKeys
+        ));
         assert!(bare.encode(Frame::data("x")).is_err());
 
         let mut server = fresh();
         server.decode(first.clone()).unwrap();
         server.decode(second).unwrap();
-        assert!(matches!(error(&mut server, first), SignError::Sequence { .. }), "replay");
+        assert!(
+            matches!(error(&mut server, first), SignError::Sequence { .. }),
+            "replay"
+        );
     }
 }

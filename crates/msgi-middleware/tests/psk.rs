@@ -9,8 +9,8 @@ mod support;
 
 use bytes::BytesMut;
 use msgi::{
-    Client, ClientError, Flags, Frame, FrameCodec, Framing, Kind, MakeFraming, Server,
-    SessionKeys, Side, TcpConnector, Wire,
+    Client, ClientError, Flags, Frame, FrameCodec, Framing, Kind, MakeFraming, Server, SessionKeys,
+    Side, TcpConnector, Wire,
 };
 use msgi_middleware::psk::{
     AuthenticatedKey, ClientHandshake, PresharedKeys, Psk, PskError, ServerHandshake,
@@ -123,7 +123,8 @@ fn the_encrypt_layer_alone_refuses_splice_reflection_and_replay() {
     );
     let (a, _) = handshake(&psk, &psk).unwrap();
     let (b, _) = handshake(&psk, &psk).unwrap();
-    let (mut client, mut server, mut other) = (only(Side::Client), only(Side::Server), only(Side::Server));
+    let (mut client, mut server, mut other) =
+        (only(Side::Client), only(Side::Server), only(Side::Server));
     client.set_session_keys(&a);
     server.set_session_keys(&a);
     other.set_session_keys(&b);
@@ -176,7 +177,10 @@ fn refusals_name_the_difference() {
     let mut bytes = hello.payload().to_vec();
     bytes[9] = 2;
     let err = ServerHandshake::start(&psk, rand(), &Frame::new(Kind::CONTROL, bytes)).unwrap_err();
-    assert_eq!(err.reason(), "psk: version 2 not supported (this end speaks 1)");
+    assert_eq!(
+        err.reason(),
+        "psk: version 2 not supported (this end speaks 1)"
+    );
     // Wrong key: the client finds out from the server's MAC.
     let wrong = psk_for(&[8; 32]);
     let (client, hello) = ClientHandshake::start(&wrong, rand()).unwrap();
@@ -285,7 +289,11 @@ async fn a_recorded_session_replayed_is_refused() {
     let echoed = peer.recv().await.unwrap();
     FrameCodec::new().encode(echoed, &mut raw).unwrap();
     assert_eq!(
-        server_side.decode(&mut raw).unwrap().unwrap().payload_text(),
+        server_side
+            .decode(&mut raw)
+            .unwrap()
+            .unwrap()
+            .payload_text(),
         "transfer 100"
     );
     // Replayed on a new connection: refused at the client's finished MAC.
@@ -301,7 +309,11 @@ async fn a_recorded_session_replayed_is_refused() {
         "psk: the client's finished MAC does not verify (wrong key, or a replayed handshake)"
     );
     replay.expect_closed().await;
-    assert_eq!(server.registry.connection_count(), 1, "only the real session");
+    assert_eq!(
+        server.registry.connection_count(),
+        1,
+        "only the real session"
+    );
 }
 
 #[tokio::test]
@@ -365,12 +377,27 @@ async fn a_psk_client_against_a_plain_server_is_told_why() {
 async fn a_rotated_key_is_accepted_and_named() {
     let keys = PresharedKeys::new(1, &KEY);
     keys.accept(2, &[9; 32]).unwrap();
-    let server_psk = Psk::new(keys, &Wire::new(FrameCodec::new()).deflate(64).encrypt().sign());
+    let server_psk = Psk::new(
+        keys,
+        &Wire::new(FrameCodec::new()).deflate(64).encrypt().sign(),
+    );
     let server = psk_server(&server_psk).await;
-    let client = connect(&Psk::new(PresharedKeys::new(2, &[9; 32]), &Wire::new(FrameCodec::new()).deflate(64).encrypt().sign()), server.addr)
-        .await
-        .unwrap();
-    assert_eq!(within(client.call(Frame::data("x"))).await.unwrap().payload_text(), "x");
+    let client = connect(
+        &Psk::new(
+            PresharedKeys::new(2, &[9; 32]),
+            &Wire::new(FrameCodec::new()).deflate(64).encrypt().sign(),
+        ),
+        server.addr,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        within(client.call(Frame::data("x")))
+            .await
+            .unwrap()
+            .payload_text(),
+        "x"
+    );
     let sessions = server.registry.sessions();
     assert_eq!(
         sessions[0].connect_info::<AuthenticatedKey>().cloned(),

@@ -102,7 +102,9 @@ async fn broadcast_from_an_encrypting_server_is_ciphertext() {
     let seen = Arc::new(AtomicUsize::new(0));
     let psk = psk("encrypt");
     let mut server = serve(
-        Server::builder().framing(encrypted()).accept(psk.acceptor()),
+        Server::builder()
+            .framing(encrypted())
+            .accept(psk.acceptor()),
         counting_echo(seen),
     )
     .await;
@@ -151,12 +153,7 @@ async fn pushed_frame_from_a_compressing_server_is_compressed() {
 
 #[tokio::test]
 async fn secure_client_and_server_talk_through_every_layer() {
-    let framing = || {
-        Wire::new(FrameCodec::new())
-            .deflate(32)
-            .encrypt()
-            .sign()
-    };
+    let framing = || Wire::new(FrameCodec::new()).deflate(32).encrypt().sign();
     let psk = Psk::new(PresharedKeys::new(3, &[3; 32]), &framing());
     let seen = Arc::new(AtomicUsize::new(0));
     let handler = ServiceBuilder::new()

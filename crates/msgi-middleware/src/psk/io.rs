@@ -50,9 +50,7 @@ async fn read_frame<R: AsyncRead + Unpin>(io: &mut R, end: End) -> Result<Frame,
         let type_field = u16::from_be_bytes([head[8], head[9]]);
         let kind = Kind::new(type_field & 0x0fff);
         return Err(match (end, kind) {
-            (End::Server, Some(kind)) if kind != Kind::CONTROL => {
-                PskError::HandshakeRequired(kind)
-            }
+            (End::Server, Some(kind)) if kind != Kind::CONTROL => PskError::HandshakeRequired(kind),
             (End::Client, Some(kind)) if kind != Kind::CONTROL && kind != Kind::ERROR => {
                 PskError::NotSupported(kind.to_string())
             }

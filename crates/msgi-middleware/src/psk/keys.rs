@@ -236,7 +236,6 @@ impl PresharedKeys {
     }
 }
 
-
 /// Reads a key file: 32 raw bytes, or 64 hex digits (whitespace around
 /// them ignored).
 pub fn key_from_file_contents(contents: &[u8]) -> Option<[u8; 32]> {

@@ -59,9 +59,9 @@ pub use keys::{key_from_file_contents, KeyRingError, PresharedKeys};
 use std::fmt;
 use std::sync::Arc;
 
-use msgi::wire::{Identity, Stack};
 use msgi::proto::text::PeerText;
-use msgi::{Frame, Kind, Wire};
+use msgi::wire::{Identity, Stack};
+use msgi::{Frame, Kind, SessionKeys, Wire};
 use ring::hkdf;
 
 /// The pre-shared key id the peer's handshake used: in the session's
@@ -260,6 +260,26 @@ impl Psk {
         PskConnector::new(self.clone(), inner)
     }
 
+    /// Runs the client's half of the handshake on `io` (a stream the
+    /// caller frames itself, such as a load generator's): the session's
+    /// keys, for [`Framing::set_session_keys`](msgi::Framing::set_session_keys).
+    /// A refusal found here is told to the server first.
+    pub async fn client_handshake<Io>(&self, io: &mut Io) -> Result<SessionKeys, PskError>
+    where
+        Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        io::client_handshake(self, io).await
+    }
+
+    /// Runs the server's half on `io` (for a server that does not use
+    /// [`PskAcceptor`]): the session's keys and the client's key id.
+    pub async fn server_handshake<Io>(&self, io: &mut Io) -> Result<(SessionKeys, u16), PskError>
+    where
+        Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        io::server_handshake(self, io).await
+    }
+
     /// Fresh randomness for one handshake.
     pub(crate) fn draw(&self) -> Result<[u8; RANDOM_LEN], PskError> {
         let mut random = [0u8; RANDOM_LEN];
@@ -297,8 +317,8 @@ pub(crate) fn expand_prk(
     label: &[u8],
     context: &[u8],
 ) -> Result<[u8; 32], ring::error::Unspecified> {
-    let label_len = u8::try_from(LABEL_PREFIX.len() + label.len())
-        .map_err(|_| ring::error::Unspecified)?;
+    let label_len =
+        u8::try_from(LABEL_PREFIX.len() + label.len()).map_err(|_| ring::error::Unspecified)?;
     let context_len = u8::try_from(context.len()).map_err(|_| ring::error::Unspecified)?;
     let info: [&[u8]; 6] = [
         &32u16.to_be_bytes(),
