@@ -142,6 +142,16 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
             bail!("upstream {name:?}: give host:port");
         }
     }
+    if args
+        .upstream_wire
+        .as_ref()
+        .is_some_and(|UpstreamWire(wire)| wire.uses_psk())
+    {
+        bail!(
+            "--upstream-wire: --key-file (the pre-shared-key handshake) is not supported on \
+             upstream connections yet"
+        );
+    }
     match args.upstream_wire.clone() {
         Some(UpstreamWire(wire)) if !wire.is_empty() => {
             let framing = wire.framing()?;
@@ -174,9 +184,15 @@ where
         .max_connections(args.max_connections)
         .max_frame_size(args.max_frame_size)
         .idle_timeout(idle);
-    match args.tls.acceptor()? {
-        Some(tls) => serve(builder.accept(tls).build()?, args, up).await,
-        None => serve(builder.build()?, args, up).await,
+    // The TLS handshake, or the pre-shared-key handshake, runs in each
+    // downstream connection's accept step.
+    match (args.tls.acceptor()?, args.wire.psk()?) {
+        (Some(_), Some(_)) => {
+            bail!("--key-file and --tls-cert together are not supported: choose one")
+        }
+        (Some(tls), None) => serve(builder.accept(tls).build()?, args, up).await,
+        (None, Some(psk)) => serve(builder.accept(psk.acceptor()).build()?, args, up).await,
+        (None, None) => serve(builder.build()?, args, up).await,
     }
 }
 

@@ -77,6 +77,11 @@ impl WireArgs {
         )))
     }
 
+    /// True when a pre-shared key (and so the handshake) was asked for.
+    pub(crate) fn uses_psk(&self) -> bool {
+        self.key_file.is_some()
+    }
+
     /// True when no wire transform was asked for.
     pub(crate) fn is_empty(&self) -> bool {
         !self.compress && self.key_file.is_none()
