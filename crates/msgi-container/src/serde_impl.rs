@@ -25,7 +25,7 @@ use crate::value::{check_short, NameSet, Value, Values};
 /// not a string, a repeated or too long name, a value of the wrong type for a field, or
 /// the type's own error.
 #[derive(Clone, Debug, thiserror::Error)]
-#[error("{}", if self.json.is_some() { "JSON is not a container" } else { &self.message })]
+#[error("{}", self.display_text())]
 pub struct SerdeError {
     message: String,
     /// The JSON reader's error, when the error came from it (kept as the source, so its
@@ -59,6 +59,16 @@ impl SerdeError {
             message: e.to_string(),
             json: Some(std::sync::Arc::new(e)),
         }
+    }
+
+    /// This error's own text: for the JSON reader's errors a summary (their text is the
+    /// source's), else the message.
+    fn display_text(&self) -> &str {
+        #[cfg(feature = "json")]
+        if self.json.is_some() {
+            return "JSON is not a container";
+        }
+        &self.message
     }
 
     /// What went wrong; for JSON read by `Container::from_json_str` and friends (feature
