@@ -19,6 +19,7 @@ use std::time::Instant;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tower::Service;
 
+use crate::observer::{Activity, Counts, ErrorCause, Observer, LATENCIES};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Session, IDLE_OUTBOX_SLOTS};
 use crate::transport::{now, Alarm, ReadError, Transport};
@@ -43,11 +44,18 @@ pin_project_lite::pin_project! {
         fut: F,
         // Taken when the call finishes (a finished call is never polled again).
         token: Option<Token>,
+        // When its request was read (only with an observer).
+        read_at: Option<Instant>,
     }
 }
 
-/// A finished call: its token, its result.
-type Finished = (Option<Token>, Result<Option<Frame>, BoxError>);
+/// A finished call: its token, its result, when its request was read (only
+/// with an observer).
+type Finished = (
+    Option<Token>,
+    Result<Option<Frame>, BoxError>,
+    Option<Instant>,
+);
 
 impl<F, E> Future for Call<F>
 where
@@ -60,11 +68,46 @@ where
         let this = self.project();
         this.fut
             .poll(cx)
-            .map(|r| (this.token.take(), r.map_err(Into::into)))
+            .map(|r| (this.token.take(), r.map_err(Into::into), *this.read_at))
     }
 }
 
 type BoxedCall<F> = Pin<Box<Call<F>>>;
+
+/// A session's counts for its observer, made only when the server has one
+/// (so a session without holds one null pointer, and counts nothing).
+struct Tally {
+    observer: Arc<dyn Observer>,
+    activity: Counts,
+    /// Bytes were waiting for the socket at the last write attempt.
+    stalled: bool,
+    /// When the request waiting in the connection's slot was read.
+    read_at: Instant,
+    /// When each request answered since the last report was read.
+    started: [Instant; LATENCIES],
+    answered: usize,
+}
+
+impl Tally {
+    /// Counts a frame read at `now` (the request waiting, if it is one).
+    #[cold]
+    #[inline(never)]
+    fn frame_in(&mut self, frame: &Frame, now: Instant) {
+        self.activity.frames_in.add(frame.kind(), frame.wire_len());
+        self.read_at = now;
+    }
+
+    fn new(observer: Arc<dyn Observer>, now: Instant) -> Box<Tally> {
+        Box::new(Tally {
+            observer,
+            activity: Counts::default(),
+            stalled: false,
+            read_at: now,
+            started: [now; LATENCIES],
+            answered: 0,
+        })
+    }
+}
 
 pub(crate) struct Driver<X, S>
 where
@@ -76,7 +119,9 @@ where
     session: Session,
     /// The session as the requests' extensions carry it: one `Arc` made at
     /// the first request and cloned into each (no allocation per request).
-    shared: Option<Arc<dyn Any + Send + Sync>>,
+    /// A thin pointer (made `dyn Any` as it is cloned), so the driver stays
+    /// as small as before it held an observer's counts.
+    shared: Option<Arc<Session>>,
     registry: Registry,
     /// Calls still pending after their first poll; made when first needed
     /// and dropped whenever the session goes quiet, so an idle session does
@@ -91,6 +136,8 @@ where
     /// (saturating). Only more than [`IDLE_OUTBOX_SLOTS`] can have grown
     /// its buffer past what an idle session keeps.
     pushes_taken: u8,
+    /// Counts for the server's observer; `None` without one.
+    tally: Option<Box<Tally>>,
 }
 
 impl<X, S> Driver<X, S>
@@ -106,8 +153,10 @@ where
         session: Session,
         registry: Registry,
         cfg: Arc<SessionConfig>,
+        observer: Option<Arc<dyn Observer>>,
     ) -> Self {
-        let conn = Connection::new(cfg, transport.is_binary(), now());
+        let now = now();
+        let conn = Connection::new(cfg, transport.is_binary(), now);
         Driver {
             transport,
             conn,
@@ -119,6 +168,7 @@ where
             spare: None,
             alarm: Alarm::new(),
             pushes_taken: 0,
+            tally: observer.map(|observer| Tally::new(observer, now)),
         }
     }
 
@@ -166,12 +216,21 @@ where
                         self.conn.handle_peer_reset(e.kind());
                         true
                     }
-                    Poll::Pending => false,
+                    Poll::Pending => {
+                        if self.tally.is_some() {
+                            self.count_stall();
+                        }
+                        false
+                    }
                 },
             };
-            if self.transport.take_written() > 0 {
+            let written = self.transport.take_written();
+            if written > 0 {
                 self.conn.handle_written(now);
                 progress = true;
+                if self.tally.is_some() {
+                    self.count_written(written);
+                }
             }
 
             match self.conn.phase() {
@@ -213,7 +272,11 @@ where
                 }
             }
             if let Some(closed) = self.conn.closed() {
-                return Poll::Ready(self.finish(closed));
+                let reason = self.finish(closed);
+                if self.tally.is_some() {
+                    self.report();
+                }
+                return Poll::Ready(reason);
             }
             if !progress {
                 if self
@@ -231,12 +294,90 @@ where
                     // small buffer, so a broadcast allocates nothing.
                     self.session.free_outbox();
                 }
+                if self.tally.is_some() {
+                    self.report();
+                }
                 return Poll::Pending;
             }
         }
         // Plenty done in one go: let other sessions run.
         cx.waker().wake_by_ref();
+        if self.tally.is_some() {
+            self.report();
+        }
         Poll::Pending
+    }
+
+    /// Tells the observer what this wake-up did (if anything), with the
+    /// depths it left, and starts counting afresh.
+    #[inline(never)]
+    fn report(&mut self) {
+        let Some(tally) = &mut self.tally else {
+            return;
+        };
+        let stalled = std::mem::take(&mut tally.stalled);
+        if tally.answered == 0 && !stalled && tally.activity.is_empty() {
+            return;
+        }
+        let started = tally.started.get(..tally.answered).unwrap_or_default();
+        let mut activity = Activity::new(&tally.activity, started, now(), u32::from(stalled));
+        activity.write_queue = self.transport.pending_write();
+        activity.in_flight = self.conn.outstanding();
+        activity.outbox = self.session.outbox_len();
+        tally.observer.session_activity(&self.session, &activity);
+        tally.answered = 0;
+        tally.activity.clear();
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn count_stall(&mut self) {
+        if let Some(tally) = &mut self.tally {
+            tally.stalled = true;
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn count_written(&mut self, written: usize) {
+        if let Some(tally) = &mut self.tally {
+            tally.activity.bytes_written += written as u64;
+        }
+    }
+
+    /// Counts an answer for the observer: its latency (reported at the end
+    /// of the wake-up) and the error it tells the peer, if any.
+    #[cold]
+    #[inline(never)]
+    fn count_answer(
+        &mut self,
+        token: &Token,
+        result: &Result<Option<Frame>, BoxError>,
+        read_at: Option<Instant>,
+    ) {
+        // An answer the connection will drop (it was cut) is not counted.
+        if !matches!(self.conn.phase(), Phase::Open | Phase::Draining) {
+            return;
+        }
+        if self.tally.as_ref().is_some_and(|t| t.answered == LATENCIES) {
+            self.report();
+        }
+        let Some(tally) = &mut self.tally else {
+            return;
+        };
+        let cause = match (result, token.request_id()) {
+            (Err(_), _) => Some(ErrorCause::Handler),
+            (Ok(None), Some(_)) => Some(ErrorCause::NoResponse),
+            (Ok(Some(frame)), Some(_)) if !can_answer(frame.kind()) => Some(ErrorCause::AnswerKind),
+            _ => None,
+        };
+        if let Some(cause) = cause {
+            tally.activity.error(cause);
+        }
+        if let (Some(read_at), Some(slot)) = (read_at, tally.started.get_mut(tally.answered)) {
+            *slot = read_at;
+            tally.answered += 1;
+        }
     }
 
     /// The runtime's reason for a cause of the connection's.
@@ -302,6 +443,9 @@ where
                     }
                 }
                 Some(Event::PeerError(payload)) => {
+                    if let Some(tally) = &mut self.tally {
+                        tally.activity.error(ErrorCause::Peer);
+                    }
                     tracing::debug!(session = %self.session.id(), reason = %PeerText(&payload), "peer reported an error");
                 }
                 Some(Event::Closing { cause, drain }) => {
@@ -323,7 +467,36 @@ where
         }
     }
 
+    #[inline]
     fn queue(&mut self, frame: Frame) {
+        if self.tally.is_some() {
+            self.queue_counted(frame);
+        } else {
+            let _ = self.queue_frame(frame);
+        }
+    }
+
+    /// [`queue`](Driver::queue), counted for the observer.
+    #[inline(never)]
+    fn queue_counted(&mut self, frame: Frame) {
+        let (kind, len) = (frame.kind(), frame.wire_len());
+        let queued = self.queue_frame(frame);
+        if let Some(tally) = &mut self.tally {
+            match queued {
+                Ok(()) => tally.activity.frames_out.add(kind, len),
+                Err(error) => {
+                    tally.activity.error(ErrorCause::AnswerNotSent);
+                    if let Some(len) = error {
+                        tally.activity.frames_out.add(msgi_proto::Kind::ERROR, len);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues `frame`; if it cannot be encoded, an ERROR in its place
+    /// (`Err` with that ERROR's length, `None` if it failed too).
+    fn queue_frame(&mut self, frame: Frame) -> Result<(), Option<usize>> {
         let request_id = frame.request_id();
         if let Err(e) = self.transport.queue(frame) {
             // A frame over the maximum size (or one a transform refused)
@@ -332,14 +505,21 @@ where
             // below is the next frame the peer sees and can read.
             let mut error = Frame::error(format!("answer not sent: {e}"));
             error.set_request_id(request_id);
+            let len = error.wire_len();
             if self.transport.queue(error).is_err() {
                 tracing::warn!(session = %self.session.id(), "error frame could not be encoded");
+                return Err(None);
             }
+            return Err(Some(len));
         }
+        Ok(())
     }
 
-    fn answer(&mut self, (token, result): Finished) {
+    fn answer(&mut self, (token, result, read_at): Finished) {
         if let Some(token) = token {
+            if self.tally.is_some() {
+                self.count_answer(&token, &result, read_at);
+            }
             if let (Some(id), Ok(Some(frame))) = (token.request_id(), &result) {
                 if !can_answer(frame.kind()) {
                     tracing::debug!(session = %self.session.id(), request_id = id, kind = %frame.kind(), "handler answered with a kind that cannot answer; the peer gets an ERROR");
@@ -366,12 +546,21 @@ where
         let transport = &mut self.transport;
         let session = &self.session;
         let taken = &mut self.pushes_taken;
+        let tally = &mut self.tally;
         session.drain_outbox(|frame| {
             *taken = taken.saturating_add(1);
+            let counted = tally.as_ref().map(|_| (frame.kind(), frame.wire_len()));
             // `Session::send` refused every push too large for the framing,
             // so only a transform's own failure is left here. It consumed
             // nothing (encoding is transactional); the session goes on.
-            if let Err(e) = transport.queue(frame) {
+            let queued = transport.queue(frame);
+            if let (Some(tally), Some((kind, len))) = (tally.as_mut(), counted) {
+                match &queued {
+                    Ok(()) => tally.activity.frames_out.add(kind, len),
+                    Err(_) => tally.activity.error(ErrorCause::PushDropped),
+                }
+            }
+            if let Err(e) = queued {
                 tracing::warn!(session = %session.id(), error = %e, "pushed frame could not be encoded; dropped");
             }
             conn.takes_pushes(transport.pending_write())
@@ -397,13 +586,14 @@ where
                     return false;
                 };
                 let session = &self.session;
-                let shared = self
+                let shared: Arc<dyn Any + Send + Sync> = self
                     .shared
                     .get_or_insert_with(|| Arc::new(session.clone()))
                     .clone();
                 frame.extensions_mut().set_shared(shared);
                 let call = Call {
                     token: Some(token),
+                    read_at: self.tally.as_ref().map(|tally| tally.read_at),
                     fut: self.service.call(frame),
                 };
                 let mut boxed = match self.spare.take() {
@@ -467,6 +657,9 @@ where
             };
             progress = true;
             *read = true;
+            if let Some(tally) = &mut self.tally {
+                tally.frame_in(&frame, now);
+            }
             permit.handle_frame(frame, now);
             // A request (the common case) leaves nothing to write or report.
             if self.conn.has_output() {

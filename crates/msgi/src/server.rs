@@ -1309,6 +1309,7 @@ where
                         session,
                         guard.registry.clone(),
                         cfg.clone(),
+                        guard.common.observer.clone(),
                     );
                     this.state.set(TaskState::Running { driver });
                 }

@@ -663,6 +663,11 @@ impl Session {
         moved
     }
 
+    /// Pushed frames waiting in the outbox (one lock: for the observer).
+    pub(crate) fn outbox_len(&self) -> usize {
+        lock(&self.inner.outbox).frames.len()
+    }
+
     /// Frees the outbox's buffer if it is empty and larger than an idle
     /// session keeps ([`IDLE_OUTBOX_SLOTS`]): the driver calls this when the
     /// session goes quiet after a burst of pushes. A session that takes a
