@@ -22,7 +22,7 @@ pub(crate) struct WireArgs {
     compress: bool,
     /// The pre-shared key (32 raw bytes, or 64 hex digits; key id 1): every
     /// connection runs the pre-shared-key handshake, and frames are
-    /// encrypted (AES-256-GCM) under the keys it derives.
+    /// encrypted (ChaCha20-Poly1305) under the keys it derives.
     #[arg(long)]
     key_file: Option<PathBuf>,
     /// Also authenticate every frame with HMAC-SHA256 under the handshake's

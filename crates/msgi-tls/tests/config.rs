@@ -127,4 +127,12 @@ fn the_workspace_has_one_crypto_library_ring() {
         !lock.contains("name = \"aws-lc"),
         "aws-lc-rs entered the tree: a second crypto library"
     );
+    // The RustCrypto crates the pre-shared-key transforms used before ring
+    // (proptest's `chacha20` RNG, a dev-dependency, is not one of them).
+    for name in ["chacha20poly1305", "aes-gcm", "hmac", "sha2"] {
+        assert!(
+            !lock.contains(&format!("name = \"{name}\"\n")),
+            "{name} entered the tree: a second crypto library"
+        );
+    }
 }
