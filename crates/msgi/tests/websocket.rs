@@ -331,6 +331,17 @@ async fn the_server_origin_is_the_default() {
         Err(e) => panic!("expected 403, got {e}"),
         Ok(_) => panic!("another origin was let in"),
     }
+    // DNS rebinding: a page of evil.example whose name now resolves to the
+    // server sends its own name as both Host and Origin.
+    let mut request = format!("ws://{addr}/").into_client_request().unwrap();
+    let headers = request.headers_mut();
+    headers.insert("host", "evil.example:17011".parse().unwrap());
+    headers.insert("origin", "http://evil.example:17011".parse().unwrap());
+    match within(tokio_tungstenite::connect_async(request)).await {
+        Err(WsError::Http(response)) => assert_eq!(response.status(), 403),
+        Err(e) => panic!("expected 403, got {e}"),
+        Ok(_) => panic!("a rebound name was taken for the server's own"),
+    }
 }
 
 #[tokio::test]
@@ -397,13 +408,10 @@ async fn a_message_must_be_exactly_one_frame() {
 
 #[tokio::test]
 async fn disconnect_and_idle_timeout_become_close_frames() {
-    let (addr, mut sessions) = ws_server(WebSocketAccept::new(), |b| {
-        b.idle_timeout(Some(Duration::from_millis(300)))
-    })
-    .await;
-
     // The application closes a session: DISCONNECT, then close 1000 with
-    // its reason.
+    // its reason. A server without idle timeout: a stalled test must not
+    // see the idle close instead.
+    let (addr, mut sessions) = ws_server(WebSocketAccept::new(), |b| b).await;
     let mut peer = Peer::connect(addr).await;
     peer.send(Frame::data("x").with_request_id(1)).await;
     assert_eq!(peer.recv().await.payload(), "x");
@@ -419,6 +427,10 @@ async fn disconnect_and_idle_timeout_become_close_frames() {
     );
 
     // A silent peer: DISCONNECT `idle timeout`, close 1000 `idle timeout`.
+    let (addr, _sessions) = ws_server(WebSocketAccept::new(), |b| {
+        b.idle_timeout(Some(Duration::from_millis(300)))
+    })
+    .await;
     let peer = Peer::connect(addr).await;
     let ending = peer.ending().await;
     assert_eq!(ending.frames.last().unwrap().payload(), "idle timeout");

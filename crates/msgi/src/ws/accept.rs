@@ -70,7 +70,8 @@ impl WebSocketRequest {
 /// Which `Origin`s may open a session.
 #[derive(Debug, Clone)]
 enum Origins {
-    /// The origin's host (and port) must be the request's `Host`.
+    /// The origin must be the request's `Host`, under `http`/`https`, with
+    /// an IP literal or `localhost` as host (see `same_origin`).
     Same,
     /// Any origin (every web page may connect).
     Any,
@@ -90,8 +91,12 @@ impl WebSocketAcceptBuilder {
     /// Allows pages of `origin` (`https://chat.example`, or
     /// `http://127.0.0.1:8080`: a scheme, a host and an optional port, as
     /// browsers send it) to open sessions; call it once per origin. Without
-    /// any, only pages of the server's own origin may (the `Origin`'s host
-    /// must be the request's `Host`). A request without `Origin` does not
+    /// any, only pages of the server's own origin may: an `http`/`https`
+    /// origin equal to the request's `Host` whose host is an IP literal or
+    /// `localhost`. A page served under a DNS name needs its origin here:
+    /// the `Host` header is the page's to choose, so a name in it proves
+    /// nothing (a page of `evil.example` whose name was rebound to this
+    /// server's address sends `Host: evil.example`). A request without `Origin` does not
     /// come from a browser and is always let in: the check protects
     /// browsers' users from other sites' pages, it does not authenticate.
     pub fn allow_origin(mut self, origin: impl Into<String>) -> Self {
@@ -201,13 +206,59 @@ impl Settings {
         match &self.origins {
             Origins::Any => true,
             Origins::List(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
-            Origins::Same => {
-                let host = headers.get(HOST).and_then(|h| h.to_str().ok());
-                let authority = origin.split_once("://").map(|(_, a)| a);
-                matches!((host, authority), (Some(h), Some(a)) if h.eq_ignore_ascii_case(a))
-            }
+            Origins::Same => same_origin(origin, headers.get(HOST)),
         }
     }
+}
+
+/// Whether `origin` is the server's own: an `http`/`https` origin whose
+/// authority is the request's `Host` and whose host is a name the browser
+/// cannot have been pointed elsewhere with: an IP literal (the browser
+/// connected to that address, which reached this server) or `localhost`
+/// (resolved by the browser's own machine to loopback). A DNS name is never
+/// taken from the request, both headers being the page's choice: a page of
+/// `evil.example` rebound to this server's address sends `Host:
+/// evil.example` and `Origin: http://evil.example` (DNS rebinding); such
+/// names are allowed with [`WebSocketAcceptBuilder::allow_origin`].
+fn same_origin(origin: &str, host: Option<&HeaderValue>) -> bool {
+    let Some(host) = host.and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    if !(scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https")) {
+        return false;
+    }
+    if !authority.eq_ignore_ascii_case(host) {
+        return false;
+    }
+    let name = match authority.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`.
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) => {
+                let port_ok = match port.strip_prefix(':') {
+                    Some(digits) => valid_port(digits),
+                    None => port.is_empty(),
+                };
+                return port_ok && v6.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            None => return false,
+        },
+        None => match authority.rsplit_once(':') {
+            Some((name, port)) if valid_port(port) => name,
+            Some(_) => return false,
+            None => authority,
+        },
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+/// A decimal port number.
+fn valid_port(digits: &str) -> bool {
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits.parse::<u16>().is_ok()
 }
 
 /// The WebSocket accept step ([`ServerBuilder::accept`]): upgrades each
@@ -217,7 +268,8 @@ impl Settings {
 ///
 /// - The `Origin` is checked against the allow-list
 ///   ([`WebSocketAcceptBuilder::allow_origin`]; by default the server's own
-///   origin): another is answered `403 Forbidden`
+///   origin, reached by IP address or `localhost`; a DNS name must be
+///   allowed explicitly, against DNS rebinding): another is answered `403 Forbidden`
 ///   ([`AcceptError::OriginRefused`]).
 /// - The request is recorded in the session's [`ConnectInfo`](crate::ConnectInfo) as a
 ///   [`WebSocketRequest`] (path, headers, origin), beside the peer address.
@@ -403,6 +455,17 @@ mod tests {
         assert!(!step.origin_allowed(&other));
         assert!(!step.origin_allowed(&null));
         assert!(step.origin_allowed(&no_origin), "not a browser");
+        let pair = |host: &str, origin: &str| headers(&[(HOST, host), (ORIGIN, origin)]);
+        // DNS rebinding: a name in Host proves nothing.
+        assert!(!step.origin_allowed(&pair("evil.example:17011", "http://evil.example:17011")));
+        assert!(!step.origin_allowed(&pair("evil.example", "https://evil.example")));
+        assert!(step.origin_allowed(&pair("localhost:9000", "http://localhost:9000")));
+        assert!(step.origin_allowed(&pair("[::1]:9000", "http://[::1]:9000")));
+        assert!(step.origin_allowed(&pair("127.0.0.1", "https://127.0.0.1")));
+        assert!(!step.origin_allowed(&pair("127.0.0.1:9000", "ftp://127.0.0.1:9000")));
+        assert!(!step.origin_allowed(&pair("127.0.0.1:x", "http://127.0.0.1:x")));
+        assert!(!step.origin_allowed(&pair("[evil]:1", "http://[evil]:1")));
+        assert!(!step.origin_allowed(&pair("1.2.3.4.evil:1", "http://1.2.3.4.evil:1")));
     }
 
     #[test]

@@ -183,7 +183,8 @@ where
 
     fn decode(&mut self, message: Bytes) -> Result<Option<Frame>, ReadError> {
         let len = message.len();
-        // No copy when the message's buffer is not shared.
+        // Copies the payload: tungstenite's payload shares its read buffer,
+        // so `BytesMut::from` cannot take it over (one copy per message).
         let mut buf = BytesMut::from(message);
         match self.codec.decode(&mut buf) {
             Ok(Some(frame)) if buf.is_empty() => Ok(Some(frame)),
