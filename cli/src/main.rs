@@ -100,6 +100,8 @@ struct ServeArgs {
     /// Also serve MSGI over WebSocket on this address (one frame per binary
     /// message: browsers connect to ws://ADDR/), with the same settings,
     /// handler and registry (plain WebSocket: TLS applies to --listen).
+    /// Limits apply per listener: --max-connections N allows N TCP and N
+    /// WebSocket connections.
     #[arg(long, value_name = "ADDR")]
     ws_listen: Option<SocketAddr>,
     /// An origin whose pages may open WebSocket sessions (repeat for more;
@@ -603,11 +605,12 @@ async fn lost(client: &Client, wire: &stack::WireArgs) -> Hint {
             "check the address and port: is `msgi serve` (or another MSGI server) listening there? \
              (a TLS port needs --tls-ca)",
         )
-    } else if let Some(alert) = tls_alert(reason.as_ref()) {
+    } else if tls_alert(reason.as_ref()) {
         // The server's TLS refused this client after the handshake (TLS
         // 1.3 says so then): mutual TLS without an accepted certificate.
         (
-            format!("the server ended the TLS session ({alert})"),
+            // The alert itself is in the cause, printed after this.
+            "the server ended the TLS session with an alert".to_owned(),
             "under mutual TLS, give --tls-cert and --tls-key with a certificate \
              signed by a CA in the server's --client-ca",
         )
@@ -632,12 +635,12 @@ async fn lost(client: &Client, wire: &stack::WireArgs) -> Hint {
     }
 }
 
-/// The TLS alert that ended a connection, if one did.
-fn tls_alert(reason: Option<&ClientError>) -> Option<&str> {
-    match reason?.connection_error()? {
-        ConnectionError::Transport(text) if text.contains("fatal alert") => Some(text),
-        _ => None,
-    }
+/// Whether a TLS alert ended the connection.
+fn tls_alert(reason: Option<&ClientError>) -> bool {
+    matches!(
+        reason.and_then(ClientError::connection_error),
+        Some(ConnectionError::Transport(text)) if text.contains("fatal alert")
+    )
 }
 
 /// A failed TLS handshake: what it means and what to check.

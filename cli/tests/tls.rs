@@ -53,13 +53,37 @@ impl Serve {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let line = first_lines(&mut child, 1).remove(0);
         let addr = line.trim().strip_prefix("LISTENING ").unwrap().to_owned();
         Serve { child, addr }
     }
+}
+
+/// The first `n` lines of the child's stdout, read on a thread: bounded by
+/// a timeout (the child is killed if it does not announce in time).
+fn first_lines(child: &mut Child, n: usize) -> Vec<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = BufReader::new(stdout);
+        for _ in 0..n {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap_or(0) == 0 || tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    for _ in 0..n {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => lines.push(line),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("msgi serve did not announce its address: {e}");
+            }
+        }
+    }
+    lines
 }
 
 impl Drop for Serve {
@@ -223,6 +247,8 @@ fn send_without_a_client_certificate_hears_the_refusal_and_what_to_give() {
     let err = stderr(&out);
     assert!(err.contains("the server ended the TLS session"), "{err}");
     assert!(err.contains("CertificateRequired"), "{err}");
+    // The alert once: in the cause, not again in the message.
+    assert_eq!(err.matches("CertificateRequired").count(), 1, "{err}");
     assert!(
         err.contains("hint: under mutual TLS, give --tls-cert"),
         "{err}"

@@ -32,16 +32,40 @@ impl Serve {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut tcp = String::new();
-        out.read_line(&mut tcp).unwrap();
+        let lines = first_lines(&mut child, 2);
+        let (tcp, ws) = (&lines[0], &lines[1]);
         assert!(tcp.starts_with("LISTENING 127.0.0.1:"), "{tcp}");
-        let mut ws = String::new();
-        out.read_line(&mut ws).unwrap();
         let ws = ws.trim().strip_prefix("LISTENING ").unwrap().to_owned();
         assert!(ws.starts_with("ws://127.0.0.1:"), "{ws}");
         Serve { child, ws }
     }
+}
+
+/// The first `n` lines of the child's stdout, read on a thread: bounded by
+/// a timeout (the child is killed if it does not announce in time).
+fn first_lines(child: &mut Child, n: usize) -> Vec<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut out = BufReader::new(stdout);
+        for _ in 0..n {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap_or(0) == 0 || tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    for _ in 0..n {
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(line) => lines.push(line),
+            Err(e) => {
+                let _ = child.kill();
+                panic!("msgi serve did not announce its address: {e}");
+            }
+        }
+    }
+    lines
 }
 
 impl Drop for Serve {

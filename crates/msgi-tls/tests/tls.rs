@@ -441,7 +441,8 @@ async fn a_hundred_slow_handshakes_do_not_delay_a_tls_client_or_a_plain_one() {
     let plain = serve(Server::builder(), msgi::NoHandshake).await;
     let mut slow = slow_handshakers(server.addr, 100).await;
 
-    let start = tokio::time::Instant::now();
+    // Bounded: each step runs `within` 10 s, far below the 60 s handshake
+    // timeout the slow ones hold (no wall-clock assert on a busy machine).
     let connector = TlsConnector::builder("localhost")
         .root_certificates(vec![ca.der()])
         .build()
@@ -450,12 +451,6 @@ async fn a_hundred_slow_handshakes_do_not_delay_a_tls_client_or_a_plain_one() {
     assert_echoes(&client, "served while 100 handshakes hang").await;
     let plain_client = within(Client::connect(plain.addr)).await.unwrap();
     assert_echoes(&plain_client, "plain too").await;
-    // Bounded: far below the handshake timeout the slow ones hold.
-    assert!(
-        start.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        start.elapsed()
-    );
 
     // The slow ones are all still waiting (none refused, none closed).
     assert!(server.rejected.try_recv().is_err());
