@@ -117,6 +117,21 @@ export function decodeFrame(bytes) {
   };
 }
 
+// A WebSocket close reason is at most 123 bytes of UTF-8: cut `reason` to
+// that many, at a character boundary.
+function closeReason(reason) {
+  const encoder = new TextEncoder();
+  let out = "";
+  let bytes = 0;
+  for (const ch of String(reason)) {
+    const len = encoder.encode(ch).length;
+    if (bytes + len > 123) break;
+    out += ch;
+    bytes += len;
+  }
+  return out;
+}
+
 const DEFAULTS = {
   clientId: null, // announced with HELLO; null: the session id is the client id
   callTimeout: 10_000, // ms a call waits for its answer
@@ -125,6 +140,7 @@ const DEFAULTS = {
   backoffInitial: 250, // ms before the first reconnect attempt
   backoffMax: 10_000, // ms, the longest wait between attempts
   queueLimit: 256, // frames held while not connected; beyond, send/call fail at once
+  queueBytesLimit: 1024 * 1024, // bytes of those frames; beyond, send/call fail at once (not_connected)
   maxFrameSize: 1024 * 1024,
 };
 
@@ -139,8 +155,9 @@ export class MsgiClient extends EventTarget {
     this.sessionId = null;
     this.ws = null;
     this.state = "idle"; // idle, connecting, handshaking, open, closed
-    this.pending = new Map(); // request id -> {resolve, reject, timer}
-    this.queue = []; // encoded frames waiting for a session
+    this.pending = new Map(); // request id -> {resolve, reject, timer, sent}
+    this.queue = []; // {id, bytes}: encoded frames waiting for a session (id 0: not a call)
+    this.queueBytes = 0;
     this.nextId = 1;
     this.attempt = 0;
     this.timers = { heartbeat: null, reconnect: null };
@@ -158,7 +175,7 @@ export class MsgiClient extends EventTarget {
 
   /** Sends a one-way frame (no answer). Held while reconnecting. */
   send(payload, { kind = Kind.DATA } = {}) {
-    this.#enqueue(encodeFrame({ kind, payload }));
+    this.#enqueue(encodeFrame({ kind, payload }), 0);
   }
 
   /**
@@ -170,11 +187,12 @@ export class MsgiClient extends EventTarget {
       const id = this.#takeId();
       const timer = setTimeout(() => {
         this.pending.delete(id);
+        this.#unqueue(id); // a rejected call is never sent later
         reject(new MsgiError(`no answer within ${timeout} ms`, { code: "timeout" }));
       }, timeout);
-      this.pending.set(id, { resolve, reject, timer });
+      this.pending.set(id, { resolve, reject, timer, sent: false });
       try {
-        this.#enqueue(encodeFrame({ kind, payload, requestId: id }));
+        this.#enqueue(encodeFrame({ kind, payload, requestId: id }), id);
       } catch (e) {
         clearTimeout(timer);
         this.pending.delete(id);
@@ -189,7 +207,7 @@ export class MsgiClient extends EventTarget {
     const ws = this.ws;
     if (ws && ws.readyState === WebSocket.OPEN) {
       ws.send(encodeFrame({ kind: Kind.DISCONNECT, payload: reason }));
-      ws.close(1000, reason.slice(0, 60));
+      ws.close(1000, closeReason(reason));
     } else if (ws) {
       ws.close();
     }
@@ -205,18 +223,40 @@ export class MsgiClient extends EventTarget {
     return this.nextId;
   }
 
-  #enqueue(bytes) {
+  // Sends now when open, else queues (at most queueLimit frames and
+  // queueBytesLimit bytes: beyond either, throws not_connected and queues
+  // nothing). `id`: the call's request id, 0 for a one-way frame.
+  #enqueue(bytes, id) {
     if (this.state === "closed") throw new MsgiError("client closed", { code: "closed" });
     if (bytes.length > this.options.maxFrameSize) throw new MsgiError("frame too large", { code: "too_large" });
     if (this.state === "open" && this.ws && this.ws.readyState === WebSocket.OPEN) {
       this.ws.send(bytes);
+      this.#markSent(id);
       return;
     }
-    if (this.queue.length >= this.options.queueLimit) {
+    if (
+      this.queue.length >= this.options.queueLimit ||
+      this.queueBytes + bytes.length > this.options.queueBytesLimit
+    ) {
       throw new MsgiError("not connected and the queue is full", { code: "not_connected" });
     }
-    this.queue.push(bytes);
+    this.queue.push({ id, bytes });
+    this.queueBytes += bytes.length;
     if (this.state === "idle") this.#open();
+  }
+
+  #markSent(id) {
+    const call = id ? this.pending.get(id) : undefined;
+    if (call) call.sent = true;
+  }
+
+  // Drops the queued frame of call `id`, if it is still queued.
+  #unqueue(id) {
+    const at = this.queue.findIndex((entry) => entry.id === id);
+    if (at >= 0) {
+      this.queueBytes -= this.queue[at].bytes.length;
+      this.queue.splice(at, 1);
+    }
   }
 
   #open() {
@@ -254,7 +294,11 @@ export class MsgiClient extends EventTarget {
     this.attempt = 0;
     const queued = this.queue;
     this.queue = [];
-    for (const bytes of queued) this.ws.send(bytes);
+    this.queueBytes = 0;
+    for (const { id, bytes } of queued) {
+      this.ws.send(bytes);
+      this.#markSent(id);
+    }
     clearInterval(this.timers.heartbeat);
     this.timers.heartbeat = setInterval(() => {
       if (this.ws && this.ws.readyState === WebSocket.OPEN) {
@@ -332,19 +376,23 @@ export class MsgiClient extends EventTarget {
     if (this.ws) this.ws.close(1002, "protocol error");
   }
 
-  #failPending(why) {
-    for (const [, call] of this.pending) {
+  // Rejects the calls sent on the lost connection (all calls when
+  // `everyCall`, the client being closed); calls still queued wait for the
+  // next session.
+  #failPending(why, everyCall) {
+    for (const [id, call] of this.pending) {
+      if (!everyCall && !call.sent) continue;
       clearTimeout(call.timer);
+      this.pending.delete(id);
       call.reject(new MsgiError(why, { code: "connection_lost" }));
     }
-    this.pending.clear();
   }
 
   #lost(code, reason) {
     clearInterval(this.timers.heartbeat);
     this.ws = null;
     this.sessionId = null;
-    this.#failPending(`connection lost (${code}${reason ? ` ${reason}` : ""})`);
+    this.#failPending(`connection lost (${code}${reason ? ` ${reason}` : ""})`, false);
     const willReconnect = this.state !== "closed" && this.options.reconnect;
     this.#emit("close", { code, reason, willReconnect });
     if (!willReconnect) {
@@ -366,8 +414,9 @@ export class MsgiClient extends EventTarget {
     this.state = "closed";
     clearInterval(this.timers.heartbeat);
     clearTimeout(this.timers.reconnect);
-    this.#failPending(why);
+    this.#failPending(why, true);
     this.queue = [];
+    this.queueBytes = 0;
     this.#settleWaiters(new MsgiError(why, { code: "closed" }));
   }
 
