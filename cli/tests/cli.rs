@@ -622,7 +622,15 @@ fn send_fails_when_a_one_way_frame_is_answered_with_error() {
 fn serve_limits_connections_per_address() {
     use std::io::Read;
     let server = Serve::start(&["--max-connections-per-ip", "1"]);
-    let first = std::net::TcpStream::connect(&server.addr).unwrap();
+    // Each connection takes its address's place in its own task, once
+    // accepted: a PING answered on the first means it holds the place before
+    // the second connects (two connections at once race for it).
+    let mut first = std::net::TcpStream::connect(&server.addr).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    std::io::Write::write_all(&mut first, &frame(0x001, None, b"hold")).unwrap();
+    assert_eq!(read_frame(&mut first), (0x002, None, b"hold".to_vec()));
     // The second connection from 127.0.0.1 is refused with ERROR and closed.
     let mut second = std::net::TcpStream::connect(&server.addr).unwrap();
     second
