@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -12,6 +11,9 @@ use futures_util::{SinkExt, StreamExt};
 use msgi::{Frame, FrameCodec, Framing};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+mod support;
+use support::first_lines;
 
 const MSGI: &str = env!("CARGO_BIN_EXE_msgi");
 const LIMIT: Duration = Duration::from_secs(10);
@@ -39,33 +41,6 @@ impl Serve {
         assert!(ws.starts_with("ws://127.0.0.1:"), "{ws}");
         Serve { child, ws }
     }
-}
-
-/// The first `n` lines of the child's stdout, read on a thread: bounded by
-/// a timeout (the child is killed if it does not announce in time).
-fn first_lines(child: &mut Child, n: usize) -> Vec<String> {
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut out = BufReader::new(stdout);
-        for _ in 0..n {
-            let mut line = String::new();
-            if out.read_line(&mut line).unwrap_or(0) == 0 || tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let mut lines = Vec::new();
-    for _ in 0..n {
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(line) => lines.push(line),
-            Err(e) => {
-                let _ = child.kill();
-                panic!("msgi serve did not announce its address: {e}");
-            }
-        }
-    }
-    lines
 }
 
 impl Drop for Serve {
