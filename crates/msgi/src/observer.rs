@@ -107,6 +107,60 @@ pub trait Observer: Send + Sync + 'static {
     fn session_activity(&self, session: &Session, activity: &Activity) {}
 }
 
+/// A shared observer: the application keeps a handle (to read its
+/// metrics, say) and gives the server a clone.
+impl<O: Observer + ?Sized> Observer for std::sync::Arc<O> {
+    fn session_opened(&self, session: &Session) {
+        (**self).session_opened(session);
+    }
+
+    fn session_closed(&self, session: &Session, reason: &CloseReason) {
+        (**self).session_closed(session, reason);
+    }
+
+    fn connection_rejected(&self, rejection: Rejection) {
+        (**self).connection_rejected(rejection);
+    }
+
+    fn session_activity(&self, session: &Session, activity: &Activity) {
+        (**self).session_activity(session, activity);
+    }
+}
+
+/// Two observers told the same things, the first first: metrics and a live
+/// view at once. Nest pairs for more: `(a, (b, c))`.
+///
+/// ```
+/// # use msgi::{Observer, Session};
+/// # #[derive(Default)] struct Metrics; impl Observer for Metrics {}
+/// # #[derive(Default)] struct LiveView; impl Observer for LiveView {}
+/// let server = msgi::Server::builder()
+///     .observer((Metrics::default(), LiveView::default()))
+///     .build()?;
+/// # Ok::<(), msgi::ConfigError>(())
+/// ```
+impl<A: Observer, B: Observer> Observer for (A, B) {
+    fn session_opened(&self, session: &Session) {
+        self.0.session_opened(session);
+        self.1.session_opened(session);
+    }
+
+    fn session_closed(&self, session: &Session, reason: &CloseReason) {
+        self.0.session_closed(session, reason);
+        self.1.session_closed(session, reason);
+    }
+
+    fn connection_rejected(&self, rejection: Rejection) {
+        self.0.connection_rejected(rejection);
+        self.1.connection_rejected(rejection);
+    }
+
+    fn session_activity(&self, session: &Session, activity: &Activity) {
+        self.0.session_activity(session, activity);
+        self.1.session_activity(session, activity);
+    }
+}
+
 /// The kinds of frame counted apart in [`ByKind`]: one per kind the
 /// protocol defines, one for all application kinds (`0x100`-`0xFFF`), one
 /// for reserved kinds (a peer's mistake). A bounded set of labels.

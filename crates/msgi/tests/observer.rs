@@ -281,3 +281,76 @@ fn counted(frames: &[Frame]) -> Vec<(&'static str, u64, u64)> {
         .map(|f| (kind_label(f.kind()), 1, wire_len(f)))
         .collect()
 }
+
+/// Counts each call, for the fan-out test.
+#[derive(Default)]
+struct Calls {
+    opened: std::sync::atomic::AtomicU32,
+    frames_in: std::sync::atomic::AtomicU64,
+    closed: std::sync::atomic::AtomicU32,
+    rejected: std::sync::atomic::AtomicU32,
+}
+
+impl Observer for Calls {
+    fn session_opened(&self, _session: &Session) {
+        self.opened
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn session_activity(&self, _session: &Session, activity: &Activity) {
+        self.frames_in.fetch_add(
+            activity.frames_in.frames(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+    fn session_closed(&self, _session: &Session, _reason: &CloseReason) {
+        self.closed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn connection_rejected(&self, _rejection: msgi::Rejection) {
+        self.rejected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Calls {
+    fn get(&self) -> (u32, u64, u32, u32) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.opened.load(Relaxed),
+            self.frames_in.load(Relaxed),
+            self.closed.load(Relaxed),
+            self.rejected.load(Relaxed),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_pair_of_observers_and_a_shared_one_are_each_told_everything() {
+    let (first, second) = (Arc::new(Calls::default()), Arc::new(Calls::default()));
+    let (closed_tx, mut closed) = mpsc::unbounded_channel();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let builder = Server::builder()
+        .heartbeat_interval(None)
+        .max_connections(1)
+        .observer((first.clone(), (second.clone(), Recording(seen, closed_tx))));
+    let mut server = serve(builder, service()).await;
+    let mut peer = RawPeer::connect(server.addr).await;
+    let mut wire = Vec::new();
+    for id in 1..=3 {
+        wire.extend_from_slice(&peer.encode(Frame::data("x").with_request_id(id)));
+    }
+    peer.write(&wire).await;
+    for _ in 0..3 {
+        peer.recv().await.expect("an answer");
+    }
+    // The one place is taken: a second connection is rejected.
+    let mut refused = RawPeer::connect(server.addr).await;
+    let error = refused.recv().await.expect("the server's ERROR");
+    assert_eq!(error.kind(), Kind::ERROR);
+    peer.stream.shutdown().await.unwrap();
+    peer.read_to_end().await;
+    within(closed.recv()).await.unwrap();
+    server.shutdown().await;
+    assert_eq!(first.get(), (1, 3, 1, 1));
+    assert_eq!(second.get(), (1, 3, 1, 1));
+}
