@@ -16,6 +16,9 @@ mod bench;
 mod demo;
 mod flags;
 mod gateway;
+// The endpoints of `--metrics` and `--admin` (this allow goes when `--metrics` lands).
+#[allow(dead_code)]
+mod http;
 mod numbered;
 mod reference;
 mod stack;
