@@ -19,7 +19,7 @@ use std::time::Instant;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tower::Service;
 
-use crate::observer::{Activity, Counts, ErrorCause, Observer, LATENCIES};
+use crate::observer::{Activity, Counts, Depths, ErrorCause, Observer, LATENCIES};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Session, IDLE_OUTBOX_SLOTS};
 use crate::transport::{now, Alarm, ReadError, Transport};
@@ -86,6 +86,8 @@ struct Tally {
     /// When each request answered since the last report was read.
     started: [Instant; LATENCIES],
     answered: usize,
+    /// The depths the last report gave (write queue, outbox, in flight).
+    reported: Depths,
 }
 
 impl Tally {
@@ -105,6 +107,7 @@ impl Tally {
             read_at: now,
             started: [now; LATENCIES],
             answered: 0,
+            reported: Depths::default(),
         })
     }
 }
@@ -274,7 +277,7 @@ where
             if let Some(closed) = self.conn.closed() {
                 let reason = self.finish(closed);
                 if self.tally.is_some() {
-                    self.report();
+                    self.report_end();
                 }
                 return Poll::Ready(reason);
             }
@@ -312,18 +315,42 @@ where
     /// depths it left, and starts counting afresh.
     #[inline(never)]
     fn report(&mut self) {
+        self.report_depths(false);
+    }
+
+    /// The session's last report: its depths are zero from now on.
+    #[inline(never)]
+    fn report_end(&mut self) {
+        self.report_depths(true);
+    }
+
+    fn report_depths(&mut self, ended: bool) {
         let Some(tally) = &mut self.tally else {
             return;
         };
         let stalled = std::mem::take(&mut tally.stalled);
-        if tally.answered == 0 && !stalled && tally.activity.is_empty() {
+        let counted = tally.answered > 0 || stalled || !tally.activity.is_empty();
+        // Depths are read only when something was counted or the last
+        // report left some (a quiet session with nothing queued reads none).
+        if !counted && tally.reported == Depths::default() {
+            return;
+        }
+        let depths = if ended {
+            Depths::default()
+        } else {
+            Depths {
+                write_queue: self.transport.pending_write(),
+                outbox: self.session.outbox_len(),
+                in_flight: self.conn.outstanding(),
+            }
+        };
+        if !counted && depths == tally.reported {
             return;
         }
         let started = tally.started.get(..tally.answered).unwrap_or_default();
         let mut activity = Activity::new(&tally.activity, started, now(), u32::from(stalled));
-        activity.write_queue = self.transport.pending_write();
-        activity.in_flight = self.conn.outstanding();
-        activity.outbox = self.session.outbox_len();
+        activity.set_depths(depths, tally.reported);
+        tally.reported = depths;
         tally.observer.session_activity(&self.session, &activity);
         tally.answered = 0;
         tally.activity.clear();

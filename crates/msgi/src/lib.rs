@@ -69,7 +69,7 @@ pub use msgi_proto::{
     Framing, Kind, LineCodec, MakeFraming, MakeTransform, SessionKeys, SessionParams, Side,
     Transformed, Wire, WriteBuf, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
 };
-pub use observer::{kind_label, Activity, ByKind, ErrorCause, Observer, Rejection};
+pub use observer::{kind_label, Activity, ByKind, DepthChanges, ErrorCause, Observer, Rejection};
 pub use registry::{
     Backplane, BackplaneError, Delivery, Envelope, LocalNode, MemoryBackplane, Presence, Registry,
     RegistryBuilder, Remote, Sent, Target,

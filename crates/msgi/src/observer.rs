@@ -103,7 +103,8 @@ pub trait Observer: Send + Sync + 'static {
     fn connection_rejected(&self, rejection: Rejection) {}
 
     /// What `session`'s task did in one wake-up (see [`Activity`]); only
-    /// for a wake-up that read, queued or wrote something, or saw an error.
+    /// for a wake-up that read, queued or wrote something, saw an error, or
+    /// left other queue depths than the last report gave.
     fn session_activity(&self, session: &Session, activity: &Activity) {}
 }
 
@@ -332,10 +333,35 @@ pub struct Activity {
     /// Pushed frames waiting in the session's outbox, after the wake-up.
     pub outbox: usize,
     /// Requests read and not yet answered, after the wake-up.
+    ///
+    /// All three depths are zero in a session's last report (as it ends).
     pub in_flight: usize,
     errors: [u32; ErrorCause::ALL.len()],
     latencies: [Duration; LATENCIES],
     answered: usize,
+    previous: Depths,
+}
+
+/// A session's queue depths, as one report left them (see
+/// [`Activity::depth_changes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Depths {
+    pub(crate) write_queue: usize,
+    pub(crate) outbox: usize,
+    pub(crate) in_flight: usize,
+}
+
+/// How a session's depths changed since its previous report, new minus
+/// old (see [`Activity::depth_changes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DepthChanges {
+    /// Change of [`Activity::write_queue`], in bytes.
+    pub write_queue: i64,
+    /// Change of [`Activity::outbox`], in frames.
+    pub outbox: i64,
+    /// Change of [`Activity::in_flight`], in requests.
+    pub in_flight: i64,
 }
 
 impl Activity {
@@ -362,6 +388,32 @@ impl Activity {
         self.errors[cause.index()]
     }
 
+    /// How the depths changed since the session's previous report (from
+    /// zero for its first). A session is reported when its depths change,
+    /// even if it did nothing else, and its last report (as it ends) gives
+    /// depths of zero: so these changes, added up over every report of
+    /// every session, are the server's current totals (bytes waiting to be
+    /// written, pushes waiting in outboxes, requests in flight) with no
+    /// per-session state in the observer.
+    pub fn depth_changes(&self) -> DepthChanges {
+        let change = |new: usize, old: usize| {
+            i64::try_from(new).unwrap_or(i64::MAX) - i64::try_from(old).unwrap_or(i64::MAX)
+        };
+        DepthChanges {
+            write_queue: change(self.write_queue, self.previous.write_queue),
+            outbox: change(self.outbox, self.previous.outbox),
+            in_flight: change(self.in_flight, self.previous.in_flight),
+        }
+    }
+
+    /// Sets the depths this report gives, and those of the previous one.
+    pub(crate) fn set_depths(&mut self, depths: Depths, previous: Depths) {
+        self.write_queue = depths.write_queue;
+        self.outbox = depths.outbox;
+        self.in_flight = depths.in_flight;
+        self.previous = previous;
+    }
+
     /// The report of `counts`, with the latencies of the requests read at
     /// `started` and answered by `now`, and the depths the wake-up left.
     pub(crate) fn new(
@@ -385,6 +437,7 @@ impl Activity {
             errors: counts.errors,
             latencies,
             answered: started.len().min(LATENCIES),
+            previous: Depths::default(),
         }
     }
 }

@@ -354,3 +354,63 @@ async fn a_pair_of_observers_and_a_shared_one_are_each_told_everything() {
     assert_eq!(first.get(), (1, 3, 1, 1));
     assert_eq!(second.get(), (1, 3, 1, 1));
 }
+
+/// Sends every report on a channel, and `None` at the close.
+struct Reports(mpsc::UnboundedSender<Option<Activity>>);
+
+impl Observer for Reports {
+    fn session_activity(&self, _session: &Session, activity: &Activity) {
+        let _ = self.0.send(Some(activity.clone()));
+    }
+    fn session_closed(&self, _session: &Session, _reason: &CloseReason) {
+        let _ = self.0.send(None);
+    }
+}
+
+/// Depth changes add up to the depths each report gives, and to zero once
+/// the session is gone, even one that ends with a request in flight.
+#[tokio::test]
+async fn depth_changes_add_up_to_the_depths_and_to_zero_at_the_end() {
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let builder = Server::builder()
+        .heartbeat_interval(None)
+        .observer(Reports(tx));
+    let hang = tower::service_fn(|_frame: Frame| {
+        std::future::pending::<Result<Option<Frame>, std::convert::Infallible>>()
+    });
+    let mut server = serve(builder, hang).await;
+    let mut peer = RawPeer::connect(server.addr).await;
+    peer.send(Frame::data("hang").with_request_id(1)).await;
+    let mut sums = [0i64; 3];
+    let mut add = |activity: &Activity| {
+        let change = activity.depth_changes();
+        sums[0] += change.write_queue;
+        sums[1] += change.outbox;
+        sums[2] += change.in_flight;
+        let depths = [
+            activity.write_queue as i64,
+            activity.outbox as i64,
+            activity.in_flight as i64,
+        ];
+        assert_eq!(sums, depths, "{activity:?}");
+        depths
+    };
+    // Until the request is with the service.
+    loop {
+        let activity = within(reports.recv()).await.unwrap().expect("a report");
+        if add(&activity)[2] == 1 {
+            break;
+        }
+    }
+    // The peer resets the connection: the session ends, its request unanswered.
+    peer.stream.set_zero_linger().unwrap();
+    drop(peer);
+    let mut last = None;
+    while let Some(activity) = within(reports.recv()).await.unwrap() {
+        add(&activity);
+        last = Some(activity);
+    }
+    let last = last.expect("a last report");
+    assert_eq!((last.write_queue, last.outbox, last.in_flight), (0, 0, 0));
+    server.shutdown().await;
+}
