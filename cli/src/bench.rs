@@ -10,6 +10,8 @@
 
 #[path = "bench_ack.rs"]
 mod bench_ack;
+#[path = "bench_ws.rs"]
+mod bench_ws;
 #[path = "bench_fanout.rs"]
 mod fanout;
 pub(crate) use fanout::{serve as fanout_serve, FanoutServerArgs};
@@ -37,6 +39,9 @@ use crate::tls::BenchTls;
 
 /// The name of the msgi-over-TLS server in the runs and the report.
 const MSGI_TLS: &str = "msgi+tls";
+/// The name of msgi over WebSocket (`msgi serve --ws-listen`) in the runs
+/// and the report.
+const MSGI_WS: &str = "msgi+ws";
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct BenchArgs {
@@ -92,6 +97,12 @@ pub(crate) struct BenchArgs {
     /// alternately with the others (throughput, latency, idle).
     #[arg(long)]
     tls: bool,
+    /// Also run msgi over WebSocket (server `msgi+ws`: `msgi serve
+    /// --ws-listen`; the generator sends each frame as one binary
+    /// WebSocket message), alternately with the others (throughput,
+    /// latency). With --addr: the address is a WebSocket listener's.
+    #[arg(long)]
+    ws: bool,
     /// Throughput of one-way frames sent with msgi's client against
     /// `msgi serve --ack`: plain (counted once written) and with
     /// acknowledged delivery (counted once acknowledged), alternately.
@@ -166,7 +177,7 @@ impl ChildServer {
                 &subset,
             ]);
             cmd.args(wire.to_args());
-        } else if kind == "msgi" || kind == MSGI_TLS || args.ack {
+        } else if kind == "msgi" || kind == MSGI_TLS || kind == MSGI_WS || args.ack {
             cmd.args([
                 "serve",
                 "--listen",
@@ -184,6 +195,9 @@ impl ChildServer {
             if let (MSGI_TLS, Some(tls)) = (kind, tls) {
                 cmd.args(tls.serve.to_args());
             }
+            if kind == MSGI_WS {
+                cmd.args(["--ws-listen", "127.0.0.1:0"]);
+            }
         } else {
             cmd.args(["reference-server", "--listen", "127.0.0.1:0"]);
         }
@@ -192,13 +206,23 @@ impl ChildServer {
             .stderr(Stdio::inherit());
         let mut child = cmd.spawn().context("starting the server process")?;
         let stdout = child.stdout.take().context("no stdout")?;
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
+        stdout.read_line(&mut line)?;
+        if kind == MSGI_WS {
+            // The second line: `LISTENING ws://ADDR/`.
+            line.clear();
+            stdout.read_line(&mut line)?;
+        }
+        let announced = line
             .trim()
             .strip_prefix("LISTENING ")
-            .context("server did not announce its address")?
-            .parse()?;
+            .context("server did not announce its address")?;
+        let addr = match announced.strip_prefix("ws://") {
+            Some(ws) => ws.trim_end_matches('/'),
+            None => announced,
+        };
+        let addr = addr.parse()?;
         Ok(ChildServer { child, addr })
     }
 
@@ -251,6 +275,17 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     } else {
         None
     };
+    if args.ws {
+        if args.servers == Servers::Reference || args.tls || args.ack {
+            bail!("--ws runs msgi over WebSocket: not with --servers reference, --tls or --ack");
+        }
+        if !matches!(args.mode, Mode::Throughput | Mode::Latency) {
+            bail!("--ws measures throughput and latency");
+        }
+        if args.wire.psk()?.is_some() {
+            bail!("--key-file runs the pre-shared-key handshake on TCP only: not with --ws");
+        }
+    }
     if args.mode == Mode::Fanout {
         // Before the server starts: it inherits the limit.
         fanout::prepare(args.sessions)?;
@@ -258,13 +293,16 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     if let Some(addr) = args.addr {
         for round in 0..args.rounds {
-            results.push(measure(&args, size, "target", round, addr, args.pid, None).await?);
+            let dial = if args.ws { Dial::Ws } else { Dial::Tcp };
+            results.push(measure(&args, size, "target", round, addr, args.pid, dial).await?);
         }
     } else {
         let kinds: &[&str] = match (args.servers, tls.is_some()) {
             // The reference server does not broadcast.
             _ if args.mode == Mode::Fanout => &["fanout"],
             _ if args.ack => &[bench_ack::PLAIN, bench_ack::ACKED],
+            _ if args.ws && args.servers == Servers::Both => &["msgi", MSGI_WS, "reference"],
+            _ if args.ws => &["msgi", MSGI_WS],
             (Servers::Both, false) => &["msgi", "reference"],
             (Servers::Both, true) => &["msgi", MSGI_TLS, "reference"],
             (Servers::Msgi, false) => &["msgi"],
@@ -276,7 +314,12 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
                 let tls = tls.as_ref().filter(|_| *kind == MSGI_TLS);
                 let server = ChildServer::start(kind, &args, tls)?;
                 let pid = Some(server.pid());
-                let m = measure(&args, size, kind, round, server.addr, pid, tls).await?;
+                let dial = match tls {
+                    Some(tls) => Dial::Tls(tls),
+                    None if *kind == MSGI_WS => Dial::Ws,
+                    None => Dial::Tcp,
+                };
+                let m = measure(&args, size, kind, round, server.addr, pid, dial).await?;
                 results.push(m);
             }
         }
@@ -291,9 +334,13 @@ async fn measure(
     round: usize,
     addr: SocketAddr,
     pid: Option<u32>,
-    tls: Option<&BenchTls>,
+    dial: Dial<'_>,
 ) -> Result<Measurement> {
     let label = format!("{server} #{}", round + 1);
+    let tls = match dial {
+        Dial::Tls(tls) => Some(tls),
+        Dial::Tcp | Dial::Ws => None,
+    };
     let cpu_before = pid.and_then(cpu_time);
     let mut m = match args.mode {
         Mode::Throughput if args.ack => {
@@ -308,11 +355,11 @@ async fn measure(
                 args.depth,
                 args.one_way,
                 &label,
-                tls,
+                dial,
             )
             .await?
         }
-        Mode::Latency => throughput(args, addr, size, 1, 1, false, &label, tls).await?,
+        Mode::Latency => throughput(args, addr, size, 1, 1, false, &label, dial).await?,
         Mode::Connect => connect_loops(args, addr, &label).await?,
         Mode::Idle => idle(args, addr, pid, &label, tls).await?,
         Mode::Fanout => fanout::fanout(args, size, addr, pid).await?,
@@ -390,7 +437,7 @@ async fn throughput(
     depth: usize,
     one_way: bool,
     label: &str,
-    tls: Option<&BenchTls>,
+    dial: Dial<'_>,
 ) -> Result<Measurement> {
     let payload = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     let run = Run::begin(args, label)?;
@@ -409,18 +456,22 @@ async fn throughput(
         // sequence, and nonce prefix), as the sending and receiving halves
         // of one connection.
         let (mut enc, mut dec) = (framing(&args.wire)?, framing(&args.wire)?);
-        let task = match tls {
-            Some(tls) => {
+        let task = match dial {
+            Dial::Tls(tls) => {
                 let mut io = tls.connect(addr).await?;
                 handshake(&args.wire, &mut io, &mut [&mut enc, &mut dec]).await?;
                 let (rd, wr) = tokio::io::split(io);
-                tokio::spawn(conn.run(rd, wr, enc, dec))
+                tokio::spawn(conn.run(Bytewise(rd), Bytewise(wr), enc, dec))
             }
-            None => {
+            Dial::Tcp => {
                 let mut stream = TcpStream::connect(addr).await.context("connecting")?;
                 stream.set_nodelay(true)?;
                 handshake(&args.wire, &mut stream, &mut [&mut enc, &mut dec]).await?;
                 let (rd, wr) = stream.into_split();
+                tokio::spawn(conn.run(Bytewise(rd), Bytewise(wr), enc, dec))
+            }
+            Dial::Ws => {
+                let (rd, wr) = bench_ws::connect(addr).await?;
                 tokio::spawn(conn.run(rd, wr, enc, dec))
             }
         };
@@ -490,6 +541,62 @@ impl Run {
     }
 }
 
+/// How the generator reaches the server under test.
+#[derive(Clone, Copy)]
+enum Dial<'a> {
+    /// Plain TCP.
+    Tcp,
+    /// TLS with the throwaway certificate of `msgi+tls`.
+    Tls(&'a BenchTls),
+    /// WebSocket: one frame per binary message (`msgi+ws`).
+    Ws,
+}
+
+/// Where a bench connection's frames go.
+trait FrameSink: Send + 'static {
+    /// Sends the frames encoded in `out`, the `n`th ending at `ends[n]`.
+    fn send(
+        &mut self,
+        out: &mut BytesMut,
+        ends: &[usize],
+    ) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    /// Nothing more will be sent (the answers may still be coming).
+    fn stop(&mut self) -> impl std::future::Future<Output = ()> + Send;
+    /// Every answer has come.
+    fn finish(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Where a bench connection's answers come from.
+trait FrameSource: Send + 'static {
+    /// Appends what arrived to `buf`: 0 at the end of the stream.
+    fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send;
+}
+
+/// A byte stream's half: frames go out in one write, answers are read in chunks.
+struct Bytewise<T>(T);
+
+impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for Bytewise<W> {
+    async fn send(&mut self, out: &mut BytesMut, _ends: &[usize]) -> std::io::Result<()> {
+        self.0.write_all(out).await
+    }
+
+    async fn stop(&mut self) {
+        // A half-close: the server answers what it read, then closes.
+        let _ = self.0.shutdown().await;
+    }
+
+    async fn finish(self) {}
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> FrameSource for Bytewise<R> {
+    async fn read_into(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        self.0.read_buf(buf).await
+    }
+}
+
 struct Connection {
     payload: Bytes,
     depth: usize,
@@ -501,17 +608,13 @@ struct Connection {
 
 impl Connection {
     /// Runs one connection; returns its latency histogram (nanoseconds).
-    async fn run<R, W>(
+    async fn run<R: FrameSource, W: FrameSink>(
         self,
         mut rd: R,
         mut wr: W,
         mut enc: crate::stack::Framing,
         mut dec: crate::stack::Framing,
-    ) -> Result<Histogram<u64>>
-    where
-        R: AsyncRead + Unpin + Send + 'static,
-        W: AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Result<Histogram<u64>> {
         // Request ids are slots 0..depth; a slot is free again once answered.
         let (free_tx, mut free_rx) = mpsc::unbounded_channel::<u32>();
         for id in 0..self.depth as u32 {
@@ -525,6 +628,9 @@ impl Connection {
             let deadline = self.deadline;
             tokio::spawn(async move {
                 let mut out = BytesMut::new();
+                // Where each frame of `out` ends (a WebSocket sends one
+                // message per frame).
+                let mut ends = Vec::with_capacity(32);
                 while let Some(first) = free_rx.recv().await {
                     if Instant::now() >= deadline {
                         break;
@@ -539,13 +645,15 @@ impl Connection {
                             .map_err(|_| anyhow::anyhow!("poisoned"))?
                             .record(slot, one_way);
                         enc.encode(frame, &mut out)?;
+                        ends.push(out.len());
                         id = free_rx.try_recv().ok();
                     }
-                    wr.write_all(&out).await?;
+                    wr.send(&mut out, &ends).await?;
                     out.clear();
+                    ends.clear();
                 }
-                let _ = wr.shutdown().await;
-                Ok::<_, anyhow::Error>(())
+                wr.stop().await;
+                Ok::<_, anyhow::Error>(wr)
             })
         };
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -592,7 +700,7 @@ impl Connection {
             }
             // Wake up now and then to notice the writer has stopped.
             let read =
-                tokio::time::timeout(Duration::from_millis(100), rd.read_buf(&mut buf)).await;
+                tokio::time::timeout(Duration::from_millis(100), rd.read_into(&mut buf)).await;
             match read {
                 Ok(Ok(0)) => break 'read,
                 Err(_) if Instant::now() > self.deadline + Duration::from_secs(10) => break 'read,
@@ -601,7 +709,7 @@ impl Connection {
             }
         }
         drop(free_tx);
-        writer.await??;
+        writer.await??.finish().await;
         self.errors.fetch_add(outstanding as u64, Ordering::Relaxed);
         Ok(hist)
     }
@@ -927,6 +1035,21 @@ fn report(args: &BenchArgs, size: usize, results: &[Measurement]) -> Result<()> 
             ratio(t.p50_us, a.p50_us)
         );
         if let (Some(x), Some(y)) = (t.server_cpu_us_per_msg, a.server_cpu_us_per_msg) {
+            print!(", cpu/msg {:.2}", ratio(x, y));
+        }
+        println!();
+    }
+    if let (Some(w), Some(a)) = (
+        medians.iter().find(|m| m.server == MSGI_WS),
+        medians.iter().find(|m| m.server == "msgi"),
+    ) {
+        let ratio = |x: f64, y: f64| if y > 0.0 { x / y } else { f64::NAN };
+        print!(
+            "msgi+ws / msgi: rate {:.2}, p50 {:.2}",
+            ratio(w.msgs_per_sec, a.msgs_per_sec),
+            ratio(w.p50_us, a.p50_us)
+        );
+        if let (Some(x), Some(y)) = (w.server_cpu_us_per_msg, a.server_cpu_us_per_msg) {
             print!(", cpu/msg {:.2}", ratio(x, y));
         }
         println!();

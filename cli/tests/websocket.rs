@@ -102,3 +102,47 @@ async fn serve_answers_over_websocket() {
         Ok(_) => panic!("another origin was let in"),
     }
 }
+
+#[test]
+fn bench_runs_msgi_over_websocket_next_to_plain_msgi() {
+    let run = |mode: &str, extra: &[&str]| {
+        let out = Command::new(MSGI)
+            .args(["bench", mode, "--servers", "msgi", "--ws", "--rounds", "1"])
+            .args(["-t", "0.2", "--json"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["runs"].as_array().unwrap().clone()
+    };
+    for (mode, extra) in [
+        ("throughput", &["-c", "2", "-d", "4"][..]),
+        (
+            "throughput",
+            &["-c", "1", "-d", "4", "--one-way", "--compress"][..],
+        ),
+        ("latency", &[][..]),
+    ] {
+        let runs = run(mode, extra);
+        let servers: Vec<&str> = runs.iter().map(|r| r["server"].as_str().unwrap()).collect();
+        assert_eq!(servers, ["msgi", "msgi+ws"], "{mode} {extra:?}");
+        for run in &runs {
+            assert!(run["messages"].as_u64().unwrap() > 0, "{run}");
+            assert_eq!(
+                run["errors"].as_u64(),
+                Some(0),
+                "every echo verified: {run}"
+            );
+        }
+    }
+    // Modes it does not measure are refused before any server starts.
+    let out = Command::new(MSGI)
+        .args(["bench", "idle", "--ws"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ws measures throughput and latency"));
+}
