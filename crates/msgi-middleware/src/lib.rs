@@ -79,6 +79,7 @@ pub mod hmac;
 pub mod psk;
 #[cfg(feature = "rate-limit")]
 pub mod rate_limit;
+mod refused;
 #[cfg(feature = "timeout")]
 pub mod timeout;
 mod wire;
@@ -96,6 +97,7 @@ pub use hmac::{Sign, SignError, SignSession};
 pub use psk::{AuthenticatedKey, PresharedKeys, Psk, PskError};
 #[cfg(feature = "rate-limit")]
 pub use rate_limit::{Limit, RateLimit, RateLimitLayer, RatePolicy};
+pub use refused::Refused;
 #[cfg(feature = "timeout")]
 pub use timeout::{FrameTimeout, FrameTimeoutLayer};
 pub use wire::WireExt;

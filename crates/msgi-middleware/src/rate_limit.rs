@@ -569,6 +569,7 @@ impl<F> ResponseFuture<F> {
     fn limited(frame: &Frame) -> Self {
         let mut answer = Frame::error("rate limited");
         answer.set_request_id(frame.request_id());
+        answer.extensions_mut().insert(crate::Refused::RateLimit);
         ResponseFuture {
             state: State::Limited {
                 answer: Some(answer),
@@ -635,6 +636,10 @@ mod tests {
         }
         let out = call(&mut svc, Frame::data("x").with_request_id(7)).await;
         assert_eq!(out, Frame::error("rate limited").with_request_id(7));
+        assert_eq!(
+            out.extensions().get::<crate::Refused>(),
+            Some(&crate::Refused::RateLimit)
+        );
         // A clone charges the same budget (these frames carry no session,
         // so the value and its clones are one "session")...
         let mut other = svc.clone();

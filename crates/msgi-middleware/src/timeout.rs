@@ -138,6 +138,7 @@ where
         ready!(this.sleep.poll(cx));
         let mut error = Frame::error(format!("timed out after {} ms", this.timeout.as_millis()));
         error.set_request_id(*this.request_id);
+        error.extensions_mut().insert(crate::Refused::Timeout);
         Poll::Ready(Ok(Some(error)))
     }
 }
@@ -163,6 +164,10 @@ mod tests {
         assert_eq!(answer.kind(), Kind::ERROR);
         assert_eq!(answer.request_id(), Some(5));
         assert_eq!(answer.payload_text(), "timed out after 100 ms");
+        assert_eq!(
+            answer.extensions().get::<crate::Refused>(),
+            Some(&crate::Refused::Timeout)
+        );
 
         let fast = tower::ServiceExt::ready(&mut svc)
             .await
