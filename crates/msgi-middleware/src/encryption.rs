@@ -39,13 +39,18 @@
 //!
 //! The wire contract fixes the ChaCha20-Poly1305 family; ring's
 //! ChaCha20-Poly1305 is hand-tuned (AVX2 and NEON where the CPU has them,
-//! chosen at run time, no backend flag). No allocation but the sealed
-//! payload, no system call per frame. Figures in docs/BENCHMARKS.md.
+//! chosen at run time, no backend flag). Per frame sent: one allocation, the
+//! sealed payload, with room at its end for what the transforms nearer the
+//! wire append ([`SessionParams::tail_room`], the HMAC trailer), and one
+//! copy of the plaintext into it (ring seals in place only). Per frame
+//! received: opened where it is when the payload's buffer is the frame's
+//! alone (no copy), else copied once into a buffer of its own. No system
+//! call. Figures in docs/BENCHMARKS.md.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use msgi::{
     BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionKeys, SessionParams, Side,
 };
@@ -110,6 +115,8 @@ impl MakeTransform for Encrypt {
         EncryptSession {
             keys: None,
             side: params.side,
+            // Beside `side`, in what would be padding: no session grows.
+            tail_room: u32::try_from(params.tail_room).unwrap_or(u32::MAX),
             sent: 0,
             received: 0,
             sealed: AtomicU64::new(0),
@@ -140,6 +147,9 @@ struct Keys {
 pub struct EncryptSession {
     keys: Option<Box<Keys>>,
     side: Side,
+    /// Room left at the end of each sealed payload for the transforms
+    /// nearer the wire (the HMAC trailer), so they append in place.
+    tail_room: u32,
     /// Frames sent and committed: the authenticated sequence.
     sent: u64,
     received: u64,
@@ -195,7 +205,8 @@ impl EncryptSession {
         frame.set_flags(flags);
         let ad = associated_data(&frame, frame.type_field(), self.sent);
         let plain = frame.payload();
-        let mut out = BytesMut::with_capacity(OVERHEAD + plain.len());
+        let room = usize::try_from(self.tail_room).unwrap_or(0);
+        let mut out = BytesMut::with_capacity(plain.len().saturating_add(OVERHEAD + room));
         out.put_u64(counter);
         out.put_slice(plain);
         let tag = keys
@@ -233,22 +244,42 @@ impl FrameTransform for EncryptSession {
         let Some(cipher_len) = len.checked_sub(OVERHEAD) else {
             return Err(EncryptError::Truncated(len).into());
         };
-        let (counter, rest) = sealed.split_at(COUNTER_LEN);
-        let (cipher, tag) = rest.split_at(cipher_len);
         let truncated = |_| EncryptError::Truncated(len);
+        let counter = sealed
+            .get(..COUNTER_LEN)
+            .ok_or(EncryptError::Truncated(len))?;
         let counter = u64::from_be_bytes(counter.try_into().map_err(truncated)?);
+        let tag = sealed
+            .get(COUNTER_LEN + cipher_len..)
+            .ok_or(EncryptError::Truncated(len))?;
         let tag = Tag::try_from(tag).map_err(|_| EncryptError::Truncated(len))?;
         let ad = associated_data(&frame, frame.type_field(), self.received);
-        let mut plain = BytesMut::from(cipher);
-        keys.open
-            .open_in_place_separate_tag(
-                nonce(self.side.peer(), counter),
-                Aad::from(ad),
-                tag,
-                &mut plain,
-                0..,
-            )
-            .map_err(|_| EncryptError::Decrypt)?;
+        let nonce = nonce(self.side.peer(), counter);
+        let cipher = COUNTER_LEN..COUNTER_LEN + cipher_len;
+        let plain = match std::mem::take(frame.payload_mut()).try_into_mut() {
+            // The frame's own buffer (a small frame copied out of the read
+            // buffer): opened where it is.
+            Ok(mut buf) => {
+                let text = buf
+                    .get_mut(cipher.clone())
+                    .ok_or(EncryptError::Truncated(len))?;
+                keys.open
+                    .open_in_place_separate_tag(nonce, Aad::from(ad), tag, text, 0..)
+                    .map_err(|_| EncryptError::Decrypt)?;
+                buf.truncate(cipher.end);
+                buf.advance(COUNTER_LEN);
+                buf
+            }
+            // Shared with the read buffer (frames split off it): copied once.
+            Err(shared) => {
+                let text = shared.get(cipher).ok_or(EncryptError::Truncated(len))?;
+                let mut buf = BytesMut::from(text);
+                keys.open
+                    .open_in_place_separate_tag(nonce, Aad::from(ad), tag, &mut buf, 0..)
+                    .map_err(|_| EncryptError::Decrypt)?;
+                buf
+            }
+        };
         self.received += 1;
         *frame.payload_mut() = plain.freeze();
         let flags = frame.flags().without(Flags::ENCRYPTED);

@@ -150,6 +150,15 @@ fn tag(key: &hmac::Key, frame: &Frame, from: Side, data: &[u8], seq: u64) -> hma
     mac.sign()
 }
 
+/// A copy of `data` followed by the trailer.
+fn with_trailer(data: &[u8], seq: u64, tag: &hmac::Tag) -> BytesMut {
+    let mut out = BytesMut::with_capacity(data.len() + TRAILER_LEN);
+    out.put_slice(data);
+    out.put_u64(seq);
+    out.put_slice(tag.as_ref());
+    out
+}
+
 /// Equal in time independent of where they differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len()
@@ -172,7 +181,7 @@ impl FrameTransform for SignSession {
         if !frame.flags().contains(Flags::AUTHENTICATED) {
             return Err(SignError::Missing.into());
         }
-        let payload = frame.payload().clone();
+        let payload = frame.payload();
         let len = payload.len();
         let Some(data_len) = len.checked_sub(TRAILER_LEN) else {
             return Err(SignError::Truncated(len).into());
@@ -192,7 +201,8 @@ impl FrameTransform for SignSession {
             .into());
         }
         self.received += 1;
-        *frame.payload_mut() = payload.slice(..data_len);
+        // No copy: the trailer is cut off the same buffer.
+        frame.payload_mut().truncate(data_len);
         let flags = frame.flags().without(Flags::AUTHENTICATED);
         frame.set_flags(flags);
         Ok(frame)
@@ -204,10 +214,18 @@ impl FrameTransform for SignSession {
         frame.set_flags(flags);
         let seq = self.sent;
         let tag = tag(&keys.sign, &frame, self.side, frame.payload(), seq);
-        let mut out = BytesMut::with_capacity(frame.payload().len() + TRAILER_LEN);
-        out.put_slice(frame.payload());
-        out.put_u64(seq);
-        out.put_slice(tag.as_ref());
+        let payload = std::mem::take(frame.payload_mut());
+        let out = match payload.try_into_mut() {
+            // A payload only this frame holds, with room at its end (the
+            // encryption transform leaves it): the trailer goes in place.
+            Ok(mut buf) if buf.capacity() - buf.len() >= TRAILER_LEN => {
+                buf.put_u64(seq);
+                buf.put_slice(tag.as_ref());
+                buf
+            }
+            Ok(buf) => with_trailer(&buf, seq, &tag),
+            Err(shared) => with_trailer(&shared, seq, &tag),
+        };
         *frame.payload_mut() = out.freeze();
         Ok(frame)
     }

@@ -85,6 +85,12 @@ pub struct SessionParams {
     pub side: Side,
     /// The session's maximum frame size, header included (the codec's).
     pub max_frame_size: usize,
+    /// The most bytes the transforms nearer the wire than this one append
+    /// to a payload it sends (their [`MakeTransform::max_overhead`]
+    /// together; 0 for the transform nearest the wire): a transform that
+    /// builds a new payload leaves this much room at its end, so that they
+    /// append in place instead of copying the payload again.
+    pub tail_room: usize,
 }
 
 impl SessionParams {
@@ -93,6 +99,7 @@ impl SessionParams {
         SessionParams {
             side,
             max_frame_size,
+            tail_room: 0,
         }
     }
 }
@@ -362,7 +369,11 @@ where
 
     fn make_stack(&self, codec: C, params: SessionParams) -> S::Framing {
         let below = Transformed::new(self.make.make_transform(params), codec);
-        self.above.make_stack(below, params)
+        let above = SessionParams {
+            tail_room: params.tail_room.saturating_add(self.make.max_overhead()),
+            ..params
+        };
+        self.above.make_stack(below, above)
     }
 
     fn max_overhead(&self) -> usize {
@@ -483,6 +494,23 @@ mod tests {
         let framing = wire.make_framing(Side::Client);
         assert_eq!(framing.max_encoded_len(), wire.max_sendable());
         assert_eq!(framing.transform().params.max_frame_size, 50);
+    }
+
+    #[test]
+    fn each_transform_is_told_what_the_ones_nearer_the_wire_append() {
+        let wire = Wire::new(FrameCodec::new())
+            .transform(MakeLetter(b'a'))
+            .transform(None::<MakeLetter>)
+            .transform(Some(MakeLetter(b'b')))
+            .transform(MakeLetter(b'c'));
+        let framing = wire.make_framing(Side::Client);
+        // a is nearest the application (the outermost framing), c nearest the wire.
+        let a = framing.transform();
+        let b = framing.get_ref().get_ref().transform();
+        let c = framing.get_ref().get_ref().get_ref().transform();
+        assert_eq!(c.params.tail_room, 0);
+        assert_eq!(b.as_ref().map(|b| b.params.tail_room), Some(1));
+        assert_eq!(a.params.tail_room, 2);
     }
 
     #[test]
