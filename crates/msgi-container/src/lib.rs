@@ -48,6 +48,7 @@
 #![deny(missing_docs)]
 
 mod container;
+mod decoder;
 mod error;
 mod get;
 #[cfg(feature = "json")]

@@ -1,18 +1,15 @@
 //! Reading a container in place: [`ContainerRef`], whose names, strings and byte values
 //! are `&str` and `&[u8]` views of the payload.
 //!
-//! The decoder is the same format and the same checks as [`decode`](crate::decode)
-//! (docs/PROTOCOL.md, section 6; the tests hold the two to the same result and the same
-//! error on any input), with a cursor over a plain slice: no reference count per string,
-//! one vector per level of values, and UTF-8 checked in runs (see [`Utf8Runs`]) rather
-//! than string by string.
-
-use std::collections::HashSet;
+//! It is decoded by the crate's one decoder of the layout (`decoder.rs`), the one
+//! [`decode`](crate::decode) uses, with the same checks and errors: only what it makes of
+//! the texts differs (views of the payload here, no reference count per string).
 
 use crate::container::Container;
-use crate::error::{DecodeError, Field, GetError, ValueError};
-use crate::value::{Value, ValueKind, Values, LINEAR_NAME_CHECK};
-use crate::wire::{tag, unzigzag, Limits, FORMAT_VERSION};
+use crate::decoder::{self, Views};
+use crate::error::{DecodeError, GetError, ValueError};
+use crate::value::{Value, ValueKind, Values};
+use crate::wire::Limits;
 
 /// A container read in place from a payload: the header and named values, with every
 /// name, string and byte value a view (`&'a str`, `&'a [u8]`) of the payload.
@@ -93,23 +90,15 @@ impl<'a> ContainerRef<'a> {
 
     /// Reads a container from `payload` with these limits.
     pub fn decode_with(payload: &'a [u8], limits: &Limits) -> Result<Self, DecodeError> {
-        let mut c = Cursor {
-            buf: payload,
-            pos: 0,
-            values_left: limits.max_values(),
-            max_values: limits.max_values(),
-            max_depth: limits.max_depth(),
-            utf8: Utf8Runs::new(payload),
-            error: None,
-        };
-        match c.container() {
-            Ok(container) => Ok(container),
-            // `Stop` is only made by `Cursor::fail`, which keeps the error.
-            Err(Stop) => Err(c
-                .error
-                .take()
-                .unwrap_or(DecodeError::Truncated { at: c.pos })),
-        }
+        let (h, values) = decoder::decode(payload, Views::new(payload), limits)?;
+        Ok(ContainerRef {
+            source_id: h.source_id,
+            source_sub_id: h.source_sub_id,
+            target_id: h.target_id,
+            target_sub_id: h.target_sub_id,
+            message_type: h.message_type,
+            values,
+        })
     }
 
     /// The message type.
@@ -181,6 +170,22 @@ impl<'a> ContainerRef<'a> {
 }
 
 impl<'a> ValuesRef<'a> {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        ValuesRef {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    pub(crate) fn entries(&self) -> &[(&'a str, ValueRef<'a>)] {
+        &self.entries
+    }
+
+    /// Appends without checking the name; the decoder has checked that it is not there.
+    #[inline(always)]
+    pub(crate) fn push_checked(&mut self, name: &'a str, value: ValueRef<'a>) {
+        self.entries.push((name, value));
+    }
+
     /// How many values.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -391,368 +396,31 @@ impl<'a, T: FromValueRef<'a>> FromValueRef<'a> for Option<T> {
     }
 }
 
-/// UTF-8 checked in runs: from the first text that needs it, the longest stretch of
-/// ASCII bytes is found (eight bytes at a time) and taken as `&str` once
-/// (`str::from_utf8` on ASCII is word-at-a-time too); each text that lies in it is a `&str`
-/// slice of it. The lengths, tags and small numbers between texts are ASCII, so one run
-/// usually covers many texts. A text not inside the run (one with non-ASCII characters,
-/// or one that is not UTF-8) is checked by itself with `str::from_utf8`, so the answer is
-/// always `str::from_utf8`'s on the text. Runs never overlap, so each byte is looked at a
-/// bounded number of times: linear in the payload, whatever it holds.
-#[derive(Debug)]
-pub(crate) struct Utf8Runs<'a> {
-    buf: &'a [u8],
-    /// `run` is `buf[start..start + run.len()]`.
-    start: usize,
-    run: &'a str,
-}
-
-impl<'a> Utf8Runs<'a> {
-    pub(crate) fn new(buf: &'a [u8]) -> Self {
-        Utf8Runs {
-            buf,
-            start: 0,
-            run: "",
-        }
-    }
-
-    /// `buf[at..at + len]` as text; the caller has checked that it is in `buf`.
-    #[inline(always)]
-    pub(crate) fn text(&mut self, at: usize, len: usize) -> Result<&'a str, std::str::Utf8Error> {
-        if let Some(s) = self.in_run(at, len) {
-            return Ok(s);
-        }
-        if len == 0 {
-            return Ok("");
-        }
-        if at >= self.start + self.run.len() {
-            self.new_run(at);
-            if let Some(s) = self.in_run(at, len) {
-                return Ok(s);
-            }
-        }
-        // Not in one run: the text is not UTF-8 (or straddles an old run); ask directly.
-        let bytes = self.buf.get(at..at.saturating_add(len)).unwrap_or_default();
-        std::str::from_utf8(bytes)
-    }
-
-    #[inline(always)]
-    fn in_run(&self, at: usize, len: usize) -> Option<&'a str> {
-        let off = at.checked_sub(self.start)?;
-        self.run.get(off..off.checked_add(len)?)
-    }
-
-    #[cold]
-    fn new_run(&mut self, at: usize) {
-        let rest = self.buf.get(at..).unwrap_or_default();
-        let ascii = rest.get(..ascii_prefix(rest)).unwrap_or_default();
-        self.start = at;
-        // ASCII is UTF-8: this never fails (an empty run if it did).
-        self.run = std::str::from_utf8(ascii).unwrap_or_default();
-    }
-}
-
-/// How many bytes at the start of `bytes` are ASCII.
-#[inline]
-fn ascii_prefix(bytes: &[u8]) -> usize {
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let mut chunks = bytes.chunks_exact(8);
-    let mut n = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        if u64::from_le_bytes(word) & HIGH != 0 {
-            break;
-        }
-        n += 8;
-    }
-    let tail = bytes.get(n..).unwrap_or_default();
-    n + tail
-        .iter()
-        .position(|b| !b.is_ascii())
-        .unwrap_or(tail.len())
-}
-
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    values_left: usize,
-    max_values: usize,
-    max_depth: usize,
-    utf8: Utf8Runs<'a>,
-    /// The first error, when a method returned [`Stop`].
-    error: Option<DecodeError>,
-}
-
-/// A cursor method failed; the error is in [`Cursor::error`]. Keeps every result small
-/// (a `DecodeError` is 40 bytes), so the hot path returns values in registers.
-struct Stop;
-
-type Step<T> = Result<T, Stop>;
-
-impl<'a> Cursor<'a> {
-    fn container(&mut self) -> Step<ContainerRef<'a>> {
-        let version = self.u8()?;
-        if version != FORMAT_VERSION {
-            return Err(self.fail(DecodeError::UnsupportedVersion { version }));
-        }
-        let source_id = self.short(Field::SourceId)?;
-        let source_sub_id = self.short(Field::SourceSubId)?;
-        let target_id = self.short(Field::TargetId)?;
-        let target_sub_id = self.short(Field::TargetSubId)?;
-        let message_type = self.short(Field::MessageType)?;
-        let values = self.values(0)?;
-        let count = self.left();
-        if count != 0 {
-            return Err(self.fail(DecodeError::TrailingBytes {
-                at: self.pos,
-                count,
-            }));
-        }
-        Ok(ContainerRef {
-            source_id,
-            source_sub_id,
-            target_id,
-            target_sub_id,
-            message_type,
-            values,
-        })
-    }
-
-    #[cold]
-    fn fail(&mut self, e: DecodeError) -> Stop {
-        self.error = Some(e);
-        Stop
-    }
-
-    #[inline]
-    fn left(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    #[inline]
-    fn u8(&mut self) -> Step<u8> {
-        match self.buf.get(self.pos) {
-            Some(&b) => {
-                self.pos += 1;
-                Ok(b)
-            }
-            None => Err(self.fail(DecodeError::Truncated { at: self.pos })),
-        }
-    }
-
-    #[inline]
-    fn varint(&mut self) -> Step<u64> {
-        // One byte: the common case.
-        if let Some(&b) = self.buf.get(self.pos) {
-            if b < 0x80 {
-                self.pos += 1;
-                return Ok(u64::from(b));
-            }
-        }
-        self.long_varint()
-    }
-
-    fn long_varint(&mut self) -> Step<u64> {
-        let at = self.pos;
-        let rest = self.buf.get(at..).unwrap_or_default();
-        let mut n = 0u64;
-        for i in 0..10 {
-            let Some(&byte) = rest.get(i) else {
-                return Err(self.fail(DecodeError::Truncated { at: at + i }));
-            };
-            // The tenth byte holds the 64th bit only.
-            if i == 9 && byte > 1 {
-                return Err(self.fail(DecodeError::BadVarint { at }));
-            }
-            n |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                if byte == 0 && i > 0 {
-                    return Err(self.fail(DecodeError::BadVarint { at }));
-                }
-                self.pos += i + 1;
-                return Ok(n);
-            }
-        }
-        Err(self.fail(DecodeError::BadVarint { at }))
-    }
-
-    /// `len` bytes from here.
-    #[inline]
-    fn take(&mut self, len: usize) -> Step<&'a [u8]> {
-        let end = self.pos.checked_add(len);
-        match end.and_then(|end| self.buf.get(self.pos..end)) {
-            Some(b) => {
-                self.pos += len;
-                Ok(b)
-            }
-            None => Err(self.fail(DecodeError::Truncated { at: self.pos })),
-        }
-    }
-
-    fn length(&mut self) -> Step<usize> {
-        let at = self.pos;
-        let len = self.varint()?;
-        let left = self.left();
-        match usize::try_from(len) {
-            Ok(n) if n <= left => Ok(n),
-            _ => Err(self.fail(DecodeError::LengthTooLarge { len, at, left })),
-        }
-    }
-
-    fn count(&mut self, min_size: usize) -> Step<usize> {
-        let at = self.pos;
-        let count = self.varint()?;
-        let left = self.left();
-        let n = match usize::try_from(count) {
-            Ok(n) if n <= left / min_size => n,
-            _ => return Err(self.fail(DecodeError::CountTooLarge { count, at, left })),
-        };
-        match self.values_left.checked_sub(n) {
-            Some(rest) => self.values_left = rest,
-            None => {
-                return Err(self.fail(DecodeError::TooManyValues {
-                    max: self.max_values,
-                    at,
-                }))
-            }
-        }
-        Ok(n)
-    }
-
-    #[inline(always)]
-    fn text(&mut self, len: usize, field: Field) -> Step<&'a str> {
-        let at = self.pos;
-        if len > self.left() {
-            return Err(self.fail(DecodeError::Truncated { at }));
-        }
-        self.pos += len;
-        match self.utf8.text(at, len) {
-            Ok(s) => Ok(s),
-            Err(source) => Err(self.fail(DecodeError::InvalidUtf8 { field, at, source })),
-        }
-    }
-
-    #[inline(always)]
-    fn short(&mut self, field: Field) -> Step<&'a str> {
-        let len = self.u8()?;
-        self.text(usize::from(len), field)
-    }
-
-    #[inline(never)]
-    fn values(&mut self, depth: usize) -> Step<ValuesRef<'a>> {
-        // A named value takes at least two bytes: an empty name and a one-byte value.
-        let count = self.count(2)?;
-        let mut entries: Vec<(&'a str, ValueRef<'a>)> = Vec::with_capacity(count);
-        let mut seen: Option<HashSet<&'a str>> = None;
-        for _ in 0..count {
-            let at = self.pos;
-            let name = self.short(Field::Name)?;
-            let repeated = if entries.len() < LINEAR_NAME_CHECK {
-                entries.iter().any(|(n, _)| *n == name)
-            } else {
-                let seen = seen.get_or_insert_with(|| {
-                    let mut set = HashSet::with_capacity(count);
-                    set.extend(entries.iter().map(|(n, _)| *n));
-                    set
-                });
-                !seen.insert(name)
-            };
-            if repeated {
-                return Err(self.fail(DecodeError::DuplicateName {
-                    name: name.to_owned(),
-                    at,
-                }));
-            }
-            // Pushed first and filled in place: the value is written once, straight into
-            // the vector (building it apart and moving it in costs a store-forwarding
-            // stall per value on x86).
-            entries.push((name, ValueRef::Null));
-            if let Some((_, slot)) = entries.last_mut() {
-                self.value(depth, slot)?;
-            }
-        }
-        Ok(ValuesRef { entries })
-    }
-
-    fn nested(&mut self, depth: usize, at: usize) -> Step<usize> {
-        if depth >= self.max_depth {
-            return Err(self.fail(DecodeError::TooDeep {
-                max: self.max_depth,
-                at,
-            }));
-        }
-        Ok(depth + 1)
-    }
-
-    /// One value, written into `slot`; inlined into the loops that call it (a nested array or map goes
-    /// through [`array`](Self::array) or [`values`](Self::values), out of line), so that
-    /// the value is written in place rather than returned through memory.
-    #[inline(always)]
-    fn value(&mut self, depth: usize, slot: &mut ValueRef<'a>) -> Step<()> {
-        let at = self.pos;
-        let value = match self.u8()? {
-            tag::NULL => ValueRef::Null,
-            tag::FALSE => ValueRef::Bool(false),
-            tag::TRUE => ValueRef::Bool(true),
-            tag::I64 => ValueRef::I64(unzigzag(self.varint()?)),
-            tag::U64 => ValueRef::U64(self.varint()?),
-            tag::F64 => {
-                let mut bits = [0u8; 8];
-                bits.copy_from_slice(self.take(8)?);
-                ValueRef::F64(f64::from_bits(u64::from_be_bytes(bits)))
-            }
-            tag::STR => {
-                let len = self.length()?;
-                ValueRef::Str(self.text(len, Field::Str)?)
-            }
-            tag::BYTES => {
-                let len = self.length()?;
-                ValueRef::Bytes(self.take(len)?)
-            }
-            tag::ARRAY => self.array(depth, at)?,
-            tag::MAP => {
-                let inner = self.nested(depth, at)?;
-                ValueRef::Map(self.values(inner)?)
-            }
-            tag => return Err(self.fail(DecodeError::UnknownTag { tag, at })),
-        };
-        // The slot holds the `Null` just pushed, which owns nothing: forgetting it
-        // spares an out-of-line drop call per value.
-        std::mem::forget(std::mem::replace(slot, value));
-        Ok(())
-    }
-
-    #[inline(never)]
-    fn array(&mut self, depth: usize, at: usize) -> Step<ValueRef<'a>> {
-        let inner = self.nested(depth, at)?;
-        let count = self.count(1)?;
-        let mut items = Vec::with_capacity(count);
-        for _ in 0..count {
-            items.push(ValueRef::Null);
-            if let Some(slot) = items.last_mut() {
-                self.value(inner, slot)?;
-            }
-        }
-        Ok(ValueRef::Array(items))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decoder::{ascii_prefix, Build, Shared};
 
     fn check(buf: &[u8]) {
-        // Every sub-range: the runs answer what `str::from_utf8` answers.
+        // Every sub-range: the runs answer what `str::from_utf8` answers, for views and
+        // for shared slices.
+        let shared = bytes::Bytes::copy_from_slice(buf);
         for at in 0..=buf.len() {
             for len in 0..=buf.len() - at {
-                let mut runs = Utf8Runs::new(buf);
+                let mut views = Views::new(buf);
+                let mut slices = Shared::new(&shared);
                 // Walk texts left to right as the decoder does: one before, then this.
                 if at > 0 {
-                    let _ = runs.text(0, at / 2);
+                    let _ = views.text(0, at / 2);
+                    let _ = slices.text(0, at / 2);
                 }
                 let want = std::str::from_utf8(&buf[at..at + len]);
-                assert_eq!(runs.text(at, len), want, "{buf:x?} {at} {len}");
+                assert_eq!(views.text(at, len), want, "{buf:x?} {at} {len}");
+                let got = slices.text(at, len);
+                assert_eq!(got.as_deref(), want.as_ref().map(|s| *s), "{buf:x?} {at} {len}");
+                if let Ok(text) = got {
+                    assert!(text.is_empty() || shared.as_ptr_range().contains(&text.as_ptr()));
+                }
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The binary encoding of containers (docs/PROTOCOL.md, section 6) and its limits.
+//! The binary encoding of containers (docs/PROTOCOL.md, section 6), its limits, and
+//! the owned decode ([`decode`]), made by the crate's one decoder (`decoder.rs`).
 //!
 //! The decoder checks before it allocates: a length is compared with the bytes left
 //! before anything is sliced, a count with the bytes left (every value takes at least one
@@ -11,8 +12,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
 use crate::container::Container;
-use crate::error::{DecodeError, EncodeError, Field, LimitsError};
-use crate::value::{NameSet, Value, Values};
+use crate::decoder::{self, Shared};
+use crate::error::{DecodeError, EncodeError, LimitsError};
+use crate::value::{Value, Values};
 
 /// The version byte this crate writes and reads.
 pub const FORMAT_VERSION: u8 = 1;
@@ -102,216 +104,15 @@ pub fn decode(payload: &Bytes) -> Result<Container, DecodeError> {
 }
 
 pub(crate) fn decode_with(payload: &Bytes, limits: &Limits) -> Result<Container, DecodeError> {
-    let mut r = Reader {
-        buf: payload,
-        pos: 0,
-        values_left: limits.max_values,
-        max_values: limits.max_values,
-        max_depth: limits.max_depth,
-    };
-    let version = r.u8()?;
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::UnsupportedVersion { version });
-    }
-    let source_id = r.short(Field::SourceId)?;
-    let source_sub_id = r.short(Field::SourceSubId)?;
-    let target_id = r.short(Field::TargetId)?;
-    let target_sub_id = r.short(Field::TargetSubId)?;
-    let message_type = r.short(Field::MessageType)?;
-    let values = r.values(0)?;
-    let count = r.left();
-    if count != 0 {
-        return Err(DecodeError::TrailingBytes { at: r.pos, count });
-    }
+    let (h, values) = decoder::decode(payload, Shared::new(payload), limits)?;
     Ok(Container {
-        source_id,
-        source_sub_id,
-        target_id,
-        target_sub_id,
-        message_type,
+        source_id: h.source_id,
+        source_sub_id: h.source_sub_id,
+        target_id: h.target_id,
+        target_sub_id: h.target_sub_id,
+        message_type: h.message_type,
         values,
     })
-}
-
-struct Reader<'a> {
-    buf: &'a Bytes,
-    pos: usize,
-    values_left: usize,
-    max_values: usize,
-    max_depth: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn left(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-
-    fn rest(&self) -> &'a [u8] {
-        let buf: &'a [u8] = self.buf;
-        buf.get(self.pos..).unwrap_or_default()
-    }
-
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        match self.rest().first() {
-            Some(&b) => {
-                self.pos += 1;
-                Ok(b)
-            }
-            None => Err(DecodeError::Truncated { at: self.pos }),
-        }
-    }
-
-    fn varint(&mut self) -> Result<u64, DecodeError> {
-        let at = self.pos;
-        let rest = self.rest();
-        let mut n = 0u64;
-        for i in 0..10 {
-            let Some(&byte) = rest.get(i) else {
-                return Err(DecodeError::Truncated { at: at + i });
-            };
-            // The tenth byte holds the 64th bit only.
-            if i == 9 && byte > 1 {
-                return Err(DecodeError::BadVarint { at });
-            }
-            n |= u64::from(byte & 0x7f) << (7 * i);
-            if byte & 0x80 == 0 {
-                if byte == 0 && i > 0 {
-                    return Err(DecodeError::BadVarint { at });
-                }
-                self.pos += i + 1;
-                return Ok(n);
-            }
-        }
-        Err(DecodeError::BadVarint { at })
-    }
-
-    /// `len` bytes from here, as a slice of the payload.
-    fn take(&mut self, len: usize) -> Result<Bytes, DecodeError> {
-        let end = self.pos.checked_add(len).filter(|&e| e <= self.buf.len());
-        match end {
-            Some(end) => {
-                let b = self.buf.slice(self.pos..end);
-                self.pos = end;
-                Ok(b)
-            }
-            None => Err(DecodeError::Truncated { at: self.pos }),
-        }
-    }
-
-    /// A length prefix, checked against the bytes left.
-    fn length(&mut self) -> Result<usize, DecodeError> {
-        let at = self.pos;
-        let len = self.varint()?;
-        let left = self.left();
-        match usize::try_from(len) {
-            Ok(n) if n <= left => Ok(n),
-            _ => Err(DecodeError::LengthTooLarge { len, at, left }),
-        }
-    }
-
-    /// A count of values each taking at least `min_size` bytes, checked against the
-    /// bytes left and charged to the values left, before anything is allocated for it.
-    fn count(&mut self, min_size: usize) -> Result<usize, DecodeError> {
-        let at = self.pos;
-        let count = self.varint()?;
-        let left = self.left();
-        let n = match usize::try_from(count) {
-            Ok(n) if n <= left / min_size => n,
-            _ => return Err(DecodeError::CountTooLarge { count, at, left }),
-        };
-        match self.values_left.checked_sub(n) {
-            Some(rest) => self.values_left = rest,
-            None => {
-                return Err(DecodeError::TooManyValues {
-                    max: self.max_values,
-                    at,
-                })
-            }
-        }
-        Ok(n)
-    }
-
-    fn text(&mut self, len: usize, field: Field) -> Result<ByteString, DecodeError> {
-        let at = self.pos;
-        let bytes = self.take(len)?;
-        ByteString::try_from(bytes).map_err(|source| DecodeError::InvalidUtf8 { field, at, source })
-    }
-
-    /// A header field or name: one length byte, then UTF-8.
-    fn short(&mut self, field: Field) -> Result<ByteString, DecodeError> {
-        let len = self.u8()?;
-        self.text(usize::from(len), field)
-    }
-
-    fn values(&mut self, depth: usize) -> Result<Values, DecodeError> {
-        // A named value takes at least two bytes: an empty name and a one-byte value.
-        let count = self.count(2)?;
-        let mut values = Values::with_capacity(count);
-        let mut names = NameSet::default();
-        for _ in 0..count {
-            let at = self.pos;
-            let name = self.short(Field::Name)?;
-            if names.repeated(&values, &name) {
-                return Err(DecodeError::DuplicateName {
-                    name: name.to_string(),
-                    at,
-                });
-            }
-            let value = self.value(depth)?;
-            values.push_checked(name, value);
-        }
-        Ok(values)
-    }
-
-    fn nested(&self, depth: usize, at: usize) -> Result<usize, DecodeError> {
-        if depth >= self.max_depth {
-            return Err(DecodeError::TooDeep {
-                max: self.max_depth,
-                at,
-            });
-        }
-        Ok(depth + 1)
-    }
-
-    fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {
-        let at = self.pos;
-        let value = match self.u8()? {
-            tag::NULL => Value::Null,
-            tag::FALSE => Value::Bool(false),
-            tag::TRUE => Value::Bool(true),
-            tag::I64 => Value::I64(unzigzag(self.varint()?)),
-            tag::U64 => Value::U64(self.varint()?),
-            tag::F64 => {
-                let raw = self.take(8)?;
-                let mut bits = [0u8; 8];
-                bits.copy_from_slice(&raw);
-                Value::F64(f64::from_bits(u64::from_be_bytes(bits)))
-            }
-            tag::STR => {
-                let len = self.length()?;
-                Value::Str(self.text(len, Field::Str)?)
-            }
-            tag::BYTES => {
-                let len = self.length()?;
-                Value::Bytes(self.take(len)?)
-            }
-            tag::ARRAY => {
-                let inner = self.nested(depth, at)?;
-                let count = self.count(1)?;
-                let mut items = Vec::with_capacity(count);
-                for _ in 0..count {
-                    items.push(self.value(inner)?);
-                }
-                Value::Array(items)
-            }
-            tag::MAP => {
-                let inner = self.nested(depth, at)?;
-                Value::Map(self.values(inner)?)
-            }
-            tag => return Err(DecodeError::UnknownTag { tag, at }),
-        };
-        Ok(value)
-    }
 }
 
 fn zigzag(n: i64) -> u64 {
@@ -523,15 +324,10 @@ mod tests {
             let mut buf = BytesMut::new();
             put_varint(&mut buf, n);
             assert_eq!(buf.len(), len);
-            let bytes = buf.freeze();
-            let mut r = Reader {
-                buf: &bytes,
-                pos: 0,
-                values_left: 1,
-                max_values: 1,
-                max_depth: 1,
-            };
-            assert_eq!(r.varint(), Ok(n));
+            let c = Container::builder("").value("n", n).build().unwrap();
+            let payload = c.encode();
+            assert_eq!(&payload[payload.len() - len..], &buf[..]);
+            assert_eq!(decode(&payload).unwrap().get::<u64>("n"), Ok(n));
         }
     }
 

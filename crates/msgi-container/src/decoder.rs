@@ -1,0 +1,624 @@
+//! The one decoder of the container layout (docs/PROTOCOL.md, section 6).
+//!
+//! [`decode`] walks a payload once and checks everything there is to check, in one place:
+//! the version, every length and count against the bytes left, the number of values
+//! against [`Limits::max_values`] and nesting against [`Limits::max_depth`] (each before
+//! anything is reserved or recursed into), UTF-8, repeated names and trailing bytes,
+//! failing with the typed [`DecodeError`]. What it makes of the texts, bytes and values
+//! it finds is up to a [`Build`]: [`Views`] makes a [`ContainerRef`](crate::ContainerRef)'s
+//! `&str` / `&[u8]` views of the payload, [`Shared`] an owned
+//! [`Container`](crate::Container)'s [`ByteString`] / [`Bytes`] slices of it. Both get
+//! the same checks and the same errors because there is only this one decoder.
+//!
+//! UTF-8 is checked in runs (see [`Runs`]) rather than text by text.
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::str::Utf8Error;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+
+use crate::error::{DecodeError, Field};
+use crate::value::{Value, Values, LINEAR_NAME_CHECK};
+use crate::view::{ValueRef, ValuesRef};
+use crate::wire::{tag, unzigzag, Limits, FORMAT_VERSION};
+
+/// What the decoder makes of the texts, byte strings and values it reads. Every method
+/// is given only what the decoder has checked: a text's or byte string's range lies in
+/// the payload, a name is not yet among the map's.
+pub(crate) trait Build<'a> {
+    /// A header field, name or string value.
+    type Text: Borrow<str> + Eq + Hash + Clone;
+    /// One value.
+    type Value;
+    /// Named values.
+    type Map;
+
+    /// `payload[at..at + len]` as text, or why it is not UTF-8.
+    fn text(&mut self, at: usize, len: usize) -> Result<Self::Text, Utf8Error>;
+    /// `payload[at..at + len]` as a byte string value.
+    fn bytes(&mut self, at: usize, len: usize) -> Self::Value;
+    fn null() -> Self::Value;
+    fn bool(b: bool) -> Self::Value;
+    fn i64(n: i64) -> Self::Value;
+    fn u64(n: u64) -> Self::Value;
+    fn f64(x: f64) -> Self::Value;
+    fn str(text: Self::Text) -> Self::Value;
+    fn array(items: Vec<Self::Value>) -> Self::Value;
+    fn map(map: Self::Map) -> Self::Value;
+    fn map_with_capacity(n: usize) -> Self::Map;
+    /// Whether `map` has a value named `name` (for the first [`LINEAR_NAME_CHECK`] names).
+    fn contains(map: &Self::Map, name: &str) -> bool;
+    /// Adds the names of `map` to `set` (the hash set of a map with many names).
+    fn add_names(map: &Self::Map, set: &mut HashSet<Self::Text>);
+    /// Appends a value whose name is not in `map`.
+    fn push(map: &mut Self::Map, name: Self::Text, value: Self::Value);
+}
+
+/// A container's header as decoded.
+pub(crate) struct Header<T> {
+    pub(crate) source_id: T,
+    pub(crate) source_sub_id: T,
+    pub(crate) target_id: T,
+    pub(crate) target_sub_id: T,
+    pub(crate) message_type: T,
+}
+
+/// Decodes `payload` with `build`: the header and the container's values, or the first
+/// fault. Never panics, whatever the bytes.
+pub(crate) fn decode<'a, B: Build<'a>>(
+    payload: &'a [u8],
+    build: B,
+    limits: &Limits,
+) -> Result<(Header<B::Text>, B::Map), DecodeError> {
+    let mut c = Cursor {
+        buf: payload,
+        pos: 0,
+        values_left: limits.max_values(),
+        max_values: limits.max_values(),
+        max_depth: limits.max_depth(),
+        build,
+        error: None,
+    };
+    match c.container() {
+        Ok(decoded) => Ok(decoded),
+        // `Stop` is only made by `Cursor::fail`, which keeps the error.
+        Err(Stop) => Err(c
+            .error
+            .take()
+            .unwrap_or(DecodeError::Truncated { at: c.pos })),
+    }
+}
+
+/// A cursor method failed; the error is in [`Cursor::error`]. Keeps every result small
+/// (a `DecodeError` is 40 bytes), so the hot path returns values in registers.
+struct Stop;
+
+type Step<T> = Result<T, Stop>;
+
+struct Cursor<'a, B> {
+    buf: &'a [u8],
+    pos: usize,
+    values_left: usize,
+    max_values: usize,
+    max_depth: usize,
+    build: B,
+    /// The first error, when a method returned [`Stop`].
+    error: Option<DecodeError>,
+}
+
+impl<'a, B: Build<'a>> Cursor<'a, B> {
+    fn container(&mut self) -> Step<(Header<B::Text>, B::Map)> {
+        let version = self.u8()?;
+        if version != FORMAT_VERSION {
+            return Err(self.fail(DecodeError::UnsupportedVersion { version }));
+        }
+        let header = Header {
+            source_id: self.short(Field::SourceId)?,
+            source_sub_id: self.short(Field::SourceSubId)?,
+            target_id: self.short(Field::TargetId)?,
+            target_sub_id: self.short(Field::TargetSubId)?,
+            message_type: self.short(Field::MessageType)?,
+        };
+        let values = self.values(0)?;
+        let count = self.left();
+        if count != 0 {
+            return Err(self.fail(DecodeError::TrailingBytes {
+                at: self.pos,
+                count,
+            }));
+        }
+        Ok((header, values))
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn fail(&mut self, e: DecodeError) -> Stop {
+        self.error = Some(e);
+        Stop
+    }
+
+    #[inline]
+    fn left(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+
+    #[inline]
+    fn u8(&mut self) -> Step<u8> {
+        match self.buf.get(self.pos) {
+            Some(&b) => {
+                self.pos += 1;
+                Ok(b)
+            }
+            None => Err(self.fail(DecodeError::Truncated { at: self.pos })),
+        }
+    }
+
+    #[inline]
+    fn varint(&mut self) -> Step<u64> {
+        // One byte: the common case (lengths, counts, small numbers).
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.long_varint()
+    }
+
+    #[inline(never)]
+    fn long_varint(&mut self) -> Step<u64> {
+        let at = self.pos;
+        let rest = self.buf.get(at..).unwrap_or_default();
+        let mut n = 0u64;
+        for (i, &byte) in rest.iter().take(10).enumerate() {
+            n |= u64::from(byte & 0x7f) << (7 * i);
+            if byte < 0x80 {
+                // Shortest form only: no final zero byte but a lone one, and the tenth
+                // byte holds the 64th bit only.
+                if (byte == 0 && i > 0) || (i == 9 && byte > 1) {
+                    return Err(self.fail(DecodeError::BadVarint { at }));
+                }
+                self.pos = at + i + 1;
+                return Ok(n);
+            }
+        }
+        if rest.len() < 10 {
+            return Err(self.fail(DecodeError::Truncated { at: at + rest.len() }));
+        }
+        Err(self.fail(DecodeError::BadVarint { at }))
+    }
+
+    /// A length prefix, checked against the bytes left.
+    #[inline]
+    fn length(&mut self) -> Step<usize> {
+        let at = self.pos;
+        let len = self.varint()?;
+        let left = self.left();
+        match usize::try_from(len) {
+            Ok(n) if n <= left => Ok(n),
+            _ => Err(self.fail(DecodeError::LengthTooLarge { len, at, left })),
+        }
+    }
+
+    /// A count of values each taking at least `min_size` bytes, checked against the
+    /// bytes left and charged to the values left, before anything is allocated for it.
+    #[inline]
+    fn count(&mut self, min_size: usize) -> Step<usize> {
+        let at = self.pos;
+        let count = self.varint()?;
+        let left = self.left();
+        let n = match usize::try_from(count) {
+            Ok(n) if n <= left / min_size => n,
+            _ => return Err(self.fail(DecodeError::CountTooLarge { count, at, left })),
+        };
+        match self.values_left.checked_sub(n) {
+            Some(rest) => self.values_left = rest,
+            None => {
+                return Err(self.fail(DecodeError::TooManyValues {
+                    max: self.max_values,
+                    at,
+                }))
+            }
+        }
+        Ok(n)
+    }
+
+    /// `len` bytes of text from here.
+    #[inline(always)]
+    fn text(&mut self, len: usize, field: Field) -> Step<B::Text> {
+        let at = self.pos;
+        if len > self.left() {
+            return Err(self.fail(DecodeError::Truncated { at }));
+        }
+        self.pos = at + len;
+        match self.build.text(at, len) {
+            Ok(s) => Ok(s),
+            Err(source) => Err(self.fail(DecodeError::InvalidUtf8 { field, at, source })),
+        }
+    }
+
+    /// A header field or name: one length byte, then UTF-8.
+    #[inline(always)]
+    fn short(&mut self, field: Field) -> Step<B::Text> {
+        let len = self.u8()?;
+        self.text(usize::from(len), field)
+    }
+
+    #[inline(never)]
+    fn values(&mut self, depth: usize) -> Step<B::Map> {
+        // A named value takes at least two bytes: an empty name and a one-byte value.
+        let count = self.count(2)?;
+        let mut map = B::map_with_capacity(count);
+        let mut seen: Option<HashSet<B::Text>> = None;
+        for i in 0..count {
+            let at = self.pos;
+            let name = self.short(Field::Name)?;
+            let repeated = if i < LINEAR_NAME_CHECK {
+                B::contains(&map, name.borrow())
+            } else {
+                let seen = seen.get_or_insert_with(|| {
+                    let mut set = HashSet::with_capacity(count);
+                    B::add_names(&map, &mut set);
+                    set
+                });
+                !seen.insert(name.clone())
+            };
+            if repeated {
+                let name: &str = name.borrow();
+                return Err(self.fail(DecodeError::DuplicateName {
+                    name: name.to_owned(),
+                    at,
+                }));
+            }
+            let value = self.value(depth)?;
+            B::push(&mut map, name, value);
+        }
+        Ok(map)
+    }
+
+    #[inline]
+    fn nested(&mut self, depth: usize, at: usize) -> Step<usize> {
+        if depth >= self.max_depth {
+            return Err(self.fail(DecodeError::TooDeep {
+                max: self.max_depth,
+                at,
+            }));
+        }
+        Ok(depth + 1)
+    }
+
+    /// One value, with its tag; inlined into the loops that call it (a nested array or
+    /// map goes through [`array`](Self::array) or [`values`](Self::values), out of line).
+    #[inline(always)]
+    fn value(&mut self, depth: usize) -> Step<B::Value> {
+        let at = self.pos;
+        Ok(match self.u8()? {
+            tag::NULL => B::null(),
+            tag::FALSE => B::bool(false),
+            tag::TRUE => B::bool(true),
+            tag::I64 => B::i64(unzigzag(self.varint()?)),
+            tag::U64 => B::u64(self.varint()?),
+            tag::F64 => {
+                let end = self.pos.wrapping_add(8);
+                let Some(raw) = self.buf.get(self.pos..end) else {
+                    return Err(self.fail(DecodeError::Truncated { at: self.pos }));
+                };
+                let mut bits = [0u8; 8];
+                bits.copy_from_slice(raw);
+                self.pos = end;
+                B::f64(f64::from_bits(u64::from_be_bytes(bits)))
+            }
+            tag::STR => {
+                let len = self.length()?;
+                B::str(self.text(len, Field::Str)?)
+            }
+            tag::BYTES => {
+                // `length` checked it against the bytes left.
+                let len = self.length()?;
+                let value = self.build.bytes(self.pos, len);
+                self.pos += len;
+                value
+            }
+            tag::ARRAY => self.array(depth, at)?,
+            tag::MAP => {
+                let inner = self.nested(depth, at)?;
+                B::map(self.values(inner)?)
+            }
+            tag => return Err(self.fail(DecodeError::UnknownTag { tag, at })),
+        })
+    }
+
+    #[inline(never)]
+    fn array(&mut self, depth: usize, at: usize) -> Step<B::Value> {
+        let inner = self.nested(depth, at)?;
+        let count = self.count(1)?;
+        let mut items = Vec::with_capacity(count);
+        for _ in 0..count {
+            items.push(self.value(inner)?);
+        }
+        Ok(B::array(items))
+    }
+}
+
+/// Builds a [`ContainerRef`](crate::ContainerRef): views of the payload.
+pub(crate) struct Views<'a> {
+    buf: &'a [u8],
+    runs: Runs<&'a str>,
+}
+
+impl<'a> Views<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Views {
+            buf,
+            runs: Runs::default(),
+        }
+    }
+}
+
+impl<'a> Build<'a> for Views<'a> {
+    type Text = &'a str;
+    type Value = ValueRef<'a>;
+    type Map = ValuesRef<'a>;
+
+    #[inline(always)]
+    fn text(&mut self, at: usize, len: usize) -> Result<&'a str, Utf8Error> {
+        let buf = self.buf;
+        self.runs.text(
+            buf,
+            at,
+            len,
+            // ASCII, so UTF-8: never fails (an empty run if it did).
+            |start, end| std::str::from_utf8(buf.get(start..end).unwrap_or_default()).unwrap_or_default(),
+            |at, len| std::str::from_utf8(buf.get(at..at + len).unwrap_or_default()),
+        )
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self, at: usize, len: usize) -> ValueRef<'a> {
+        ValueRef::Bytes(self.buf.get(at..at + len).unwrap_or_default())
+    }
+
+    #[inline(always)]
+    fn null() -> ValueRef<'a> {
+        ValueRef::Null
+    }
+    #[inline(always)]
+    fn bool(b: bool) -> ValueRef<'a> {
+        ValueRef::Bool(b)
+    }
+    #[inline(always)]
+    fn i64(n: i64) -> ValueRef<'a> {
+        ValueRef::I64(n)
+    }
+    #[inline(always)]
+    fn u64(n: u64) -> ValueRef<'a> {
+        ValueRef::U64(n)
+    }
+    #[inline(always)]
+    fn f64(x: f64) -> ValueRef<'a> {
+        ValueRef::F64(x)
+    }
+    #[inline(always)]
+    fn str(text: &'a str) -> ValueRef<'a> {
+        ValueRef::Str(text)
+    }
+    fn array(items: Vec<ValueRef<'a>>) -> ValueRef<'a> {
+        ValueRef::Array(items)
+    }
+    fn map(map: ValuesRef<'a>) -> ValueRef<'a> {
+        ValueRef::Map(map)
+    }
+    #[inline(always)]
+    fn map_with_capacity(n: usize) -> ValuesRef<'a> {
+        ValuesRef::with_capacity(n)
+    }
+    #[inline(always)]
+    fn contains(map: &ValuesRef<'a>, name: &str) -> bool {
+        map.entries().iter().any(|(n, _)| *n == name)
+    }
+    fn add_names(map: &ValuesRef<'a>, set: &mut HashSet<&'a str>) {
+        set.extend(map.entries().iter().map(|(n, _)| *n));
+    }
+    #[inline(always)]
+    fn push(map: &mut ValuesRef<'a>, name: &'a str, value: ValueRef<'a>) {
+        map.push_checked(name, value);
+    }
+}
+
+/// Builds an owned [`Container`](crate::Container): slices of the payload's [`Bytes`],
+/// one reference count each.
+pub(crate) struct Shared<'a> {
+    payload: &'a Bytes,
+    runs: Runs<ByteString>,
+}
+
+impl<'a> Shared<'a> {
+    pub(crate) fn new(payload: &'a Bytes) -> Self {
+        Shared {
+            payload,
+            runs: Runs::default(),
+        }
+    }
+}
+
+impl<'a> Build<'a> for Shared<'a> {
+    type Text = ByteString;
+    type Value = Value;
+    type Map = Values;
+
+    #[inline(always)]
+    fn text(&mut self, at: usize, len: usize) -> Result<ByteString, Utf8Error> {
+        let payload = self.payload;
+        self.runs.text(
+            payload,
+            at,
+            len,
+            // ASCII, so UTF-8: never fails (an empty run if it did).
+            |start, end| ByteString::try_from(payload.slice(start..end)).unwrap_or_default(),
+            |at, len| ByteString::try_from(payload.slice(at..at + len)),
+        )
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self, at: usize, len: usize) -> Value {
+        Value::Bytes(self.payload.slice(at..at + len))
+    }
+
+    #[inline(always)]
+    fn null() -> Value {
+        Value::Null
+    }
+    #[inline(always)]
+    fn bool(b: bool) -> Value {
+        Value::Bool(b)
+    }
+    #[inline(always)]
+    fn i64(n: i64) -> Value {
+        Value::I64(n)
+    }
+    #[inline(always)]
+    fn u64(n: u64) -> Value {
+        Value::U64(n)
+    }
+    #[inline(always)]
+    fn f64(x: f64) -> Value {
+        Value::F64(x)
+    }
+    #[inline(always)]
+    fn str(text: ByteString) -> Value {
+        Value::Str(text)
+    }
+    fn array(items: Vec<Value>) -> Value {
+        Value::Array(items)
+    }
+    fn map(map: Values) -> Value {
+        Value::Map(map)
+    }
+    #[inline(always)]
+    fn map_with_capacity(n: usize) -> Values {
+        Values::with_capacity(n)
+    }
+    #[inline(always)]
+    fn contains(map: &Values, name: &str) -> bool {
+        map.entries().iter().any(|(n, _)| **n == *name)
+    }
+    fn add_names(map: &Values, set: &mut HashSet<ByteString>) {
+        set.extend(map.entries().iter().map(|(n, _)| n.clone()));
+    }
+    #[inline(always)]
+    fn push(map: &mut Values, name: ByteString, value: Value) {
+        map.push_checked(name, value);
+    }
+}
+
+/// A run of text: `&str` or [`ByteString`], sliced without checking UTF-8 again.
+pub(crate) trait Run: Default {
+    /// The text `self[off..off + len]`, if that range is in the run at character
+    /// boundaries.
+    fn sub(&self, off: usize, len: usize) -> Option<Self>;
+    fn len(&self) -> usize;
+}
+
+impl Run for &str {
+    #[inline(always)]
+    fn sub(&self, off: usize, len: usize) -> Option<Self> {
+        let run: &str = self;
+        run.get(off..off.checked_add(len)?)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        str::len(self)
+    }
+}
+
+impl Run for ByteString {
+    #[inline(always)]
+    fn sub(&self, off: usize, len: usize) -> Option<Self> {
+        let text = self.get(off..off.checked_add(len)?)?;
+        Some(self.slice_ref(text))
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        str::len(self)
+    }
+}
+
+/// UTF-8 checked in runs: from the first text that needs it, the longest stretch of
+/// ASCII bytes is found (sixteen bytes at a time) and taken as text once; each text that
+/// lies in it is a slice of it. The lengths, tags and small numbers between texts are
+/// ASCII, so one run usually covers many texts. A text not inside the run (one with
+/// non-ASCII characters, or one that is not UTF-8) is checked by itself, so the answer
+/// is always `str::from_utf8`'s on the text. Runs never overlap, so each byte is looked
+/// at a bounded number of times: linear in the payload, whatever it holds.
+#[derive(Debug, Default)]
+pub(crate) struct Runs<R> {
+    /// `run` is `payload[start..start + run.len()]`.
+    start: usize,
+    run: R,
+}
+
+impl<R: Run> Runs<R> {
+    /// `buf[at..at + len]` as text; the caller has checked that it is in `buf`.
+    /// `make(start, end)` makes the run of `buf[start..end]` (ASCII), `alone(at, len)`
+    /// checks a text by itself.
+    #[inline(always)]
+    pub(crate) fn text(
+        &mut self,
+        buf: &[u8],
+        at: usize,
+        len: usize,
+        make: impl FnOnce(usize, usize) -> R,
+        alone: impl FnOnce(usize, usize) -> Result<R, Utf8Error>,
+    ) -> Result<R, Utf8Error> {
+        if let Some(s) = self.in_run(at, len) {
+            return Ok(s);
+        }
+        if len == 0 {
+            return Ok(R::default());
+        }
+        if at >= self.start + self.run.len() {
+            self.new_run(buf, at, make);
+            if let Some(s) = self.in_run(at, len) {
+                return Ok(s);
+            }
+        }
+        // Not in one run: the text is not ASCII (or straddles an old run); ask directly.
+        alone(at, len)
+    }
+
+    #[inline(always)]
+    fn in_run(&self, at: usize, len: usize) -> Option<R> {
+        self.run.sub(at.checked_sub(self.start)?, len)
+    }
+
+    #[inline(never)]
+    fn new_run(&mut self, buf: &[u8], at: usize, make: impl FnOnce(usize, usize) -> R) {
+        let end = at + ascii_prefix(buf.get(at..).unwrap_or_default());
+        self.start = at;
+        self.run = make(at, end);
+    }
+}
+
+/// How many bytes at the start of `bytes` are ASCII.
+#[inline]
+pub(crate) fn ascii_prefix(bytes: &[u8]) -> usize {
+    const HIGH: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(16);
+    let mut n = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 16];
+        word.copy_from_slice(chunk);
+        if u128::from_le_bytes(word) & HIGH != 0 {
+            break;
+        }
+        n += 16;
+    }
+    let tail = bytes.get(n..).unwrap_or_default();
+    n + tail
+        .iter()
+        .position(|b| !b.is_ascii())
+        .unwrap_or(tail.len())
+}
