@@ -75,9 +75,9 @@ fn run(case: &str, n: u64) {
                 let c = decode(black_box(&payload)).unwrap();
                 black_box(read(&c));
             }
-            "decode/msgi-container-ref" => {
-                drop(black_box(ContainerRef::decode(black_box(&payload)).unwrap()))
-            }
+            "decode/msgi-container-ref" => drop(black_box(
+                ContainerRef::decode(black_box(&payload)).unwrap(),
+            )),
             "decode/msgi-container-ref+read" => {
                 let c = ContainerRef::decode(black_box(&payload)).unwrap();
                 black_box(read_ref(&c));

@@ -417,7 +417,11 @@ mod tests {
                 let want = std::str::from_utf8(&buf[at..at + len]);
                 assert_eq!(views.text(at, len), want, "{buf:x?} {at} {len}");
                 let got = slices.text(at, len);
-                assert_eq!(got.as_deref(), want.as_ref().map(|s| *s), "{buf:x?} {at} {len}");
+                assert_eq!(
+                    got.as_deref(),
+                    want.as_ref().map(|s| *s),
+                    "{buf:x?} {at} {len}"
+                );
                 if let Ok(text) = got {
                     assert!(text.is_empty() || shared.as_ptr_range().contains(&text.as_ptr()));
                 }

@@ -6,38 +6,38 @@ use msgi_container::{Container, ContainerRef};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
-pub struct Login {
-    pub message_type: String,
-    pub source_id: String,
-    pub source_sub_id: String,
-    pub target_id: String,
-    pub target_sub_id: String,
-    pub user: String,
-    pub token: String,
-    pub device: String,
-    pub locale: String,
-    pub timestamp: i64,
-    pub version: u32,
-    pub remember: bool,
+pub(crate) struct Login {
+    pub(crate) message_type: String,
+    pub(crate) source_id: String,
+    pub(crate) source_sub_id: String,
+    pub(crate) target_id: String,
+    pub(crate) target_sub_id: String,
+    pub(crate) user: String,
+    pub(crate) token: String,
+    pub(crate) device: String,
+    pub(crate) locale: String,
+    pub(crate) timestamp: i64,
+    pub(crate) version: u32,
+    pub(crate) remember: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
-pub struct LoginRef<'a> {
-    pub message_type: &'a str,
-    pub source_id: &'a str,
-    pub source_sub_id: &'a str,
-    pub target_id: &'a str,
-    pub target_sub_id: &'a str,
-    pub user: &'a str,
-    pub token: &'a str,
-    pub device: &'a str,
-    pub locale: &'a str,
-    pub timestamp: i64,
-    pub version: u32,
-    pub remember: bool,
+pub(crate) struct LoginRef<'a> {
+    pub(crate) message_type: &'a str,
+    pub(crate) source_id: &'a str,
+    pub(crate) source_sub_id: &'a str,
+    pub(crate) target_id: &'a str,
+    pub(crate) target_sub_id: &'a str,
+    pub(crate) user: &'a str,
+    pub(crate) token: &'a str,
+    pub(crate) device: &'a str,
+    pub(crate) locale: &'a str,
+    pub(crate) timestamp: i64,
+    pub(crate) version: u32,
+    pub(crate) remember: bool,
 }
 
-pub fn login() -> Login {
+pub(crate) fn login() -> Login {
     Login {
         message_type: "user_login".into(),
         source_id: "client-7f3a".into(),
@@ -54,7 +54,7 @@ pub fn login() -> Login {
     }
 }
 
-pub fn container(l: &Login) -> Container {
+pub(crate) fn container(l: &Login) -> Container {
     Container::builder(l.message_type.clone())
         .source(l.source_id.clone(), l.source_sub_id.clone())
         .target(l.target_id.clone(), l.target_sub_id.clone())
@@ -70,7 +70,7 @@ pub fn container(l: &Login) -> Container {
 }
 
 /// What a handler reads from a container: every field, typed.
-pub fn read(c: &Container) -> LoginRef<'_> {
+pub(crate) fn read(c: &Container) -> LoginRef<'_> {
     LoginRef {
         message_type: c.message_type(),
         source_id: c.source_id(),
@@ -88,7 +88,7 @@ pub fn read(c: &Container) -> LoginRef<'_> {
 }
 
 /// The same, read in place.
-pub fn read_ref<'a>(c: &ContainerRef<'a>) -> LoginRef<'a> {
+pub(crate) fn read_ref<'a>(c: &ContainerRef<'a>) -> LoginRef<'a> {
     LoginRef {
         message_type: c.message_type(),
         source_id: c.source_id(),
@@ -104,4 +104,3 @@ pub fn read_ref<'a>(c: &ContainerRef<'a>) -> LoginRef<'a> {
         remember: c.get("remember").unwrap(),
     }
 }
-
