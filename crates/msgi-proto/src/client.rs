@@ -1203,6 +1203,9 @@ impl<R: Caller> Connection<R> {
                 (_, None) if plain && frame.kind() == delivery::ACK => {
                     return self.on_ack(frame, now);
                 }
+                (Resume::Done, None) if plain && frame.kind() == Kind::DISCONNECT => {
+                    self.on_shutdown_last(&frame);
+                }
                 _ => {}
             }
         }
@@ -1283,6 +1286,22 @@ impl<R: Caller> Connection<R> {
             None => {
                 let why = PeerText(frame.payload()).to_string();
                 self.lose(ConnectionError::DeliveryRefused(why), now);
+            }
+        }
+    }
+
+    /// DISCONNECT `server shutdown; last <n>`: the server took the frames
+    /// up to `n` and refused the others (they go to the next connection).
+    /// A number beyond the frames sent is not taken as an acknowledgement
+    /// (the connection ends anyway).
+    fn on_shutdown_last(&mut self, frame: &Frame) {
+        let Some(last) = delivery::parse_shutdown_last(frame.payload()) else {
+            return;
+        };
+        if let Some(acks) = &mut self.acks {
+            let sent_through = acks.base + acks.sent as u64 - 1;
+            if last <= sent_through {
+                acks.acknowledge(last);
             }
         }
     }

@@ -33,6 +33,13 @@ pub const RESUME_PREFIX: &str = "RESUME ";
 /// The prefix of the server's answer: `RESUMED <last>`.
 pub const RESUMED_PREFIX: &str = "RESUMED ";
 
+/// The reason of the DISCONNECT a server shutting down sends to a client
+/// that resumed acknowledged delivery, before the number of the last frame
+/// it handed to the application: `server shutdown; last <n>`. A client
+/// that matches the reason by its prefix `server shutdown` reads it as any
+/// shutdown.
+pub const SHUTDOWN_LAST_PREFIX: &str = "server shutdown; last ";
+
 /// The length of an [`ACK`] frame's payload: a big-endian `u64`.
 pub const ACK_PAYLOAD_LEN: usize = 8;
 
@@ -46,6 +53,18 @@ pub fn ack_frame(last: u64) -> Frame {
 pub fn parse_ack(frame: &Frame) -> Option<u64> {
     let bytes: [u8; ACK_PAYLOAD_LEN] = frame.payload().as_ref().try_into().ok()?;
     Some(u64::from_be_bytes(bytes))
+}
+
+/// The reason `server shutdown; last <last>` (see [`SHUTDOWN_LAST_PREFIX`]).
+pub fn shutdown_reason(last: u64) -> String {
+    format!("{SHUTDOWN_LAST_PREFIX}{last}")
+}
+
+/// `last` of a DISCONNECT payload `server shutdown; last <last>`; `None`
+/// for any other reason.
+pub fn parse_shutdown_last(payload: &[u8]) -> Option<u64> {
+    let rest = payload.strip_prefix(SHUTDOWN_LAST_PREFIX.as_bytes())?;
+    parse_decimal(std::str::from_utf8(rest).ok()?)
 }
 
 /// The client's request (uncorrelated here: the caller sets its id).
@@ -109,5 +128,14 @@ mod tests {
         assert_eq!(parse_resumed(resumed_frame(0).payload()), Some(0));
         assert_eq!(parse_resumed(b"RESUMED 42"), Some(42));
         assert_eq!(parse_resumed(b"RESUMED -1"), None);
+        assert_eq!(parse_shutdown_last(shutdown_reason(7).as_bytes()), Some(7));
+        for bad in [
+            "server shutdown",
+            "server shutdown; last ",
+            "server shutdown; last 07",
+            "idle timeout",
+        ] {
+            assert_eq!(parse_shutdown_last(bad.as_bytes()), None, "{bad}");
+        }
     }
 }

@@ -268,6 +268,14 @@ pub enum Close {
     /// [`Connection::handle_pushes_done`]). Ignored while the connection
     /// already closes.
     Graceful,
+    /// [`Graceful`](Close::Graceful), and the complete frames the runtime
+    /// had already read from the peer when the close began (in its read
+    /// buffer: it reads nothing more from the peer for them) are taken
+    /// too, through [`Connection::poll_read_buffered`], until the runtime
+    /// calls [`Connection::handle_buffered_done`]: a server shutting down
+    /// hands on what it read instead of discarding it. A DISCONNECT among
+    /// them ends the buffered frames.
+    GracefulHandingOnRead,
     /// End at once, writing nothing more (a slow consumer). Requests not
     /// answered are cut.
     Abort,
@@ -279,7 +287,9 @@ pub enum Close {
 pub enum Phase {
     /// Read frames (when [`Connection::poll_read`] permits), write, take pushes.
     Open,
-    /// Read no more; pass the waiting request to the service, collect
+    /// Read no more from the peer (after [`Close::GracefulHandingOnRead`],
+    /// hand in the frames already read, through
+    /// [`Connection::poll_read_buffered`]); pass the waiting request to the service, collect
     /// answers, take pushes; once [`Connection::answered_all`], seal the
     /// pushes and call [`Connection::handle_pushes_done`].
     Draining,
@@ -397,6 +407,9 @@ enum State {
     /// runtime asked for; a drain the peer began says nothing).
     Draining {
         farewell: bool,
+        /// Frames the runtime read before the close are still taken
+        /// ([`Close::GracefulHandingOnRead`]).
+        buffered: bool,
     },
     Flushing,
     Lingering,
@@ -542,6 +555,45 @@ impl Connection {
         (reading == Reading::Open).then_some(ReadPermit { conn: self })
     }
 
+    /// While a [`Close::GracefulHandingOnRead`] drains: a permit to hand
+    /// in the next complete frame the runtime already holds (read from the
+    /// peer before the close began), under the limits of
+    /// [`poll_read`](Connection::poll_read) (`None` while a request waits,
+    /// a frame waits to be written, or the requests are at their limits;
+    /// ask again once they are not). `None` too once the runtime said it
+    /// holds no more ([`handle_buffered_done`](Connection::handle_buffered_done))
+    /// or for any other close. The runtime must not read from the peer
+    /// for it.
+    #[inline]
+    pub fn poll_read_buffered(&mut self, write_queued: usize) -> Option<ReadPermit<'_>> {
+        if !self.takes_buffered() {
+            return None;
+        }
+        let config = &*self.config;
+        let held = write_queued >= config.high_water
+            || !matches!(self.slot, Slot::Empty)
+            || self.transmit.is_some()
+            || self.outstanding as usize >= config.max_concurrent_requests
+            || self.outstanding_bytes >= config.max_concurrent_request_bytes;
+        (!held).then_some(ReadPermit { conn: self })
+    }
+
+    /// The runtime holds no more complete frames read before the close
+    /// (or cannot hand them in): the drain goes on to its farewell once
+    /// every request is answered.
+    pub fn handle_buffered_done(&mut self) {
+        if let State::Draining { buffered, .. } = &mut self.state {
+            *buffered = false;
+        }
+    }
+
+    /// Whether a [`Close::GracefulHandingOnRead`] still takes frames the
+    /// runtime read before it ([`poll_read_buffered`](Connection::poll_read_buffered)).
+    #[inline]
+    pub fn takes_buffered(&self) -> bool {
+        matches!(self.state, State::Draining { buffered: true, .. })
+    }
+
     fn handle_frame(&mut self, frame: Frame, now: Instant) {
         match self.proto.on_frame(frame, now) {
             Inbound::Deliver(frame) => {
@@ -571,6 +623,11 @@ impl Connection {
                 self.push_transmit(answer);
             }
             Inbound::PeerError(frame) => self.slot = Slot::PeerError(frame.into_payload()),
+            // Among the frames read before a close of ours: nothing after
+            // it counts, and our close goes on as it began.
+            Inbound::PeerDisconnect(_) if matches!(self.state, State::Draining { .. }) => {
+                self.handle_buffered_done();
+            }
             Inbound::PeerDisconnect(why) => {
                 self.begin_drain(Cause::PeerDisconnect(why), false, now);
                 self.closing_owed = Some(true);
@@ -725,6 +782,15 @@ impl Connection {
                     self.begin_drain(Cause::Local, true, now);
                 }
             }
+            Close::GracefulHandingOnRead => {
+                if matches!(self.state, State::Open) {
+                    self.begin_drain(Cause::Local, true, now);
+                    self.state = State::Draining {
+                        farewell: true,
+                        buffered: true,
+                    };
+                }
+            }
         }
     }
 
@@ -787,7 +853,13 @@ impl Connection {
     /// and calls [`handle_pushes_done`](Connection::handle_pushes_done).
     #[inline]
     pub fn answered_all(&self) -> bool {
-        matches!(self.state, State::Draining { .. }) && self.outstanding == 0
+        matches!(
+            self.state,
+            State::Draining {
+                buffered: false,
+                ..
+            }
+        ) && self.outstanding == 0
     }
 
     /// The runtime writes no more pushes: a draining connection that has
@@ -799,7 +871,7 @@ impl Connection {
         if !self.answered_all() {
             return;
         }
-        if let State::Draining { farewell: true } =
+        if let State::Draining { farewell: true, .. } =
             std::mem::replace(&mut self.state, State::Flushing)
         {
             self.push_transmit(Frame::new(Kind::DISCONNECT, farewell()));
@@ -979,7 +1051,10 @@ impl Connection {
     /// Stops reading; answers what was received, then sends `farewell`.
     fn begin_drain(&mut self, cause: Cause, farewell: bool, now: Instant) {
         self.cause = Some(cause);
-        self.state = State::Draining { farewell };
+        self.state = State::Draining {
+            farewell,
+            buffered: false,
+        };
         self.proto.start_drain(now, self.config.drain_timeout);
     }
 

@@ -397,6 +397,69 @@ fn acknowledged_delivery_needs_a_client_id() {
     assert!(refused.is_err());
 }
 
+/// DISCONNECT `server shutdown; last 2` on a link.
+fn shut_down(link: &mut Link, last: u64) {
+    link.server_codec
+        .encode(
+            Frame::disconnect(delivery::shutdown_reason(last)),
+            &mut link.to_client,
+        )
+        .unwrap();
+    link.read();
+}
+
+#[test]
+fn a_shutdown_disconnect_says_which_frames_the_server_took() {
+    let mut store = Store::default();
+    let mut link = Link::new(window(100, 1 << 20));
+    open(&mut link, &mut store);
+    for n in 0..5 {
+        link.send(&n.to_string());
+    }
+    // The server hands on 3, acknowledges none, and shuts down saying so.
+    link.serve(&mut store, 3);
+    shut_down(&mut link, 3);
+    assert!(
+        matches!(link.lost.as_slice(), [ConnectionError::ServerDisconnected(why)] if why.starts_with("server shutdown")),
+        "{:?}",
+        link.lost
+    );
+    assert_eq!(link.client.acknowledged(), 3);
+    assert_eq!(link.client.unacknowledged(), 2);
+    // The next server knows nothing (a new process): it gets 3 and 4
+    // only, nothing twice.
+    let mut restarted = Store::default();
+    open(&mut link, &mut restarted);
+    link.serve(&mut restarted, usize::MAX);
+    assert_eq!(restarted.handed, numbered(3..5));
+
+    // A number beyond the frames sent acknowledges nothing.
+    let mut store = Store::default();
+    let mut link = Link::new(window(100, 1 << 20));
+    open(&mut link, &mut store);
+    link.send("0");
+    // Written, not read by the server.
+    link.serve(&mut store, 0);
+    shut_down(&mut link, 2);
+    assert_eq!(link.client.acknowledged(), 0);
+    assert_eq!(link.client.unacknowledged(), 1);
+    // Nor does a plain `server shutdown`.
+    link.lost.clear();
+    open(&mut link, &mut store);
+    link.server_codec
+        .encode(Frame::disconnect("server shutdown"), &mut link.to_client)
+        .unwrap();
+    link.read();
+    assert_eq!(
+        link.lost.len(),
+        1,
+        "{:?} {:?}",
+        link.lost,
+        link.client.phase()
+    );
+    assert_eq!(link.client.unacknowledged(), 1);
+}
+
 #[test]
 fn worked_example_bytes() {
     let doc = std::fs::read_to_string(concat!(
@@ -421,6 +484,19 @@ fn worked_example_bytes() {
         ("C→S DATA a (#1)", Frame::data("a")),
         ("C→S DATA b (#2)", Frame::data("b")),
         ("S→C ACK 2", delivery::ack_frame(2)),
+        (
+            "S→C DISCONNECT server shutdown; last 2",
+            Frame::disconnect(delivery::shutdown_reason(2)),
+        ),
+        (
+            "C→S RESUME 9 3",
+            delivery::resume_frame(9, 3).with_request_id(1),
+        ),
+        (
+            "S→C RESUMED 2",
+            delivery::resumed_frame(2).with_request_id(1),
+        ),
+        ("C→S DATA c (#3)", Frame::data("c")),
     ];
     for (label, frame) in lines {
         let line = doc

@@ -282,6 +282,16 @@ impl AckStore {
     }
 }
 
+/// The farewell of a session shutting down that resumed acknowledged
+/// delivery and is still its client id's newest: `server shutdown; last
+/// <n>`, `n` the last number handed to the application (every frame of
+/// the session was handed on or refused by now).
+pub(crate) fn shutdown_farewell(session: &Session) -> Option<String> {
+    let AckLink(state) = session.data::<AckLink>()?;
+    let s = lock(&state);
+    (s.owner == session.id()).then(|| delivery::shutdown_reason(s.last))
+}
+
 impl Default for AckStore {
     fn default() -> Self {
         AckStore::new()

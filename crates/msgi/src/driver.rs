@@ -188,7 +188,7 @@ where
                     self.conn.handle_close(Close::Abort, now);
                 } else if self.conn.phase() == Phase::Open {
                     tracing::debug!(session = %self.session.id(), %reason, "session draining");
-                    self.conn.handle_close(Close::Graceful, now);
+                    self.conn.handle_close(Close::GracefulHandingOnRead, now);
                     progress = true;
                 }
             }
@@ -207,7 +207,7 @@ where
 
             match self.conn.phase() {
                 Phase::Open => progress |= self.read_requests(cx, now),
-                Phase::Draining => progress |= self.call_waiting(cx, now),
+                Phase::Draining => progress |= self.hand_on_read(cx, now),
                 _ => {}
             }
 
@@ -643,6 +643,34 @@ where
                 true
             }
         }
+    }
+
+    /// While draining: the waiting request, then the complete frames read
+    /// before the close began (never reading more from the peer).
+    fn hand_on_read(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
+        let mut progress = self.call_waiting(cx, now);
+        while self.conn.takes_buffered() {
+            let Some(permit) = self.conn.poll_read_buffered(self.transport.pending_write()) else {
+                return progress;
+            };
+            match self.transport.buffered_frame() {
+                Ok(Some(frame)) => {
+                    if let Some(tally) = &mut self.tally {
+                        tally.frame_in(&frame, now);
+                    }
+                    permit.handle_frame(frame, now);
+                }
+                Ok(None) => self.conn.handle_buffered_done(),
+                Err(ReadError::Codec(e)) => self.conn.handle_decode_error(&e, now),
+                Err(ReadError::Reset(e)) => self.conn.handle_peer_reset(e.kind()),
+            }
+            if self.conn.has_output() {
+                self.pump();
+            }
+            progress = true;
+            progress |= self.call_waiting(cx, now);
+        }
+        progress
     }
 
     fn read_requests(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {

@@ -626,7 +626,12 @@ impl Session {
     /// framing sends: an over-long application reason must not turn the
     /// farewell into an ERROR.
     pub(crate) fn farewell(&self, reason: &CloseReason) -> Frame {
-        let mut text = reason.to_string();
+        let mut text = match reason {
+            // Tells a client of acknowledged delivery which frames it took.
+            CloseReason::ServerShutdown => crate::delivery::shutdown_farewell(self),
+            _ => None,
+        }
+        .unwrap_or_else(|| reason.to_string());
         let max = usize::try_from(self.inner.limits.max_frame_len)
             .unwrap_or(usize::MAX)
             .saturating_sub(msgi_proto::HEADER_LEN);

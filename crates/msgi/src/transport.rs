@@ -76,6 +76,18 @@ pub trait Transport: Send + 'static {
     /// The next frame; `Ok(None)` on a clean end of stream between frames.
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, ReadError>>;
 
+    /// The next complete frame already in the transport's read buffer,
+    /// without reading from the peer (`Ok(None)` when there is none): what
+    /// a server shutting down hands on. The default holds none (a
+    /// transport that reads no frame ahead).
+    ///
+    /// # Errors
+    ///
+    /// The buffered bytes break the framing.
+    fn buffered_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        Ok(None)
+    }
+
     /// Adds a frame to the write queue, or refuses it without change.
     ///
     /// # Errors
@@ -324,6 +336,10 @@ where
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Frame>, ReadError>> {
         ByteStream::poll_frame(self, cx)
+    }
+
+    fn buffered_frame(&mut self) -> Result<Option<Frame>, ReadError> {
+        self.codec.decode(&mut self.rbuf).map_err(ReadError::Codec)
     }
 
     fn queue(&mut self, frame: Frame) -> Result<(), CodecError> {

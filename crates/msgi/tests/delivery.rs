@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use msgi::delivery::{AckLayer, AckStore};
-use msgi::{Client, ClientError, Frame, Reconnect, Server};
-use support::within;
+use msgi::{Client, ClientError, Frame, Kind, Reconnect, Server, Session};
+use support::{within, RawPeer};
 use tokio::runtime::Runtime;
 use tokio::sync::{oneshot, watch};
 use tower::{Service, ServiceBuilder};
@@ -117,10 +117,21 @@ struct Run {
     acknowledged: u64,
 }
 
+/// How the server stops in a [`run`].
+#[derive(Clone, Copy, PartialEq)]
+enum Stops {
+    /// Killed and shut down in turn; the next server keeps the store.
+    KeepingTheStore,
+    /// Killed and shut down in turn; a new, empty store after each kill.
+    Crashing,
+    /// Shut down gracefully each time, a new, empty store each time (a
+    /// process restarted).
+    GracefullyRestarted,
+}
+
 /// Sends `total` numbered frames while the server is stopped `restarts`
-/// times (kill and graceful shutdown in turn); a new, empty store after
-/// each kill when `crash`.
-fn run(total: u64, restarts: usize, crash: bool) -> Run {
+/// times, as `stops` says.
+fn run(total: u64, restarts: usize, stops: Stops) -> Run {
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -164,13 +175,16 @@ fn run(total: u64, restarts: usize, crash: bool) -> Run {
         client_rt
             .block_on(within(counted.wait_for(|n| *n >= at)))
             .unwrap();
-        if round % 2 == 0 {
+        if round % 2 == 0 && stops != Stops::GracefullyRestarted {
             node.kill();
-            if crash {
+            if stops == Stops::Crashing {
                 store = self::store();
             }
         } else {
             node.shutdown(&client_rt);
+            if stops == Stops::GracefullyRestarted {
+                store = self::store();
+            }
         }
         node = start(addr, &store, &app);
     }
@@ -189,7 +203,7 @@ fn run(total: u64, restarts: usize, crash: bool) -> Run {
 #[test]
 fn reconnects_to_a_live_server_lose_and_repeat_nothing() {
     const TOTAL: u64 = 20_000;
-    let run = run(TOTAL, 6, false);
+    let run = run(TOTAL, 6, Stops::KeepingTheStore);
     assert_eq!(run.acknowledged, TOTAL);
     // Each frame once, in the order sent: nothing lost, nothing twice.
     let first_wrong = run.seen.iter().zip(0..).find(|(seen, n)| **seen != *n);
@@ -200,7 +214,7 @@ fn reconnects_to_a_live_server_lose_and_repeat_nothing() {
 #[test]
 fn a_crash_loses_nothing_acknowledged_delivery_sends_it_again() {
     const TOTAL: u64 = 20_000;
-    let run = run(TOTAL, 6, true);
+    let run = run(TOTAL, 6, Stops::Crashing);
     assert_eq!(run.acknowledged, TOTAL);
     let mut seen = run.seen.clone();
     seen.sort_unstable();
@@ -208,4 +222,122 @@ fn a_crash_loses_nothing_acknowledged_delivery_sends_it_again() {
     // At least once: every number, some twice (handed, not acknowledged
     // before the crash).
     assert_eq!(seen, (0..TOTAL).collect::<Vec<_>>());
+}
+
+#[test]
+fn graceful_restarts_with_an_empty_store_repeat_nothing() {
+    const TOTAL: u64 = 20_000;
+    // Each server knows nothing of the one before: only its DISCONNECT
+    // `server shutdown; last N` tells the client what was taken.
+    let run = run(TOTAL, 4, Stops::GracefullyRestarted);
+    assert_eq!(run.acknowledged, TOTAL);
+    let first_wrong = run.seen.iter().zip(0..).find(|(seen, n)| **seen != *n);
+    assert_eq!(first_wrong, None, "at the handler");
+    assert_eq!(run.seen.len() as u64, TOTAL, "more at the handler");
+}
+
+/// Takes the first frame at once, then is not ready until the session
+/// closes: the frames the server read meanwhile wait in its read buffer
+/// when a shutdown begins.
+#[derive(Clone)]
+struct HeldAfterFirst {
+    seen: Arc<Mutex<Vec<String>>>,
+    session: Arc<Mutex<Option<Session>>>,
+    /// Told when a frame waits behind the first.
+    held: Arc<watch::Sender<bool>>,
+}
+
+impl Service<Frame> for HeldAfterFirst {
+    type Response = Option<Frame>;
+    type Error = Infallible;
+    type Future = Ready<Result<Option<Frame>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The session's close wakes its driver, which asks again.
+        match &*self.session.lock().unwrap() {
+            Some(session) if !session.is_closing() => {
+                self.held.send_replace(true);
+                Poll::Pending
+            }
+            _ => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, frame: Frame) -> Self::Future {
+        if frame.request_id().is_none() {
+            let session = frame.extensions().get::<Session>().cloned();
+            self.session
+                .lock()
+                .unwrap()
+                .get_or_insert_with(|| session.unwrap());
+            self.seen
+                .lock()
+                .unwrap()
+                .push(frame.payload_text().into_owned());
+        }
+        ready(Ok(None))
+    }
+}
+
+/// Frames the server had read when its shutdown began reach the handler;
+/// a client of acknowledged delivery is told in the DISCONNECT which.
+async fn shutdown_with_frames_read(acknowledged: bool) -> (Vec<String>, Frame) {
+    let (held, mut waiting) = watch::channel(false);
+    let app = HeldAfterFirst {
+        seen: Arc::default(),
+        session: Arc::default(),
+        held: Arc::new(held),
+    };
+    let service = ServiceBuilder::new()
+        .option_layer(acknowledged.then(|| AckLayer::new(AckStore::new())))
+        .service(app.clone());
+    let mut server = support::serve(Server::builder(), service).await;
+    let mut peer = RawPeer::connect(server.addr).await;
+    if acknowledged {
+        peer.send(Frame::control("HELLO alice").with_request_id(0))
+            .await;
+        assert!(peer
+            .recv()
+            .await
+            .unwrap()
+            .payload_text()
+            .starts_with("WELCOME"));
+        peer.send(Frame::control("RESUME 9 1").with_request_id(1))
+            .await;
+        assert_eq!(peer.recv().await.unwrap().payload_text(), "RESUMED 0");
+    }
+    peer.send(Frame::data("0")).await;
+    // Nine more in one write: read together, they wait behind the first.
+    let mut batch = Vec::new();
+    for n in 1..10 {
+        batch.extend_from_slice(&peer.encode(Frame::data(n.to_string())));
+    }
+    peer.write(&batch).await;
+    within(waiting.wait_for(|held| *held)).await.unwrap();
+    server.begin_shutdown();
+    let farewell = loop {
+        let frame = peer.recv().await.expect("a DISCONNECT before the close");
+        if frame.kind() == Kind::DISCONNECT {
+            break frame;
+        }
+    };
+    server.shutdown().await;
+    let seen = app.seen.lock().unwrap().clone();
+    (seen, farewell)
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_hands_on_the_frames_it_read() {
+    let (seen, farewell) = shutdown_with_frames_read(false).await;
+    let numbers: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    assert_eq!(seen, numbers);
+    assert_eq!(farewell.payload_text(), "server shutdown");
+}
+
+#[tokio::test]
+async fn a_shutdown_tells_a_client_of_acknowledged_delivery_the_last_frame_taken() {
+    let (seen, farewell) = shutdown_with_frames_read(true).await;
+    let numbers: Vec<String> = (0..10).map(|n| n.to_string()).collect();
+    assert_eq!(seen, numbers);
+    assert_eq!(farewell.payload_text(), "server shutdown; last 10");
 }
