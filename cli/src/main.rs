@@ -16,9 +16,8 @@ mod bench;
 mod demo;
 mod flags;
 mod gateway;
-// The endpoints of `--metrics` and `--admin` (this allow goes when `--metrics` lands).
-#[allow(dead_code)]
 mod http;
+mod metrics;
 mod numbered;
 mod reference;
 mod stack;
@@ -119,6 +118,11 @@ struct ServeArgs {
     /// service to this file, one per line (for scripts/ack_restarts.sh).
     #[arg(long, value_name = "FILE")]
     record: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (connections, frames
+    /// and bytes by kind, errors, closes, request latency, queue depths,
+    /// refused requests).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -258,8 +262,15 @@ async fn serve_with<C: msgi::MakeFraming>(
     let idle = (args.idle_timeout > 0).then(|| Duration::from_secs(args.idle_timeout));
     // One registry and the same settings for every listener (TCP, WebSocket).
     let registry = msgi::Registry::new();
+    // One set of metrics for every listener.
+    let metrics = args.metrics.map(|_| msgi_metrics::Metrics::new());
     let builder = |framing: C| {
-        Server::builder()
+        let builder = Server::builder();
+        let builder = match &metrics {
+            Some(metrics) => builder.observer(metrics.clone()),
+            None => builder,
+        };
+        builder
             .framing(framing)
             .registry(registry.clone())
             .max_connections(args.max_connections)
@@ -285,9 +296,17 @@ async fn serve_with<C: msgi::MakeFraming>(
         (Some(_), Some(_)) => {
             bail!("--key-file and --tls-cert together are not supported: choose one")
         }
-        (Some(tls), None) => run_server(tcp.accept(tls).build()?, ws_server, args).await,
-        (None, Some(psk)) => run_server(tcp.accept(psk.acceptor()).build()?, ws_server, args).await,
-        (None, None) => run_server(tcp.build()?, ws_server, args).await,
+        (Some(tls), None) => run_server(tcp.accept(tls).build()?, ws_server, args, metrics).await,
+        (None, Some(psk)) => {
+            run_server(
+                tcp.accept(psk.acceptor()).build()?,
+                ws_server,
+                args,
+                metrics,
+            )
+            .await
+        }
+        (None, None) => run_server(tcp.build()?, ws_server, args, metrics).await,
     }
 }
 
@@ -308,6 +327,7 @@ async fn run_server<C, A, Io>(
     server: Server<C, A>,
     ws_server: Option<Server<C, msgi::ws::WebSocketAccept>>,
     args: ServeArgs,
+    metrics: Option<msgi_metrics::Metrics>,
 ) -> Result<()>
 where
     C: msgi::MakeFraming,
@@ -330,7 +350,9 @@ where
         .map(numbered::Recorder::open)
         .transpose()?;
     let echo = tower::ServiceBuilder::new()
-        // Outermost: acknowledged delivery numbers every frame handed on.
+        // Counts what the layers below refuse (rate limit, timeout).
+        .option_layer(metrics.as_ref().map(msgi_metrics::Metrics::layer))
+        // Acknowledged delivery numbers every frame handed on.
         .option_layer(
             args.ack
                 .then(|| msgi::delivery::AckLayer::new(msgi::delivery::AckStore::new())),
@@ -358,6 +380,14 @@ where
         ),
         None => None,
     };
+    let metrics_listener = match args.metrics {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (--metrics)"))?,
+        ),
+        None => None,
+    };
     // Watch the signals before announcing: a SIGTERM sent as soon as the
     // address is known must already stop the server gracefully.
     let shutdown = shutdown_signal()?;
@@ -366,7 +396,23 @@ where
         if let Some(ws) = &ws_listener {
             announce_ws(ws.local_addr()?)?;
         }
+        if let Some(endpoint) = &metrics_listener {
+            metrics::announce(endpoint.local_addr()?)?;
+        }
     }
+    // Stops the endpoints once the servers have stopped.
+    let endpoints = tokio_util::sync::CancellationToken::new();
+    let metrics_task = match (metrics, metrics_listener) {
+        (Some(metrics), Some(endpoint)) => {
+            tracing::info!(addr = %endpoint.local_addr()?, path = "/metrics", "metrics endpoint listening");
+            Some(tokio::spawn(http::serve(
+                endpoint,
+                metrics::endpoint(metrics),
+                endpoints.clone().cancelled_owned(),
+            )))
+        }
+        _ => None,
+    };
     let tls = if args.tls.client_ca.is_some() {
         "mutual TLS"
     } else if args.tls.tls_cert.is_some() {
@@ -400,6 +446,12 @@ where
                 .with_graceful_shutdown(shutdown)
                 .await?;
         }
+    }
+    endpoints.cancel();
+    if let Some(task) = metrics_task {
+        task.await
+            .context("the metrics endpoint")?
+            .context("the metrics endpoint")?;
     }
     tracing::info!("stopped");
     Ok(())

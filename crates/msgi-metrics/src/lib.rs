@@ -584,7 +584,7 @@ impl<S> tower::Layer<S> for CountRefusedLayer {
 }
 
 /// The service of [`CountRefusedLayer`]: the inner service, its refusals
-/// counted. Its error is boxed (to tell tower's refusals by their type).
+/// counted; its answers and errors unchanged.
 #[derive(Clone, Debug)]
 pub struct CountRefused<S> {
     inner: S,
@@ -594,14 +594,14 @@ pub struct CountRefused<S> {
 impl<S> tower::Service<Frame> for CountRefused<S>
 where
     S: tower::Service<Frame, Response = Option<Frame>>,
-    S::Error: Into<BoxError>,
+    S::Error: 'static,
 {
     type Response = Option<Frame>;
-    type Error = BoxError;
+    type Error = S::Error;
     type Future = CountRefusedFuture<S::Future>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx).map_err(Into::into)
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, frame: Frame) -> Self::Future {
@@ -625,13 +625,13 @@ pin_project_lite::pin_project! {
 impl<F, E> Future for CountRefusedFuture<F>
 where
     F: Future<Output = Result<Option<Frame>, E>>,
-    E: Into<BoxError>,
+    E: 'static,
 {
-    type Output = Result<Option<Frame>, BoxError>;
+    type Output = Result<Option<Frame>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let out = std::task::ready!(this.inner.poll(cx)).map_err(Into::into);
+        let out = std::task::ready!(this.inner.poll(cx));
         let layer = match &out {
             Ok(Some(answer)) if answer.kind() == Kind::ERROR => {
                 answer.extensions().get::<Refused>().map(|r| match r {
@@ -641,7 +641,7 @@ where
                 })
             }
             Ok(_) => None,
-            Err(e) => refused_by_tower(&**e),
+            Err(e) => refused_by_tower(e),
         };
         if let (Some(layer), Some(metrics)) = (layer, this.metrics.take()) {
             metrics.counts.refused[layer].fetch_add(1, Relaxed);
@@ -650,9 +650,17 @@ where
     }
 }
 
-/// The index in [`LAYERS`] of a tower layer's refusal found in `e`'s chain.
-fn refused_by_tower(e: &(dyn std::error::Error + 'static)) -> Option<usize> {
-    let mut next = Some(e);
+/// The index in [`LAYERS`] of a tower layer's refusal: `e` itself, or in
+/// the chain of a boxed error (tower's layers box theirs).
+fn refused_by_tower(e: &dyn std::any::Any) -> Option<usize> {
+    if e.is::<tower::load_shed::error::Overloaded>() {
+        return Some(2);
+    }
+    if e.is::<tower::timeout::error::Elapsed>() {
+        return Some(1);
+    }
+    let boxed = e.downcast_ref::<BoxError>()?;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(&**boxed);
     while let Some(e) = next {
         if e.is::<tower::load_shed::error::Overloaded>() {
             return Some(2);
