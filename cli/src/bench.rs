@@ -1097,7 +1097,11 @@ fn print_row(m: &Measurement, name: &str) {
         format!(
             "  offered {:.0}/s  lost {}  refused (slow) {}  refused (other) {}  sessions closed {}",
             f.offered_per_sec, f.lost, f.refused_slow, f.refused_other, f.sessions_closed
-        )
+        ) + if f.publisher_closed {
+            "  PUBLISHER CLOSED by the server"
+        } else {
+            ""
+        }
     });
     println!(
         "  {name:<14} {:>10.0} msg/s {:>9.1} MB/s  p50 {:>8.1} µs  p99 {:>8.1} µs  p99.9 {:>8.1} µs  cpu/msg {cpu:>9}  errors {}{rss}{fan}",
@@ -1120,5 +1124,6 @@ fn fanout_median(runs: &[&Measurement]) -> Option<fanout::Fanout> {
         refused_slow: sum(|f| f.refused_slow),
         refused_other: sum(|f| f.refused_other),
         sessions_closed: sum(|f| f.sessions_closed),
+        publisher_closed: all.iter().any(|f| f.publisher_closed),
     })
 }

@@ -463,28 +463,36 @@ async fn publish_for(
         Target::Subset => TARGET_SUBSET,
     };
     // The publisher's own reader: answers, and (target all) deliveries.
+    // When the server ends the publisher's connection (or sends what does
+    // not decode), no answer can come any more: the window is closed, so
+    // that the publishing loop stops instead of waiting for permits.
     let reader = {
         let (shared, answers, window) = (shared.clone(), answers.clone(), window.clone());
         tokio::spawn(async move {
             let mut buf = BytesMut::with_capacity(64 * 1024);
             let mut latencies = Vec::with_capacity(64);
-            loop {
-                if buf.capacity() - buf.len() < 16 * 1024 {
-                    buf.reserve(64 * 1024);
-                }
-                if rd.read_buf(&mut buf).await? == 0 {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                let now = shared.now_ns();
-                let read = take_frames(&mut dec, &mut buf, now, &mut latencies, |f| {
-                    answers.take(f);
-                    window.add_permits(1);
-                })?;
-                shared.record(SHARDS - 1, &mut latencies, now);
-                if matches!(read, Read::Ended) {
-                    return Ok(());
+            let ended: Result<()> = async {
+                loop {
+                    if buf.capacity() - buf.len() < 16 * 1024 {
+                        buf.reserve(64 * 1024);
+                    }
+                    if rd.read_buf(&mut buf).await? == 0 {
+                        return Ok(());
+                    }
+                    let now = shared.now_ns();
+                    let read = take_frames(&mut dec, &mut buf, now, &mut latencies, |f| {
+                        answers.take(f);
+                        window.add_permits(1);
+                    })?;
+                    shared.record(SHARDS - 1, &mut latencies, now);
+                    if matches!(read, Read::Ended) {
+                        return Ok(());
+                    }
                 }
             }
+            .await;
+            window.close();
+            ended
         })
     };
     let filler: Vec<u8> = (0..size - 8).map(|i| (i % 251) as u8).collect();
@@ -497,7 +505,11 @@ async fn publish_for(
         .context("--duration is too long for this system's clock")?;
     let mut sent: u64 = 0;
     let mut out = BytesMut::new();
-    while Instant::now() < deadline {
+    // Every wait below ends at the deadline: a server that stops
+    // answering (or a write it stops taking) ends the publishing, and the
+    // report says what was not answered.
+    let until = tokio::time::Instant::from_std(deadline);
+    'publishing: while Instant::now() < deadline {
         let due = match per_second {
             Some(ps) => {
                 let due = (start.elapsed().as_secs_f64() * ps) as u64 + 1;
@@ -511,7 +523,12 @@ async fn publish_for(
             None => sent + 1,
         };
         while sent < due {
-            window.acquire().await?.forget();
+            match tokio::time::timeout_at(until, window.acquire()).await {
+                Ok(Ok(permit)) => permit.forget(),
+                // Closed: the publisher's connection ended. Timed out:
+                // publishes still unanswered at the deadline.
+                Ok(Err(_)) | Err(_) => break 'publishing,
+            }
             let mut payload = BytesMut::with_capacity(1 + size);
             payload.put_u8(target);
             payload.put_u64(shared.now_ns());
@@ -524,15 +541,27 @@ async fn publish_for(
             enc.encode(frame, &mut out)?;
             sent += 1;
         }
-        wr.write_all(&out).await?;
+        let write = tokio::time::timeout_at(until, wr.write_all(&out)).await;
+        // Counted as sent (and so as unanswered) even if cut short.
+        if !matches!(write, Ok(Ok(()))) {
+            break;
+        }
         out.clear();
     }
     let publishing = start.elapsed().as_secs_f64();
     // Every publish answered, then every queued delivery in (or no
-    // progress for a second: the rest is lost).
+    // progress for a second: the rest is lost). Not past 30 seconds,
+    // and no wait for answers once the publisher's connection ended.
     let settle = Instant::now() + Duration::from_secs(30);
-    while answers.answered.load(Ordering::Relaxed) < sent && Instant::now() < settle {
+    let mut last = (answers.answered.load(Ordering::Relaxed), Instant::now());
+    while last.0 < sent && Instant::now() < settle && !window.is_closed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
+        let answered = answers.answered.load(Ordering::Relaxed);
+        if answered != last.0 {
+            last = (answered, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
     }
     let mut last = (shared.received.load(Ordering::Relaxed), Instant::now());
     loop {
@@ -548,6 +577,7 @@ async fn publish_for(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cpu_after = pid.and_then(cpu_time);
+    let publisher_closed = window.is_closed();
     reader.abort();
     let received = shared.received.load(Ordering::Relaxed);
     let queued = answers.queued.load(Ordering::Relaxed);
@@ -590,6 +620,7 @@ async fn publish_for(
             refused_other: answers.refused_closed.load(Ordering::Relaxed)
                 + answers.refused_other.load(Ordering::Relaxed),
             sessions_closed: shared.closed.load(Ordering::Relaxed),
+            publisher_closed,
         }),
         ..Measurement::default()
     })
@@ -615,12 +646,101 @@ pub(crate) struct Fanout {
     pub(crate) refused_other: u64,
     /// Receiving sessions that ended during the run.
     pub(crate) sessions_closed: u64,
+    /// The server ended the publisher's connection during the run (its
+    /// unanswered publishes are counted in `errors`).
+    pub(crate) publisher_closed: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    /// A run against a server that answers no publish and keeps the
+    /// connection open ends at its deadline, with every publish counted
+    /// as an error: it used to wait forever for the window's permits once
+    /// 1,024 publishes were unanswered (what `--rate 4000000` did when the
+    /// server had closed the publisher as a slow consumer).
+    #[tokio::test]
+    async fn a_server_that_stops_answering_ends_the_run() {
+        let service = tower::service_fn(|_: Frame| {
+            std::future::pending::<Result<Option<Frame>, std::convert::Infallible>>()
+        });
+        let (run, fan) = run_against(service).await;
+        assert!(!fan.publisher_closed);
+        // The window spent, then nothing more until the deadline.
+        assert_eq!(fan.publishes, RATE_WINDOW as u64, "{fan:?}");
+        assert_eq!(run.errors, fan.publishes, "{fan:?}");
+        assert_eq!(fan.queued, 0, "{fan:?}");
+    }
+
+    /// A server that ends the publisher's session at its first publish
+    /// (as one did when the publisher's own copies overflowed its outbox):
+    /// the run ends and says so.
+    #[tokio::test]
+    async fn a_publisher_closed_by_the_server_ends_the_run_and_is_reported() {
+        let service = tower::service_fn(|frame: Frame| {
+            if frame.kind().get() == PUBLISH {
+                if let Some(session) = frame.extensions().get::<Session>() {
+                    session.close("no more publishing");
+                }
+            }
+            async { Ok::<_, std::convert::Infallible>(None) }
+        });
+        let (run, fan) = run_against(service).await;
+        assert!(fan.publisher_closed, "{fan:?}");
+        assert!(fan.publishes > 0, "{fan:?}");
+        // The publishes were answered with errors, or not at all.
+        assert!(run.errors > 0, "{fan:?}");
+        assert_eq!(fan.queued, 0, "{fan:?}");
+    }
+
+    /// A fanout run of 0.5 s at 6 M deliveries/s to 5 sessions (1 M
+    /// publishes a second: the window spent in a millisecond) against a
+    /// server with `service`; fails if it takes 20 s.
+    async fn run_against<S>(service: S) -> (Measurement, Fanout)
+    where
+        S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
+        S::Error: Into<msgi::BoxError>,
+        S::Future: Send + 'static,
+    {
+        let server = Server::builder()
+            .idle_timeout(None)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let serving = tokio::spawn(server.serve(listener, service));
+        let cli = Cli::parse_from([
+            "bench",
+            "fanout",
+            "--sessions",
+            "5",
+            "--rate",
+            "6000000",
+            "-t",
+            "0.5",
+        ]);
+        let run = tokio::time::timeout(Duration::from_secs(20), fanout(&cli.bench, 16, addr, None))
+            .await
+            .unwrap_or_else(|_| panic!("the run did not end"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        serving.abort();
+        let fan = run
+            .fanout
+            .clone()
+            .unwrap_or_else(|| panic!("no fanout figures"));
+        (run, fan)
+    }
 
     #[test]
     fn a_publish_answer_counts_what_the_registry_did() {

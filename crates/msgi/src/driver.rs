@@ -685,8 +685,24 @@ where
 
     fn read_frames(&mut self, cx: &mut Context<'_>, now: Instant, read: &mut bool) -> bool {
         let mut progress = false;
+        let mut pushes = crate::session::pushes_on_this_thread();
         loop {
-            progress |= self.call_waiting(cx, now);
+            if self.call_waiting(cx, now) {
+                progress = true;
+                // The handler pushed (a broadcast reaches this session
+                // too): this session's pushes go to the write queue before
+                // the next request is read. Otherwise the requests of one
+                // read (a publisher's pipelined burst) filled the session's
+                // own outbox with nothing taken out, and the session was
+                // closed as a slow consumer although its peer read
+                // everything. One check of a thread-local per request; one
+                // outbox lock only after a handler pushed.
+                let now_pushes = crate::session::pushes_on_this_thread();
+                if now_pushes != pushes {
+                    pushes = now_pushes;
+                    self.take_pushes();
+                }
+            }
             // The connection decides whether to read, and tells the idle
             // clock why not.
             let Some(permit) = self.conn.poll_read(self.transport.pending_write(), now) else {

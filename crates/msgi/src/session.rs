@@ -6,6 +6,7 @@
 //! session with [`CloseReason::SlowConsumer`] instead of growing memory or
 //! blocking the pusher; see [`Session::send`].
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
@@ -28,6 +29,19 @@ use msgi_proto::{Frame, CORRELATED_HEADER_LEN};
 /// about 256 bytes, so a session that takes a few pushes at a time allocates
 /// once, not once per push.
 pub(crate) const IDLE_OUTBOX_SLOTS: usize = 4;
+
+thread_local! {
+    /// Pushes queued by this thread, to any session (wrapping): a driver
+    /// compares it before and after a request's handler ran to learn, with
+    /// no lock and no atomic operation, whether the handler pushed.
+    static PUSHES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// How many pushes this thread has queued (wrapping); see [`PUSHES`].
+#[inline]
+pub(crate) fn pushes_on_this_thread() -> u32 {
+    PUSHES.with(Cell::get)
+}
 
 /// Outbox slots a session grows to at once when a burst of pushes outgrows
 /// its idle buffer (a broadcast stream faster than the session's wake-ups):
@@ -563,6 +577,7 @@ impl Session {
         }
         outbox.frames.push_back(frame);
         drop(outbox);
+        PUSHES.with(|p| p.set(p.get().wrapping_add(1)));
         // One wake-up per batch, not per frame: a push into a non-empty
         // outbox was announced already. The push that made it non-empty
         // woke the driver, which has not drained it yet, or the driver
