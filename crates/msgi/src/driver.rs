@@ -46,6 +46,9 @@ pin_project_lite::pin_project! {
         token: Option<Token>,
         // When its request was read (only with an observer).
         read_at: Option<Instant>,
+        // The request's span (DEBUG), entered while the call is polled;
+        // `Span::none()` (nothing to enter) when DEBUG is off.
+        span: tracing::Span,
     }
 }
 
@@ -66,6 +69,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        let _entered = this.span.enter();
         this.fut
             .poll(cx)
             .map(|r| (this.token.take(), r.map_err(Into::into), *this.read_at))
@@ -463,7 +467,10 @@ where
                     request_id,
                 }) => {
                     match self.registry.set_client_id(&self.session, client_id) {
-                        Ok(()) => self.conn.welcome(request_id, self.session.id()),
+                        Ok(()) => {
+                            record_client_id(&self.session);
+                            self.conn.welcome(request_id, self.session.id());
+                        }
                         // The cluster did not take the id: the session
                         // keeps its session id as client id.
                         Err(e) => self.conn.refuse_client_id(request_id, e),
@@ -618,10 +625,15 @@ where
                     .get_or_insert_with(|| Arc::new(session.clone()))
                     .clone();
                 frame.extensions_mut().set_shared(shared);
+                // Its fields are read only when DEBUG is on.
+                let span =
+                    tracing::debug_span!("request", kind = %frame.kind(), id = frame.request_id());
+                let fut = span.in_scope(|| self.service.call(frame));
                 let call = Call {
                     token: Some(token),
                     read_at: self.tally.as_ref().map(|tally| tally.read_at),
-                    fut: self.service.call(frame),
+                    fut,
+                    span,
                 };
                 let mut boxed = match self.spare.take() {
                     Some(mut spare) => {
@@ -737,6 +749,19 @@ where
                 self.pump();
             }
         }
+    }
+}
+
+/// Records an announced client id on the session's span (escaped and cut
+/// short: it is the peer's text), if that span is on.
+#[cold]
+fn record_client_id(session: &Session) {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(id) = session.announced_client_id() {
+        span.record("client", tracing::field::display(PeerText(id.as_bytes())));
     }
 }
 

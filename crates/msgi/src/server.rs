@@ -782,7 +782,7 @@ where
         let tracker = common.tracker.clone();
         tracker.track_future(async move {
             match work {
-                Ok(task) => task.await,
+                Ok(task) => task.instrument(session_span()).await,
                 Err((io, codec)) => {
                     common.rejected(Rejection::ServerFull);
                     let last = Some(Frame::error(SERVER_FULL));
@@ -896,7 +896,7 @@ where
             let accepting = Accepting {
                 fut: self.accept.call(Accepted::new(io, info)),
             };
-            let span = tracing::debug_span!("connection");
+            let span = session_span();
             match self.common.permits.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let task = self.session_task(accepting, make.clone(), permit);
@@ -1046,6 +1046,45 @@ async fn say_last<X: Transport>(mut transport: X, last: Option<Frame>, linger: D
     };
     // `timeout` treats a deadline too far to compute as none.
     let _ = tokio::time::timeout(linger, farewell).await;
+}
+
+/// The span of one connection's task (INFO: what a session logs carries
+/// it): the session's `id`, `peer` and `transport` are recorded once it
+/// has a session, its `client` id once announced (HELLO accepted).
+/// Per-request spans (DEBUG) are its children.
+fn session_span() -> tracing::Span {
+    tracing::info_span!(
+        "session",
+        id = tracing::field::Empty,
+        client = tracing::field::Empty,
+        peer = tracing::field::Empty,
+        transport = tracing::field::Empty,
+    )
+}
+
+/// A bounded name of the session's transport, for its span: `websocket`
+/// when the WebSocket accept step made it, `tcp` for a peer with a socket
+/// address, `unix` for a Unix socket, else `stream` (a stream given to
+/// `serve_connection` without either). TLS, an accept step, is not told.
+fn transport_name(session: &Session) -> &'static str {
+    #[cfg(feature = "websocket")]
+    if session
+        .connect_info::<crate::ws::WebSocketRequest>()
+        .is_some()
+    {
+        return "websocket";
+    }
+    if session.peer_addr().is_some() {
+        return "tcp";
+    }
+    #[cfg(unix)]
+    if session
+        .connect_info::<tokio::net::unix::SocketAddr>()
+        .is_some()
+    {
+        return "unix";
+    }
+    "stream"
 }
 
 /// Holds a connection's place under `max_connections` for its whole task;
@@ -1222,9 +1261,12 @@ where
                         session.close_with(CloseReason::ServerShutdown);
                     }
                     let span = tracing::Span::current();
-                    span.record("id", tracing::field::display(session.id()));
-                    if let Some(addr) = session.peer_addr() {
-                        span.record("peer", tracing::field::display(addr));
+                    if !span.is_disabled() {
+                        span.record("id", tracing::field::display(session.id()));
+                        if let Some(addr) = session.peer_addr() {
+                            span.record("peer", tracing::field::display(addr));
+                        }
+                        span.record("transport", transport_name(&session));
                     }
                     guard.session = Some(session.clone());
                     if let Some(observer) = &common.observer {
