@@ -12,6 +12,7 @@ use msgi::{Client, ClientError, Frame, Kind, Reconnect, Server};
 use msgi_container::Container;
 use tracing_subscriber::EnvFilter;
 
+mod admin;
 mod bench;
 mod demo;
 mod flags;
