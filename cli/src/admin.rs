@@ -208,7 +208,12 @@ impl Observer for AdminObserver {
     }
 
     fn connection_rejected(&self, rejection: Rejection) {
-        *self.view.lock().rejected.entry(rejection.kind()).or_default() += 1;
+        *self
+            .view
+            .lock()
+            .rejected
+            .entry(rejection.kind())
+            .or_default() += 1;
     }
 }
 
@@ -273,6 +278,7 @@ impl AdminToken {
 /// A column `/connz` sorts by: counts, depths and times largest first,
 /// `id` smallest first; ties by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
 pub(crate) enum Sort {
     /// Session id, ascending (the default; the cheapest).
     Id,
@@ -480,6 +486,29 @@ impl AdminView {
         }
     }
 
+    /// Whether the disconnect action is enabled (a token is configured).
+    pub(crate) fn writable(&self) -> bool {
+        self.token.is_some()
+    }
+
+    /// The HTTP answer to `request`.
+    pub(crate) fn respond(&self, request: &crate::http::Request) -> crate::http::Response {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let uri = request.uri();
+        let reply = self.handle(request.method(), uri.path(), uri.query(), authorization);
+        let mut response = crate::http::respond(reply.status, "application/json", reply.body);
+        if reply.challenge {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // Every critical section leaves the maps consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -573,10 +602,7 @@ impl AdminView {
                 .filter_map(|Reverse((_, Reverse(id)))| state.sessions.get(&id))
                 .collect()
         };
-        let connections = page
-            .into_iter()
-            .map(|e| describe(e, now, wall))
-            .collect();
+        let connections = page.into_iter().map(|e| describe(e, now, wall)).collect();
         Connz {
             now_unix_ms: unix_ms(wall),
             total: state.sessions.len(),
@@ -630,6 +656,24 @@ impl AdminView {
             Reply::error(StatusCode::CONFLICT, "the session is already closing")
         }
     }
+}
+
+/// `ADMIN http://<addr>/` on stdout, after the other listeners' lines (for scripts).
+pub(crate) fn announce(addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ADMIN http://{addr}/")?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Serves `view` on `listener` until `shutdown` (see [`crate::http::serve`]).
+pub(crate) async fn serve(
+    view: Arc<AdminView>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    crate::http::serve(listener, move |request| view.respond(&request), shutdown).await
 }
 
 /// The token of an `Authorization: Bearer TOKEN` value (scheme in any case).
@@ -720,9 +764,8 @@ mod tests {
             .observer(view.observer("tcp"))
             .build()
             .unwrap();
-        let echo = tower::service_fn(|f: Frame| async move {
-            Ok::<_, std::convert::Infallible>(Some(f))
-        });
+        let echo =
+            tower::service_fn(|f: Frame| async move { Ok::<_, std::convert::Infallible>(Some(f)) });
         tokio::spawn(server.serve(listener, echo));
         addr
     }
@@ -814,12 +857,27 @@ mod tests {
         );
         assert_eq!(a_row.transport, "tcp");
         assert_eq!(a_row.client_id, a_row.id);
-        assert_eq!((a_row.counts.frames_in, a_row.counts.bytes_in), (3, a_bytes));
-        assert_eq!((a_row.counts.frames_out, a_row.counts.bytes_out), (3, a_bytes));
+        assert_eq!(
+            (a_row.counts.frames_in, a_row.counts.bytes_in),
+            (3, a_bytes)
+        );
+        assert_eq!(
+            (a_row.counts.frames_out, a_row.counts.bytes_out),
+            (3, a_bytes)
+        );
         assert_eq!(a_row.counts.bytes_written, a_bytes);
-        assert_eq!((b_row.counts.frames_in, b_row.counts.bytes_in), (1, b_bytes));
-        assert_eq!((b_row.counts.frames_out, b_row.counts.bytes_out), (1, b_bytes));
-        assert_eq!((a_row.in_flight, a_row.write_queue, a_row.outbox), (0, 0, 0));
+        assert_eq!(
+            (b_row.counts.frames_in, b_row.counts.bytes_in),
+            (1, b_bytes)
+        );
+        assert_eq!(
+            (b_row.counts.frames_out, b_row.counts.bytes_out),
+            (1, b_bytes)
+        );
+        assert_eq!(
+            (a_row.in_flight, a_row.write_queue, a_row.outbox),
+            (0, 0, 0)
+        );
         assert_eq!((varz.connections, varz.total_connections), (2, 2));
         assert_eq!(varz.counts.frames_in, 4);
         assert_eq!(varz.counts.bytes_in, a_bytes + b_bytes);
@@ -860,10 +918,18 @@ mod tests {
         sorted.sort_by_key(|c| c.id.parse::<u64>().unwrap());
         assert_eq!(by_id.connections, sorted);
         let busiest = view.connz(Sort::FramesIn, 0, 10);
-        let counts: Vec<u64> = busiest.connections.iter().map(|c| c.counts.frames_in).collect();
+        let counts: Vec<u64> = busiest
+            .connections
+            .iter()
+            .map(|c| c.counts.frames_in)
+            .collect();
         assert_eq!(counts, [4, 3, 2, 1]);
         let page = view.connz(Sort::FramesIn, 1, 2);
-        let counts: Vec<u64> = page.connections.iter().map(|c| c.counts.frames_in).collect();
+        let counts: Vec<u64> = page
+            .connections
+            .iter()
+            .map(|c| c.counts.frames_in)
+            .collect();
         assert_eq!(counts, [3, 2]);
         assert_eq!((page.total, page.offset, page.limit), (4, 1, 2));
         let page = view.connz(Sort::Id, 3, 5);
@@ -874,7 +940,12 @@ mod tests {
         // Ties (all idle the same to the millisecond or not) never lose a session.
         assert_eq!(view.connz(Sort::WriteQueue, 0, 10).connections.len(), 4);
         // Query strings.
-        let reply = view.handle(&Method::GET, "/connz", Some("sort=frames_in&limit=1&offset=1"), None);
+        let reply = view.handle(
+            &Method::GET,
+            "/connz",
+            Some("sort=frames_in&limit=1&offset=1"),
+            None,
+        );
         assert_eq!(reply.status, StatusCode::OK);
         let page: Connz = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(page.connections[0].counts.frames_in, 3);
@@ -889,9 +960,17 @@ mod tests {
             (Method::GET, "/connz/99", StatusCode::NOT_FOUND),
             (Method::GET, "/nope", StatusCode::NOT_FOUND),
             (Method::POST, "/varz", StatusCode::METHOD_NOT_ALLOWED),
-            (Method::GET, "/connz/1/disconnect", StatusCode::METHOD_NOT_ALLOWED),
+            (
+                Method::GET,
+                "/connz/1/disconnect",
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
         ] {
-            assert_eq!(view.handle(&method, path, None, None).status, status, "{path}");
+            assert_eq!(
+                view.handle(&method, path, None, None).status,
+                status,
+                "{path}"
+            );
         }
     }
 
@@ -904,9 +983,8 @@ mod tests {
             .observer(view.observer("tcp"))
             .build()
             .unwrap();
-        let echo = tower::service_fn(|f: Frame| async move {
-            Ok::<_, std::convert::Infallible>(Some(f))
-        });
+        let echo =
+            tower::service_fn(|f: Frame| async move { Ok::<_, std::convert::Infallible>(Some(f)) });
         let n = MAX_LIMIT + 100;
         let mut ends = Vec::with_capacity(n);
         for _ in 0..n {
@@ -924,7 +1002,12 @@ mod tests {
             let rest = view.connz(sort, MAX_LIMIT, MAX_LIMIT);
             assert_eq!(rest.connections.len(), 100, "{sort:?}");
             // No session twice across the two pages.
-            let mut ids: Vec<String> = page.connections.into_iter().chain(rest.connections).map(|c| c.id).collect();
+            let mut ids: Vec<String> = page
+                .connections
+                .into_iter()
+                .chain(rest.connections)
+                .map(|c| c.id)
+                .collect();
             ids.sort();
             ids.dedup();
             assert_eq!(ids.len(), n, "{sort:?}");
@@ -957,9 +1040,23 @@ mod tests {
     }
 
     #[test]
+    fn sort_columns_have_one_name_in_flags_and_queries() {
+        use clap::ValueEnum;
+        for sort in Sort::ALL {
+            let flag = sort.to_possible_value().unwrap();
+            assert_eq!(flag.get_name(), sort.name());
+            assert_eq!(Sort::parse(sort.name()), Some(sort));
+        }
+        assert_eq!(Sort::value_variants().len(), Sort::ALL.len());
+    }
+
+    #[test]
     fn token_files_are_checked() {
         let (_dir, path) = token_file("  \n");
-        assert!(matches!(AdminView::new(Some(&path)), Err(TokenError::Empty { .. })));
+        assert!(matches!(
+            AdminView::new(Some(&path)),
+            Err(TokenError::Empty { .. })
+        ));
         let missing = path.with_file_name("missing");
         let error = AdminView::new(Some(&missing)).unwrap_err();
         assert!(matches!(error, TokenError::Read { .. }));
@@ -1003,7 +1100,12 @@ mod tests {
                 assert!(reply.challenge);
             }
             peer.exchange(vec![data(1)]).await;
-            let no_such = view.handle(&Method::POST, "/connz/12/disconnect", None, Some(b"Bearer s3cret"));
+            let no_such = view.handle(
+                &Method::POST,
+                "/connz/12/disconnect",
+                None,
+                Some(b"Bearer s3cret"),
+            );
             assert_eq!(no_such.status, StatusCode::NOT_FOUND);
             let reply = post(Some(b"Bearer s3cret"));
             assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);

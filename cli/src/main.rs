@@ -23,12 +23,13 @@ mod numbered;
 mod reference;
 mod stack;
 mod tls;
+mod top;
 
 #[derive(Parser, Debug)]
 #[command(
     name = "msgi",
     version,
-    about = "Framed TCP messaging: serve, send, gateway, demo, bench"
+    about = "Framed TCP messaging: serve, send, gateway, demo, bench, top"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -55,6 +56,9 @@ enum Command {
     Gateway(gateway::GatewayArgs),
     /// Measure an MSGI server: throughput, connection rate, idle memory, latency, fan-out.
     Bench(bench::BenchArgs),
+    /// Show the sessions of `msgi serve --admin ADDR` in the terminal,
+    /// refreshing (s: sort by the next column, q: quit; --once: one frame).
+    Top(top::TopArgs),
     /// The broadcasting server `msgi bench fanout` measures.
     #[command(hide = true)]
     FanoutServer(bench::FanoutServerArgs),
@@ -124,6 +128,18 @@ struct ServeArgs {
     /// refused requests).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Serve a live view of the sessions as JSON over HTTP on this address:
+    /// GET /varz (totals), GET /connz?sort=COLUMN&limit=N&offset=M (the
+    /// sessions), POST /connz/ID/disconnect (with --admin-token-file). It
+    /// shows client ids and peer addresses to whoever reaches it: bind it
+    /// to loopback or a private network. `msgi top` renders it.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// Enable POST /connz/ID/disconnect for requests that present this
+    /// file's contents (surrounding white space removed) as
+    /// `Authorization: Bearer TOKEN`. Without it the view is read-only.
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    admin_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -191,6 +207,7 @@ async fn main() -> ExitCode {
         Command::Demo => demo::run().await,
         Command::Gateway(args) => gateway::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Top(args) => top::run(args).await,
         Command::Certs(args) => tls::certs(args),
         Command::ReferenceServer { listen } => reference_server(listen).await,
         Command::FanoutServer(args) => bench::fanout_serve(args).await,
@@ -265,11 +282,20 @@ async fn serve_with<C: msgi::MakeFraming>(
     let registry = msgi::Registry::new();
     // One set of metrics for every listener.
     let metrics = args.metrics.map(|_| msgi_metrics::Metrics::new());
-    let builder = |framing: C| {
+    // The live view, which shows each listener's sessions with their transport.
+    let admin = match args.admin {
+        Some(_) => Some(admin::AdminView::new(args.admin_token_file.as_deref())?),
+        None => None,
+    };
+    let builder = |framing: C, transport: &'static str| {
         let builder = Server::builder();
-        let builder = match &metrics {
-            Some(metrics) => builder.observer(metrics.clone()),
-            None => builder,
+        let builder = match (&metrics, &admin) {
+            (Some(metrics), Some(view)) => {
+                builder.observer((metrics.clone(), view.observer(transport)))
+            }
+            (Some(metrics), None) => builder.observer(metrics.clone()),
+            (None, Some(view)) => builder.observer(view.observer(transport)),
+            (None, None) => builder,
         };
         builder
             .framing(framing)
@@ -287,27 +313,34 @@ async fn serve_with<C: msgi::MakeFraming>(
         bail!("--key-file runs the pre-shared-key handshake on TCP only: not with --ws-listen");
     }
     let ws_server = match args.ws_listen {
-        Some(_) => Some(builder(framing(&args)?).accept(ws_accept(&args)?).build()?),
+        Some(_) => Some(
+            builder(framing(&args)?, "ws")
+                .accept(ws_accept(&args)?)
+                .build()?,
+        ),
         None => None,
     };
     // The TLS handshake, or the pre-shared-key handshake, runs in each
     // connection's accept step.
-    let tcp = builder(framing(&args)?);
+    let transport = if args.tls.tls_cert.is_some() {
+        "tls"
+    } else {
+        "tcp"
+    };
+    let tcp = builder(framing(&args)?, transport);
     match (args.tls.acceptor()?, psk) {
         (Some(_), Some(_)) => {
             bail!("--key-file and --tls-cert together are not supported: choose one")
         }
-        (Some(tls), None) => run_server(tcp.accept(tls).build()?, ws_server, args, metrics).await,
-        (None, Some(psk)) => {
-            run_server(
-                tcp.accept(psk.acceptor()).build()?,
-                ws_server,
-                args,
-                metrics,
-            )
-            .await
+        (Some(tls), None) => {
+            let server = tcp.accept(tls).build()?;
+            run_server(server, ws_server, args, metrics, admin).await
         }
-        (None, None) => run_server(tcp.build()?, ws_server, args, metrics).await,
+        (None, Some(psk)) => {
+            let server = tcp.accept(psk.acceptor()).build()?;
+            run_server(server, ws_server, args, metrics, admin).await
+        }
+        (None, None) => run_server(tcp.build()?, ws_server, args, metrics, admin).await,
     }
 }
 
@@ -329,6 +362,7 @@ async fn run_server<C, A, Io>(
     ws_server: Option<Server<C, msgi::ws::WebSocketAccept>>,
     args: ServeArgs,
     metrics: Option<msgi_metrics::Metrics>,
+    admin: Option<std::sync::Arc<admin::AdminView>>,
 ) -> Result<()>
 where
     C: msgi::MakeFraming,
@@ -389,6 +423,14 @@ where
         ),
         None => None,
     };
+    let admin_listener = match args.admin {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr} (--admin)"))?,
+        ),
+        None => None,
+    };
     // Watch the signals before announcing: a SIGTERM sent as soon as the
     // address is known must already stop the server gracefully.
     let shutdown = shutdown_signal()?;
@@ -400,6 +442,9 @@ where
         if let Some(endpoint) = &metrics_listener {
             metrics::announce(endpoint.local_addr()?)?;
         }
+        if let Some(endpoint) = &admin_listener {
+            admin::announce(endpoint.local_addr()?)?;
+        }
     }
     // Stops the endpoints once the servers have stopped.
     let endpoints = tokio_util::sync::CancellationToken::new();
@@ -409,6 +454,18 @@ where
             Some(tokio::spawn(http::serve(
                 endpoint,
                 metrics::endpoint(metrics),
+                endpoints.clone().cancelled_owned(),
+            )))
+        }
+        _ => None,
+    };
+    // The live view stays up while the sessions drain.
+    let admin_task = match (admin, admin_listener) {
+        (Some(view), Some(endpoint)) => {
+            tracing::info!(addr = %endpoint.local_addr()?, writable = view.writable(), "admin view listening");
+            Some(tokio::spawn(admin::serve(
+                view,
+                endpoint,
                 endpoints.clone().cancelled_owned(),
             )))
         }
@@ -453,6 +510,11 @@ where
         task.await
             .context("the metrics endpoint")?
             .context("the metrics endpoint")?;
+    }
+    if let Some(task) = admin_task {
+        task.await
+            .context("the admin view")?
+            .context("the admin view")?;
     }
     tracing::info!("stopped");
     Ok(())
