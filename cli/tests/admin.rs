@@ -46,14 +46,17 @@ impl Serve {
             .spawn()
             .unwrap();
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        // TCP, WebSocket, then METRICS (if asked), then ADMIN.
         let mut announced = Vec::new();
-        for _ in 0..3 {
+        while announced.len() < 3 {
             let line = within("announce", lines.next_line())
                 .await
                 .unwrap()
                 .unwrap();
-            let (_, addr) = line.split_once(' ').unwrap();
-            announced.push(addr.to_owned());
+            let (what, addr) = line.split_once(' ').unwrap();
+            if what != "METRICS" {
+                announced.push(addr.to_owned());
+            }
         }
         let [tcp, ws, admin] = <[String; 3]>::try_from(announced).unwrap();
         let admin = admin
@@ -331,8 +334,9 @@ async fn the_admin_view_counts_disconnects_and_shows_in_top() {
 }
 
 #[tokio::test]
-async fn without_a_token_the_view_is_read_only() {
-    let serve = Serve::start(&[]).await;
+async fn without_a_token_the_view_is_read_only_and_metrics_watch_too() {
+    // Two observers on one server: the metrics and the live view.
+    let serve = Serve::start(&["--metrics", "127.0.0.1:0"]).await;
     let mut tcp = Peer::connect(&serve.tcp).await;
     tcp.send(Frame::data("x").with_request_id(1)).await;
     tcp.recv().await.unwrap();
@@ -348,6 +352,9 @@ async fn without_a_token_the_view_is_read_only() {
     // The session goes on.
     tcp.send(Frame::data("y").with_request_id(2)).await;
     assert_eq!(tcp.recv().await.unwrap().request_id(), Some(2));
+    serve
+        .connz_until(|c| c["connections"][0]["frames_in"] == 2)
+        .await;
 }
 
 #[test]
