@@ -67,7 +67,9 @@ pub(crate) struct Header<T> {
 }
 
 /// Decodes `payload` with `build`: the header and the container's values, or the first
-/// fault. Never panics, whatever the bytes.
+/// fault. Never panics, whatever the bytes. Inlined into its two callers, which build
+/// their container from the parts in place.
+#[inline(always)]
 pub(crate) fn decode<'a, B: Build<'a>>(
     payload: &'a [u8],
     build: B,
@@ -110,6 +112,7 @@ struct Cursor<'a, B> {
 }
 
 impl<'a, B: Build<'a>> Cursor<'a, B> {
+    #[inline(always)]
     fn container(&mut self) -> Step<(Header<B::Text>, B::Map)> {
         let version = self.u8()?;
         if version != FORMAT_VERSION {
@@ -168,10 +171,31 @@ impl<'a, B: Build<'a>> Cursor<'a, B> {
         self.long_varint()
     }
 
+    /// A varint of two bytes or more (the first has its high bit set).
     #[inline(never)]
     fn long_varint(&mut self) -> Step<u64> {
+        const HIGH: u64 = 0x8080_8080_8080_8080;
         let at = self.pos;
         let rest = self.buf.get(at..).unwrap_or_default();
+        // Up to 8 bytes at once: the first byte without its high bit ends the varint.
+        if let Some(first) = rest.get(..8) {
+            let w = u64::from_le_bytes(<[u8; 8]>::try_from(first).unwrap_or([0x80; 8]));
+            let ends = !w & HIGH;
+            if ends != 0 {
+                let len = (ends.trailing_zeros() / 8 + 1) as usize;
+                // The varint's bytes, the rest cleared, then its 7-bit groups packed.
+                let x = (w & (u64::MAX >> (64 - 8 * len))) & 0x7f7f_7f7f_7f7f_7f7f;
+                let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+                let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+                let n = (x & 0x0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+                // Shortest form only: a last byte of zero makes it overlong.
+                if len > 1 && w >> (8 * (len - 1)) & 0xff == 0 {
+                    return Err(self.fail(DecodeError::BadVarint { at }));
+                }
+                self.pos = at + len;
+                return Ok(n);
+            }
+        }
         let mut n = 0u64;
         for (i, &byte) in rest.iter().take(10).enumerate() {
             n |= u64::from(byte & 0x7f) << (7 * i);
@@ -255,23 +279,32 @@ impl<'a, B: Build<'a>> Cursor<'a, B> {
         let count = self.count(2)?;
         let mut map = B::map_with_capacity(count);
         let mut seen: Option<HashSet<B::Text>> = None;
+        // A bit per name length (mod 64): a name whose length no earlier name has is not
+        // a repeat, without comparing it with any (most names of a map differ in length).
+        let mut lengths = 0u64;
         for i in 0..count {
             let at = self.pos;
             let name = self.short(Field::Name)?;
-            let repeated = if i < LINEAR_NAME_CHECK {
-                B::contains(&map, name.borrow())
-            } else {
-                let seen = seen.get_or_insert_with(|| {
+            let text: &str = name.borrow();
+            let bit = 1u64 << (text.len() % 64);
+            let maybe = lengths & bit != 0;
+            lengths |= bit;
+            let repeated = match &mut seen {
+                // Once the set is made, every name goes in it.
+                Some(seen) => !seen.insert(name.clone()),
+                None if !maybe => false,
+                None if i < LINEAR_NAME_CHECK => B::contains(&map, text),
+                None => {
                     let mut set = HashSet::with_capacity(count);
                     B::add_names(&map, &mut set);
-                    set
-                });
-                !seen.insert(name.clone())
+                    let repeated = !set.insert(name.clone());
+                    seen = Some(set);
+                    repeated
+                }
             };
             if repeated {
-                let name: &str = name.borrow();
                 return Err(self.fail(DecodeError::DuplicateName {
-                    name: name.to_owned(),
+                    name: text.to_owned(),
                     at,
                 }));
             }
@@ -606,31 +639,138 @@ impl<R: Run> Runs<R> {
     }
 }
 
-/// How many bytes at the start of `bytes` are ASCII: 32 bytes at a time (which the
-/// compiler turns into vector instructions), then 8, then one by one.
+/// How many bytes at the start of `bytes` are ASCII: sixteen bytes at a time, the
+/// first non-ASCII byte of a block found from its high bits, and the last block
+/// (overlapping the ones before) read whole instead of byte by byte.
 #[inline]
 pub(crate) fn ascii_prefix(bytes: &[u8]) -> usize {
+    const HIGH: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
+    // The offset of the first byte with its high bit set in a little-endian block.
+    let first = |high: u128| high.trailing_zeros() as usize / 8;
     let mut n = 0;
-    let mut blocks = bytes.chunks_exact(32);
-    for block in &mut blocks {
-        if block.iter().fold(0, |acc, &b| acc | b) >= 0x80 {
-            break;
+    let mut rest = bytes;
+    while let Some((block, tail)) = rest.split_first_chunk::<16>() {
+        let high = u128::from_le_bytes(*block) & HIGH;
+        if high != 0 {
+            return n + first(high);
         }
-        n += 32;
+        n += 16;
+        rest = tail;
     }
-    let rest = bytes.get(n..).unwrap_or_default();
-    let mut words = rest.chunks_exact(8);
-    for word in &mut words {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(word);
-        if u64::from_le_bytes(w) & 0x8080_8080_8080_8080 != 0 {
-            break;
+    if rest.is_empty() {
+        return n;
+    }
+    match bytes.last_chunk::<16>() {
+        // The bytes of the last block before `n` are ASCII: its first high bit is at
+        // `n` or after.
+        Some(last) => {
+            let high = u128::from_le_bytes(*last) & HIGH;
+            let start = bytes.len() - 16;
+            if high == 0 {
+                bytes.len()
+            } else {
+                start + first(high)
+            }
         }
-        n += 8;
+        None => rest
+            .iter()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(rest.len()),
     }
-    let tail = bytes.get(n..).unwrap_or_default();
-    n + tail
-        .iter()
-        .position(|b| !b.is_ascii())
-        .unwrap_or(tail.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plain reading of a varint (PROTOCOL.md section 6), to hold the fast one to.
+    fn reference_varint(bytes: &[u8]) -> Result<(u64, usize), DecodeError> {
+        let mut n = 0u64;
+        for i in 0..10 {
+            let Some(&byte) = bytes.get(i) else {
+                return Err(DecodeError::Truncated { at: i });
+            };
+            if i == 9 && byte > 1 {
+                return Err(DecodeError::BadVarint { at: 0 });
+            }
+            n |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                if byte == 0 && i > 0 {
+                    return Err(DecodeError::BadVarint { at: 0 });
+                }
+                return Ok((n, i + 1));
+            }
+        }
+        Err(DecodeError::BadVarint { at: 0 })
+    }
+
+    fn varint(bytes: &[u8]) -> Result<(u64, usize), DecodeError> {
+        let mut c = Cursor {
+            buf: bytes,
+            pos: 0,
+            values_left: 1,
+            max_values: 1,
+            max_depth: 1,
+            build: Views::new(bytes),
+            error: None,
+        };
+        match c.varint() {
+            Ok(n) => Ok((n, c.pos)),
+            Err(Stop) => Err(c.error.take().unwrap_or(DecodeError::Truncated { at: 0 })),
+        }
+    }
+
+    #[test]
+    fn the_fast_varint_reads_what_the_plain_one_reads() {
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        // Every length from 1 to 10 bytes: the smallest and largest number of each
+        // length, an overlong form (a final zero), and each cut short; then any tail.
+        for len in 1..=10usize {
+            for last in [0u8, 1, 2, 0x7f, 0x80] {
+                for fill in [0x80u8, 0xff] {
+                    let mut v = vec![fill; len - 1];
+                    v.push(last);
+                    for cut in 0..=v.len() {
+                        cases.push(v[..cut].to_vec());
+                        let mut tail = v[..cut].to_vec();
+                        tail.extend([0x05, 0x80, 0x01]);
+                        cases.push(tail);
+                    }
+                }
+            }
+        }
+        for n in [0u64, 1, 127, 128, 300, 1 << 56, (1 << 56) - 1, u64::MAX] {
+            let mut v = Vec::new();
+            let mut x = n;
+            while x >= 0x80 {
+                v.push((x as u8) | 0x80);
+                x >>= 7;
+            }
+            v.push(x as u8);
+            assert_eq!(varint(&v), Ok((n, v.len())), "{v:x?}");
+            cases.push(v);
+        }
+        for case in &cases {
+            assert_eq!(varint(case), reference_varint(case), "{case:x?}");
+        }
+    }
+
+    #[test]
+    fn ascii_prefix_agrees_with_the_plain_count() {
+        let plain = |b: &[u8]| b.iter().take_while(|b| b.is_ascii()).count();
+        for len in 0..70 {
+            let ascii = vec![b'a'; len];
+            assert_eq!(ascii_prefix(&ascii), len);
+            for at in 0..len {
+                let mut b = ascii.clone();
+                b[at] = 0xc3;
+                assert_eq!(ascii_prefix(&b), plain(&b), "{len} {at}");
+                // A second non-ASCII byte after the first changes nothing.
+                if let Some(later) = b.get_mut(len - 1) {
+                    *later = 0x80;
+                }
+                assert_eq!(ascii_prefix(&b), plain(&b), "{len} {at}");
+            }
+        }
+    }
 }
