@@ -65,9 +65,17 @@ pub(crate) struct GatewayArgs {
     #[command(flatten)]
     tls: crate::tls::ServeTls,
     /// Wire transforms towards the upstreams, as the serve/send flags in one
-    /// argument: --upstream-wire "--compress --key-file k.key".
+    /// argument: --upstream-wire "--compress --key-file k.key --hmac".
     #[arg(long, value_name = "FLAGS", value_parser = parse_upstream_wire, allow_hyphen_values = true)]
     upstream_wire: Option<UpstreamWire>,
+    /// The pre-shared key of the upstreams (as `--key-file` of `msgi serve`
+    /// there): each upstream connection runs the handshake and encrypts.
+    /// The same as --key-file inside --upstream-wire.
+    #[arg(long, value_name = "FILE")]
+    upstream_key_file: Option<std::path::PathBuf>,
+    /// TLS towards the upstreams.
+    #[command(flatten)]
+    upstream_tls: UpstreamTls,
     /// Print `LISTENING <addr>` on stdout once listening (for scripts).
     #[arg(long)]
     announce: bool,
@@ -99,9 +107,51 @@ fn parse_route(text: &str) -> Result<Route, String> {
     Ok(Route { kind, upstreams })
 }
 
-/// The transform flags of the upstream side, parsed by `WireArgs` itself.
+/// The transform flags of the upstream side, as given (parsed by
+/// `WireArgs` itself, with --upstream-key-file added, in `upstream_wire`).
 #[derive(Debug, Clone)]
-struct UpstreamWire(WireArgs);
+struct UpstreamWire(Vec<String>);
+
+/// `msgi gateway --upstream-tls-ca`: TLS on the upstream connections.
+#[derive(clap::Args, Debug, Clone)]
+struct UpstreamTls {
+    /// Connect to the upstreams with TLS, verifying their certificates with
+    /// the CA certificates in this file (PEM).
+    #[arg(long, value_name = "FILE")]
+    upstream_tls_ca: Option<std::path::PathBuf>,
+    /// Present this client certificate chain (PEM) to upstreams that
+    /// require one (mutual TLS).
+    #[arg(long, value_name = "FILE", requires_all = ["upstream_tls_ca", "upstream_tls_key"])]
+    upstream_tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --upstream-tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "upstream_tls_cert")]
+    upstream_tls_key: Option<std::path::PathBuf>,
+    /// The name every upstream's certificate must carry (default: the host
+    /// of the first --upstream).
+    #[arg(long, value_name = "NAME", requires = "upstream_tls_ca")]
+    upstream_tls_server_name: Option<String>,
+}
+
+impl UpstreamTls {
+    /// The connector, if TLS was asked for; `first` names the default
+    /// server name.
+    fn connector(&self, first: &str) -> Result<Option<msgi_tls::TlsConnector>> {
+        let Some(ca) = &self.upstream_tls_ca else {
+            return Ok(None);
+        };
+        let name = self
+            .upstream_tls_server_name
+            .clone()
+            .unwrap_or_else(|| crate::tls::host_of(first).to_owned());
+        let mut builder =
+            msgi_tls::TlsConnector::builder(name).root_certificates(msgi_tls::load_certs(ca)?);
+        if let (Some(cert), Some(key)) = (&self.upstream_tls_cert, &self.upstream_tls_key) {
+            builder =
+                builder.client_certificate(msgi_tls::load_certs(cert)?, msgi_tls::load_key(key)?);
+        }
+        Ok(Some(builder.build().context("upstream TLS settings")?))
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "--upstream-wire", no_binary_name = true)]
@@ -111,9 +161,37 @@ struct UpstreamWireFlags {
 }
 
 fn parse_upstream_wire(text: &str) -> Result<UpstreamWire, String> {
-    UpstreamWireFlags::try_parse_from(text.split_whitespace())
-        .map(|f| UpstreamWire(f.wire))
-        .map_err(|e| e.to_string())
+    // Checked with --upstream-key-file added (`upstream_wire`): --hmac
+    // alone here is fine with a key given there.
+    Ok(UpstreamWire(
+        text.split_whitespace().map(str::to_owned).collect(),
+    ))
+}
+
+/// The upstream side's transforms: --upstream-wire, with
+/// --upstream-key-file as its --key-file.
+fn upstream_wire(args: &GatewayArgs) -> Result<Option<WireArgs>> {
+    let parse = |words: &[String]| {
+        UpstreamWireFlags::try_parse_from(words)
+            .map(|f| f.wire)
+            .map_err(|e| anyhow::anyhow!("--upstream-wire: {e}"))
+    };
+    let mut words = args
+        .upstream_wire
+        .as_ref()
+        .map(|UpstreamWire(words)| words.clone())
+        .unwrap_or_default();
+    if let Some(path) = &args.upstream_key_file {
+        if !words.is_empty() && parse(&words).is_ok_and(|w| w.uses_psk()) {
+            bail!("--upstream-key-file and --key-file in --upstream-wire: give one");
+        }
+        words.push("--key-file".into());
+        words.push(path.display().to_string());
+    }
+    if words.is_empty() {
+        return Ok(None);
+    }
+    parse(&words).map(Some)
 }
 
 /// One group of upstreams: the set, with literal addresses in it and names
@@ -142,26 +220,46 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<()> {
             bail!("upstream {name:?}: give host:port");
         }
     }
-    if args
-        .upstream_wire
-        .as_ref()
-        .is_some_and(|UpstreamWire(wire)| wire.uses_psk())
-    {
-        bail!(
-            "--upstream-wire: --key-file (the pre-shared-key handshake) is not supported on \
-             upstream connections yet"
-        );
-    }
-    match args.upstream_wire.clone() {
-        Some(UpstreamWire(wire)) if !wire.is_empty() => {
-            let framing = wire.framing()?;
-            with_upstream(args, framing).await
+    let first = args.upstream.first().cloned().unwrap_or_default();
+    let tls = args.upstream_tls.connector(&first)?;
+    let max = args.max_frame_size;
+    // Upstream connections: the framing (wire transforms) in the client
+    // builder; TLS or the pre-shared-key handshake in its connector.
+    match upstream_wire(&args)? {
+        Some(wire) => {
+            let psk = wire.psk()?;
+            let settings = Settings::new(
+                Client::builder()
+                    .framing(wire.framing()?)
+                    .max_frame_size(max),
+            );
+            let settings = match (tls, psk) {
+                (Some(_), Some(_)) => bail!(
+                    "upstream TLS and an upstream pre-shared key together are not supported: \
+                     choose one"
+                ),
+                (Some(tls), None) => settings.connector(tls),
+                (None, Some(psk)) => settings.connector(psk.connector(msgi::TcpConnector::new())),
+                (None, None) => settings,
+            };
+            with_upstream(args, settings).await
         }
-        _ => with_upstream(args, FrameCodec::new()).await,
+        None => {
+            let settings = Settings::new(
+                Client::builder()
+                    .framing(FrameCodec::new())
+                    .max_frame_size(max),
+            );
+            let settings = match tls {
+                Some(tls) => settings.connector(tls),
+                None => settings,
+            };
+            with_upstream(args, settings).await
+        }
     }
 }
 
-async fn with_upstream<U>(args: GatewayArgs, up: U) -> Result<()>
+async fn with_upstream<U>(args: GatewayArgs, up: Settings<U>) -> Result<()>
 where
     U: MakeFraming + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
@@ -173,7 +271,7 @@ where
     }
 }
 
-async fn with_downstream<U, C>(args: GatewayArgs, up: U, down: C) -> Result<()>
+async fn with_downstream<U, C>(args: GatewayArgs, up: Settings<U>, down: C) -> Result<()>
 where
     U: MakeFraming + Clone + std::fmt::Debug + Send + Sync + 'static,
     C: MakeFraming,
@@ -198,7 +296,7 @@ where
 
 type Handler = BoxCloneService<Frame, Option<Frame>, BoxError>;
 
-async fn serve<C, A, Io, U>(server: Server<C, A>, args: GatewayArgs, up: U) -> Result<()>
+async fn serve<C, A, Io, U>(server: Server<C, A>, args: GatewayArgs, up: Settings<U>) -> Result<()>
 where
     C: MakeFraming,
     A: Service<msgi::Accepted<tokio::net::TcpStream>, Response = msgi::Accepted<Io>>
@@ -209,10 +307,7 @@ where
     Io: msgi::IntoTransport<C::Framing>,
     U: MakeFraming + Clone + std::fmt::Debug + Send + Sync + 'static,
 {
-    let client = Client::builder()
-        .framing(up)
-        .max_frame_size(args.max_frame_size);
-    let builder = Builder::new(Settings::new(client))
+    let builder = Builder::new(up)
         .connections_per_upstream(args.connections)
         .fail_after(Duration::from_millis(args.fail_after_ms));
     let every = Duration::from_secs(args.resolve_every);
@@ -279,7 +374,8 @@ fn log_start(args: &GatewayArgs, listener: &tokio::net::TcpListener) -> Result<(
         routes = args.route.len(),
         affinity = args.affinity,
         downstream_layers = %args.wire.describe(),
-        upstream_layers = %args.upstream_wire.as_ref().map_or("none".into(), |w| w.0.describe()),
+        upstream_layers = %upstream_wire(args)?.map_or("none".into(), |w| w.describe()),
+        upstream_tls = args.upstream_tls.upstream_tls_ca.is_some(),
         "msgi gateway listening"
     );
     Ok(())
@@ -297,8 +393,38 @@ mod tests {
         assert!(parse_route("data=").is_err());
         assert!(parse_route("ping=1.2.3.4:5").is_err());
         assert!(parse_route("nokind").is_err());
-        let w = parse_upstream_wire("--compress").unwrap();
-        assert!(!w.0.is_empty());
-        assert!(parse_upstream_wire("--no-such-flag").is_err());
+    }
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: GatewayArgs,
+    }
+
+    fn args(words: &[&str]) -> GatewayArgs {
+        let all = ["gw", "--upstream", "127.0.0.1:1"].iter().chain(words);
+        Cmd::try_parse_from(all).unwrap().args
+    }
+
+    #[test]
+    fn upstream_wire_flags_are_checked_with_the_upstream_key_file() {
+        assert!(upstream_wire(&args(&[])).unwrap().is_none());
+        let w = upstream_wire(&args(&["--upstream-wire", "--compress"])).unwrap();
+        assert!(w.is_some_and(|w| !w.is_empty() && !w.uses_psk()));
+        assert!(upstream_wire(&args(&["--upstream-wire", "--no-such-flag"])).is_err());
+        // --hmac needs a key: from --upstream-key-file, or refused.
+        assert!(upstream_wire(&args(&["--upstream-wire", "--hmac"])).is_err());
+        let keyed = ["--upstream-wire", "--hmac", "--upstream-key-file", "k.key"];
+        assert!(upstream_wire(&args(&keyed))
+            .unwrap()
+            .is_some_and(|w| w.uses_psk()));
+        let twice = [
+            "--upstream-wire",
+            "--key-file a.key",
+            "--upstream-key-file",
+            "k.key",
+        ];
+        let err = upstream_wire(&args(&twice)).unwrap_err().to_string();
+        assert!(err.contains("give one"), "{err}");
     }
 }

@@ -119,3 +119,119 @@ fn gateway_forwards_to_compressed_upstreams_and_routes_by_kind() {
         text(&out.stderr)
     );
 }
+
+/// A scratch folder for one test's files, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("msgi-gw-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.0.join(name).display().to_string()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `msgi send` through `gateway`, correlated; the answer line or the error.
+fn through(gateway: &Running) -> Result<String, String> {
+    let out = send(&[
+        "--addr",
+        &gateway.addr,
+        "--correlated",
+        "--wait",
+        "10",
+        "hello",
+    ]);
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+#[test]
+fn gateway_reaches_upstreams_over_tls_and_with_a_pre_shared_key() {
+    let dir = Scratch::new("up-secure");
+    let folder = dir.path("pki");
+    let certs = std::process::Command::new(MSGI)
+        .args(["certs", &folder])
+        .output()
+        .unwrap();
+    assert!(certs.status.success(), "{}", text(&certs.stderr));
+    let pki = |name: &str| format!("{folder}/{name}");
+    // TLS upstream: the gateway verifies it with the CA (server name: the
+    // host of --upstream, 127.0.0.1, which `msgi certs` puts in the
+    // certificate); the downstream side stays plain.
+    let tls_up = Running::start(&[
+        "serve",
+        "--tls-cert",
+        &pki("server.pem"),
+        "--tls-key",
+        &pki("server.key"),
+    ]);
+    let gateway = Running::start(&[
+        "gateway",
+        "--upstream",
+        &tls_up.addr,
+        "--upstream-tls-ca",
+        &pki("ca.pem"),
+        "--fail-after-ms",
+        "1000",
+    ]);
+    assert_eq!(through(&gateway).unwrap(), "DATA id=1 hello\n");
+    // Without TLS towards it, that upstream cannot be reached: the request
+    // waits for it and fails, or fails with the connection it was sent on.
+    let plain = Running::start(&[
+        "gateway",
+        "--upstream",
+        &tls_up.addr,
+        "--fail-after-ms",
+        "300",
+    ]);
+    let err = through(&plain).unwrap_err();
+    assert!(
+        err.contains("no upstream ready") || err.contains("bad magic"),
+        "{err}"
+    );
+
+    // Pre-shared-key upstream (handshake, encryption and HMAC).
+    let key = dir.path("k.key");
+    std::fs::write(&key, "11".repeat(32)).unwrap();
+    let other = dir.path("other.key");
+    std::fs::write(&other, "22".repeat(32)).unwrap();
+    let psk_up = Running::start(&["serve", "--key-file", &key, "--hmac"]);
+    let gateway = Running::start(&[
+        "gateway",
+        "--upstream",
+        &psk_up.addr,
+        "--upstream-key-file",
+        &key,
+        "--upstream-wire",
+        "--hmac",
+        "--fail-after-ms",
+        "1000",
+    ]);
+    assert_eq!(through(&gateway).unwrap(), "DATA id=1 hello\n");
+    // Another key: the handshake fails, the upstream is never up.
+    let wrong = Running::start(&[
+        "gateway",
+        "--upstream",
+        &psk_up.addr,
+        "--upstream-wire",
+        &format!("--key-file {other} --hmac"),
+        "--fail-after-ms",
+        "300",
+    ]);
+    let err = through(&wrong).unwrap_err();
+    assert!(err.contains("no upstream ready"), "{err}");
+}

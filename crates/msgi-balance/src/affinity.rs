@@ -1,6 +1,6 @@
 //! Key routing: [`Affinity`] sends the frames of one key to one upstream
 //! (rendezvous hashing) while it is up, and moves them only when it is not;
-//! [`Keyed`], the shared (buffered, bounded-wait) form a server uses.
+//! [`Keyed`], the shared (bounded-wait) form a server uses.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
@@ -15,15 +15,15 @@ use futures_util::Stream;
 use msgi::{BoxError, Frame, Session};
 use tokio::sync::watch;
 use tokio_util::sync::ReusableBoxFuture;
-use tower::buffer::Buffer;
 use tower::discover::Change;
 use tower::util::Oneshot;
 use tower::Service;
 
-use crate::balanced::FailFastFuture;
+use crate::balanced::{FailFast, FailFastFuture};
 use crate::discover::{Discovery, Key};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::shared::{Shared, SharedFuture};
 
 /// Where a frame's routing key comes from: a hash of it, or `None` for a
 /// frame without one (sent to the least loaded upstream that is up).
@@ -191,16 +191,17 @@ impl Future for AffinityFuture {
     }
 }
 
-type Inner = FailFastFuture<AffinityFuture>;
-
 /// Key-routed requests over a set of upstreams ([`Affinity`] behind a
 /// bounded wait), shared by every clone; made by
 /// [`Builder::build_affinity`](crate::Builder::build_affinity). A server's
 /// handler, as [`Balanced`](crate::Balanced).
 #[derive(Clone)]
 pub struct Keyed {
-    buffer: Buffer<Frame, Inner>,
+    shared: Shared<FailFast<Affinity<BoxKeyFn>>>,
 }
+
+/// The key function of a [`Keyed`], boxed (one type for every key).
+pub(crate) type BoxKeyFn = Box<dyn Fn(&Frame) -> Option<u64> + Send + Sync>;
 
 impl fmt::Debug for Keyed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -209,21 +210,21 @@ impl fmt::Debug for Keyed {
 }
 
 impl Keyed {
-    pub(crate) fn new(buffer: Buffer<Frame, Inner>) -> Self {
-        Keyed { buffer }
+    pub(crate) fn new(shared: Shared<FailFast<Affinity<BoxKeyFn>>>) -> Self {
+        Keyed { shared }
     }
 }
 
 impl Service<Frame> for Keyed {
     type Response = Option<Frame>;
     type Error = BoxError;
-    type Future = tower::buffer::future::ResponseFuture<Inner>;
+    type Future = SharedFuture<FailFastFuture<AffinityFuture>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.buffer.poll_ready(cx)
+        self.shared.poll_ready(cx)
     }
 
     fn call(&mut self, frame: Frame) -> Self::Future {
-        self.buffer.call(frame)
+        self.shared.call(frame)
     }
 }

@@ -11,13 +11,13 @@ use std::time::Duration;
 use msgi::{BoxError, ConfigError, Frame, FrameCodec, MakeFraming};
 use tokio::time::{Instant, Sleep};
 use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
 use tower::Service;
 
 use crate::affinity::{Affinity, KeyFn};
 use crate::discover::{Discovery, Upstreams};
 use crate::endpoint::Settings;
 use crate::error::Error;
+use crate::shared::{Shared, SharedFuture};
 
 /// Bounds how long a request waits for the inner service to be ready
 /// (tower's p2c stays `Pending` while no endpoint is ready, for ever if
@@ -154,8 +154,8 @@ type P2cFuture = <P2c as Service<Frame>>::Future;
 
 /// Requests spread over the upstreams of a set by tower's p2c (power of
 /// two choices on [`Endpoint`](crate::Endpoint) load), one balancer shared
-/// by every clone (tower's `Buffer` in front: a server clones its handler
-/// per session, and all sessions share the upstream connections).
+/// by every clone (a server clones its handler per session, and all
+/// sessions share the upstream connections).
 ///
 /// A server's handler (`Service<Frame, Response = Option<Frame>>`), as
 /// [`msgi::Forward`]: one-way frames are sent one-way and answer `None`,
@@ -166,31 +166,36 @@ type P2cFuture = <P2c as Service<Frame>>::Future;
 /// upstream lost with the request in flight, ... which a server answers
 /// with an ERROR carrying the request id.
 ///
-/// Readiness is the buffer's (a place in its queue, `buffer` requests);
-/// the balancer behind it is ready when an endpoint is, or once the
-/// bounded wait is over.
+/// The balancer is called in the caller's task, under a lock, when it is
+/// ready at once; otherwise the request waits in a queue (tower's
+/// `Buffer`, `buffer` requests) whose worker task waits for the balancer,
+/// and while requests wait there later ones queue behind them. Readiness
+/// is a place in that queue; the balancer behind it is ready when an
+/// endpoint is, or once the bounded wait is over.
 #[derive(Clone)]
 pub struct Balanced {
-    buffer: Buffer<Frame, FailFastFuture<P2cFuture>>,
+    shared: Shared<FailFast<P2c>>,
 }
 
 impl fmt::Debug for Balanced {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Balanced").finish_non_exhaustive()
+        f.debug_struct("Balanced")
+            .field("shared", &self.shared)
+            .finish()
     }
 }
 
 impl Service<Frame> for Balanced {
     type Response = Option<Frame>;
     type Error = BoxError;
-    type Future = tower::buffer::future::ResponseFuture<FailFastFuture<P2cFuture>>;
+    type Future = SharedFuture<FailFastFuture<P2cFuture>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.buffer.poll_ready(cx)
+        self.shared.poll_ready(cx)
     }
 
     fn call(&mut self, frame: Frame) -> Self::Future {
-        self.buffer.call(frame)
+        self.shared.call(frame)
     }
 }
 
@@ -274,7 +279,7 @@ where
         let discovery = Discovery::new(upstreams, self.settings, self.connections);
         let p2c = FailFast::new(Balance::new(discovery), self.fail_after);
         Ok(Balanced {
-            buffer: Buffer::new(p2c, self.buffer),
+            shared: Shared::new(p2c, self.buffer),
         })
     }
 
@@ -288,8 +293,9 @@ where
     ) -> Result<crate::Keyed, ConfigError> {
         self.validate()?;
         let discovery = Discovery::new(upstreams, self.settings, self.connections);
+        let key: crate::affinity::BoxKeyFn = Box::new(key);
         let affinity = FailFast::new(Affinity::new(discovery, key), self.fail_after);
-        Ok(crate::Keyed::new(Buffer::new(affinity, self.buffer)))
+        Ok(crate::Keyed::new(Shared::new(affinity, self.buffer)))
     }
 }
 

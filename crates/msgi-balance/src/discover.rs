@@ -6,8 +6,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -203,12 +204,26 @@ impl Upstreams {
 
 /// One endpoint's key in a balancer: the upstream and which of its
 /// connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
     /// The upstream.
     pub addr: SocketAddr,
     /// Which connection to it (0 to `connections - 1`).
     pub connection: usize,
+}
+
+/// One write to the hasher instead of one per field: tower's p2c keeps its
+/// endpoints in maps keyed by this and hashes it several times per request
+/// (equal keys still hash equally; IPv6 scope and flow fields are left out,
+/// which only makes such keys share a hash).
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let low = (u64::from(self.addr.port()) << 48) ^ self.connection as u64;
+        match self.addr.ip() {
+            IpAddr::V4(ip) => state.write_u64((u64::from(ip.to_bits()) << 16) ^ low),
+            IpAddr::V6(ip) => state.write_u128(ip.to_bits() ^ u128::from(low)),
+        }
+    }
 }
 
 /// The endpoints of one balancer, kept by its connecting task.

@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use msgi::{BoxError, Connected, FrameCodec, MakeFraming, Reconnect};
 use msgi::{Client, ClientBuilder, ClientError, ConfigError, Forward, ForwardFuture, Frame, Kind};
-use msgi::{FrameCodec, MakeFraming, Reconnect};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard, ReusableBoxFuture};
@@ -54,16 +55,43 @@ impl Default for LoadMeasure {
     }
 }
 
+/// Opens one upstream connection: the client's settings and the upstream's
+/// address in, a connected client out.
+type ConnectFn<C> = Arc<
+    dyn Fn(ClientBuilder<C>, SocketAddr) -> BoxFuture<'static, Result<Client, ClientError>>
+        + Send
+        + Sync,
+>;
+
 /// How each upstream connection is made and watched. Checked when the
 /// balancer is built ([`ConfigError`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings<C = FrameCodec> {
     pub(crate) client: ClientBuilder<C>,
+    /// `None`: TCP ([`ClientBuilder::connect`]).
+    connect: Option<ConnectFn<C>>,
     pub(crate) backoff: Reconnect,
     pub(crate) ping_interval: Duration,
     pub(crate) ping_timeout: Duration,
     pub(crate) ping_failures: u32,
     pub(crate) load: LoadMeasure,
+}
+
+impl<C: fmt::Debug> fmt::Debug for Settings<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("client", &self.client)
+            .field(
+                "connector",
+                &self.connect.as_ref().map_or("tcp", |_| "custom"),
+            )
+            .field("backoff", &self.backoff)
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
+            .field("ping_failures", &self.ping_failures)
+            .field("load", &self.load)
+            .finish()
+    }
 }
 
 impl Default for Settings {
@@ -89,6 +117,7 @@ impl<C: MakeFraming + Clone + fmt::Debug> Settings<C> {
     pub fn new(client: ClientBuilder<C>) -> Self {
         Settings {
             client: client.reconnect(NO_RECONNECT),
+            connect: None,
             backoff: Reconnect {
                 initial_delay: Duration::from_millis(50),
                 max_delay: Duration::from_secs(5),
@@ -119,6 +148,37 @@ impl<C: MakeFraming + Clone + fmt::Debug> Settings<C> {
         self.ping_timeout = timeout;
         self.ping_failures = failures;
         self
+    }
+
+    /// Opens each upstream connection with `connector` instead of plain TCP:
+    /// a tower service from the upstream's address to a transport, as
+    /// [`ClientBuilder::connect_with_connector`] takes (a TLS connector, a
+    /// pre-shared-key handshake over TCP, ...), cloned for each connection
+    /// attempt. The framing (wire transforms) stays the client builder's.
+    pub fn connector<K>(mut self, connector: K) -> Self
+    where
+        K: Service<SocketAddr> + Clone + Send + Sync + 'static,
+        K::Response: Connected,
+        K::Error: Into<BoxError>,
+        K::Future: Send + 'static,
+        C: Send + Sync + 'static,
+    {
+        self.connect = Some(Arc::new(move |client: ClientBuilder<C>, addr| {
+            Box::pin(client.connect_with_connector(connector.clone(), addr))
+        }));
+        self
+    }
+
+    /// A connection to `addr`, made as these settings say.
+    pub(crate) fn open(&self, addr: SocketAddr) -> BoxFuture<'static, Result<Client, ClientError>>
+    where
+        C: Send + Sync + 'static,
+    {
+        let client = self.client.clone();
+        match &self.connect {
+            Some(connect) => connect(client, addr),
+            None => Box::pin(client.connect(addr)),
+        }
     }
 
     /// How load is measured (default: peak-EWMA with a failure penalty).
@@ -179,7 +239,9 @@ struct Rtt {
 }
 
 fn nanos(d: Duration) -> f64 {
-    d.as_nanos() as f64
+    // Cheaper than `as_nanos() as f64` (a u128 conversion), and as exact
+    // for any latency this measures.
+    d.as_secs_f64() * 1e9
 }
 
 impl Meter {
@@ -551,7 +613,7 @@ async fn supervise<C>(
 {
     let mut attempt = 0u32;
     loop {
-        let connect = settings.client.clone().connect(addr);
+        let connect = settings.open(addr);
         let client = tokio::select! {
             () = stop.cancelled() => return,
             client = connect => client,

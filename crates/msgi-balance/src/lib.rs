@@ -10,8 +10,9 @@
 //!   [`Load`](tower::load::Load) (peak-EWMA with a failure penalty, or
 //!   requests in flight).
 //! - [`Balanced`]: tower's p2c over the endpoints of a set ([`Discovery`]),
-//!   behind [`FailFast`] (a bounded wait when none is ready) and a shared
-//!   `Buffer` (every session of a server shares the upstream connections).
+//!   behind [`FailFast`] (a bounded wait when none is ready), shared by
+//!   every session of a server (called in the session's task when ready at
+//!   once, else queued behind tower's `Buffer`).
 //!   Built by [`Builder`].
 //! - [`Keyed`] / [`Affinity`]: routing by key (rendezvous hashing; e.g.
 //!   [`client_id_key`]), sticking to an upstream while it is up.
@@ -39,6 +40,7 @@ mod error;
 mod pool;
 mod retry;
 mod route;
+mod shared;
 
 pub use affinity::{client_id_key, weight, Affinity, AffinityFuture, KeyFn, Keyed};
 pub use balanced::{Balanced, Builder, FailFast, FailFastFuture};
@@ -48,3 +50,4 @@ pub use error::Error;
 pub use pool::{Pool, PoolFuture};
 pub use retry::RetryIdempotent;
 pub use route::{by_kind, KindPicker};
+pub use shared::SharedFuture;

@@ -351,13 +351,17 @@ async fn requests_fail_fast_with_an_error_when_every_upstream_is_down() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upstream_receives_less_traffic_than_fast_ones() {
+    // Slow beyond doubt: on a loaded 2-core machine (a debug build, other
+    // tests in parallel) a "fast" answer can take tens of milliseconds, and
+    // peak-EWMA takes such a peak at once, so an upstream 30 ms slow was not
+    // always the slowest one in the window the balancer sees. 300 ms is.
     let ups = [
         Upstream::start("a", Behaviour::default()),
         Upstream::start("b", Behaviour::default()),
         Upstream::start(
             "slow",
             Behaviour {
-                delay: Some(Duration::from_millis(30)),
+                delay: Some(Duration::from_millis(300)),
                 ..Behaviour::default()
             },
         ),
@@ -467,4 +471,40 @@ async fn a_pool_spreads_calls_over_its_connections() {
         err.downcast_ref::<ClientError>(),
         Some(&ClientError::Remote("upstream says no".into()))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_opened_by_the_settings_connector() {
+    // The set names an address nothing listens on; the connector opens the
+    // transport to the real upstream instead, so answers prove that every
+    // connection is the connector's (TLS and the pre-shared-key handshake
+    // plug in here).
+    let up = Upstream::start("a", Behaviour::default());
+    let (alias, real) = (closed_port(), up.addr);
+    let opened = support::counter();
+    let connector = tower::service_fn({
+        let opened = opened.clone();
+        move |addr: SocketAddr| {
+            opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                assert_eq!(addr, alias);
+                tokio::net::TcpStream::connect(real).await
+            }
+        }
+    });
+    let set = Upstreams::from([alias]);
+    let balanced = msgi_balance::Builder::new(support::settings().connector(connector))
+        .connections_per_upstream(2)
+        .build(&set)
+        .unwrap();
+    within(set.wait_up(|up| up.contains(&alias))).await;
+    let (addr, _stop) = gateway(balanced).await;
+    let client = within(Client::connect(addr)).await.unwrap();
+    let answers = within(calls(std::slice::from_ref(&client), 20, 4)).await;
+    assert!(answers
+        .iter()
+        .all(|a| a.as_ref().unwrap().payload_text().starts_with("a:")));
+    assert_eq!(up.hits(), 20);
+    assert_eq!(support::count(&opened), 2, "one per connection");
+    assert_eq!(up.sessions.lock().unwrap().len(), 2);
 }

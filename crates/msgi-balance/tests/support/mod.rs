@@ -165,7 +165,7 @@ pub fn builder_pending() -> Builder {
     Builder::new(settings().load(msgi_balance::LoadMeasure::PendingRequests))
 }
 
-fn settings() -> Settings {
+pub fn settings() -> Settings {
     Settings::new(Client::builder().connect_timeout(Duration::from_secs(2)))
         .backoff(msgi::Reconnect {
             initial_delay: Duration::from_millis(10),

@@ -1,0 +1,258 @@
+//! [`Shared`]: one service (the balancer) shared by every clone, called in
+//! place when it is ready at once, and queued behind tower's `Buffer` when
+//! it is not.
+//!
+//! tower's `Buffer` alone costs every request a channel send, a oneshot
+//! and a hop to its worker task and back. Here a request is handed to the
+//! worker only when the service is not ready at once (or others already
+//! wait in the queue, which keeps their order): the caller takes the lock,
+//! polls the service's readiness and calls it, all in its own task. The
+//! worker, which polls with a real waker, is what waits.
+//!
+//! Why no wake-up is lost: the caller polls with a waker that does
+//! nothing, which may replace a registration the worker made. A caller
+//! polls only if no request is queued, checked under the lock; a request
+//! queued later is polled by the worker after that (the worker needs the
+//! lock too), so the worker's registration is always the last one while
+//! it has something to wait for.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use msgi::{BoxError, Frame};
+use tower::buffer::future::ResponseFuture;
+use tower::buffer::Buffer;
+use tower::Service;
+
+struct Core<S> {
+    svc: S,
+    /// The queue's worker saw the service ready and calls it next (in the
+    /// same poll): a caller must not take that readiness.
+    worker_ready: bool,
+}
+
+struct State<S> {
+    core: Mutex<Core<S>>,
+    /// Requests in the queue: handed to the buffer and not yet called or
+    /// dropped.
+    queued: AtomicUsize,
+}
+
+impl<S> State<S> {
+    fn lock(&self) -> MutexGuard<'_, Core<S>> {
+        self.core.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A request in the queue, counted in `queued` for as long as it lives.
+pub(crate) struct Queued<S> {
+    frame: Frame,
+    _counted: Counted<S>,
+}
+
+struct Counted<S>(Arc<State<S>>);
+
+impl<S> Drop for Counted<S> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The buffer worker's view of the shared service.
+struct Lane<S> {
+    state: Arc<State<S>>,
+}
+
+impl<S> Service<Queued<S>> for Lane<S>
+where
+    S: Service<Frame>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        let mut core = self.state.lock();
+        let ready = core.svc.poll_ready(cx);
+        core.worker_ready = matches!(ready, Poll::Ready(Ok(())));
+        ready
+    }
+
+    fn call(&mut self, request: Queued<S>) -> S::Future {
+        let Queued { frame, _counted } = request;
+        let mut core = self.state.lock();
+        core.worker_ready = false;
+        let future = core.svc.call(frame);
+        // Uncounted while the lock is held: a caller that sees no request
+        // queued polls after this one was called.
+        drop(_counted);
+        future
+    }
+}
+
+/// One service shared by every clone (see the module's documentation).
+/// Readiness is a place in the queue (`bound` requests), as tower's
+/// `Buffer`'s; the service itself is polled when called.
+pub(crate) struct Shared<S: Service<Frame>> {
+    state: Arc<State<S>>,
+    buffer: Buffer<Queued<S>, S::Future>,
+}
+
+impl<S> Clone for Shared<S>
+where
+    S: Service<Frame> + Send + 'static,
+    S::Future: Send,
+{
+    fn clone(&self) -> Self {
+        Shared {
+            state: self.state.clone(),
+            buffer: self.buffer.clone(),
+        }
+    }
+}
+
+impl<S: Service<Frame>> fmt::Debug for Shared<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("queued", &self.state.queued.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Shared<S>
+where
+    S: Service<Frame> + Send + 'static,
+    S::Error: Into<BoxError> + Send + Sync,
+    S::Future: Send + 'static,
+{
+    /// Shares `svc`; at most `bound` requests wait in the queue. Spawns the
+    /// queue's worker in the current tokio runtime.
+    pub(crate) fn new(svc: S, bound: usize) -> Self {
+        let state = Arc::new(State {
+            core: Mutex::new(Core {
+                svc,
+                worker_ready: false,
+            }),
+            queued: AtomicUsize::new(0),
+        });
+        let buffer = Buffer::new(
+            Lane {
+                state: state.clone(),
+            },
+            bound,
+        );
+        Shared { state, buffer }
+    }
+}
+
+impl<S> Service<Frame> for Shared<S>
+where
+    S: Service<Frame> + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = SharedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // A place in the queue (kept by this handle until a request goes
+        // there: a call made in place leaves it reserved for the next).
+        self.buffer.poll_ready(cx)
+    }
+
+    fn call(&mut self, frame: Frame) -> SharedFuture<S::Future> {
+        if self.state.queued.load(Ordering::SeqCst) == 0 {
+            let mut core = self.state.lock();
+            if !core.worker_ready && self.state.queued.load(Ordering::SeqCst) == 0 {
+                let mut cx = Context::from_waker(Waker::noop());
+                match core.svc.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => return SharedFuture::called(core.svc.call(frame)),
+                    Poll::Ready(Err(error)) => return SharedFuture::failed(error.into()),
+                    // The worker waits for it.
+                    Poll::Pending => {}
+                }
+            }
+        }
+        self.state.queued.fetch_add(1, Ordering::SeqCst);
+        let request = Queued {
+            frame,
+            _counted: Counted(self.state.clone()),
+        };
+        SharedFuture::queued(self.buffer.call(request))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of a shared balancer ([`Balanced`](crate::Balanced),
+    /// [`Keyed`](crate::Keyed)): called in place, or through the queue.
+    pub struct SharedFuture<F> {
+        #[pin]
+        inner: Inner<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = Proj]
+    enum Inner<F> {
+        // Called in place.
+        Called { #[pin] future: F },
+        // Waiting in the queue for the balancer to be ready.
+        Queued { #[pin] future: ResponseFuture<F> },
+        // The balancer failed.
+        Failed { error: Option<BoxError> },
+    }
+}
+
+impl<F> SharedFuture<F> {
+    fn called(future: F) -> Self {
+        SharedFuture {
+            inner: Inner::Called { future },
+        }
+    }
+
+    fn queued(future: ResponseFuture<F>) -> Self {
+        SharedFuture {
+            inner: Inner::Queued { future },
+        }
+    }
+
+    fn failed(error: BoxError) -> Self {
+        SharedFuture {
+            inner: Inner::Failed { error: Some(error) },
+        }
+    }
+}
+
+impl<F> fmt::Debug for SharedFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.inner {
+            Inner::Called { .. } => "called",
+            Inner::Queued { .. } => "queued",
+            Inner::Failed { .. } => "failed",
+        };
+        f.debug_tuple("SharedFuture").field(&state).finish()
+    }
+}
+
+impl<F, T, E> Future for SharedFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().inner.project() {
+            Proj::Called { future } => future.poll(cx).map_err(Into::into),
+            Proj::Queued { future } => future.poll(cx),
+            Proj::Failed { error } => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| "polled after completion".into()))),
+        }
+    }
+}
