@@ -256,3 +256,89 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    /// Ready only while `ready` is set; records what it is called with.
+    #[derive(Clone, Default)]
+    struct Gate {
+        ready: Arc<AtomicBool>,
+        waker: Arc<futures_util::task::AtomicWaker>,
+        calls: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Gate {
+        fn set(&self, ready: bool) {
+            self.ready.store(ready, Ordering::SeqCst);
+            self.waker.wake();
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    impl Service<Frame> for Gate {
+        type Response = Option<Frame>;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Option<Frame>, BoxError>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+            self.waker.register(cx.waker());
+            if self.ready.load(Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, frame: Frame) -> Self::Future {
+            let text = frame.payload_text().into_owned();
+            self.calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(text);
+            std::future::ready(Ok(Some(frame)))
+        }
+    }
+
+    #[tokio::test]
+    async fn called_in_place_when_ready_else_queued_in_order_until_ready() {
+        let gate = Gate::default();
+        gate.set(true);
+        let mut shared = Shared::new(gate.clone(), 8);
+        // Ready at once: called within `call`, in this task.
+        let answer = shared.ready().await.unwrap().call(Frame::data("a"));
+        assert_eq!(gate.calls(), ["a"], "called in place");
+        assert!(answer.await.unwrap().is_some());
+        // Not ready: queued; a later request queues behind it (no overtaking)
+        // even once the service is ready again, until the worker runs.
+        gate.set(false);
+        let b = shared.ready().await.unwrap().call(Frame::data("b"));
+        let mut other = shared.clone();
+        let c = other.ready().await.unwrap().call(Frame::data("c"));
+        tokio::task::yield_now().await;
+        assert_eq!(gate.calls(), ["a"]);
+        gate.set(true);
+        let d = shared.ready().await.unwrap().call(Frame::data("d"));
+        let answers = tokio::time::timeout(Duration::from_secs(5), async {
+            (b.await, c.await, d.await)
+        })
+        .await
+        .expect("the worker serves the queue once the service is ready");
+        assert!(answers.0.is_ok() && answers.1.is_ok() && answers.2.is_ok());
+        assert_eq!(gate.calls(), ["a", "b", "c", "d"]);
+        // Queue drained: in place again.
+        let _ = shared.ready().await.unwrap().call(Frame::data("e"));
+        assert_eq!(gate.calls().last().map(String::as_str), Some("e"));
+        assert_eq!(shared.state.queued.load(Ordering::SeqCst), 0);
+    }
+}
