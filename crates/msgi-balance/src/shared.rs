@@ -337,8 +337,9 @@ mod tests {
         assert!(answers.0.is_ok() && answers.1.is_ok() && answers.2.is_ok());
         assert_eq!(gate.calls(), ["a", "b", "c", "d"]);
         // Queue drained: in place again.
-        let _ = shared.ready().await.unwrap().call(Frame::data("e"));
+        let e = shared.ready().await.unwrap().call(Frame::data("e"));
         assert_eq!(gate.calls().last().map(String::as_str), Some("e"));
+        assert!(e.await.is_ok());
         assert_eq!(shared.state.queued.load(Ordering::SeqCst), 0);
     }
 }
