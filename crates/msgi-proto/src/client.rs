@@ -94,6 +94,7 @@ pub struct Config {
     queue_timeout: Option<Duration>,
     close_linger: Option<Duration>,
     ack: Option<AckWindow>,
+    recover_pushes: bool,
 }
 
 /// Acknowledged delivery's bounds on the client (docs/PROTOCOL.md, section
@@ -164,6 +165,7 @@ impl Default for ConfigBuilder {
                 queue_timeout: Some(Duration::from_secs(10)),
                 close_linger: Some(Duration::from_secs(5)),
                 ack: None,
+                recover_pushes: false,
             },
         }
     }
@@ -254,6 +256,17 @@ impl ConfigBuilder {
         self
     }
 
+    /// Push recovery, with acknowledged delivery: RESUME asks the server to
+    /// keep the pushes for this client id while it is away and to number
+    /// them; the client drops the ones it has already, says which it has
+    /// (`PUSHED <n>`), and [`Connection::recovered`] and
+    /// [`Connection::missed_pushes`] tell what the server kept (default
+    /// off; docs/PROTOCOL.md, section 3, *Push recovery*).
+    pub fn recover_pushes(mut self, on: bool) -> Self {
+        self.settings.recover_pushes = on;
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
@@ -299,6 +312,12 @@ impl ConfigBuilder {
                      the numbers per client id)",
                 ));
             }
+        }
+        if s.recover_pushes && s.ack.is_none() {
+            return Err(ConfigError::new(
+                "recover_pushes",
+                "needs acknowledged delivery (RESUME carries it)",
+            ));
         }
         if let (Some(id), true) = (&s.client_id, s.binary) {
             session::parse_client_id(id.as_bytes())
@@ -624,6 +643,23 @@ struct Acks {
     /// Frames of `window`, from the front, encoded on this transport.
     sent: usize,
     resume: Resume,
+    /// Push recovery, when asked for.
+    pushes: Option<Pushes>,
+}
+
+/// What the client knows of the server's numbered pushes.
+#[derive(Debug, Default)]
+struct Pushes {
+    /// The highest push number received in this run.
+    last: u64,
+    /// The highest number told to the server (`PUSHED`).
+    told: u64,
+    /// This connection's server numbers pushes (its RESUMED said so).
+    on: bool,
+    /// The last RESUMED said `recovered`.
+    recovered: bool,
+    /// Pushes the server said were missed, over the run.
+    missed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -696,6 +732,7 @@ impl<R: Caller> Connection<R> {
                 base: 1,
                 sent: 0,
                 resume: Resume::Idle,
+                pushes: config.recover_pushes.then(Pushes::default),
             }),
             config,
         }
@@ -711,6 +748,25 @@ impl<R: Caller> Connection<R> {
     /// no acknowledged delivery).
     pub fn acknowledged(&self) -> u64 {
         self.acks.as_ref().map_or(0, |a| a.base - 1)
+    }
+
+    /// With push recovery: whether the server said, at the last RESUME,
+    /// that it had kept this client id's pushes while it was away (false on
+    /// a first connection, after the grace period, from a server without
+    /// push recovery).
+    pub fn recovered(&self) -> bool {
+        self.pushes().is_some_and(|p| p.recovered)
+    }
+
+    /// With push recovery: pushes the server said were lost for this
+    /// client id (refused while its buffer was full, or dropped at the end
+    /// of the grace period), over this run.
+    pub fn missed_pushes(&self) -> u64 {
+        self.pushes().map_or(0, |p| p.missed)
+    }
+
+    fn pushes(&self) -> Option<&Pushes> {
+        self.acks.as_ref().and_then(|a| a.pushes.as_ref())
     }
 
     /// Where the connection is.
@@ -801,7 +857,18 @@ impl<R: Caller> Connection<R> {
             if let Some(acks) = &mut self.acks {
                 acks.resume = Resume::Waiting(id);
                 acks.sent = 0;
-                let resume = delivery::resume_frame(acks.limits.epoch, acks.base);
+                let resume = match &mut acks.pushes {
+                    Some(pushes) => {
+                        pushes.on = false;
+                        pushes.told = pushes.last;
+                        delivery::resume_frame_with_pushes(
+                            acks.limits.epoch,
+                            acks.base,
+                            pushes.last,
+                        )
+                    }
+                    None => delivery::resume_frame(acks.limits.epoch, acks.base),
+                };
                 self.push_own(resume.with_request_id(id));
             }
         }
@@ -968,6 +1035,7 @@ impl<R: Caller> Connection<R> {
     where
         E: FnMut(Frame) -> Result<usize, CodecError>,
     {
+        self.tell_pushes();
         while let Some(frame) = self.own.pop_front() {
             self.own_bytes = self.own_bytes.saturating_sub(frame.wire_len());
             match encode(frame) {
@@ -1203,6 +1271,9 @@ impl<R: Caller> Connection<R> {
                 (_, None) if plain && frame.kind() == delivery::ACK => {
                     return self.on_ack(frame, now);
                 }
+                (_, None) if plain && frame.kind() == delivery::PUSH => {
+                    return self.on_push(frame, now);
+                }
                 (Resume::Done, None) if plain && frame.kind() == Kind::DISCONNECT => {
                     self.on_shutdown_last(&frame);
                 }
@@ -1262,20 +1333,30 @@ impl<R: Caller> Connection<R> {
     fn on_resumed(&mut self, frame: Frame, now: Instant) {
         // Activity, as any frame (a HEARTBEAT's classification).
         self.proto.on_frame(Frame::heartbeat(), now);
-        let last = match frame.kind() {
-            Kind::CONTROL => delivery::parse_resumed(frame.payload()),
+        let resumed = match frame.kind() {
+            Kind::CONTROL => delivery::parse_resumed_with_pushes(frame.payload()),
             _ => None,
         };
         let Some(acks) = &mut self.acks else {
             return;
         };
-        match last {
-            Some(last) if last < acks.base + acks.window.len() as u64 => {
+        match resumed {
+            Some((last, answer)) if last < acks.base + acks.window.len() as u64 => {
                 acks.acknowledge(last);
                 acks.resume = Resume::Done;
                 acks.sent = 0;
+                if let Some(pushes) = &mut acks.pushes {
+                    let (on, recovered, missed) = match answer {
+                        Some(delivery::PushResume::Recovered { missed }) => (true, true, missed),
+                        Some(delivery::PushResume::Fresh { missed }) => (true, false, missed),
+                        None => (false, false, 0),
+                    };
+                    pushes.on = on;
+                    pushes.recovered = recovered;
+                    pushes.missed = pushes.missed.saturating_add(missed);
+                }
             }
-            Some(last) => {
+            Some((last, _)) => {
                 let rule = format!(
                     "RESUMED {last} names frames never sent (next is {})",
                     acks.base + acks.window.len() as u64
@@ -1303,6 +1384,46 @@ impl<R: Caller> Connection<R> {
             if last <= sent_through {
                 acks.acknowledge(last);
             }
+        }
+    }
+
+    /// A numbered push: handed on unless the client has it already.
+    fn on_push(&mut self, frame: Frame, now: Instant) {
+        self.proto.on_frame(Frame::heartbeat(), now);
+        let pushes = self
+            .acks
+            .as_mut()
+            .filter(|a| a.resume == Resume::Done)
+            .and_then(|a| a.pushes.as_mut())
+            .filter(|p| p.on);
+        let rule = match (pushes, delivery::parse_push(frame.payload())) {
+            (Some(pushes), Some((seq, carried))) => {
+                if seq > pushes.last {
+                    pushes.last = seq;
+                    self.events.push_back(Event::Push(carried));
+                }
+                return;
+            }
+            (None, _) => "PUSH without push recovery".to_owned(),
+            (Some(_), None) => "PUSH payload is not a numbered push".to_owned(),
+        };
+        self.push_own(Frame::error(rule.clone()));
+        self.lose(ConnectionError::Violation(Violation::Rule(rule)), now);
+    }
+
+    /// Tells the server the pushes received since it was last told: one
+    /// `PUSHED` per transmit round, however many came.
+    fn tell_pushes(&mut self) {
+        if !matches!(self.state, State::Open | State::Closing { .. }) {
+            return;
+        }
+        let Some(pushes) = self.acks.as_mut().and_then(|a| a.pushes.as_mut()) else {
+            return;
+        };
+        if pushes.on && pushes.last > pushes.told {
+            pushes.told = pushes.last;
+            let frame = delivery::pushed_frame(pushes.last);
+            self.push_own(frame);
         }
     }
 
