@@ -243,3 +243,54 @@ fn push_recovery_needs_acknowledged_delivery() {
         Some("recover_pushes")
     );
 }
+
+#[test]
+fn worked_example_bytes() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/PROTOCOL.md"
+    ))
+    .unwrap();
+    let hex = |frame: Frame| {
+        let mut wire = BytesMut::new();
+        FrameCodec::new().encode(frame, &mut wire).unwrap();
+        wire.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let lines = [
+        (
+            "C→S RESUME 9 1 0",
+            delivery::resume_frame_with_pushes(9, 1, 0).with_request_id(1),
+        ),
+        (
+            "S→C RESUMED 0 fresh 0",
+            delivery::resumed_frame_with_pushes(0, PushResume::Fresh { missed: 0 })
+                .with_request_id(1),
+        ),
+        (
+            "S→C PUSH 1 DATA hi",
+            delivery::push_frame(1, &Frame::data("hi")).unwrap(),
+        ),
+        ("C→S PUSHED 1", delivery::pushed_frame(1)),
+        (
+            "C→S RESUME 9 1 1",
+            delivery::resume_frame_with_pushes(9, 1, 1).with_request_id(1),
+        ),
+        (
+            "S→C RESUMED 0 recovered 0",
+            delivery::resumed_frame_with_pushes(0, PushResume::Recovered { missed: 0 })
+                .with_request_id(1),
+        ),
+        (
+            "S→C PUSH 2 DATA yo",
+            delivery::push_frame(2, &Frame::data("yo")).unwrap(),
+        ),
+    ];
+    for (label, frame) in lines {
+        let line = doc
+            .lines()
+            .find(|l| l.starts_with(label))
+            .unwrap_or_else(|| panic!("{label} not in PROTOCOL.md"));
+        let documented: String = line[label.len()..].split_whitespace().collect();
+        assert_eq!(documented, hex(frame), "{label}");
+    }
+}

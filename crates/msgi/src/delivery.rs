@@ -14,8 +14,17 @@
 //! after the first frame not acknowledged. The driver and the session rules
 //! are not involved; a server without this layer answers RESUME as its
 //! application does (the client then reports the refusal).
+//!
+//! Push recovery (server to client, off by default:
+//! [`AckStoreBuilder::recover_pushes`]): [`AckStore::push`] numbers a push
+//! for a client id, keeps it until the client says it has it (`PUSHED`),
+//! and sends it at once when the client is connected; a client that comes
+//! back within the grace period gets what it has not acknowledged, in
+//! order, after its RESUMED. By default (and for a client id that did not
+//! ask) a push to a client id that is not connected is refused to the
+//! pusher ([`PushError`], and `Registry::send_to_client`'s `SendError`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::{ready, Ready};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
@@ -26,7 +35,7 @@ use tokio::time::Instant;
 use tower::{Layer, Service};
 
 use crate::session::{Session, SessionId};
-use msgi_proto::delivery::{self, RESUME_PREFIX};
+use msgi_proto::delivery::{self, PushResume, PUSHED_PREFIX, RESUME_PREFIX};
 use msgi_proto::{ConfigError, Frame, Kind};
 
 /// The per-client-id numbers of acknowledged delivery, bounded: at most
@@ -46,6 +55,96 @@ struct StoreInner {
     keep_for: Duration,
     ack_every: u64,
     ack_delay: Duration,
+    pushes: Option<PushLimits>,
+    /// Client ids with a [`Mailbox`] (under the `clients` lock).
+    mailboxes: std::sync::atomic::AtomicUsize,
+}
+
+/// Push recovery's bounds ([`AckStoreBuilder::recover_pushes`]).
+#[derive(Debug, Clone, Copy)]
+struct PushLimits {
+    frames: usize,
+    bytes: usize,
+    grace: Duration,
+    clients: usize,
+}
+
+/// The pushes kept for one client id.
+struct Mailbox {
+    /// The number of the next push.
+    next: u64,
+    /// PUSH frames the client has not acknowledged, numbered up to `next - 1`.
+    kept: VecDeque<Frame>,
+    bytes: usize,
+    /// Pushes accepted and then dropped at the end of the grace period,
+    /// since the client's last RESUME (a refused push is the pusher's to
+    /// know: it was told).
+    missed: u64,
+    /// The owner session asked for push recovery: pushes go to it.
+    live: bool,
+    /// When a push first found the client away (cleared by RESUME).
+    away_since: Option<Instant>,
+    /// The grace period passed: nothing kept until the client's next RESUME.
+    expired: bool,
+}
+
+impl Mailbox {
+    fn new() -> Mailbox {
+        Mailbox {
+            next: 1,
+            kept: VecDeque::new(),
+            bytes: 0,
+            missed: 0,
+            live: false,
+            away_since: None,
+            expired: false,
+        }
+    }
+
+    /// Forgets the pushes up to `n` (the client has them).
+    fn acknowledge(&mut self, n: u64) {
+        while self.next - self.kept.len() as u64 <= n {
+            let Some(frame) = self.kept.pop_front() else {
+                break;
+            };
+            self.bytes = self.bytes.saturating_sub(frame.wire_len());
+        }
+    }
+
+    /// Drops what is kept: the grace period passed.
+    fn expire(&mut self) {
+        self.missed = self.missed.saturating_add(self.kept.len() as u64);
+        self.kept = VecDeque::new();
+        self.bytes = 0;
+        self.expired = true;
+    }
+}
+
+/// Why [`AckStore::push`] refused a push: it is lost, and the pusher is
+/// told so (nothing was kept or sent).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// The store keeps no pushes (no [`AckStoreBuilder::recover_pushes`]).
+    #[error("push recovery is off")]
+    Off,
+    /// No client with that id has resumed acknowledged delivery with push
+    /// recovery here (or its entry was forgotten).
+    #[error("unknown client id (no push recovery for it)")]
+    UnknownClient,
+    /// The client id's buffer is full (frames or bytes): the client is
+    /// behind or away. The pusher may push it again later.
+    #[error("the client's push buffer is full")]
+    Full,
+    /// The client has been away longer than the grace period: what was
+    /// kept for it was dropped (counted as missed) and nothing more is
+    /// kept until it comes back.
+    #[error("the client has been away longer than the grace period")]
+    Expired,
+    /// Only uncorrelated DATA, CONTROL and application-kind frames without
+    /// flags are pushed.
+    #[error("only uncorrelated DATA, CONTROL or application frames can be pushed")]
+    NotPushable,
 }
 
 impl std::fmt::Debug for AckStore {
@@ -72,6 +171,8 @@ struct ClientState {
     next: u64,
     touched: Instant,
     flush_scheduled: bool,
+    /// Pushes kept for the client id, when it asked for push recovery.
+    mailbox: Option<Mailbox>,
 }
 
 /// Settings of an [`AckStore`], checked by [`build`](AckStoreBuilder::build).
@@ -81,6 +182,7 @@ pub struct AckStoreBuilder {
     keep_for: Duration,
     ack_every: u64,
     ack_delay: Duration,
+    pushes: Option<PushLimits>,
 }
 
 impl Default for AckStoreBuilder {
@@ -90,6 +192,7 @@ impl Default for AckStoreBuilder {
             keep_for: Duration::from_secs(300),
             ack_every: 64,
             ack_delay: Duration::from_millis(5),
+            pushes: None,
         }
     }
 }
@@ -124,13 +227,50 @@ impl AckStoreBuilder {
         self
     }
 
+    /// Push recovery (off by default: a push to a client id that is not
+    /// connected is refused to the pusher). On: [`AckStore::push`] keeps,
+    /// per client id that asked for it (RESUME with a third number), the
+    /// pushes it has not acknowledged, at most `frames` frames and `bytes`
+    /// wire bytes (a push into an empty buffer is always taken; beyond
+    /// either, the push is refused with [`PushError::Full`] and counted as
+    /// missed), for `clients` client ids at most (a client that asks when
+    /// all are taken, none of them away for longer than `grace`, is
+    /// answered without push recovery). A client away for longer than
+    /// `grace` (counted from the first push that finds it away) loses what
+    /// was kept (counted as missed) and later pushes are refused
+    /// ([`PushError::Expired`]) until it comes back. At most
+    /// `clients * bytes` bytes of pushes in all.
+    pub fn recover_pushes(
+        mut self,
+        frames: usize,
+        bytes: usize,
+        grace: Duration,
+        clients: usize,
+    ) -> Self {
+        self.pushes = Some(PushLimits {
+            frames,
+            bytes,
+            grace,
+            clients,
+        });
+        self
+    }
+
     /// Checks the settings.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming a zero `max_clients`, `ack_every` or
-    /// `ack_delay`.
+    /// `ack_delay`, or a zero bound of `recover_pushes`.
     pub fn build(self) -> Result<AckStore, ConfigError> {
+        if let Some(p) = &self.pushes {
+            if p.frames == 0 || p.bytes == 0 || p.clients == 0 || p.grace.is_zero() {
+                return Err(ConfigError::new(
+                    "recover_pushes",
+                    "frames, bytes, clients and grace must be above zero",
+                ));
+            }
+        }
         if self.max_clients == 0 {
             return Err(ConfigError::new("max_clients", "must be at least 1"));
         }
@@ -147,6 +287,8 @@ impl AckStoreBuilder {
                 keep_for: self.keep_for,
                 ack_every: self.ack_every,
                 ack_delay: self.ack_delay,
+                pushes: self.pushes,
+                mailboxes: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
     }
@@ -186,10 +328,18 @@ impl AckStore {
         Some(last)
     }
 
+    /// Pushes kept for `client_id` and not yet acknowledged by it, if it
+    /// has push recovery here.
+    pub fn pushes_kept(&self, client_id: &str) -> Option<usize> {
+        let state = lock(&self.inner.clients).get(client_id).cloned()?;
+        let s = lock(&state);
+        s.mailbox.as_ref().map(|m| m.kept.len())
+    }
+
     /// Answers a RESUME from `session`.
     fn resume(&self, session: &Session, payload: &[u8]) -> Frame {
-        let Some((epoch, first)) = delivery::parse_resume(payload) else {
-            return Frame::error("bad RESUME: expected RESUME <epoch> <first>");
+        let Some((epoch, first, pushes)) = delivery::parse_resume_with_pushes(payload) else {
+            return Frame::error("bad RESUME: expected RESUME <epoch> <first> [<pushes>]");
         };
         let Some(client_id) = session.announced_client_id() else {
             return Frame::error("acknowledged delivery needs a client id (HELLO first)");
@@ -201,10 +351,15 @@ impl AckStore {
             None => {
                 if clients.len() >= self.inner.max_clients {
                     let keep_for = self.inner.keep_for;
+                    let mailboxes = &self.inner.mailboxes;
                     clients.retain(|_, s| {
                         let s = lock(s);
-                        now.saturating_duration_since(s.touched) < keep_for
-                            || !s.session.is_closing()
+                        let keep = now.saturating_duration_since(s.touched) < keep_for
+                            || !s.session.is_closing();
+                        if !keep && s.mailbox.is_some() {
+                            mailboxes.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        keep
                     });
                 }
                 if clients.len() >= self.inner.max_clients {
@@ -219,13 +374,21 @@ impl AckStore {
                     next: first,
                     touched: now,
                     flush_scheduled: false,
+                    mailbox: None,
                 }));
                 clients.insert(client_id, state.clone());
                 state
             }
         };
+        let kept_pushes = match (pushes, &self.inner.pushes) {
+            (Some(_), Some(limits)) => {
+                let has = lock(&state).mailbox.is_some();
+                has || self.make_room_for_mailbox(&clients, limits, now)
+            }
+            _ => false,
+        };
         drop(clients);
-        let last = {
+        let (last, answer_pushes) = {
             let mut s = lock(&state);
             s.last = if s.epoch == epoch {
                 s.last.max(first - 1)
@@ -241,10 +404,151 @@ impl AckStore {
             // A flush scheduled for the old session may never run (its
             // runtime gone): the next frame schedules one afresh.
             s.flush_scheduled = false;
-            s.last
+            let answer_pushes = match (pushes, kept_pushes) {
+                (Some(received), true) => Some(Self::resume_pushes(&mut s, received)),
+                _ => {
+                    if let Some(mailbox) = &mut s.mailbox {
+                        // This connection takes no PUSH: kept for one that does.
+                        mailbox.live = false;
+                    }
+                    None
+                }
+            };
+            (s.last, answer_pushes)
         };
         session.insert_data(AckLink(state));
-        delivery::resumed_frame(last)
+        match answer_pushes {
+            Some(answer) => delivery::resumed_frame_with_pushes(last, answer),
+            None => delivery::resumed_frame(last),
+        }
+    }
+
+    /// Room for one more mailbox (under the `clients` lock): a free place,
+    /// or one taken from a client away for longer than the grace period.
+    fn make_room_for_mailbox(
+        &self,
+        clients: &HashMap<Arc<str>, Arc<Mutex<ClientState>>>,
+        limits: &PushLimits,
+        now: Instant,
+    ) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.inner.mailboxes.load(Relaxed) < limits.clients {
+            self.inner.mailboxes.fetch_add(1, Relaxed);
+            return true;
+        }
+        for state in clients.values() {
+            let mut s = lock(state);
+            let away = s.session.is_closing()
+                && s.mailbox.as_ref().is_some_and(|m| {
+                    m.expired
+                        || m.away_since
+                            .is_some_and(|t| now.saturating_duration_since(t) >= limits.grace)
+                });
+            if away {
+                // Its place is given to the newcomer (the count stays).
+                s.mailbox = None;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// RESUME asked for push recovery and a mailbox is kept (made now if
+    /// new): forgets what the client has (`received`), answers what was
+    /// kept, and sends the rest again, in order, after the answer (the
+    /// driver writes the answer of a call before the pushes it makes).
+    fn resume_pushes(s: &mut ClientState, received: u64) -> PushResume {
+        let session = s.session.clone();
+        let mailbox = s.mailbox.get_or_insert_with(|| {
+            let mut fresh = Mailbox::new();
+            fresh.expired = true;
+            fresh
+        });
+        let missed = std::mem::take(&mut mailbox.missed);
+        let answer = if std::mem::take(&mut mailbox.expired) {
+            PushResume::Fresh { missed }
+        } else {
+            PushResume::Recovered { missed }
+        };
+        mailbox.acknowledge(received);
+        mailbox.live = true;
+        mailbox.away_since = None;
+        for push in &mailbox.kept {
+            // Refused (the session already closing): kept for the next RESUME.
+            if session.send(push.clone()).is_err() {
+                break;
+            }
+        }
+        answer
+    }
+
+    /// `PUSHED <n>` from `session`: the client has the pushes up to `n`.
+    fn pushed(&self, state: &Arc<Mutex<ClientState>>, session: &Session, n: u64) {
+        let mut s = lock(state);
+        if s.owner != session.id() {
+            return;
+        }
+        if let Some(mailbox) = &mut s.mailbox {
+            // A number never pushed acknowledges only what was.
+            mailbox.acknowledge(n.min(mailbox.next - 1));
+        }
+    }
+
+    /// Pushes `frame` to `client_id` with push recovery (see
+    /// [`AckStoreBuilder::recover_pushes`]): numbered, kept until the
+    /// client acknowledges it, written at once if the client is connected,
+    /// sent again when it resumes otherwise. Returns the push's number.
+    ///
+    /// # Errors
+    ///
+    /// The push is refused, and lost: [`PushError`] says why (push
+    /// recovery off, a client id unknown or that did not ask, its buffer
+    /// full, the grace period passed, a frame that cannot be pushed).
+    pub fn push(&self, client_id: &str, frame: &Frame) -> Result<u64, PushError> {
+        let Some(limits) = &self.inner.pushes else {
+            return Err(PushError::Off);
+        };
+        let state = lock(&self.inner.clients)
+            .get(client_id)
+            .cloned()
+            .ok_or(PushError::UnknownClient)?;
+        let now = Instant::now();
+        let mut s = lock(&state);
+        let connected = !s.session.is_closing();
+        let session = s.session.clone();
+        let Some(mailbox) = &mut s.mailbox else {
+            return Err(PushError::UnknownClient);
+        };
+        if mailbox.expired {
+            return Err(PushError::Expired);
+        }
+        let live = connected && mailbox.live;
+        if !live {
+            let since = *mailbox.away_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= limits.grace {
+                mailbox.expire();
+                return Err(PushError::Expired);
+            }
+        }
+        let seq = mailbox.next;
+        let push = delivery::push_frame(seq, frame).ok_or(PushError::NotPushable)?;
+        let cost = push.wire_len();
+        if mailbox.kept.len() >= limits.frames
+            || (!mailbox.kept.is_empty() && mailbox.bytes.saturating_add(cost) > limits.bytes)
+        {
+            return Err(PushError::Full);
+        }
+        mailbox.next += 1;
+        mailbox.bytes += cost;
+        if live {
+            mailbox.kept.push_back(push.clone());
+            // Refused (the session closing, a slow consumer): kept, and
+            // sent again when the client resumes.
+            let _ = session.send(push);
+        } else {
+            mailbox.kept.push_back(push);
+        }
+        Ok(seq)
     }
 
     /// A frame of a resumed session is being handed on: false if it must
@@ -360,6 +664,17 @@ where
             return Either::Right(self.inner.call(frame));
         };
         match (frame.kind(), frame.request_id()) {
+            (Kind::CONTROL, None) if frame.payload().starts_with(PUSHED_PREFIX.as_bytes()) => {
+                let link = session.data::<AckLink>();
+                match (link, delivery::parse_pushed(frame.payload())) {
+                    (Some(AckLink(state)), Some(n)) => {
+                        self.store.pushed(&state, session, n);
+                        Either::Left(ready(Ok(None)))
+                    }
+                    // Not a session of push recovery: the application's.
+                    _ => Either::Right(self.inner.call(frame)),
+                }
+            }
             (Kind::CONTROL, Some(_)) if frame.payload().starts_with(RESUME_PREFIX.as_bytes()) => {
                 let answer = self.store.resume(session, frame.payload());
                 self.cache = None;

@@ -110,6 +110,7 @@ pub struct ClientBuilder<C = FrameCodec> {
     pub(super) max_concurrent_requests: usize,
     pub(super) queue_timeout: Option<Duration>,
     pub(super) acknowledged: Option<(usize, usize)>,
+    pub(super) recover_pushes: bool,
 }
 
 impl Default for ClientBuilder {
@@ -129,6 +130,7 @@ impl Default for ClientBuilder {
             max_concurrent_requests: 1024,
             queue_timeout: Some(Duration::from_secs(10)),
             acknowledged: None,
+            recover_pushes: false,
         }
     }
 }
@@ -159,6 +161,7 @@ impl<C: MakeFraming + Clone + fmt::Debug> ClientBuilder<C> {
             max_concurrent_requests: self.max_concurrent_requests,
             queue_timeout: self.queue_timeout,
             acknowledged: self.acknowledged,
+            recover_pushes: self.recover_pushes,
         }
     }
 
@@ -279,6 +282,21 @@ impl<C: MakeFraming + Clone + fmt::Debug> ClientBuilder<C> {
     /// at most once once its bytes are written).
     pub fn acknowledged(mut self, frames: usize, bytes: usize) -> Self {
         self.acknowledged = Some((frames, bytes));
+        self
+    }
+
+    /// Push recovery, with [`acknowledged`](ClientBuilder::acknowledged)
+    /// delivery (docs/RELIABILITY.md): the server keeps the pushes it made
+    /// with [`AckStore::push`](crate::delivery::AckStore::push) for this
+    /// client id until the client has them, and sends those it missed when
+    /// it reconnects within the server's grace period; each reaches
+    /// [`Client::incoming`] once. [`Client::recovered`] says whether the
+    /// last reconnect found them kept, [`Client::missed_pushes`] how many
+    /// the server said were lost. Default: off (a push to a client that is
+    /// away is refused to the pusher). Needs `acknowledged`: the builder
+    /// refuses it otherwise.
+    pub fn recover_pushes(mut self, on: bool) -> Self {
+        self.recover_pushes = on;
         self
     }
 

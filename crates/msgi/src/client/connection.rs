@@ -116,6 +116,7 @@ pub(super) fn machine_config<C: MakeFraming + Clone + fmt::Debug>(
             // This run of the client: never 0.
             epoch: fastrand::u64(1..),
         }))
+        .recover_pushes(cfg.recover_pushes)
         .build()
 }
 
@@ -452,6 +453,16 @@ where
                 progress = true;
             }
 
+            if self.cfg.recover_pushes {
+                // Before the pushes are handed on: a push read from the
+                // incoming stream finds these as its RESUMED left them.
+                self.shared
+                    .recovered
+                    .store(self.conn.recovered(), Ordering::Release);
+                self.shared
+                    .missed_pushes
+                    .store(self.conn.missed_pushes(), Ordering::Release);
+            }
             while let Some(event) = self.conn.poll_event() {
                 progress = true;
                 if let Some(outcome) = self.on_event(event, cx, now) {

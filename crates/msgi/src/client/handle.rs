@@ -156,6 +156,8 @@ impl Client {
             })),
             incoming_held,
             pushes_dropped: AtomicU64::new(0),
+            recovered: AtomicBool::new(false),
+            missed_pushes: AtomicU64::new(0),
             unsent: Mutex::new(Vec::new()),
             acks: watch::Sender::new((0, 0, 0)),
             acknowledged: cfg.acknowledged.is_some(),
@@ -314,6 +316,24 @@ impl Client {
     /// dropped, since the client connected.
     pub fn pushes_dropped(&self) -> u64 {
         self.shared.pushes_dropped.load(Ordering::Relaxed)
+    }
+
+    /// With [`ClientBuilder::recover_pushes`]: whether the server said, at
+    /// the last (re)connection, that it had kept this client id's pushes
+    /// while it was away (false on a first connection, after the server's
+    /// grace period, or from a server without push recovery), as of the
+    /// task's last wake-up.
+    pub fn recovered(&self) -> bool {
+        self.shared.recovered.load(Ordering::Acquire)
+    }
+
+    /// With [`ClientBuilder::recover_pushes`]: pushes the server said it
+    /// lost for this client id (refused while its buffer was full, or
+    /// dropped at the end of its grace period), since the client started.
+    /// Pushes dropped by this client's own full incoming queue are
+    /// [`pushes_dropped`](Client::pushes_dropped).
+    pub fn missed_pushes(&self) -> u64 {
+        self.shared.missed_pushes.load(Ordering::Acquire)
     }
 
     /// Closes the client gracefully and waits until it is closed.

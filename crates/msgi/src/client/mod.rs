@@ -88,6 +88,10 @@ pub(super) struct Shared {
     /// Wire bytes of the pushes queued for [`Incoming`].
     incoming_held: Arc<AtomicUsize>,
     pushes_dropped: AtomicU64,
+    /// Push recovery: the last RESUMED said the pushes were kept.
+    recovered: AtomicBool,
+    /// Push recovery: pushes the server said were lost, over the run.
+    missed_pushes: AtomicU64,
     unsent: Mutex<Vec<Frame>>,
     /// Acknowledged delivery: the highest number acknowledged, the frames
     /// kept unacknowledged,

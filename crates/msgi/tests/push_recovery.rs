@@ -1,0 +1,286 @@
+//! Push recovery over loopback (docs/RELIABILITY.md, *Server to client*):
+//! numbered pushes to a client id reach it once each, in order, while its
+//! connections are cut (the server killed or shut down and replaced, its
+//! store kept); a client away is kept for within its bounds and grace
+//! period, and told what was lost; by default a push to a client that is
+//! away is refused to the pusher.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use msgi::delivery::{AckLayer, AckStore, PushError};
+use msgi::{Client, Frame, Reconnect, SendError, Server};
+use support::within;
+use tokio::runtime::Runtime;
+use tokio::sync::{oneshot, watch};
+use tower::ServiceBuilder;
+
+/// A server in a runtime of its own, serving nothing but the layer.
+struct Node {
+    rt: Runtime,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn start(addr: SocketAddr, store: &AckStore) -> Node {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = std::net::TcpListener::bind(addr).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let listener = {
+        let _entered = rt.enter();
+        tokio::net::TcpListener::from_std(listener).unwrap()
+    };
+    let service = ServiceBuilder::new()
+        .layer(AckLayer::new(store.clone()))
+        .service(tower::service_fn(|_: Frame| async {
+            Ok::<_, std::convert::Infallible>(None)
+        }));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let done = rt.spawn(
+        Server::builder()
+            .build()
+            .unwrap()
+            .serve(listener, service)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            }),
+    );
+    Node { rt, stop, done }
+}
+
+impl Node {
+    /// Every task and socket of the server goes at once; the store stays.
+    fn kill(self) {
+        let Node { rt, stop, done } = self;
+        rt.shutdown_timeout(Duration::from_secs(5));
+        drop((stop, done));
+    }
+
+    fn shutdown(self, client_rt: &Runtime) {
+        let _ = self.stop.send(());
+        client_rt.block_on(within(self.done)).unwrap().unwrap();
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+    }
+}
+
+fn store(frames: usize, grace: Duration) -> AckStore {
+    AckStore::builder()
+        .recover_pushes(frames, 4 << 20, grace, 16)
+        .build()
+        .unwrap()
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn client(addr: SocketAddr, id: &str) -> Client {
+    within(
+        Client::builder()
+            .client_id(id)
+            .reconnect(Reconnect {
+                initial_delay: Duration::from_millis(5),
+                max_delay: Duration::from_millis(40),
+                multiplier: 2.0,
+                max_attempts: None,
+            })
+            .acknowledged(1024, 1 << 20)
+            .recover_pushes(true)
+            .incoming_capacity(1 << 16)
+            .incoming_bytes(64 << 20)
+            .connect(addr),
+    )
+    .await
+    .unwrap()
+}
+
+/// Pushes `n` until the store takes it: a full buffer (the client away or
+/// behind) or a client id not resumed yet is the pusher's to retry.
+async fn push_until_taken(store: &AckStore, id: &str, n: u64) {
+    loop {
+        match store.push(id, &Frame::data(n.to_string())) {
+            Ok(_) => return,
+            Err(PushError::Full | PushError::UnknownClient) => {
+                // Nothing to await in the store: the pusher's own backoff.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => panic!("push {n}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn pushes_to_a_client_whose_connections_are_cut_arrive_once_each_in_order() {
+    const TOTAL: u64 = 20_000;
+    const RESTARTS: usize = 6;
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = free_addr();
+    // Fewer kept than the session's outbox holds (1024): a resend after a
+    // reconnect always fits.
+    let store = store(1000, Duration::from_secs(60));
+    let mut node = start(addr, &store);
+    let client = client_rt.block_on(client(addr, "carol"));
+    let mut incoming = client.incoming().unwrap();
+    let (count, mut counted) = watch::channel(0usize);
+    let receiving = client_rt.spawn(async move {
+        let mut seen = Vec::new();
+        while (seen.len() as u64) < TOTAL {
+            let Some(frame) = incoming.recv().await else {
+                break;
+            };
+            seen.push(frame.payload_text().parse::<u64>().unwrap());
+            count.send_replace(seen.len());
+        }
+        seen
+    });
+    let pusher = store.clone();
+    let pushing = client_rt.spawn(async move {
+        for n in 0..TOTAL {
+            push_until_taken(&pusher, "carol", n).await;
+        }
+    });
+    for round in 0..RESTARTS {
+        let at = (round + 1) * TOTAL as usize / (RESTARTS + 1);
+        client_rt
+            .block_on(within(counted.wait_for(|n| *n >= at)))
+            .unwrap();
+        if round % 2 == 0 {
+            node.kill();
+        } else {
+            node.shutdown(&client_rt);
+        }
+        node = start(addr, &store);
+    }
+    client_rt.block_on(within(pushing)).unwrap();
+    let seen = client_rt.block_on(within(receiving)).unwrap();
+    let first_wrong = seen.iter().zip(0..).find(|(seen, n)| **seen != *n);
+    assert_eq!(first_wrong, None, "at the client");
+    assert_eq!(seen.len() as u64, TOTAL);
+    assert!(client.recovered(), "the store was kept: recovered");
+    assert_eq!(client.missed_pushes(), 0);
+    assert_eq!(client.pushes_dropped(), 0);
+    client_rt.block_on(within(client.close()));
+    node.shutdown(&client_rt);
+}
+
+/// Pushes `text` once the client has resumed (until then the store does
+/// not know it, or still holds it expired).
+async fn first_push(store: &AckStore, id: &str, text: &str) -> Result<u64, PushError> {
+    for _ in 0..10_000 {
+        match store.push(id, &Frame::data(text.to_owned())) {
+            Err(PushError::UnknownClient | PushError::Expired) => {
+                tokio::time::sleep(Duration::from_millis(1)).await
+            }
+            other => return other,
+        }
+    }
+    Err(PushError::UnknownClient)
+}
+
+async fn texts(incoming: &mut msgi::Incoming, n: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let frame = within(incoming.recv()).await.unwrap();
+        out.push(frame.payload_text().into_owned());
+    }
+    out
+}
+
+#[test]
+fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = free_addr();
+    let store = store(3, Duration::from_millis(1));
+    let node = start(addr, &store);
+    let client = rt.block_on(client(addr, "dave"));
+    let mut incoming = client.incoming().unwrap();
+    assert_eq!(rt.block_on(first_push(&store, "dave", "p1")), Ok(1));
+    assert_eq!(rt.block_on(texts(&mut incoming, 1)), ["p1"]);
+    assert!(!client.recovered(), "a first connection recovers nothing");
+    // Its PUSHED on the way: nothing to await in the store, so look.
+    rt.block_on(within(async {
+        while store.pushes_kept("dave") != Some(0) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }));
+
+    // Away (the server shut down, its sessions closed): three are kept,
+    // the fourth is refused to the pusher (buffer full), which may push
+    // it again later.
+    node.shutdown(&rt);
+    let taken: Vec<_> = ["p2", "p3", "p4", "p5"]
+        .iter()
+        .map(|t| store.push("dave", &Frame::data(*t)))
+        .collect();
+    assert_eq!(taken, [Ok(2), Ok(3), Ok(4), Err(PushError::Full)]);
+    let node = start(addr, &store);
+    assert_eq!(rt.block_on(texts(&mut incoming, 3)), ["p2", "p3", "p4"]);
+    assert!(client.recovered());
+    assert_eq!(client.missed_pushes(), 0);
+
+    // Away longer than the grace period (1 ms, counted from the first
+    // push that found it away): what was kept is dropped, later pushes are
+    // refused, and the client is told how many.
+    node.shutdown(&rt);
+    assert_eq!(store.push("dave", &Frame::data("p6")), Ok(5));
+    // The grace period is the thing under test: let it pass.
+    rt.block_on(async { tokio::time::sleep(Duration::from_millis(5)).await });
+    assert_eq!(
+        store.push("dave", &Frame::data("p7")),
+        Err(PushError::Expired)
+    );
+    let node = start(addr, &store);
+    // The next push after it came back is the first it gets.
+    assert_eq!(rt.block_on(first_push(&store, "dave", "p8")), Ok(6));
+    assert_eq!(rt.block_on(texts(&mut incoming, 1)), ["p8"]);
+    assert!(!client.recovered(), "the grace period passed: fresh");
+    // p6 was accepted and dropped: the client is told; p7 was refused:
+    // the pusher was told.
+    assert_eq!(client.missed_pushes(), 1);
+    rt.block_on(within(client.close()));
+    node.shutdown(&rt);
+}
+
+#[tokio::test]
+async fn by_default_a_push_to_a_client_that_is_away_is_refused_to_the_pusher() {
+    let store = AckStore::new();
+    let server = support::serve(
+        Server::builder(),
+        ServiceBuilder::new()
+            .layer(AckLayer::new(store.clone()))
+            .service(support::echo()),
+    )
+    .await;
+    assert_eq!(
+        store.push("erin", &Frame::data("x")),
+        Err(PushError::Off),
+        "no push recovery unless asked for"
+    );
+    // The registry's push to a client id with no session: refused at once.
+    assert_eq!(
+        server
+            .registry
+            .send_to_client("erin", Frame::data("x"))
+            .err(),
+        Some(SendError::NoSuchSession)
+    );
+}
