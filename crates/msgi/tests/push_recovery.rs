@@ -192,6 +192,17 @@ async fn first_push(store: &AckStore, id: &str, text: &str) -> Result<u64, PushE
     Err(PushError::UnknownClient)
 }
 
+/// Until the client's PUSHED for everything has reached the store (nothing
+/// in the store to await, so it looks every millisecond).
+async fn all_acknowledged(store: &AckStore, id: &str) {
+    within(async {
+        while store.pushes_kept(id) != Some(0) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+}
+
 async fn texts(incoming: &mut msgi::Incoming, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for _ in 0..n {
@@ -216,12 +227,7 @@ fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
     assert_eq!(rt.block_on(first_push(&store, "dave", "p1")), Ok(1));
     assert_eq!(rt.block_on(texts(&mut incoming, 1)), ["p1"]);
     assert!(!client.recovered(), "a first connection recovers nothing");
-    // Its PUSHED on the way: nothing to await in the store, so look.
-    rt.block_on(within(async {
-        while store.pushes_kept("dave") != Some(0) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }));
+    rt.block_on(all_acknowledged(&store, "dave"));
 
     // Away (the server shut down, its sessions closed): three are kept,
     // the fourth is refused to the pusher (buffer full), which may push
@@ -236,6 +242,7 @@ fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
     assert_eq!(rt.block_on(texts(&mut incoming, 3)), ["p2", "p3", "p4"]);
     assert!(client.recovered());
     assert_eq!(client.missed_pushes(), 0);
+    rt.block_on(all_acknowledged(&store, "dave"));
 
     // Away longer than the grace period (1 ms, counted from the first
     // push that found it away): what was kept is dropped, later pushes are
