@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 
 use crate::config::{provider, root_store, TlsConfigError, ALPN_MSGI};
+use crate::read_ahead::ReadAhead;
 
 /// Opens TLS connections for a [`Client`](msgi::Client): give it to
 /// [`ClientBuilder::connect_with_connector`](msgi::ClientBuilder::connect_with_connector)
@@ -226,7 +227,7 @@ where
     C::Error: Into<BoxError>,
     C::Future: Send + 'static,
 {
-    type Response = TlsStream<C::Response>;
+    type Response = TlsStream<ReadAhead<C::Response>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -243,7 +244,7 @@ where
             // for TCP) goes to the client as it is.
             let io = opening.await.map_err(Into::into)?;
             let label = format!("{} (TLS)", name.to_str());
-            tls.connect(name, io).await.map_err(|e| {
+            tls.connect(name, ReadAhead::new(io)).await.map_err(|e| {
                 let kind = e.kind();
                 let error = io::Error::new(kind, HandshakeError::from_io(e));
                 BoxError::from(ClientError::Connect {

@@ -63,10 +63,12 @@
 
 mod client;
 mod config;
+mod read_ahead;
 mod server;
 
 pub use client::{HandshakeError, TlsConnector, TlsConnectorBuilder};
 pub use config::{load_certs, load_key, provider, TlsConfigError, ALPN_MSGI};
+pub use read_ahead::{ReadAhead, READ_AHEAD};
 pub use server::{AcceptError, TlsAcceptor, TlsAcceptorBuilder, TlsInfo, TlsThen};
 
 /// The rustls this crate is built on (its configuration types, for

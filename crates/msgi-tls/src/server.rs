@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
 
 use crate::config::{provider, root_store, TlsConfigError, ALPN_MSGI};
+use crate::read_ahead::ReadAhead;
 
 /// The server's TLS accept step: give it to
 /// [`ServerBuilder::accept`](msgi::ServerBuilder::accept). Each accepted
@@ -95,7 +96,7 @@ pub struct TlsThen<B> {
 impl<Io, B> tower::Service<Accepted<Io>> for TlsThen<B>
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: tower::Service<Accepted<TlsStream<Io>>> + Clone + Send + 'static,
+    B: tower::Service<Accepted<TlsStream<ReadAhead<Io>>>> + Clone + Send + 'static,
     B::Error: Into<BoxError>,
     B::Future: Send + 'static,
 {
@@ -277,7 +278,7 @@ impl<Io> tower::Service<Accepted<Io>> for TlsAcceptor
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    type Response = Accepted<Plain<TlsStream<Io>>>;
+    type Response = Accepted<Plain<TlsStream<ReadAhead<Io>>>>;
     type Error = AcceptError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, AcceptError>> + Send>>;
 
@@ -300,12 +301,14 @@ impl TlsAcceptor {
     fn handshake<Io>(
         &self,
         incoming: Accepted<Io>,
-    ) -> impl Future<Output = Result<(TlsStream<Io>, ConnectInfo), AcceptError>> + Send + 'static
+    ) -> impl Future<Output = Result<(TlsStream<ReadAhead<Io>>, ConnectInfo), AcceptError>>
+           + Send
+           + 'static
     where
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (io, mut info) = incoming.into_parts();
-        let handshake = self.inner.accept(io);
+        let handshake = self.inner.accept(ReadAhead::new(io));
         async move {
             let stream = handshake.await.map_err(|source| AcceptError {
                 peer: info.peer_addr(),
