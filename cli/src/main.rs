@@ -329,8 +329,15 @@ async fn serve_with<C: msgi::MakeFraming>(
     };
     let tcp = builder(framing(&args)?, transport);
     match (args.tls.acceptor()?, psk) {
-        (Some(_), Some(_)) => {
-            bail!("--key-file and --tls-cert together are not supported: choose one")
+        // Both: the pre-shared-key handshake inside TLS, in the same accept
+        // step (TlsInfo and AuthenticatedKey both in the session's info).
+        (Some(tls), Some(psk)) => {
+            use tower::ServiceExt as _;
+            let psk = psk
+                .acceptor()
+                .map_response(|a: msgi::Accepted<_>| a.map_io(msgi::Plain));
+            let server = tcp.accept(tls.then(psk)).build()?;
+            run_server(server, ws_server, args, metrics, admin).await
         }
         (Some(tls), None) => {
             let server = tcp.accept(tls).build()?;
@@ -626,8 +633,11 @@ async fn send(args: SendArgs) -> Result<()> {
     // With TLS or a pre-shared key, the handshake runs in the connector; a
     // refusal (wrong key, other transforms) is the server's or this end's reason.
     let connected = match (args.tls.connector(&args.addr)?, args.wire.psk()?) {
-        (Some(_), Some(_)) => {
-            bail!("--key-file and --tls-ca together are not supported: choose one")
+        // Both: TLS first, then the pre-shared-key handshake inside it.
+        (Some(tls), Some(psk)) => {
+            builder
+                .connect_with_connector(psk.connector(tls), args.addr.clone())
+                .await
         }
         (Some(tls), None) => builder.connect_with_connector(tls, args.addr.clone()).await,
         (None, Some(psk)) => {

@@ -271,6 +271,63 @@ fn tls_and_plain_on_the_wrong_ports_say_so() {
     assert!(err.contains("a TLS port needs --tls-ca"), "{err}");
 }
 
+/// TLS and a pre-shared key together: the pre-shared-key handshake runs
+/// inside TLS (in the same accept step on the server, in the connector on
+/// the client), and refuses a wrong or missing key with its own reason.
+#[test]
+fn a_preshared_key_runs_inside_tls() {
+    let pki = Pki::new("psk");
+    let key = pki.path("psk.key");
+    let other = pki.path("other.key");
+    std::fs::write(&key, "0f".repeat(32)).unwrap();
+    std::fs::write(&other, "0e".repeat(32)).unwrap();
+    let server = Serve::start(&[
+        "--tls-cert",
+        &pki.path("server.pem"),
+        "--tls-key",
+        &pki.path("server.key"),
+        "--key-file",
+        &key,
+        "--hmac",
+    ]);
+    let ca = pki.path("server-ca.pem");
+    let send = |extra: &[&str]| {
+        let mut args = vec![
+            "send",
+            "--addr",
+            &server.addr,
+            "--correlated",
+            "--wait",
+            "5",
+            "--tls-ca",
+            &ca,
+        ];
+        args.extend(extra);
+        args.push("sealed inside TLS");
+        run(&args)
+    };
+    let out = send(&["--key-file", &key, "--hmac"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "DATA id=1 sealed inside TLS\n"
+    );
+    let out = send(&["--key-file", &other, "--hmac"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("psk: wrong key (the server's finished MAC does not verify)"),
+        "{}",
+        stderr(&out)
+    );
+    let out = send(&[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("psk: this server requires the pre-shared-key handshake"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 #[test]
 fn tls_flags_are_checked_before_serving() {
     let pki = Pki::new("flags");
