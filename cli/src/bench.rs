@@ -108,6 +108,11 @@ pub(crate) struct BenchArgs {
     /// acknowledged delivery (counted once acknowledged), alternately.
     #[arg(long)]
     ack: bool,
+    /// Run the msgi servers it starts with metrics on (`serve --metrics`:
+    /// the observer and its endpoint), to measure their overhead against a
+    /// run without.
+    #[arg(long)]
+    metrics: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -198,6 +203,9 @@ impl ChildServer {
             if kind == MSGI_WS {
                 cmd.args(["--ws-listen", "127.0.0.1:0"]);
             }
+            if args.metrics {
+                cmd.args(["--metrics", "127.0.0.1:0"]);
+            }
         } else {
             cmd.args(["reference-server", "--listen", "127.0.0.1:0"]);
         }
@@ -213,6 +221,15 @@ impl ChildServer {
             // The second line: `LISTENING ws://ADDR/`.
             line.clear();
             stdout.read_line(&mut line)?;
+        }
+        if args.metrics && cmd.get_args().any(|a| a == "--metrics") {
+            // The last line, `METRICS http://ADDR/metrics`, read so that
+            // the server's write of it never meets a closed pipe.
+            let mut metrics = String::new();
+            stdout.read_line(&mut metrics)?;
+            if !metrics.starts_with("METRICS ") {
+                bail!("the server did not announce its metrics endpoint: {metrics:?}");
+            }
         }
         let announced = line
             .trim()

@@ -233,3 +233,74 @@ fn a_scrape_counts_exactly_what_a_client_did() {
     assert_eq!(sample(&text, "msgi_requests_in_flight"), 0.0);
     drop(server);
 }
+
+/// `msgi bench --metrics` runs its msgi server with metrics on (the
+/// overhead figure is this run against one without).
+#[test]
+fn bench_runs_its_server_with_metrics_on() {
+    let mut child = Command::new(MSGI)
+        .args(["bench", "throughput", "--servers", "msgi", "--metrics"])
+        .args([
+            "--rounds", "1", "-t", "0.2", "-c", "1", "-d", "4", "-s", "64",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "bench did not end"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("msgi"), "{text}");
+}
+
+/// What `msgi serve` logs for one client that pings and leaves, under `RUST_LOG`.
+fn serve_log(rust_log: &str) -> String {
+    let mut child = Command::new(MSGI)
+        .args(["serve", "--listen", "127.0.0.1:0", "--announce"])
+        .env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = support::first_lines(&mut child, 1);
+    let addr = lines[0].trim().strip_prefix("LISTENING ").unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(LIMIT)).unwrap();
+    client.write_all(&encoded(&Frame::ping("p"))).unwrap();
+    assert_eq!(read_frames(&mut client, 1)[0].kind(), Kind::PONG);
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).unwrap();
+    // The session has ended (the server closed its side): stop the server.
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn rust_log_filters_and_session_lines_carry_the_session_span() {
+    let log = serve_log("info");
+    let connected = log
+        .lines()
+        .find(|l| l.contains("connected") && !l.contains("disconnected"))
+        .unwrap_or_else(|| panic!("no connected line in:\n{log}"));
+    assert!(connected.contains("session{id="), "{connected}");
+    assert!(connected.contains("transport=\"tcp\""), "{connected}");
+    assert!(log.contains("disconnected"), "{log}");
+
+    let quiet = serve_log("warn");
+    assert!(!quiet.contains("connected"), "{quiet}");
+    assert!(!quiet.contains("listening"), "{quiet}");
+}
