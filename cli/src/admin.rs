@@ -382,6 +382,9 @@ pub(crate) struct Connection {
     pub(crate) uptime_ms: u64,
     /// How long since its last frame was received (since it connected if none).
     pub(crate) idle_ms: u64,
+    /// When its last frame was received (when it connected if none), in
+    /// milliseconds since the Unix epoch.
+    pub(crate) last_activity_unix_ms: u64,
     /// Its counts.
     #[serde(flatten)]
     pub(crate) counts: Snapshot,
@@ -686,6 +689,7 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 
 fn describe(entry: &Entry, now: tokio::time::Instant, wall: SystemTime) -> Connection {
     let s = &entry.session;
+    let idle = now.saturating_duration_since(s.last_activity());
     Connection {
         id: s.id().to_string(),
         client_id: s.client_id(),
@@ -693,7 +697,8 @@ fn describe(entry: &Entry, now: tokio::time::Instant, wall: SystemTime) -> Conne
         transport: entry.transport.to_owned(),
         start_unix_ms: unix_ms(s.connected_at()),
         uptime_ms: millis(wall.duration_since(s.connected_at()).unwrap_or_default()),
-        idle_ms: millis(now.saturating_duration_since(s.last_activity())),
+        idle_ms: millis(idle),
+        last_activity_unix_ms: unix_ms(wall.checked_sub(idle).unwrap_or(UNIX_EPOCH)),
         counts: entry.stats.snapshot(),
         write_queue: entry.stats.write_queue.load(Relaxed),
         outbox: entry.stats.outbox.load(Relaxed),
@@ -878,6 +883,10 @@ mod tests {
             (a_row.in_flight, a_row.write_queue, a_row.outbox),
             (0, 0, 0)
         );
+        // Its last frame came after it connected, and before this page
+        // (to the millisecond: both are rounded down).
+        assert!(a_row.start_unix_ms <= a_row.last_activity_unix_ms + 1);
+        assert!(a_row.last_activity_unix_ms <= connz.now_unix_ms);
         assert_eq!((varz.connections, varz.total_connections), (2, 2));
         assert_eq!(varz.counts.frames_in, 4);
         assert_eq!(varz.counts.bytes_in, a_bytes + b_bytes);
