@@ -76,6 +76,15 @@ pub trait Caller {
     /// True once nobody waits for the answer any more (the caller dropped
     /// its future): the call may be forgotten.
     fn is_abandoned(&self) -> bool;
+
+    /// The caller marked the call idempotent: if the transport is lost
+    /// after it was written and before its answer, it is sent again on the
+    /// next transport instead of failing with
+    /// [`CallError::ConnectionLost`] (default false: a call whose bytes
+    /// may have reached the server is reported, never sent twice).
+    fn is_idempotent(&self) -> bool {
+        false
+    }
 }
 
 /// Settings of a client [`Connection`], checked when built
@@ -609,6 +618,8 @@ pub struct Connection<R> {
     proto: Protocol,
     /// Calls written on the current transport, by request id.
     calls: HashMap<u32, R>,
+    /// The frames of the idempotent ones among them, to send again.
+    replay: HashMap<u32, Frame>,
     next_id: u32,
     held: VecDeque<Held<R>>,
     /// `Held::Send`s with `counted` set.
@@ -714,6 +725,7 @@ impl<R: Caller> Connection<R> {
             state: State::Disconnected,
             proto,
             calls: HashMap::new(),
+            replay: HashMap::new(),
             next_id: HANDSHAKE_ID + 1,
             held: VecDeque::new(),
             held_taken: 0,
@@ -892,17 +904,35 @@ impl<R: Caller> Connection<R> {
             acks.sent = 0;
             acks.resume = Resume::Idle;
         }
-        for (_, caller) in self.calls.drain() {
-            self.events.push_back(Event::Answer(
-                caller,
-                Err(CallError::ConnectionLost(error.clone())),
-            ));
+        let mut again = Vec::new();
+        for (id, caller) in self.calls.drain() {
+            match self.replay.remove(&id) {
+                Some(frame) if !closing && !caller.is_abandoned() => {
+                    again.push((id, caller, frame));
+                }
+                _ => self.events.push_back(Event::Answer(
+                    caller,
+                    Err(CallError::ConnectionLost(error.clone())),
+                )),
+            }
         }
+        self.replay.clear();
         // Not all of their bytes went out: first on the next transport.
         for (_, frame) in self.unwritten.drain(..).rev() {
             self.held.push_front(Held::Send {
                 frame,
                 counted: false,
+            });
+        }
+        // Idempotent calls written and not answered: again, in the order
+        // they were written, before any held work (a new id each).
+        again.sort_unstable_by_key(|(id, ..)| *id);
+        for (_, caller, frame) in again.into_iter().rev() {
+            self.held.push_front(Held::Call {
+                frame,
+                caller,
+                deadline: None,
+                given: false,
             });
         }
         let deadline = after(now, self.config.queue_timeout);
@@ -1107,10 +1137,14 @@ impl<R: Caller> Connection<R> {
                 }
                 let id = self.allocate_id();
                 frame.set_request_id(Some(id));
+                let keep = caller.is_idempotent().then(|| frame.clone());
                 match encode(frame) {
                     Ok(n) => {
                         self.queued += n as u64;
                         self.calls.insert(id, caller);
+                        if let Some(frame) = keep {
+                            self.replay.insert(id, frame);
+                        }
                     }
                     Err(e) => self
                         .events
@@ -1284,6 +1318,10 @@ impl<R: Caller> Connection<R> {
         let request_id = frame.request_id();
         // One lookup per answer: the call is taken out at once.
         let call = request_id.and_then(|id| self.calls.remove(&id).map(|c| (id, c)));
+        let replayed = match (&call, self.replay.is_empty()) {
+            (Some((id, _)), false) => self.replay.remove(id).map(|f| (*id, f)),
+            _ => None,
+        };
         match self.proto.on_frame(frame, now) {
             Inbound::Deliver(frame) | Inbound::Pong(frame) => match (call, request_id) {
                 (Some((_, caller)), _) => self.answer(caller, Ok(frame), now),
@@ -1316,11 +1354,11 @@ impl<R: Caller> Connection<R> {
             }
             Inbound::Reply(frame) => self.push_own(frame),
             Inbound::PeerDisconnect(why) => {
-                self.put_back(call);
+                self.put_back(call, replayed);
                 self.lose(ConnectionError::ServerDisconnected(why), now);
             }
             Inbound::Violation(reason) => {
-                self.put_back(call);
+                self.put_back(call, replayed);
                 self.push_own(Frame::error(reason.clone()));
                 self.lose(ConnectionError::Violation(Violation::Rule(reason)), now);
             }
@@ -1455,9 +1493,12 @@ impl<R: Caller> Connection<R> {
 
     /// A call taken out for a frame that ends the transport instead of
     /// answering it goes back, to fail with the others.
-    fn put_back(&mut self, call: Option<(u32, R)>) {
+    fn put_back(&mut self, call: Option<(u32, R)>, replayed: Option<(u32, Frame)>) {
         if let Some((id, caller)) = call {
             self.calls.insert(id, caller);
+        }
+        if let Some((id, frame)) = replayed {
+            self.replay.insert(id, frame);
         }
     }
 
@@ -1563,6 +1604,10 @@ impl<R: Caller> Connection<R> {
     /// whose caller is gone, so abandoned calls never hold a place.
     pub fn handle_abandoned(&mut self, now: Instant) {
         self.calls.retain(|_, caller| !caller.is_abandoned());
+        if !self.replay.is_empty() {
+            let calls = &self.calls;
+            self.replay.retain(|id, _| calls.contains_key(id));
+        }
         self.held.retain(|held| match held {
             Held::Call { caller, .. } => !caller.is_abandoned(),
             Held::Send { .. } => true,
@@ -1644,6 +1689,7 @@ impl<R: Caller> Connection<R> {
             return;
         }
         self.state = State::Closed;
+        self.replay.clear();
         for (_, caller) in self.calls.drain() {
             self.events.push_back(Event::Answer(
                 caller,

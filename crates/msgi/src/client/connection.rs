@@ -32,11 +32,22 @@ pub(super) struct Reply {
     /// An ERROR answer is the answer (for [`Forward`](super::Forward)),
     /// not a [`ClientError::Remote`].
     raw: bool,
+    /// Sent again after a lost connection ([`Client::call_idempotent`](super::Client::call_idempotent)).
+    idempotent: bool,
 }
 
 impl Reply {
     pub(super) fn new(tx: oneshot::Sender<Result<Frame, ClientError>>, raw: bool) -> Self {
-        Reply { tx, raw }
+        Reply {
+            tx,
+            raw,
+            idempotent: false,
+        }
+    }
+
+    pub(super) fn idempotent(mut self, on: bool) -> Self {
+        self.idempotent = on;
+        self
     }
 
     fn send(self, result: Result<Frame, ClientError>) {
@@ -47,6 +58,10 @@ impl Reply {
 impl Caller for Reply {
     fn is_abandoned(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    fn is_idempotent(&self) -> bool {
+        self.idempotent
     }
 }
 

@@ -232,6 +232,24 @@ impl Client {
     /// unlike `poll_ready` it does not wait for a connection: a call queued
     /// while the client is connecting again waits at most the queue timeout.
     pub async fn call(&self, frame: Frame) -> Result<Frame, ClientError> {
+        self.call_with(frame, false).await
+    }
+
+    /// [`call`](Client::call) for a request the server may run twice: if
+    /// the connection is lost after it was written and before its answer
+    /// (the server may or may not have received it), it is sent again on
+    /// the next connection instead of failing with
+    /// [`ClientError::ConnectionLost`]. It still resolves with the answer,
+    /// a typed error (a client that stops, or does not reconnect, fails it
+    /// as `call` does; held while reconnecting, it waits at most the queue
+    /// timeout), or the caller's own deadline (dropping the future forgets
+    /// it). Use it only for requests whose repetition is harmless (reads,
+    /// requests carrying their own deduplication key).
+    pub async fn call_idempotent(&self, frame: Frame) -> Result<Frame, ClientError> {
+        self.call_with(frame, true).await
+    }
+
+    async fn call_with(&self, frame: Frame, idempotent: bool) -> Result<Frame, ClientError> {
         self.shared
             .calls
             .take()
@@ -253,7 +271,11 @@ impl Client {
         };
         let Some(stamp) = stamp else {
             self.tx
-                .send(Command::Call(frame, Reply::new(tx, false), None))
+                .send(Command::Call(
+                    frame,
+                    Reply::new(tx, false).idempotent(idempotent),
+                    None,
+                ))
                 .await
                 .map_err(|_| self.shared.closed_error())?;
             return answer.await;
@@ -263,7 +285,7 @@ impl Client {
             Instant::from_std(deadline),
             self.tx.send(Command::Call(
                 frame,
-                Reply::new(tx, false),
+                Reply::new(tx, false).idempotent(idempotent),
                 Some(stamp.clone()),
             )),
         );
