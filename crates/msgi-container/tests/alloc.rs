@@ -2,6 +2,7 @@
 //! (`harness = false` in Cargo.toml): the counter is global, and the harness's own thread
 //! allocates while a test runs (seen once on a loaded machine: 6 allocations not the
 //! decoder's), so the checks run in `main`, alone in the process.
+#![allow(clippy::unwrap_used)]
 
 use std::alloc::System;
 
