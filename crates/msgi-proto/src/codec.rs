@@ -463,8 +463,14 @@ impl FrameCodec {
     fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         // Check each field as soon as its bytes are here: a stream of garbage
         // fails on its first byte, an oversized length on its eighth.
-        let seen = src.len().min(MAGIC.len());
-        if src.get(..seen) != MAGIC.get(..seen) {
+        // A whole magic compared as one 4-byte value (the common case: a
+        // slice comparison of unknown length is a call to `memcmp` per
+        // frame); fewer bytes compared with as many of the magic.
+        let magic_ok = match src.first_chunk::<4>() {
+            Some(magic) => *magic == MAGIC,
+            None => MAGIC.starts_with(&src[..]),
+        };
+        if !magic_ok {
             return Err(CodecError::BadMagic);
         }
         let Some(length) = be_u32(src, 4) else {
@@ -783,6 +789,27 @@ mod tests {
         let mut codec = FrameCodec::new();
         let mut buf = BytesMut::from(&b"G"[..]);
         assert!(matches!(codec.decode(&mut buf), Err(CodecError::BadMagic)));
+    }
+
+    #[test]
+    fn the_magic_is_checked_byte_by_byte_and_whole() {
+        let mut codec = FrameCodec::new();
+        for prefix in [&b"M"[..], b"MS", b"MSG"] {
+            let mut buf = BytesMut::from(prefix);
+            assert!(matches!(codec.decode(&mut buf), Ok(None)), "{prefix:?}");
+        }
+        for bad in [
+            &b"MX"[..],
+            b"MSX",
+            b"MSGX",
+            b"MSGX\x00\x00\x00\x0c\x00\x01hi",
+        ] {
+            let mut buf = BytesMut::from(bad);
+            assert!(
+                matches!(codec.decode(&mut buf), Err(CodecError::BadMagic)),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
