@@ -396,7 +396,7 @@ where
     // its drop go through: about 180 instructions per request). The
     // metrics layer counts only what the layers below refuse: none here.
     if recorder.is_none() && !args.ack && args.timeout_ms.is_none() && args.rate_limit.is_none() {
-        return serve_echo(server, ws_server, args, metrics, echo).await;
+        return serve_echo(server, ws_server, args, metrics, admin, echo).await;
     }
     let echo = tower::ServiceBuilder::new()
         // Counts what the layers below refuse (rate limit, timeout).
@@ -418,7 +418,7 @@ where
             args.rate_limit_policy,
         )?)
         .service(echo);
-    serve_echo(server, ws_server, args, metrics, echo).await
+    serve_echo(server, ws_server, args, metrics, admin, echo).await
 }
 
 /// Serves `echo` on the listeners of `args` until a signal stops it.
@@ -427,6 +427,7 @@ async fn serve_echo<C, A, Io, S>(
     ws_server: Option<Server<C, msgi::ws::WebSocketAccept>>,
     args: ServeArgs,
     metrics: Option<msgi_metrics::Metrics>,
+    admin: Option<std::sync::Arc<admin::AdminView>>,
     echo: S,
 ) -> Result<()>
 where
