@@ -553,12 +553,19 @@ async fn publish_for(
     // progress for a second: the rest is lost). Not past 30 seconds,
     // and no wait for answers once the publisher's connection ended.
     let settle = Instant::now() + Duration::from_secs(30);
-    let mut last = (answers.answered.load(Ordering::Relaxed), Instant::now());
-    while last.0 < sent && Instant::now() < settle && !window.is_closed() {
+    // (A server still broadcasting delivers meanwhile: that is progress.)
+    let progress = || {
+        (
+            answers.answered.load(Ordering::Relaxed),
+            shared.received.load(Ordering::Relaxed),
+        )
+    };
+    let mut last = (progress(), Instant::now());
+    while last.0 .0 < sent && Instant::now() < settle && !window.is_closed() {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        let answered = answers.answered.load(Ordering::Relaxed);
-        if answered != last.0 {
-            last = (answered, Instant::now());
+        let now = progress();
+        if now != last.0 {
+            last = (now, Instant::now());
         } else if last.1.elapsed() > Duration::from_secs(1) {
             break;
         }

@@ -673,8 +673,21 @@ fn send_says_when_the_peer_does_not_speak_msgi() {
 /// received, counted once, and the counts add up exactly.
 #[test]
 fn bench_fanout_counts_every_delivery() {
-    for (target, recipients) in [("all", 21u64), ("filter", 20), ("subset", 5)] {
-        let out = run(&[
+    // With `--key-file`, the server seals every copy for its session
+    // (encryption under the pre-shared key) and each receiver opens it.
+    let dir = std::env::temp_dir().join(format!("msgi-cli-fanout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.hex");
+    std::fs::write(&key, "cd".repeat(32)).unwrap();
+    let key = key.to_str().unwrap();
+    let runs = [
+        ("all", 21u64, None),
+        ("filter", 20, None),
+        ("subset", 5, None),
+        ("all", 21, Some(key)),
+    ];
+    for (target, recipients, key) in runs {
+        let mut args = vec![
             "bench",
             "fanout",
             "--sessions",
@@ -690,7 +703,11 @@ fn bench_fanout_counts_every_delivery() {
             "--rounds",
             "1",
             "--json",
-        ]);
+        ];
+        if let Some(key) = key {
+            args.extend(["--key-file", key]);
+        }
+        let out = run(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let run = &report["runs"][0];
@@ -708,8 +725,16 @@ fn bench_fanout_counts_every_delivery() {
         assert_eq!(fan["lost"], 0, "{report}");
         assert_eq!(fan["refused_slow"], 0, "{report}");
         assert_eq!(fan["sessions_closed"], 0, "{report}");
+        assert_eq!(fan["publisher_closed"], false, "{report}");
         assert_eq!(run["errors"], 0, "{report}");
         assert!(run["p99_us"].as_f64().unwrap() > 0.0, "{report}");
         assert_eq!(report["target"], target, "{report}");
+        let layers = if key.is_some() {
+            "encryption + psk handshake"
+        } else {
+            "none"
+        };
+        assert_eq!(report["layers"], layers, "{report}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
