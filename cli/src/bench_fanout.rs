@@ -43,7 +43,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 
-use super::{cpu_time, framing, BenchArgs, Measurement};
+use super::{cpu_time, framing, handshake, BenchArgs, Measurement};
 use crate::stack::WireArgs;
 
 /// The kind of a publish frame (an application kind).
@@ -102,11 +102,29 @@ pub(crate) async fn serve(args: FanoutServerArgs) -> Result<()> {
 }
 
 async fn serve_with<C: MakeFraming>(args: FanoutServerArgs, framing: C) -> Result<()> {
-    let server = Server::builder()
+    let builder = Server::builder()
         .framing(framing)
         .max_connections(1_000_000)
-        .idle_timeout(None)
-        .build()?;
+        .idle_timeout(None);
+    // With --key-file, the pre-shared-key handshake runs in each
+    // connection's accept step and keys its session's transforms.
+    match args.wire.psk()? {
+        Some(psk) => run(args, builder.accept(psk.acceptor()).build()?).await,
+        None => run(args, builder.build()?).await,
+    }
+}
+
+async fn run<C, A, Io>(args: FanoutServerArgs, server: Server<C, A>) -> Result<()>
+where
+    C: MakeFraming,
+    A: tower::Service<msgi::Accepted<tokio::net::TcpStream>, Response = msgi::Accepted<Io>>
+        + Clone
+        + Send
+        + 'static,
+    A::Error: Into<msgi::BoxError>,
+    A::Future: Send + 'static,
+    Io: msgi::IntoTransport<C::Framing>,
+{
     let registry = server.registry();
     let subset: Arc<[String]> = (0..args.subset).map(|i| format!("f{i}")).collect();
     let service = tower::service_fn(move |frame: Frame| {
@@ -312,6 +330,8 @@ async fn open(
 ) -> Result<(TcpStream, crate::stack::Framing)> {
     let mut stream = connect(addr, i).await?;
     let mut f = framing(wire)?;
+    // With --key-file: the pre-shared-key handshake keys the session.
+    handshake(wire, &mut stream, &mut [&mut f]).await?;
     let mut out = BytesMut::new();
     let mut hello = Frame::control(format!("HELLO f{i}"));
     hello.set_request_id(Some(0));
@@ -448,9 +468,10 @@ async fn publish_for(
     recipients: usize,
     shared: &Arc<Shared>,
 ) -> Result<Measurement> {
-    let stream = connect(addr, 0).await?;
-    let (mut rd, mut wr) = stream.into_split();
+    let mut stream = connect(addr, 0).await?;
     let (mut enc, mut dec) = (framing(&args.wire)?, framing(&args.wire)?);
+    handshake(&args.wire, &mut stream, &mut [&mut enc, &mut dec]).await?;
+    let (mut rd, mut wr) = stream.into_split();
     let answers = Arc::new(Answers::default());
     let window = Arc::new(Semaphore::new(if args.rate.is_some() {
         RATE_WINDOW
