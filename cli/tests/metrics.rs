@@ -291,7 +291,16 @@ fn serve_log(rust_log: &str) -> String {
 
 #[test]
 fn rust_log_filters_and_session_lines_carry_the_session_span() {
-    let log = serve_log("info");
+    // At the default `info` a session keeps no span (memory); with
+    // `msgi::server` at DEBUG its lines carry it.
+    let plain = serve_log("info");
+    let connected = plain
+        .lines()
+        .find(|l| l.contains("connected") && !l.contains("disconnected"))
+        .unwrap_or_else(|| panic!("no connected line in:\n{plain}"));
+    assert!(!connected.contains("session{"), "{connected}");
+
+    let log = serve_log("info,msgi::server=debug");
     let connected = log
         .lines()
         .find(|l| l.contains("connected") && !l.contains("disconnected"))

@@ -61,8 +61,21 @@ async fn run_at(level: Level) -> String {
 }
 
 #[tokio::test]
-async fn a_handlers_line_carries_the_session_span_at_info() {
+async fn at_info_no_span_is_kept_per_session_or_request() {
     let log = run_at(Level::INFO).await;
+    let line = log
+        .lines()
+        .find(|l| l.contains("handled a request"))
+        .unwrap_or_else(|| panic!("no line from the handler in:\n{log}"));
+    // Nothing per session (a live span costs memory in the subscriber for
+    // as long as the session lives) and nothing per request or frame.
+    assert!(!line.contains("session{"), "{line}");
+    assert!(!line.contains("request{"), "{line}");
+}
+
+#[tokio::test]
+async fn at_debug_a_handlers_line_carries_the_session_span() {
+    let log = run_at(Level::DEBUG).await;
     let line = log
         .lines()
         .find(|l| l.contains("handled a request"))
@@ -72,8 +85,6 @@ async fn a_handlers_line_carries_the_session_span_at_info() {
     assert!(line.contains(" client=alice"), "{line}");
     assert!(line.contains(" peer=127.0.0.1:"), "{line}");
     assert!(line.contains(" transport=\"tcp\""), "{line}");
-    // No request span at INFO: nothing per request, per frame.
-    assert!(!line.contains("request{"), "{line}");
 }
 
 #[tokio::test]
