@@ -283,8 +283,20 @@ fn serve_log(rust_log: &str) -> String {
     client.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     client.read_to_end(&mut rest).unwrap();
-    // The session has ended (the server closed its side): stop the server.
-    let _ = child.kill();
+    // The session has ended (the server closed its side): stop the server
+    // gracefully, so the session's last line ("disconnected", logged after
+    // its socket closed) is written before the process exits.
+    let pid = child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success());
+    let deadline = Instant::now() + LIMIT;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("msgi serve did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
