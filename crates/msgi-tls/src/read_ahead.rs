@@ -3,7 +3,7 @@
 //! rustls reads its input at most 4 KiB at a time (its deframer buffer
 //! grows by `READ_SIZE` = 4096 per read), so a TLS session under load made
 //! one `read` system call per 4 KiB where a plain session makes one per
-//! 32 KiB (msgi's `ByteStream`): eight for a burst of 32 answers of 1 KiB.
+//! 64 KiB (msgi's `ByteStream`): eight or more for a burst of 32 answers of 1 KiB.
 //! `ReadAhead` reads up to [`READ_AHEAD`] bytes from the transport in one
 //! call and hands them to rustls from memory. The buffer is dropped as soon
 //! as a read would block with nothing buffered, so an idle session keeps
@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// The most bytes [`ReadAhead`] reads from its transport in one call (the
 /// same as a plain session's read).
-pub const READ_AHEAD: usize = 32 * 1024;
+pub const READ_AHEAD: usize = 64 * 1024;
 
 /// A byte stream whose reads are made [`READ_AHEAD`] bytes at a time into a
 /// buffer of its own, however little each caller asks for; writes go
