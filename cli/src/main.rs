@@ -443,30 +443,9 @@ where
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let ws_listener = match args.ws_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr} (--ws-listen)"))?,
-        ),
-        None => None,
-    };
-    let metrics_listener = match args.metrics {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr} (--metrics)"))?,
-        ),
-        None => None,
-    };
-    let admin_listener = match args.admin {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr} (--admin)"))?,
-        ),
-        None => None,
-    };
+    let ws_listener = bind_optional(args.ws_listen, "--ws-listen").await?;
+    let metrics_listener = bind_optional(args.metrics, "--metrics").await?;
+    let admin_listener = bind_optional(args.admin, "--admin").await?;
     // Watch the signals before announcing: a SIGTERM sent as soon as the
     // address is known must already stop the server gracefully.
     let shutdown = shutdown_signal()?;
@@ -818,6 +797,21 @@ fn tls_hint(error: &ClientError, addr: &str) -> Option<Hint> {
         hint: hint.to_owned(),
         source: Some(error.clone()),
     })
+}
+
+/// Binds the listener of an optional address flag (`--ws-listen`,
+/// `--metrics`, `--admin`), naming the flag in the error.
+async fn bind_optional(
+    addr: Option<SocketAddr>,
+    flag: &str,
+) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} ({flag})"))?;
+    Ok(Some(listener))
 }
 
 #[cfg(test)]
