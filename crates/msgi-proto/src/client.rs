@@ -671,6 +671,8 @@ struct Pushes {
     recovered: bool,
     /// Pushes the server said were missed, over the run.
     missed: u64,
+    /// RESUMED answers that said `fresh`, over the run.
+    fresh: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -775,6 +777,15 @@ impl<R: Caller> Connection<R> {
     /// of the grace period), over this run.
     pub fn missed_pushes(&self) -> u64 {
         self.pushes().map_or(0, |p| p.missed)
+    }
+
+    /// With push recovery: how many RESUMED answers said `fresh` (the
+    /// server had nothing kept for this client id: a first connection, the
+    /// grace period passed, a server that lost its store), over this run.
+    /// Each one after the first connection is a point where pushes may
+    /// have been lost without a count.
+    pub fn fresh_resumes(&self) -> u64 {
+        self.pushes().map_or(0, |p| p.fresh)
     }
 
     fn pushes(&self) -> Option<&Pushes> {
@@ -1392,6 +1403,9 @@ impl<R: Caller> Connection<R> {
                     pushes.on = on;
                     pushes.recovered = recovered;
                     pushes.missed = pushes.missed.saturating_add(missed);
+                    if on && !recovered {
+                        pushes.fresh = pushes.fresh.saturating_add(1);
+                    }
                 }
             }
             Some((last, _)) => {

@@ -145,6 +145,10 @@ pub enum PushError {
     /// flags are pushed.
     #[error("only uncorrelated DATA, CONTROL or application frames can be pushed")]
     NotPushable,
+    /// The client id's push numbers ran out (its RESUME said it had a push
+    /// numbered near 2^64): nothing more can be numbered for it.
+    #[error("the client's push numbers ran out")]
+    NumbersExhausted,
 }
 
 impl std::fmt::Debug for AckStore {
@@ -464,6 +468,17 @@ impl AckStore {
             fresh.expired = true;
             fresh
         });
+        if received >= mailbox.next && !mailbox.expired {
+            // The client has numbers this server never made (it was served
+            // by another one meanwhile): what is kept here is numbered below
+            // them and would be dropped as duplicates. Lost, and told so.
+            mailbox.expire();
+        }
+        if mailbox.expired {
+            // Nothing kept: number on from what the client has (a server
+            // that lost its store must not start again from 1).
+            mailbox.next = mailbox.next.max(received.saturating_add(1));
+        }
         let missed = std::mem::take(&mut mailbox.missed);
         let answer = if std::mem::take(&mut mailbox.expired) {
             PushResume::Fresh { missed }
@@ -531,6 +546,9 @@ impl AckStore {
             }
         }
         let seq = mailbox.next;
+        if seq == u64::MAX {
+            return Err(PushError::NumbersExhausted);
+        }
         let push = delivery::push_frame(seq, frame).ok_or(PushError::NotPushable)?;
         let cost = push.wire_len();
         if mailbox.kept.len() >= limits.frames

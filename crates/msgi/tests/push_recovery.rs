@@ -267,6 +267,53 @@ fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
     node.shutdown(&rt);
 }
 
+/// A crash: the server's process, and its store with it, is gone; the
+/// next server starts with an empty store. The client is told it starts
+/// fresh (`recovered()` false, no count: the server that counted is gone),
+/// the push kept by the dead server is lost (that is what `fresh` reports),
+/// and the new server's pushes reach it: they are numbered above what the
+/// client has, not from 1 again (which it would drop as duplicates).
+#[test]
+fn after_a_crash_the_client_is_told_it_starts_fresh_and_gets_the_new_pushes() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = free_addr();
+    let dead = store(16, Duration::from_secs(60));
+    let node = start(addr, &dead);
+    let client = rt.block_on(client(addr, "frank"));
+    let mut incoming = client.incoming().unwrap();
+    assert_eq!(rt.block_on(first_push(&dead, "frank", "a1")), Ok(1));
+    assert_eq!(dead.push("frank", &Frame::data("a2")), Ok(2));
+    assert_eq!(rt.block_on(texts(&mut incoming, 2)), ["a1", "a2"]);
+    rt.block_on(all_acknowledged(&dead, "frank"));
+    node.kill();
+    // Kept by the dead server while the client is away: lost with it.
+    assert_eq!(dead.push("frank", &Frame::data("a3")), Ok(3));
+
+    let new = store(16, Duration::from_secs(60));
+    let node = start(addr, &new);
+    // Numbered after the 2 the client said it has.
+    assert_eq!(rt.block_on(first_push(&new, "frank", "b1")), Ok(3));
+    assert_eq!(new.push("frank", &Frame::data("b2")), Ok(4));
+    assert_eq!(rt.block_on(texts(&mut incoming, 2)), ["b1", "b2"]);
+    assert!(!client.recovered(), "a server without the store: fresh");
+    assert_eq!(
+        client.missed_pushes(),
+        0,
+        "no count: it died with the store"
+    );
+    assert_eq!(
+        client.fresh_resumes(),
+        2,
+        "the first connection and the crash"
+    );
+    rt.block_on(within(client.close()));
+    node.shutdown(&rt);
+}
+
 #[tokio::test]
 async fn by_default_a_push_to_a_client_that_is_away_is_refused_to_the_pusher() {
     let store = AckStore::new();

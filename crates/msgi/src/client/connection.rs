@@ -477,6 +477,9 @@ where
                 self.shared
                     .missed_pushes
                     .store(self.conn.missed_pushes(), Ordering::Release);
+                self.shared
+                    .fresh_resumes
+                    .store(self.conn.fresh_resumes(), Ordering::Release);
             }
             while let Some(event) = self.conn.poll_event() {
                 progress = true;

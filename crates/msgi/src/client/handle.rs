@@ -158,6 +158,7 @@ impl Client {
             pushes_dropped: AtomicU64::new(0),
             recovered: AtomicBool::new(false),
             missed_pushes: AtomicU64::new(0),
+            fresh_resumes: AtomicU64::new(0),
             unsent: Mutex::new(Vec::new()),
             acks: watch::Sender::new((0, 0, 0)),
             acknowledged: cfg.acknowledged.is_some(),
@@ -356,6 +357,17 @@ impl Client {
     /// [`pushes_dropped`](Client::pushes_dropped).
     pub fn missed_pushes(&self) -> u64 {
         self.shared.missed_pushes.load(Ordering::Acquire)
+    }
+
+    /// With [`ClientBuilder::recover_pushes`]: how many (re)connections
+    /// the server answered `fresh` (nothing kept for this client id: the
+    /// first connection, its grace period passed, a server that lost its
+    /// store in a crash or restart), since the client started. Each one
+    /// after the first is a point where pushes may have been lost without
+    /// a count ([`missed_pushes`](Client::missed_pushes) counts only what
+    /// a server that kept the client id dropped).
+    pub fn fresh_resumes(&self) -> u64 {
+        self.shared.fresh_resumes.load(Ordering::Acquire)
     }
 
     /// Closes the client gracefully and waits until it is closed.

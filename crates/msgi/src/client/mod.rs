@@ -92,6 +92,8 @@ pub(super) struct Shared {
     recovered: AtomicBool,
     /// Push recovery: pushes the server said were lost, over the run.
     missed_pushes: AtomicU64,
+    /// Push recovery: RESUMED answers that said `fresh`, over the run.
+    fresh_resumes: AtomicU64,
     unsent: Mutex<Vec<Frame>>,
     /// Acknowledged delivery: the highest number acknowledged, the frames
     /// kept unacknowledged,
