@@ -187,6 +187,8 @@ pub struct AckStoreBuilder {
     ack_every: u64,
     ack_delay: Duration,
     pushes: Option<PushLimits>,
+    /// The session outbox of the servers the store serves (frames, bytes).
+    outbox: (usize, usize),
 }
 
 impl Default for AckStoreBuilder {
@@ -197,6 +199,10 @@ impl Default for AckStoreBuilder {
             ack_every: 64,
             ack_delay: Duration::from_millis(5),
             pushes: None,
+            outbox: (
+                crate::server::DEFAULT_OUTBOX_CAPACITY,
+                crate::server::DEFAULT_OUTBOX_BYTES,
+            ),
         }
     }
 }
@@ -243,7 +249,9 @@ impl AckStoreBuilder {
     /// `grace` (counted from the first push that finds it away) loses what
     /// was kept (counted as missed) and later pushes are refused
     /// ([`PushError::Expired`]) until it comes back. At most
-    /// `clients * bytes` bytes of pushes in all.
+    /// `clients * bytes` bytes of pushes in all. `frames` and `bytes` must
+    /// stay below the session outbox ([`session_outbox`](AckStoreBuilder::session_outbox);
+    /// checked by [`build`](AckStoreBuilder::build)).
     pub fn recover_pushes(
         mut self,
         frames: usize,
@@ -260,18 +268,62 @@ impl AckStoreBuilder {
         self
     }
 
+    /// The session outbox of the servers this store is used with, as
+    /// given to their [`ServerBuilder::outbox_capacity`](crate::ServerBuilder::outbox_capacity)
+    /// and [`outbox_bytes`](crate::ServerBuilder::outbox_bytes) (default:
+    /// the server's defaults, 1024 frames and 4 MiB). Push recovery's
+    /// buffer must stay below it: see [`build`](AckStoreBuilder::build).
+    pub fn session_outbox(mut self, frames: usize, bytes: usize) -> Self {
+        self.outbox = (frames, bytes);
+        self
+    }
+
     /// Checks the settings.
+    ///
+    /// A reconnecting client is sent every kept push at once, into its
+    /// session's outbox, where a push beyond the bound closes the session
+    /// as a slow consumer: so push recovery's `frames` must be below the
+    /// outbox's frames, and its `bytes` plus 4 per frame below the
+    /// outbox's bytes (the outbox counts each frame with 14 header bytes,
+    /// the buffer a PUSH with its 10), leaving room for the ACK frames and
+    /// the application's other pushes.
     ///
     /// # Errors
     ///
     /// A [`ConfigError`] naming a zero `max_clients`, `ack_every` or
-    /// `ack_delay`, or a zero bound of `recover_pushes`.
+    /// `ack_delay`, a zero bound of `recover_pushes` or of
+    /// `session_outbox`, or a push buffer not below the session outbox
+    /// (`recover_pushes`).
     pub fn build(self) -> Result<AckStore, ConfigError> {
+        let (outbox_frames, outbox_bytes) = self.outbox;
+        if outbox_frames == 0 || outbox_bytes == 0 {
+            return Err(ConfigError::new("session_outbox", "must be above zero"));
+        }
         if let Some(p) = &self.pushes {
             if p.frames == 0 || p.bytes == 0 || p.clients == 0 || p.grace.is_zero() {
                 return Err(ConfigError::new(
                     "recover_pushes",
                     "frames, bytes, clients and grace must be above zero",
+                ));
+            }
+            if p.frames >= outbox_frames {
+                return Err(ConfigError::new(
+                    "recover_pushes",
+                    format!(
+                        "{} frames kept must be below the session outbox's {outbox_frames} \
+                         (a reconnect sends them all at once)",
+                        p.frames
+                    ),
+                ));
+            }
+            if p.bytes.saturating_add(p.frames.saturating_mul(4)) >= outbox_bytes {
+                return Err(ConfigError::new(
+                    "recover_pushes",
+                    format!(
+                        "{} bytes kept, plus 4 per frame, must be below the session \
+                         outbox's {outbox_bytes} (a reconnect sends them all at once)",
+                        p.bytes
+                    ),
                 ));
             }
         }

@@ -115,7 +115,9 @@ impl Listener for tokio::net::UnixListener {
 /// Default of [`Builder::max_concurrent_request_bytes`]: 4 MiB.
 const DEFAULT_MAX_CONCURRENT_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 /// Default of [`Builder::outbox_bytes`]: 4 MiB.
-const DEFAULT_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const DEFAULT_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
+/// Default of [`Builder::outbox_capacity`]: 1024 frames.
+pub(crate) const DEFAULT_OUTBOX_CAPACITY: usize = 1024;
 
 type ConnectHook = Arc<dyn Fn(&Session) + Send + Sync>;
 type DisconnectHook = Arc<dyn Fn(&Session, &CloseReason) + Send + Sync>;
@@ -155,7 +157,7 @@ impl Default for Builder {
             handshake_timeout: Some(Duration::from_secs(10)),
             max_concurrent_requests: 64,
             max_concurrent_request_bytes: DEFAULT_MAX_CONCURRENT_REQUEST_BYTES,
-            outbox_capacity: 1024,
+            outbox_capacity: DEFAULT_OUTBOX_CAPACITY,
             outbox_bytes: DEFAULT_OUTBOX_BYTES,
             drain_timeout: Duration::from_secs(5),
             max_connections_per_ip: None,

@@ -73,7 +73,7 @@ impl Node {
 
 fn store(frames: usize, grace: Duration) -> AckStore {
     AckStore::builder()
-        .recover_pushes(frames, 4 << 20, grace, 16)
+        .recover_pushes(frames, 1 << 20, grace, 16)
         .build()
         .unwrap()
 }
@@ -312,6 +312,35 @@ fn after_a_crash_the_client_is_told_it_starts_fresh_and_gets_the_new_pushes() {
     );
     rt.block_on(within(client.close()));
     node.shutdown(&rt);
+}
+
+/// A reconnect sends every kept push at once into the session's outbox:
+/// a buffer as large as the outbox would close the session as a slow
+/// consumer at every reconnect. The settings refuse it when built.
+#[test]
+fn the_kept_pushes_must_stay_below_the_session_outbox() {
+    let grace = Duration::from_secs(60);
+    let build = |frames, bytes, outbox: Option<(usize, usize)>| {
+        let mut b = AckStore::builder().recover_pushes(frames, bytes, grace, 4);
+        if let Some((f, by)) = outbox {
+            b = b.session_outbox(f, by);
+        }
+        b.build().map(drop).map_err(|e| e.setting())
+    };
+    // The server's defaults: 1024 frames, 4 MiB, each frame counted with
+    // 14 header bytes (a PUSH's wire length has 10: 4 more per frame).
+    assert_eq!(build(1000, 1 << 20, None), Ok(()));
+    assert_eq!(build(1024, 1 << 20, None), Err("recover_pushes"));
+    assert_eq!(build(1000, 4 << 20, None), Err("recover_pushes"));
+    assert_eq!(build(1000, (4 << 20) - 4000, None), Err("recover_pushes"));
+    assert_eq!(build(1000, (4 << 20) - 4001, None), Ok(()));
+    // A server built with another outbox says so.
+    assert_eq!(
+        build(1000, 1 << 20, Some((512, 8 << 20))),
+        Err("recover_pushes")
+    );
+    assert_eq!(build(2000, 1 << 20, Some((4096, 8 << 20))), Ok(()));
+    assert_eq!(build(10, 100, Some((0, 100))), Err("session_outbox"));
 }
 
 #[tokio::test]
