@@ -119,6 +119,32 @@ struct ServeArgs {
     /// frames of clients that ask for it and drop the ones sent again.
     #[arg(long)]
     ack: bool,
+    /// Push recovery (docs/RELIABILITY.md; needs --ack): a push to a
+    /// client that asked for it (`msgi send --receive`) is kept until the
+    /// client has it, and sent again when it reconnects within
+    /// --push-grace; a push that cannot be kept is refused to the pusher.
+    /// Pushes are asked for with `msgi send --push-to ID` (a request of
+    /// kind 0x110, payload `<client id> <text>`, answered `pushed <n> <pid>` or
+    /// ERROR `push refused (<why>): ...`). Kept in memory: a restarted
+    /// server starts empty, and its clients are told so.
+    #[arg(long, requires = "ack")]
+    recover_pushes: bool,
+    /// With --recover-pushes: pushes kept per client id (below the session
+    /// outbox's 1024).
+    #[arg(long, default_value_t = 1000, value_parser = flags::count)]
+    push_frames: usize,
+    /// With --recover-pushes: bytes of pushes kept per client id (their
+    /// wire length; plus 4 per frame, below the session outbox's 4 MiB).
+    #[arg(long, default_value_t = 256 * 1024, value_parser = flags::count)]
+    push_bytes: usize,
+    /// With --recover-pushes: seconds a client may be away before what was
+    /// kept for it is dropped (and counted as missed).
+    #[arg(long, default_value_t = 30.0, value_parser = flags::seconds)]
+    push_grace: f64,
+    /// With --recover-pushes: client ids pushes are kept for, at most (at
+    /// most this many times --push-bytes of memory).
+    #[arg(long, default_value_t = 1000, value_parser = flags::count)]
+    push_clients: usize,
     /// Append the payload of every one-way DATA frame handed to the echo
     /// service to this file, one per line (for scripts/ack_restarts.sh).
     #[arg(long, value_name = "FILE")]
@@ -180,8 +206,22 @@ struct SendArgs {
     /// up to --wait seconds for the last acknowledgement.
     #[arg(long, requires_all = ["count", "client_id"])]
     ack: bool,
+    /// With --count: push N numbered frames (0 .. N-1) to this client id
+    /// through a server run with --recover-pushes, one request at a time;
+    /// a refused push is asked again (for up to --wait seconds), one whose
+    /// request was lost with the connection is not (it is printed as
+    /// `unknown <n>`). Prints `pushed <n> <number> <server pid>` for each push made.
+    #[arg(long, value_name = "ID", requires = "count", conflicts_with = "ack")]
+    push_to: Option<String>,
+    /// Receive pushes with push recovery as --client-id (the server needs
+    /// --ack --recover-pushes), reconnecting as needed: prints each push's
+    /// payload on a line until N came or none came for --wait seconds,
+    /// then `received N fresh F missed M dropped D`.
+    #[arg(long, value_name = "N", requires = "client_id",
+          conflicts_with_all = ["text", "container", "correlated", "count"])]
+    receive: Option<u64>,
     /// The payload, as text.
-    #[arg(required_unless_present_any = ["container", "count"])]
+    #[arg(required_unless_present_any = ["container", "count", "receive"])]
     text: Option<String>,
 }
 
@@ -398,13 +438,43 @@ where
     if recorder.is_none() && !args.ack && args.timeout_ms.is_none() && args.rate_limit.is_none() {
         return serve_echo(server, ws_server, args, metrics, admin, echo).await;
     }
+    let store = if args.recover_pushes {
+        msgi::delivery::AckStore::builder().recover_pushes(
+            args.push_frames,
+            args.push_bytes,
+            Duration::from_secs_f64(args.push_grace),
+            args.push_clients,
+        )
+    } else {
+        msgi::delivery::AckStore::builder()
+    }
+    .build()
+    .context("push recovery (--push-frames, --push-bytes, --push-grace, --push-clients)")?;
+    // With push recovery, a PUSH_TO request pushes; anything else is echoed.
+    let relay = args.recover_pushes.then(|| store.clone());
+    let echo = tower::service_fn(move |frame: Frame| {
+        let answer = match &relay {
+            Some(store)
+                if frame.kind().get() == numbered::PUSH_TO && frame.request_id().is_some() =>
+            {
+                let id = frame.request_id();
+                let mut answer = numbered::relay(store, &frame);
+                if let Some(id) = id {
+                    answer = answer.with_request_id(id);
+                }
+                answer
+            }
+            _ => frame,
+        };
+        async move { Ok::<_, std::convert::Infallible>(Some(answer)) }
+    });
     let echo = tower::ServiceBuilder::new()
         // Counts what the layers below refuse (rate limit, timeout).
         .option_layer(metrics.as_ref().map(msgi_metrics::Metrics::layer))
         // Acknowledged delivery numbers every frame handed on.
         .option_layer(
             args.ack
-                .then(|| msgi::delivery::AckLayer::new(msgi::delivery::AckStore::new())),
+                .then(|| msgi::delivery::AckLayer::new(store.clone())),
         )
         .map_request(move |frame: Frame| {
             if let Some(recorder) = &recorder {
@@ -622,6 +692,12 @@ async fn send(args: SendArgs) -> Result<()> {
     let wait = args
         .timeout_ms
         .map_or(Duration::from_secs(args.wait), Duration::from_millis);
+    if let (Some(count), Some(target)) = (args.count, &args.push_to) {
+        return numbered::push(&args.addr, args.client_id, target, count, wait).await;
+    }
+    if let (Some(count), Some(id)) = (args.receive, &args.client_id) {
+        return numbered::receive(&args.addr, id.clone(), count, wait).await;
+    }
     if let Some(count) = args.count {
         return numbered::send(&args.addr, args.client_id, count, args.ack, wait).await;
     }

@@ -1,0 +1,325 @@
+//! Push recovery against real `msgi serve --ack --recover-pushes`
+//! processes (docs/RELIABILITY.md, *Server to client*): a pusher pushes
+//! numbered frames at full speed (one request at a time) to a client that
+//! reconnects, while the server is killed with SIGKILL and stopped with
+//! SIGINT and restarted on the same port, and then, with the last server
+//! living on, the client's connection is cut twice (a proxy between them
+//! drops both sockets).
+//!
+//! What a real process can be held to, deterministically:
+//! - across reconnects to a live server: every push it took reaches the
+//!   client once, in order (0 lost, 0 duplicates), and the client is told
+//!   `recovered`;
+//! - across a crash or a restart (the pushes kept die with the process):
+//!   no duplicates, and every push lost was taken by a server that is gone,
+//!   after which the client was told `fresh` (one `fresh` per server
+//!   process: `Client::fresh_resumes`), or was reported to the pusher (its
+//!   request lost with the connection: `ConnectionLost`) or refused to it.
+//!   Which pushes a crash loses depends on timing; that each is reported
+//!   does not.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use msgi::{Client, ClientError, Frame, Kind, Reconnect};
+use tokio::io::AsyncBufReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+const MSGI: &str = env!("CARGO_BIN_EXE_msgi");
+const LIMIT: Duration = Duration::from_secs(20);
+/// `msgi serve`'s push request kind (`msgi serve --help`, --recover-pushes).
+const PUSH_TO: u16 = 0x110;
+const TOTAL: u64 = 3000;
+
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} timed out"))
+}
+
+/// `msgi serve --ack --recover-pushes` on `addr`, once it listens.
+async fn serve(addr: SocketAddr) -> Child {
+    let mut child = Command::new(MSGI)
+        .args(["serve", "--listen", &addr.to_string(), "--announce"])
+        .args(["--ack", "--recover-pushes", "--idle-timeout", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within("announce", lines.next_line()).await.unwrap();
+    assert_eq!(line, Some(format!("LISTENING {addr}")));
+    child
+}
+
+fn signal(child: &Child, name: &str) {
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args([name, &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// A TCP proxy to `upstream` whose connections the test can cut at once
+/// (both sockets dropped: the server sees its session end while it lives on).
+struct Proxy {
+    addr: SocketAddr,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accepting: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let links = Arc::new(Mutex::new(Vec::<JoinHandle<()>>::new()));
+        let kept = links.clone();
+        let accepting = tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                let link = tokio::spawn(async move {
+                    // The server down (restarting): the client's connection
+                    // fails, and it tries again.
+                    if let Ok(mut up) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                kept.lock().unwrap().push(link);
+            }
+        });
+        Proxy {
+            addr,
+            links,
+            accepting,
+        }
+    }
+
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+fn reconnect() -> Reconnect {
+    Reconnect {
+        initial_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(40),
+        multiplier: 2.0,
+        max_attempts: None,
+    }
+}
+
+/// What the pusher learnt of each push: taken (by the server process with
+/// this pid) or lost with its connection (`None`: may or may not be made).
+type Outcomes = Arc<Mutex<Vec<(u64, Option<u32>)>>>;
+
+async fn push_all(pusher: Client, outcomes: Outcomes) {
+    let kind = Kind::app(PUSH_TO).unwrap();
+    for n in 0..TOTAL {
+        loop {
+            match pusher.call(Frame::new(kind, format!("rita {n}"))).await {
+                Ok(answer) => {
+                    let text = answer.payload_text();
+                    let pid = text.split(' ').nth(2).and_then(|p| p.parse().ok());
+                    assert!(pid.is_some(), "answer {text:?}");
+                    outcomes.lock().unwrap().push((n, pid));
+                    break;
+                }
+                // The receiver not resumed at this server yet, or behind:
+                // refused, and the pusher asks again (its own backoff).
+                Err(ClientError::Remote(why))
+                    if why.contains("(unknown-client)") || why.contains("(full)") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(ClientError::NotConnected) => {}
+                Err(ClientError::ConnectionLost(_)) => {
+                    outcomes.lock().unwrap().push((n, None));
+                    break;
+                }
+                Err(e) => panic!("push {n}: {e}"),
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_across_server_crashes_and_cut_connections_are_delivered_once_or_reported() {
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut server = serve(addr).await;
+    let mut pids = vec![server.id().unwrap()];
+    let proxy = Proxy::start(addr).await;
+
+    let receiver = within(
+        "receiver",
+        Client::builder()
+            .client_id("rita")
+            .reconnect(reconnect())
+            .acknowledged(64, 64 << 10)
+            .recover_pushes(true)
+            .incoming_capacity(1 << 16)
+            .incoming_bytes(64 << 20)
+            .connect(proxy.addr),
+    )
+    .await
+    .unwrap();
+    let mut incoming = receiver.incoming().unwrap();
+    // (pushes received, the last one's number)
+    let (count, mut counted) = watch::channel((0usize, 0u64));
+    let receiving = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(frame) = incoming.recv().await {
+            let n = frame.payload_text().parse::<u64>().unwrap();
+            seen.push(n);
+            count.send_replace((seen.len(), n));
+        }
+        seen
+    });
+    let pusher = within(
+        "pusher",
+        Client::builder()
+            .reconnect(reconnect())
+            .queue_timeout(Some(LIMIT))
+            .connect(addr),
+    )
+    .await
+    .unwrap();
+    let outcomes = Outcomes::default();
+    let pushing = tokio::spawn(push_all(pusher.clone(), outcomes.clone()));
+
+    // Each step once the receiver has 400 more pushes: from the server
+    // running then (the one before is gone), so every server process is
+    // resumed by the receiver before the next stop.
+    let steps = ["-KILL", "-INT", "-KILL", "cut", "cut"];
+    for step in steps {
+        let at = counted.borrow().0 + 400;
+        within("pushes", counted.wait_for(|(n, _)| *n >= at))
+            .await
+            .unwrap();
+        if step == "cut" {
+            // The last server lives on: its connection to the receiver is cut.
+            proxy.cut();
+        } else {
+            signal(&server, step);
+            within("the server's exit", server.wait()).await.unwrap();
+            server = serve(addr).await;
+            pids.push(server.id().unwrap());
+        }
+    }
+    within("the pusher", pushing).await.unwrap();
+    let outcomes = outcomes.lock().unwrap().clone();
+    let last_pid = *pids.last().unwrap();
+    let by_last: Vec<u64> = outcomes
+        .iter()
+        .filter(|(_, pid)| *pid == Some(last_pid))
+        .map(|(n, _)| *n)
+        .collect();
+    // The last push is the live server's: once it is in, so is the rest.
+    let last_taken = *by_last.last().unwrap();
+    assert_eq!(last_taken, TOTAL - 1);
+    within("the last push", counted.wait_for(|(_, n)| *n >= last_taken))
+        .await
+        .unwrap();
+    assert_eq!(
+        receiver.fresh_resumes(),
+        pids.len() as u64,
+        "one fresh start per server process, the first connection included"
+    );
+    assert!(receiver.recovered(), "the cuts: the live server kept them");
+    assert_eq!(receiver.missed_pushes(), 0);
+    assert_eq!(receiver.pushes_dropped(), 0);
+    within("close", receiver.close()).await;
+    drop(receiver);
+    let seen = within("the receiver", receiving).await.unwrap();
+    signal(&server, "-INT");
+    within("the server's exit", server.wait()).await.unwrap();
+    proxy.accepting.abort();
+
+    // No duplicates, in order.
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, once each");
+    let seen: HashSet<u64> = seen.into_iter().collect();
+    let taken: HashMap<u64, Option<u32>> = outcomes.iter().copied().collect();
+    assert_eq!(
+        taken.len() as u64,
+        TOTAL,
+        "every push reported to the pusher"
+    );
+    // Nothing the pusher was not told of.
+    assert!(seen.iter().all(|n| taken.contains_key(n)));
+    // The live server: 0 lost across the two cuts.
+    let lost_by_last: Vec<u64> = by_last
+        .iter()
+        .copied()
+        .filter(|n| !seen.contains(n))
+        .collect();
+    assert_eq!(
+        lost_by_last,
+        [] as [u64; 0],
+        "lost by the server that lived on"
+    );
+    // A crash's losses: taken by a server that is gone, and the client
+    // was told `fresh` by each server that followed.
+    for (n, pid) in &taken {
+        if seen.contains(n) {
+            continue;
+        }
+        match pid {
+            None => {} // reported to the pusher
+            Some(pid) => assert!(pids[..pids.len() - 1].contains(pid), "push {n} lost"),
+        }
+    }
+    eprintln!(
+        "{} pushes: {} received, {} lost in crashes, {} unknown to the pusher",
+        TOTAL,
+        seen.len(),
+        taken
+            .iter()
+            .filter(|(n, p)| p.is_some() && !seen.contains(n))
+            .count(),
+        taken.values().filter(|p| p.is_none()).count()
+    );
+}
+
+/// The push recovery flags are checked before the server starts: a buffer
+/// that would not fit the session outbox is refused with the setting named;
+/// push recovery without acknowledged delivery is a usage error.
+#[tokio::test]
+async fn push_recovery_flags_are_checked_before_serving() {
+    let run = |args: &'static [&'static str]| async move {
+        within(
+            "msgi serve",
+            Command::new(MSGI)
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .args(args)
+                .stdin(Stdio::null())
+                .output(),
+        )
+        .await
+        .unwrap()
+    };
+    let out = run(&["--ack", "--recover-pushes", "--push-frames", "1024"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--push-frames"), "{err}");
+    assert!(
+        err.contains("1024 frames kept must be below the session outbox's 1024"),
+        "{err}"
+    );
+    let out = run(&["--recover-pushes"]).await;
+    assert_eq!(out.status.code(), Some(2), "needs --ack");
+    let out = run(&["--ack", "--recover-pushes", "--push-grace", "0"]).await;
+    assert_eq!(out.status.code(), Some(2), "a zero grace period");
+}
