@@ -243,11 +243,13 @@ impl BenchTls {
         addr: std::net::SocketAddr,
     ) -> Result<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> {
         use tower::ServiceExt;
-        connector
+        let (stream, _info) = connector
             .oneshot(addr)
             .await
             .map_err(|e| anyhow::anyhow!(e))
-            .context("TLS connect")
+            .context("TLS connect")?
+            .into_parts();
+        Ok(stream)
     }
 }
 

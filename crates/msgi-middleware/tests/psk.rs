@@ -262,6 +262,10 @@ async fn a_session_runs_on_handshake_keys_answers_and_pushes_alike() {
         None,
         "the keys went to the transforms, not to the application"
     );
+    assert!(
+        client.connect_info().get::<SessionKeys>().is_none(),
+        "on the client too"
+    );
     client.close().await;
 }
 

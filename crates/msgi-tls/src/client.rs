@@ -9,14 +9,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use msgi::{BoxError, ClientError, TcpConnector};
+use msgi::{Accepted, BoxError, ClientError, Connected, TcpConnector};
 use rustls::client::ClientConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
 
 use crate::config::{provider, root_store, TlsConfigError, ALPN_MSGI};
 use crate::read_ahead::ReadAhead;
+use crate::server::TlsInfo;
 
 /// Opens TLS connections for a [`Client`](msgi::Client): give it to
 /// [`ClientBuilder::connect_with_connector`](msgi::ClientBuilder::connect_with_connector)
@@ -223,11 +223,14 @@ impl HandshakeError {
 impl<A, C> tower::Service<A> for TlsConnector<C>
 where
     C: tower::Service<A>,
-    C::Response: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C::Response: Connected,
     C::Error: Into<BoxError>,
     C::Future: Send + 'static,
 {
-    type Response = TlsStream<ReadAhead<C::Response>>;
+    /// The TLS stream, and the inner connector's connection info with a
+    /// [`TlsInfo`] added (what the client keeps as
+    /// [`Client::connect_info`](msgi::Client::connect_info)).
+    type Response = Accepted<TlsStream<ReadAhead<<C::Response as Connected>::Io>>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -242,16 +245,22 @@ where
         Box::pin(async move {
             // The transport's own error (a ClientError naming the address
             // for TCP) goes to the client as it is.
-            let io = opening.await.map_err(Into::into)?;
+            let (io, mut info) = opening.await.map_err(Into::into)?.into_connected();
             let label = format!("{} (TLS)", name.to_str());
-            tls.connect(name, ReadAhead::new(io)).await.map_err(|e| {
+            let sni = match &name {
+                ServerName::DnsName(dns) => Some(Arc::from(dns.as_ref())),
+                _ => None,
+            };
+            let stream = tls.connect(name, ReadAhead::new(io)).await.map_err(|e| {
                 let kind = e.kind();
                 let error = io::Error::new(kind, HandshakeError::from_io(e));
                 BoxError::from(ClientError::Connect {
                     target: label,
                     source: Arc::new(error),
                 })
-            })
+            })?;
+            info.insert(TlsInfo::of(stream.get_ref().1, sni));
+            Ok(Accepted::new(stream, info))
         })
     }
 }

@@ -34,19 +34,25 @@
 //! ```
 //!
 //! The client connects through [`TlsConnector`], given to
-//! [`ClientBuilder::connect_with_connector`](msgi::ClientBuilder::connect_with_connector);
+//! [`ClientBuilder::connect_with_connector`](msgi::ClientBuilder::connect_with_connector),
+//! and finds the server's verified identity, a [`TlsInfo`], in
+//! [`Client::connect_info`](msgi::Client::connect_info);
 //! a failed handshake is a [`ClientError::Connect`](msgi::ClientError::Connect)
 //! whose cause [`HandshakeError::of`] finds:
 //!
 //! ```no_run
 //! use msgi::{Client, Frame};
-//! use msgi_tls::{load_certs, TlsConnector};
+//! use msgi_tls::{load_certs, TlsConnector, TlsInfo};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let tls = TlsConnector::builder("localhost")
 //!     .root_certificates(load_certs("ca.pem")?)
 //!     .build()?;
 //! let client = Client::builder().connect_with_connector(tls, "127.0.0.1:7443").await?;
+//! // The server's verified chain, as the handshake found it.
+//! let info = client.connect_info();
+//! let chain = info.get::<TlsInfo>().map_or(0, |t| t.peer_certificates().len());
+//! println!("the server presented {chain} certificate(s)");
 //! let answer = client.call(Frame::data("hello")).await?;
 //! # Ok(())
 //! # }

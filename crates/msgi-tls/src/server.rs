@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use msgi::{Accepted, BoxError, ConnectInfo, Plain};
-use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
-use rustls::{CipherSuite, ProtocolVersion};
+use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::{CipherSuite, CommonState, ProtocolVersion};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::server::TlsStream;
@@ -190,12 +190,14 @@ impl TlsAcceptorBuilder {
     }
 }
 
-/// What the TLS handshake established, in the session's connection info:
-/// `session.connect_info::<TlsInfo>()`.
-///
-/// Under mutual TLS the client's certificate chain was verified against the
-/// client CA before the session started; read the names in it with an
-/// X.509 parser of your choice.
+/// What the TLS handshake established. On the server it is in the session's
+/// connection info (`session.connect_info::<TlsInfo>()`): under mutual TLS
+/// the client's certificate chain, verified against the client CA before
+/// the session started. On the client ([`TlsConnector`](crate::TlsConnector))
+/// it is in [`Client::connect_info`](msgi::Client::connect_info)
+/// (`client.connect_info().get::<TlsInfo>()`): the server's chain, verified
+/// for the server name. Read the names in a certificate with an X.509
+/// parser of your choice.
 #[derive(Clone, Debug)]
 pub struct TlsInfo {
     peer_certificates: Arc<[CertificateDer<'static>]>,
@@ -206,28 +208,33 @@ pub struct TlsInfo {
 }
 
 impl TlsInfo {
-    fn of(conn: &ServerConnection) -> TlsInfo {
+    /// What `conn` established; `server_name` is the SNI name (the one the
+    /// client sent, as the server read it or as the client sent it).
+    pub(crate) fn of(conn: &CommonState, server_name: Option<Arc<str>>) -> TlsInfo {
         TlsInfo {
             peer_certificates: conn.peer_certificates().unwrap_or_default().into(),
-            server_name: conn.server_name().map(Arc::from),
+            server_name,
             alpn: conn.alpn_protocol().map(Arc::from),
             version: conn.protocol_version(),
             cipher_suite: conn.negotiated_cipher_suite().map(|s| s.suite()),
         }
     }
 
-    /// The client's verified certificate chain, its own certificate first
-    /// (empty without mutual TLS).
+    /// The peer's verified certificate chain, its own certificate first: on
+    /// the server the client's (empty without mutual TLS), on the client
+    /// the server's.
     pub fn peer_certificates(&self) -> &[CertificateDer<'static>] {
         &self.peer_certificates
     }
 
-    /// The client's own certificate, under mutual TLS.
+    /// The peer's own certificate (on the server: the client's, under
+    /// mutual TLS).
     pub fn peer_certificate(&self) -> Option<&CertificateDer<'static>> {
         self.peer_certificates.first()
     }
 
-    /// The server name the client asked for (SNI), if it sent one.
+    /// The server name the client asked for (SNI), if it sent one (a client
+    /// connecting to an IP address sends none).
     pub fn server_name(&self) -> Option<&str> {
         self.server_name.as_deref()
     }
@@ -314,7 +321,8 @@ impl TlsAcceptor {
                 peer: info.peer_addr(),
                 source,
             })?;
-            info.insert(TlsInfo::of(stream.get_ref().1));
+            let conn = stream.get_ref().1;
+            info.insert(TlsInfo::of(conn, conn.server_name().map(Arc::from)));
             Ok((stream, info))
         }
     }

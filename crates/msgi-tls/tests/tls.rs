@@ -636,3 +636,83 @@ async fn a_server_that_closes_during_the_handshake_is_an_io_error() {
     }
     within(closer).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_client_sees_the_servers_verified_identity_and_a_reconnect_replaces_it() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::Service;
+
+    let ca = Ca::new("server CA");
+    // Two identities for the same names: the first connection meets one,
+    // the reconnect the other.
+    let (first_chain, first_key) = ca.issue(&["localhost", "first.example"]);
+    let (second_chain, second_key) = ca.issue(&["localhost", "second.example"]);
+    let first = TlsAcceptor::builder(first_chain.clone(), first_key)
+        .build()
+        .unwrap();
+    let second = TlsAcceptor::builder(second_chain.clone(), second_key)
+        .build()
+        .unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let step = tower::service_fn(move |incoming: msgi::Accepted<TcpStream>| {
+        let mut acceptor = match accepted.fetch_add(1, Ordering::Relaxed) {
+            0 => first.clone(),
+            _ => second.clone(),
+        };
+        acceptor.call(incoming)
+    });
+    let (session_tx, mut sessions) = mpsc::unbounded_channel::<Session>();
+    let server = Server::builder()
+        .on_connect(move |s: &Session| {
+            let _ = session_tx.send(s.clone());
+        })
+        .accept(step)
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server.serve(listener, echo()));
+
+    let connector = TlsConnector::builder("localhost")
+        .root_certificates(vec![ca.der()])
+        .build()
+        .unwrap();
+    let policy = msgi::Reconnect {
+        initial_delay: Duration::from_millis(5),
+        max_delay: Duration::from_millis(50),
+        ..msgi::Reconnect::default()
+    };
+    let client = within(
+        Client::builder()
+            .reconnect(policy)
+            .connect_with_connector(connector, addr),
+    )
+    .await
+    .unwrap();
+    let info = client.connect_info();
+    let tls = info.get::<TlsInfo>().expect("a TLS client has TlsInfo");
+    assert_eq!(
+        tls.peer_certificates(),
+        &first_chain[..],
+        "the server's chain"
+    );
+    assert_eq!(tls.peer_certificate(), first_chain.first());
+    assert_eq!(tls.server_name(), Some("localhost"), "the name it verified");
+    assert_eq!(tls.alpn_protocol(), Some(ALPN_MSGI));
+    assert_eq!(
+        tls.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert!(tls.cipher_suite().is_some());
+
+    // The server ends the session; the client reconnects and meets the
+    // second identity, which replaces the first in its connect info.
+    let session = within(sessions.recv()).await.unwrap();
+    assert!(session.close("go away"));
+    within(sessions.recv()).await.unwrap();
+    assert_echoes(&client, "after the reconnect").await;
+    let info = client.connect_info();
+    let tls = info.get::<TlsInfo>().unwrap();
+    assert_eq!(tls.peer_certificates(), &second_chain[..]);
+    client.close().await;
+}

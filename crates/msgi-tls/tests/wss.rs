@@ -64,7 +64,7 @@ async fn msgi_over_websocket_over_tls() {
         .alpn_protocols(vec![b"http/1.1".to_vec()])
         .build()
         .unwrap();
-    let stream = within(connector.oneshot(addr)).await.unwrap();
+    let (stream, _info) = within(connector.oneshot(addr)).await.unwrap().into_parts();
     let (mut ws, _) = within(tokio_tungstenite::client_async(
         "wss://localhost/chat",
         stream,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use msgi::{
-    Accepted, BoxError, ClientError, ConnectInfo, Frame, FrameCodec, Framing, Kind, SessionKeys,
+    Accepted, BoxError, ClientError, Connected, Frame, FrameCodec, Framing, Kind, SessionKeys,
     HEADER_LEN, MAGIC,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -214,13 +214,15 @@ impl<C> PskConnector<C> {
 impl<C, A> Service<A> for PskConnector<C>
 where
     C: Service<A>,
-    C::Response: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    C::Response: Connected,
     C::Error: Into<BoxError>,
     C::Future: Send + 'static,
 {
-    type Response = Accepted<C::Response>;
+    /// The stream, and the inner connector's connection info (a TLS
+    /// connector's `TlsInfo`, say) with the session keys added.
+    type Response = Accepted<<C::Response as Connected>::Io>;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Accepted<C::Response>, BoxError>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -230,11 +232,10 @@ where
         let opening = self.inner.call(target);
         let psk = self.psk.clone();
         Box::pin(async move {
-            let mut io = opening.await.map_err(Into::into)?;
+            let (mut io, mut info) = opening.await.map_err(Into::into)?.into_connected();
             let keys = client_handshake(&psk, &mut io)
                 .await
                 .map_err(|e| ClientError::Handshake(e.reason()))?;
-            let mut info = ConnectInfo::new();
             info.insert(keys);
             Ok(Accepted::new(io, info))
         })

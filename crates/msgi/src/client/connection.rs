@@ -443,6 +443,11 @@ where
                             if let Some(keys) = info.remove::<msgi_proto::SessionKeys>() {
                                 framing.set_session_keys(&keys);
                             }
+                            *self
+                                .shared
+                                .connect_info
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner) = Arc::new(info);
                             self.transport = Some(Transport::new(io, framing));
                             self.conn.handle_connected(now, deadline);
                         }

@@ -163,6 +163,7 @@ impl Client {
             acks: watch::Sender::new((0, 0, 0)),
             acknowledged: cfg.acknowledged.is_some(),
             sends_queued: AtomicU64::new(0),
+            connect_info: Mutex::new(Arc::default()),
         });
         let mut task = ClientTask::new(cfg, connector, config, rx, incoming_tx, shared.clone());
         task.first_connection().await?;
@@ -403,6 +404,21 @@ impl Client {
     /// True once the client has stopped for good.
     pub fn is_closed(&self) -> bool {
         self.shared.state.load(Ordering::Acquire) == DONE
+    }
+
+    /// What the connector recorded about the latest connection, kept while
+    /// the client connects again and replaced once it has: under TLS
+    /// (`msgi_tls::TlsConnector`) the server's verified certificate chain,
+    /// the server name and the ALPN protocol as a `msgi_tls::TlsInfo`
+    /// (`client.connect_info().get::<TlsInfo>()`). Empty for a connector
+    /// that answers a bare byte stream (plain TCP). The pre-shared-key
+    /// handshake's session keys are taken out before it is kept here.
+    pub fn connect_info(&self) -> Arc<crate::ConnectInfo> {
+        self.shared
+            .connect_info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// True while a connection is up (false while connecting again and

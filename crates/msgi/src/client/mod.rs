@@ -103,6 +103,9 @@ pub(super) struct Shared {
     acknowledged: bool,
     /// One-way frames accepted into the outbox.
     sends_queued: AtomicU64,
+    /// What the connector recorded about the latest connection
+    /// ([`Client::connect_info`]); replaced on each (re)connection.
+    connect_info: Mutex<Arc<crate::ConnectInfo>>,
 }
 
 impl Shared {
