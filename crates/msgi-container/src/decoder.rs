@@ -38,6 +38,9 @@ pub(crate) trait Build<'a> {
 
     /// `payload[at..at + len]` as text, or why it is not UTF-8.
     fn text(&mut self, at: usize, len: usize) -> Result<Self::Text, Utf8Error>;
+    /// `payload[at..at + len]` as text if it lies in the run of text already checked
+    /// (see [`Runs`]), with no other work; `None` otherwise (then ask [`text`](Self::text)).
+    fn quick(&self, at: usize, len: usize) -> Option<Self::Text>;
     /// `payload[at..at + len]` as a byte string value.
     fn bytes(&mut self, at: usize, len: usize) -> Self::Value;
     fn null() -> Self::Value;
@@ -92,6 +95,85 @@ pub(crate) fn decode<'a, B: Build<'a>>(
             .take()
             .unwrap_or(DecodeError::Truncated { at: c.pos })),
     }
+}
+
+/// The names of a map read so far, to find a repeat in time linear in the number of
+/// names.
+struct Names<T> {
+    /// A bit per name length (mod 64): a name whose length no earlier name has is not
+    /// a repeat, without comparing it with any (most names of a map differ in length).
+    lengths: u64,
+    /// Every name, once a map has more than [`LINEAR_NAME_CHECK`] and a name whose
+    /// length came before (compared name by name until then).
+    seen: Option<HashSet<T>>,
+}
+
+impl<T> Default for Names<T> {
+    fn default() -> Self {
+        Names {
+            lengths: 0,
+            seen: None,
+        }
+    }
+}
+
+impl<T: Borrow<str> + Eq + Hash + Clone> Names<T> {
+    /// Whether `name`, value `i` of `count` in `map`, repeats a name of `map`; adds it.
+    #[inline(always)]
+    fn repeated<'a, B: Build<'a, Text = T>>(
+        &mut self,
+        map: &B::Map,
+        name: &T,
+        i: usize,
+        count: usize,
+    ) -> bool {
+        let text: &str = name.borrow();
+        let bit = 1u64 << (text.len() % 64);
+        let maybe = self.lengths & bit != 0;
+        self.lengths |= bit;
+        match &mut self.seen {
+            // Once the set is made, every name goes in it.
+            Some(seen) => !seen.insert(name.clone()),
+            None if !maybe => false,
+            None if i < LINEAR_NAME_CHECK => B::contains(map, text),
+            None => {
+                let (set, repeated) = first_set::<B>(map, name, count);
+                self.seen = Some(set);
+                repeated
+            }
+        }
+    }
+}
+
+/// The set of the names of `map` and `name`, and whether `name` was among them.
+#[inline(never)]
+fn first_set<'a, B: Build<'a>>(
+    map: &B::Map,
+    name: &B::Text,
+    count: usize,
+) -> (HashSet<B::Text>, bool) {
+    let mut set = HashSet::with_capacity(count);
+    B::add_names(map, &mut set);
+    let repeated = !set.insert(name.clone());
+    (set, repeated)
+}
+
+/// Whether [`Cursor::quick_values`] is tried: always, but in the test that holds it to
+/// the general path.
+#[cfg(not(test))]
+#[inline(always)]
+fn quick_on() -> bool {
+    true
+}
+
+#[cfg(test)]
+thread_local! {
+    static QUICK: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+#[cfg(test)]
+fn quick_on() -> bool {
+    QUICK.with(std::cell::Cell::get)
 }
 
 /// A cursor method failed; the error is in [`Cursor::error`]. Keeps every result small
@@ -266,52 +348,154 @@ impl<'a, B: Build<'a>> Cursor<'a, B> {
         }
     }
 
-    /// A header field or name: one length byte, then UTF-8.
+    /// A header field: one length byte, then UTF-8.
     #[inline(always)]
     fn short(&mut self, field: Field) -> Step<B::Text> {
+        match self.quick_short(self.pos, quick_on()) {
+            Some((text, end)) => {
+                self.pos = end;
+                Ok(text)
+            }
+            None => self.short_text(field),
+        }
+    }
+
+    /// A header field or name: one length byte, then UTF-8.
+    #[inline(always)]
+    fn short_text(&mut self, field: Field) -> Step<B::Text> {
         let len = self.u8()?;
         self.text(usize::from(len), field)
     }
 
+    /// The named values of a map. The common shapes are read here, in a tight loop: a
+    /// name in the run of text already checked (see [`Runs`]), and null, a bool, an
+    /// integer below 128 or a string shorter than 128 bytes in that run. Anything else
+    /// is read by the general path ([`name`](Self::name), [`any_value`](Self::any_value)),
+    /// from the same place, with every check and error; what the quick reading accepts,
+    /// the general path would accept with the same result, so the answer (and the first
+    /// fault) is the same either way (`tests::quick_and_general_paths_agree`).
     #[inline(never)]
     fn values(&mut self, depth: usize) -> Step<B::Map> {
         // A named value takes at least two bytes: an empty name and a one-byte value.
         let count = self.count(2)?;
         let mut map = B::map_with_capacity(count);
-        let mut seen: Option<HashSet<B::Text>> = None;
-        // A bit per name length (mod 64): a name whose length no earlier name has is not
-        // a repeat, without comparing it with any (most names of a map differ in length).
-        let mut lengths = 0u64;
+        let mut names = Names::default();
+        let quick = quick_on();
+        let buf = self.buf;
+        let mut pos = self.pos;
         for i in 0..count {
-            let at = self.pos;
-            let name = self.short(Field::Name)?;
-            let text: &str = name.borrow();
-            let bit = 1u64 << (text.len() % 64);
-            let maybe = lengths & bit != 0;
-            lengths |= bit;
-            let repeated = match &mut seen {
-                // Once the set is made, every name goes in it.
-                Some(seen) => !seen.insert(name.clone()),
-                None if !maybe => false,
-                None if i < LINEAR_NAME_CHECK => B::contains(&map, text),
+            let at = pos;
+            let name = match self.quick_short(pos, quick) {
+                Some((name, end)) => {
+                    pos = end;
+                    name
+                }
                 None => {
-                    let mut set = HashSet::with_capacity(count);
-                    B::add_names(&map, &mut set);
-                    let repeated = !set.insert(name.clone());
-                    seen = Some(set);
-                    repeated
+                    self.pos = pos;
+                    let name = self.name()?;
+                    pos = self.pos;
+                    name
                 }
             };
-            if repeated {
-                return Err(self.fail(DecodeError::DuplicateName {
-                    name: text.to_owned(),
-                    at,
-                }));
+            if names.repeated::<B>(&map, &name, i, count) {
+                return Err(self.duplicate(&name, at));
             }
-            let value = self.value(depth)?;
+            if quick {
+                match buf.get(pos).copied() {
+                    Some(tag::NULL) => {
+                        B::push(&mut map, name, B::null());
+                        pos += 1;
+                        continue;
+                    }
+                    Some(tag::FALSE) => {
+                        B::push(&mut map, name, B::bool(false));
+                        pos += 1;
+                        continue;
+                    }
+                    Some(tag::TRUE) => {
+                        B::push(&mut map, name, B::bool(true));
+                        pos += 1;
+                        continue;
+                    }
+                    Some(t @ (tag::I64 | tag::U64 | tag::STR)) => match buf.get(pos + 1) {
+                        // A longer varint: read as the general path reads it.
+                        Some(&first) if first >= 0x80 && t != tag::STR => {
+                            self.pos = pos + 1;
+                            let n = self.long_varint()?;
+                            pos = self.pos;
+                            let value = match t {
+                                tag::I64 => B::i64(unzigzag(n)),
+                                _ => B::u64(n),
+                            };
+                            B::push(&mut map, name, value);
+                            continue;
+                        }
+                        Some(&small) if small < 0x80 => match t {
+                            tag::I64 => {
+                                B::push(&mut map, name, B::i64(unzigzag(u64::from(small))));
+                                pos += 2;
+                                continue;
+                            }
+                            tag::U64 => {
+                                B::push(&mut map, name, B::u64(u64::from(small)));
+                                pos += 2;
+                                continue;
+                            }
+                            _ => {
+                                let len = usize::from(small);
+                                if let Some(text) = self.build.quick(pos + 2, len) {
+                                    B::push(&mut map, name, B::str(text));
+                                    pos += 2 + len;
+                                    continue;
+                                }
+                            }
+                        },
+                        _ => {}
+                    },
+                    _ => {}
+                }
+            }
+            self.pos = pos;
+            let value = self.any_value(depth)?;
+            pos = self.pos;
             B::push(&mut map, name, value);
         }
+        self.pos = pos;
         Ok(map)
+    }
+
+    /// A header field or name at `pos` when its text lies in the run already checked:
+    /// the text and where it ends.
+    #[inline(always)]
+    fn quick_short(&self, pos: usize, quick: bool) -> Option<(B::Text, usize)> {
+        if !quick {
+            return None;
+        }
+        let len = usize::from(*self.buf.get(pos)?);
+        let text = self.build.quick(pos + 1, len)?;
+        Some((text, pos + 1 + len))
+    }
+
+    /// A name, by the general path.
+    #[inline(never)]
+    fn name(&mut self) -> Step<B::Text> {
+        self.short_text(Field::Name)
+    }
+
+    /// A value, by the general path.
+    #[inline(never)]
+    fn any_value(&mut self, depth: usize) -> Step<B::Value> {
+        self.value(depth)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn duplicate(&mut self, name: &B::Text, at: usize) -> Stop {
+        let name: &str = name.borrow();
+        self.fail(DecodeError::DuplicateName {
+            name: name.to_owned(),
+            at,
+        })
     }
 
     #[inline]
@@ -407,10 +591,16 @@ impl<'a> Build<'a> for Views<'a> {
             len,
             // ASCII, so UTF-8: never fails (an empty run if it did).
             |start, end| {
-                std::str::from_utf8(buf.get(start..end).unwrap_or_default()).unwrap_or_default()
+                simdutf8::basic::from_utf8(buf.get(start..end).unwrap_or_default())
+                    .unwrap_or_default()
             },
             |at, len| std::str::from_utf8(buf.get(at..at + len).unwrap_or_default()),
         )
+    }
+
+    #[inline(always)]
+    fn quick(&self, at: usize, len: usize) -> Option<&'a str> {
+        self.runs.in_run(at, len)
     }
 
     #[inline(always)]
@@ -497,6 +687,11 @@ impl<'a> Build<'a> for Shared<'a> {
             |start, end| ByteString::try_from(payload.slice(start..end)).unwrap_or_default(),
             |at, len| ByteString::try_from(payload.slice(at..at + len)),
         )
+    }
+
+    #[inline(always)]
+    fn quick(&self, at: usize, len: usize) -> Option<ByteString> {
+        self.runs.in_run(at, len)
     }
 
     #[inline(always)]
@@ -627,7 +822,7 @@ impl<R: Run> Runs<R> {
     }
 
     #[inline(always)]
-    fn in_run(&self, at: usize, len: usize) -> Option<R> {
+    pub(crate) fn in_run(&self, at: usize, len: usize) -> Option<R> {
         self.run.sub(at.checked_sub(self.start)?, len)
     }
 
@@ -639,37 +834,50 @@ impl<R: Run> Runs<R> {
     }
 }
 
-/// How many bytes at the start of `bytes` are ASCII: sixteen bytes at a time, the
-/// first non-ASCII byte of a block found from its high bits, and the last block
-/// (overlapping the ones before) read whole instead of byte by byte.
+/// How many bytes at the start of `bytes` are ASCII: 32 bytes at a time while they all
+/// are, then 8 at a time, the first non-ASCII byte of a word found from its high bits,
+/// and the last word (overlapping the ones before) read whole instead of byte by byte.
 #[inline]
 pub(crate) fn ascii_prefix(bytes: &[u8]) -> usize {
-    const HIGH: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
-    // The offset of the first byte with its high bit set in a little-endian block.
-    let first = |high: u128| high.trailing_zeros() as usize / 8;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const HIGH2: u128 = 0x8080_8080_8080_8080_8080_8080_8080_8080;
+    // The offset of the first byte with its high bit set in a little-endian word.
+    let first = |high: u64| high.trailing_zeros() as usize / 8;
     let mut n = 0;
     let mut rest = bytes;
-    while let Some((block, tail)) = rest.split_first_chunk::<16>() {
-        let high = u128::from_le_bytes(*block) & HIGH;
+    while let Some((block, tail)) = rest.split_first_chunk::<32>() {
+        let lo = block
+            .first_chunk::<16>()
+            .map_or(0, |b| u128::from_le_bytes(*b));
+        let hi = block
+            .last_chunk::<16>()
+            .map_or(0, |b| u128::from_le_bytes(*b));
+        if (lo | hi) & HIGH2 != 0 {
+            break;
+        }
+        n += 32;
+        rest = tail;
+    }
+    while let Some((word, tail)) = rest.split_first_chunk::<8>() {
+        let high = u64::from_le_bytes(*word) & HIGH;
         if high != 0 {
             return n + first(high);
         }
-        n += 16;
+        n += 8;
         rest = tail;
     }
     if rest.is_empty() {
         return n;
     }
-    match bytes.last_chunk::<16>() {
-        // The bytes of the last block before `n` are ASCII: its first high bit is at
-        // `n` or after.
+    match bytes.last_chunk::<8>() {
+        // The bytes of the last word before `n` are ASCII: its first high bit is at `n`
+        // or after.
         Some(last) => {
-            let high = u128::from_le_bytes(*last) & HIGH;
-            let start = bytes.len() - 16;
+            let high = u64::from_le_bytes(*last) & HIGH;
             if high == 0 {
                 bytes.len()
             } else {
-                start + first(high)
+                bytes.len() - 8 + first(high)
             }
         }
         None => rest
@@ -752,6 +960,169 @@ mod tests {
         }
         for case in &cases {
             assert_eq!(varint(case), reference_varint(case), "{case:x?}");
+        }
+    }
+
+    mod quick {
+        use proptest::prelude::*;
+
+        use crate::{Container, ContainerRef, Limits, Value, Values};
+
+        use super::QUICK;
+
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "[a-z]{0,9}",
+                1 => "[a-zé€]{0,6}",
+                1 => "[a-z]{120,140}",
+            ]
+        }
+
+        fn leaf() -> impl Strategy<Value = Value> {
+            prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                (-70i64..70).prop_map(Value::I64),
+                any::<i64>().prop_map(Value::I64),
+                (0u64..140).prop_map(Value::U64),
+                any::<u64>().prop_map(Value::U64),
+                any::<f64>().prop_map(Value::F64),
+                text().prop_map(Value::from),
+                prop::collection::vec(any::<u8>(), 0..6).prop_map(|b| Value::from(&b[..])),
+            ]
+        }
+
+        fn values(depth: u32) -> BoxedStrategy<Values> {
+            let value = if depth == 0 {
+                leaf().boxed()
+            } else {
+                prop_oneof![
+                    6 => leaf(),
+                    1 => prop::collection::vec(leaf(), 0..3).prop_map(Value::Array),
+                    1 => values(depth - 1).prop_map(Value::Map),
+                ]
+                .boxed()
+            };
+            prop::collection::vec(("[a-z]{0,3}", value), 0..24)
+                .prop_map(|entries| {
+                    let mut values = Values::new();
+                    for (name, value) in entries {
+                        let _ = values.insert(name, value);
+                    }
+                    values
+                })
+                .boxed()
+        }
+
+        /// An encoded container, then maybe damaged: a byte changed, one of its values
+        /// (name and all) repeated at the end, or cut short.
+        fn payload() -> impl Strategy<Value = Vec<u8>> {
+            (
+                text(),
+                values(2),
+                0usize..4,
+                any::<prop::sample::Index>(),
+                any::<u8>(),
+            )
+                .prop_map(|(source, values, damage, at, byte)| {
+                    let source: String = source.chars().take(20).collect();
+                    let header = || Container::builder("m").source(source.clone(), "").build();
+                    let (Ok(mut c), Ok(empty)) = (header(), header()) else {
+                        return Vec::new();
+                    };
+                    let len = values.len();
+                    let repeated = values.iter().nth(at.index(len.max(1))).map(|(n, v)| {
+                        let mut one = Values::new();
+                        let _ = one.insert(n, v.clone());
+                        one
+                    });
+                    *c.values_mut() = values;
+                    let mut p = c.encode().to_vec();
+                    let i = at.index(p.len().max(1));
+                    // The header, then the count (one byte below 128), then the values.
+                    let head = empty.encode().len() - 1;
+                    match (damage, repeated) {
+                        (1, _) if i < p.len() => p[i] = byte,
+                        (2, Some(one)) if len < 127 => {
+                            let mut d = empty.clone();
+                            *d.values_mut() = one;
+                            let extra = d.encode();
+                            p[head] += 1;
+                            p.extend_from_slice(&extra[head + 1..]);
+                        }
+                        (3, _) => p.truncate(i),
+                        _ => {}
+                    }
+                    p
+                })
+        }
+
+        fn both<T>(quick: bool, f: impl FnOnce() -> T) -> T {
+            QUICK.with(|q| q.set(quick));
+            let out = f();
+            QUICK.with(|q| q.set(true));
+            out
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+
+            /// The tight loop of `Cursor::values` (and `Cursor::short`'s quick text)
+            /// answers exactly what the general path answers, on any payload: the same
+            /// container, or the same error at the same place.
+            #[test]
+            fn quick_and_general_paths_agree(p in payload(), limit in 1usize..40) {
+                let bytes = bytes::Bytes::from(p.clone());
+                for limits in [Limits::DEFAULT, Limits::new(1, limit).unwrap()] {
+                    let quick = both(true, || ContainerRef::decode_with(&p, &limits));
+                    let general = both(false, || ContainerRef::decode_with(&p, &limits));
+                    prop_assert_eq!(&quick, &general);
+                    let quick = both(true, || Container::decode_with(&bytes, &limits));
+                    let general = both(false, || Container::decode_with(&bytes, &limits));
+                    prop_assert_eq!(&quick, &general);
+                    // And the view and the owned decode agree with each other.
+                    prop_assert_eq!(
+                        quick.as_ref().map(|c| c.encode()).ok(),
+                        ContainerRef::decode_with(&p, &limits).map(|c| c.to_container().encode()).ok()
+                    );
+                }
+            }
+
+            /// The same on any bytes at all.
+            #[test]
+            fn quick_and_general_paths_agree_on_any_bytes(
+                mut p in prop::collection::vec(any::<u8>(), 0..64),
+            ) {
+                // Mostly well-formed heads, so that the values loop is reached.
+                if p.len() > 7 {
+                    p[..7].copy_from_slice(&[1, 0, 0, 0, 0, 0, 3]);
+                }
+                let quick = both(true, || ContainerRef::decode(&p));
+                let general = both(false, || ContainerRef::decode(&p));
+                prop_assert_eq!(quick, general);
+            }
+        }
+
+        #[test]
+        fn the_generated_payloads_take_the_quick_path_and_the_general_one() {
+            // A check on the test itself: its containers hold quick values (a short
+            // string) and values only the general path reads (a long string, a long
+            // varint, a nested map), and repeated names.
+            let c = Container::builder("m")
+                .value("a", "x".repeat(130))
+                .value("b", 1_000_000i64)
+                .value("c", "short")
+                .build()
+                .unwrap();
+            let p = c.encode();
+            assert_eq!(
+                both(true, || ContainerRef::decode(&p)),
+                both(false, || ContainerRef::decode(&p))
+            );
+            assert_eq!(
+                ContainerRef::decode(&p).unwrap().get::<&str>("c").unwrap(),
+                "short"
+            );
         }
     }
 

@@ -183,6 +183,18 @@ impl<'a> ValuesRef<'a> {
     /// Appends without checking the name; the decoder has checked that it is not there.
     #[inline(always)]
     pub(crate) fn push_checked(&mut self, name: &'a str, value: ValueRef<'a>) {
+        // The decoder reserved room for every value: with that known, the push writes
+        // the entry in place (no spill for a call to grow).
+        if self.entries.len() < self.entries.capacity() {
+            self.entries.push((name, value));
+        } else {
+            self.push_grow(name, value);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn push_grow(&mut self, name: &'a str, value: ValueRef<'a>) {
         self.entries.push((name, value));
     }
 
@@ -457,5 +469,12 @@ mod tests {
         check(b"\x05ab\xc8\xc3\xa9\x80\x80\xc3");
         check(&[0xe2, 0x82, 0xac, 0x82, 0xac, 0x61, 0xed, 0xa0, 0x80, 0x61]);
         check(b"0123456789abcdef\xc3\xa9ghijklmnopqrstuvw\x80xyz0123456789");
+        // Runs of 64 bytes and more (validated in SIMD), with a fault in the middle.
+        let mut long = b"abcdefghij".repeat(9);
+        long.extend_from_slice("é€".as_bytes());
+        long.extend_from_slice(&b"klmnopqrst".repeat(7));
+        check(&long);
+        long[75] = 0xff;
+        check(&long);
     }
 }
