@@ -779,8 +779,9 @@ impl Run for ByteString {
 }
 
 /// UTF-8 checked in runs: from the first text that needs it, the longest stretch of
-/// ASCII bytes is found (sixteen bytes at a time) and taken as text once; each text that
-/// lies in it is a slice of it. The lengths, tags and small numbers between texts are
+/// ASCII bytes is found (32 bytes at a time) and taken as text once (for a
+/// [`ContainerRef`](crate::ContainerRef), by `simdutf8` from 64 bytes on, `str::from_utf8`
+/// below); each text that lies in it is a slice of it. The lengths, tags and small numbers between texts are
 /// ASCII, so one run usually covers many texts. A text not inside the run (one with
 /// non-ASCII characters, or one that is not UTF-8) is checked by itself, so the answer
 /// is always `str::from_utf8`'s on the text. Runs never overlap, so each byte is looked
