@@ -58,6 +58,9 @@ struct StoreInner {
     pushes: Option<PushLimits>,
     /// Client ids with a [`Mailbox`] (under the `clients` lock).
     mailboxes: std::sync::atomic::AtomicUsize,
+    /// Told when a refused push may be taken now: a client resumed with
+    /// push recovery, or said it has pushes ([`AckStore::pushes_changed`]).
+    pushes_changed: tokio::sync::Notify,
 }
 
 /// Push recovery's bounds ([`AckStoreBuilder::recover_pushes`]).
@@ -345,6 +348,7 @@ impl AckStoreBuilder {
                 ack_delay: self.ack_delay,
                 pushes: self.pushes,
                 mailboxes: std::sync::atomic::AtomicUsize::new(0),
+                pushes_changed: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -473,6 +477,9 @@ impl AckStore {
             (s.last, answer_pushes)
         };
         session.insert_data(AckLink(state));
+        if answer_pushes.is_some() {
+            self.inner.pushes_changed.notify_waiters();
+        }
         match answer_pushes {
             Some(answer) => delivery::resumed_frame_with_pushes(last, answer),
             None => delivery::resumed_frame(last),
@@ -559,6 +566,22 @@ impl AckStore {
             // A number never pushed acknowledges only what was.
             mailbox.acknowledge(n.min(mailbox.next - 1));
         }
+        drop(s);
+        self.inner.pushes_changed.notify_waiters();
+    }
+
+    /// Completes at the next change after which a refused push may be
+    /// taken: a client id resumed with push recovery (an
+    /// [`UnknownClient`](PushError::UnknownClient) or
+    /// [`Expired`](PushError::Expired) one may be back), or a client said
+    /// it has pushes (room in a [`Full`](PushError::Full) buffer). It sees
+    /// every change from when it is made, polled or not: make it before the
+    /// [`push`](AckStore::push) whose refusal it is to wait out, then await
+    /// it (bounded by the pusher's own deadline) and push again. Also a
+    /// way to wait until a client has acknowledged what was pushed
+    /// ([`pushes_kept`](AckStore::pushes_kept) read after each change).
+    pub fn pushes_changed(&self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        self.inner.pushes_changed.notified()
     }
 
     /// Pushes `frame` to `client_id` with push recovery (see

@@ -106,15 +106,14 @@ async fn client(addr: SocketAddr, id: &str) -> Client {
 }
 
 /// Pushes `n` until the store takes it: a full buffer (the client away or
-/// behind) or a client id not resumed yet is the pusher's to retry.
+/// behind) or a client id not resumed yet is the pusher's to retry, once
+/// the store says something changed.
 async fn push_until_taken(store: &AckStore, id: &str, n: u64) {
     loop {
+        let changed = store.pushes_changed();
         match store.push(id, &Frame::data(n.to_string())) {
             Ok(_) => return,
-            Err(PushError::Full | PushError::UnknownClient) => {
-                // Nothing to await in the store: the pusher's own backoff.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
+            Err(PushError::Full | PushError::UnknownClient) => within(changed).await,
             Err(e) => panic!("push {n}: {e}"),
         }
     }
@@ -181,23 +180,27 @@ fn pushes_to_a_client_whose_connections_are_cut_arrive_once_each_in_order() {
 /// Pushes `text` once the client has resumed (until then the store does
 /// not know it, or still holds it expired).
 async fn first_push(store: &AckStore, id: &str, text: &str) -> Result<u64, PushError> {
-    for _ in 0..10_000 {
-        match store.push(id, &Frame::data(text.to_owned())) {
-            Err(PushError::UnknownClient | PushError::Expired) => {
-                tokio::time::sleep(Duration::from_millis(1)).await
+    within(async {
+        loop {
+            let changed = store.pushes_changed();
+            match store.push(id, &Frame::data(text.to_owned())) {
+                Err(PushError::UnknownClient | PushError::Expired) => changed.await,
+                other => return other,
             }
-            other => return other,
         }
-    }
-    Err(PushError::UnknownClient)
+    })
+    .await
 }
 
-/// Until the client's PUSHED for everything has reached the store (nothing
-/// in the store to await, so it looks every millisecond).
+/// Until the client's PUSHED for everything has reached the store.
 async fn all_acknowledged(store: &AckStore, id: &str) {
     within(async {
-        while store.pushes_kept(id) != Some(0) {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        loop {
+            let changed = store.pushes_changed();
+            if store.pushes_kept(id) == Some(0) {
+                return;
+            }
+            changed.await;
         }
     })
     .await;
@@ -310,6 +313,57 @@ fn after_a_crash_the_client_is_told_it_starts_fresh_and_gets_the_new_pushes() {
         2,
         "the first connection and the crash"
     );
+    rt.block_on(within(client.close()));
+    node.shutdown(&rt);
+}
+
+/// Two servers with stores of their own, the client going from one to the
+/// other and back (as behind a balancer): the push the first kept while the
+/// client was at the second is numbered below what the client has from the
+/// second, so it cannot be sent under the client's numbering. It is dropped
+/// and counted (`missed`, `fresh`), and the next push arrives.
+#[test]
+fn a_server_whose_numbers_the_client_has_passed_drops_what_it_kept_and_says_so() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr = free_addr();
+    let (one, two) = (
+        store(16, Duration::from_secs(60)),
+        store(16, Duration::from_secs(60)),
+    );
+    let node = start(addr, &one);
+    let client = rt.block_on(client(addr, "gina"));
+    let mut incoming = client.incoming().unwrap();
+    assert_eq!(rt.block_on(first_push(&one, "gina", "a1")), Ok(1));
+    assert_eq!(rt.block_on(texts(&mut incoming, 1)), ["a1"]);
+    rt.block_on(all_acknowledged(&one, "gina"));
+    node.kill();
+    let node = start(addr, &two);
+    assert_eq!(rt.block_on(first_push(&two, "gina", "b1")), Ok(2));
+    assert_eq!(two.push("gina", &Frame::data("b2")), Ok(3));
+    assert_eq!(rt.block_on(texts(&mut incoming, 2)), ["b1", "b2"]);
+    rt.block_on(all_acknowledged(&two, "gina"));
+    node.kill();
+    // The first server keeps a push for gina, numbered 2: she has 3.
+    assert_eq!(one.push("gina", &Frame::data("a2")), Ok(2));
+    let node = start(addr, &one);
+    rt.block_on(within(async {
+        loop {
+            let changed = one.pushes_changed();
+            if one.pushes_kept("gina") == Some(0) {
+                break;
+            }
+            changed.await;
+        }
+    }));
+    assert_eq!(one.push("gina", &Frame::data("a3")), Ok(4));
+    assert_eq!(rt.block_on(texts(&mut incoming, 1)), ["a3"]);
+    assert!(!client.recovered());
+    assert_eq!(client.missed_pushes(), 1, "a2, dropped and counted");
+    assert_eq!(client.fresh_resumes(), 3);
     rt.block_on(within(client.close()));
     node.shutdown(&rt);
 }
