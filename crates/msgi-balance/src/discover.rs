@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -247,6 +247,10 @@ pub struct Discovery {
     changes: VecDeque<Change<Key, Endpoint>>,
     wait: ReusableBoxFuture<'static, ()>,
     waiting: bool,
+    /// The waker `wait` was last polled with: p2c polls discovery on
+    /// every `poll_ready`, and while nothing changed and the waker is the
+    /// same, `wait` is not polled again (its registration stands).
+    waker: Option<Waker>,
     /// Not read yet.
     first: bool,
     health: Arc<watch::Sender<Up>>,
@@ -291,6 +295,7 @@ impl Discovery {
             changes: VecDeque::new(),
             wait: ReusableBoxFuture::new(std::future::pending()),
             waiting: false,
+            waker: None,
             first: true,
             health,
             _stop: stop.drop_guard(),
@@ -406,9 +411,17 @@ impl Stream for Discovery {
                 });
                 this.waiting = true;
             }
+            let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+            if registered && !this.version.has_changed().unwrap_or(true) {
+                return Poll::Pending;
+            }
+            if !registered {
+                this.waker = Some(cx.waker().clone());
+            }
             match this.wait.poll(cx) {
                 Poll::Ready(()) => {
                     this.waiting = false;
+                    this.waker = None;
                     this.refresh();
                 }
                 Poll::Pending => return Poll::Pending,
@@ -423,6 +436,66 @@ mod tests {
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    /// Sends on a channel when woken.
+    struct Tell(tokio::sync::mpsc::UnboundedSender<()>);
+
+    impl std::task::Wake for Tell {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.send(());
+        }
+    }
+
+    async fn wait(rx: &mut tokio::sync::mpsc::UnboundedReceiver<()>) {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("woken");
+    }
+
+    /// Polls `d` with `waker` until it has nothing to say.
+    fn drain(d: &mut Discovery, waker: &Waker) -> usize {
+        let mut cx = Context::from_waker(waker);
+        let mut changes = 0;
+        while let Poll::Ready(Some(_)) = Pin::new(&mut *d).poll_next(&mut cx) {
+            changes += 1;
+        }
+        changes
+    }
+
+    /// Polls that skip the wait's registration (same waker, nothing
+    /// changed) keep it: a change after polls with the same waker, and
+    /// after polls with another waker in between, wakes the last waker.
+    #[tokio::test]
+    async fn a_change_wakes_the_last_waker_whatever_polled_before() {
+        let set = Upstreams::new();
+        set.insert(addr(1));
+        let settings = crate::endpoint::Settings::default();
+        let mut d = Discovery::new(&set, settings, 1);
+        let (tx, mut woken) = tokio::sync::mpsc::unbounded_channel();
+        let waker = Waker::from(Arc::new(Tell(tx)));
+        // The first endpoint (maybe after the connecting task made it).
+        let mut seen = drain(&mut d, &waker);
+        while seen == 0 {
+            wait(&mut woken).await;
+            seen += drain(&mut d, &waker);
+        }
+        assert_eq!(seen, 1);
+        while woken.try_recv().is_ok() {}
+        // Same waker again (the skip), then a waker that does nothing, then
+        // the real one: the change wakes the real one.
+        assert_eq!(drain(&mut d, &waker), 0);
+        assert_eq!(drain(&mut d, Waker::noop()), 0);
+        assert_eq!(drain(&mut d, &waker), 0);
+        assert_eq!(drain(&mut d, &waker), 0);
+        set.insert(addr(2));
+        wait(&mut woken).await;
+        assert_eq!(drain(&mut d, &waker), 1);
+        // And once more after only skipped polls.
+        assert_eq!(drain(&mut d, &waker), 0);
+        set.remove(addr(1));
+        wait(&mut woken).await;
+        assert_eq!(drain(&mut d, &waker), 1);
     }
 
     #[tokio::test(start_paused = true)]

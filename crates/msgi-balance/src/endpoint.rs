@@ -5,8 +5,8 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -225,17 +225,21 @@ impl<C: MakeFraming + Clone + fmt::Debug> Settings<C> {
 }
 
 /// The latency estimate (peak-EWMA) and the requests in flight.
+///
+/// Atomics, no lock: p2c reads two endpoints' cost for every request and
+/// each answer updates one estimate. Two answers recorded at the same
+/// moment may each read the estimate before the other stores it, and the
+/// last store wins (one observation is lost to the average; a peak is
+/// still taken by the next answer at or above it).
 #[derive(Debug)]
 struct Meter {
     measure: LoadMeasure,
     in_flight: AtomicUsize,
-    rtt: Mutex<Rtt>,
-}
-
-#[derive(Debug)]
-struct Rtt {
-    nanos: f64,
-    at: Instant,
+    /// The estimate in nanoseconds (`f64` bits).
+    rtt_nanos: AtomicU64,
+    /// When it was last set, in nanoseconds since `base`.
+    rtt_at: AtomicU64,
+    base: Instant,
 }
 
 fn nanos(d: Duration) -> f64 {
@@ -249,10 +253,9 @@ impl Meter {
         Meter {
             measure,
             in_flight: AtomicUsize::new(0),
-            rtt: Mutex::new(Rtt {
-                nanos: Self::default_nanos(measure),
-                at: Instant::now(),
-            }),
+            rtt_nanos: AtomicU64::new(Self::default_nanos(measure).to_bits()),
+            rtt_at: AtomicU64::new(0),
+            base: Instant::now(),
         }
     }
 
@@ -263,11 +266,29 @@ impl Meter {
         }
     }
 
+    /// `now` in nanoseconds since `base` (saturating: 584 years).
+    fn since_base(&self, now: Instant) -> u64 {
+        let d = now.saturating_duration_since(self.base);
+        d.as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()))
+    }
+
+    /// The estimate and the nanoseconds since it was set.
+    fn rtt(&self, now: Instant) -> (f64, f64) {
+        let estimate = f64::from_bits(self.rtt_nanos.load(Ordering::Relaxed));
+        let at = self.rtt_at.load(Ordering::Relaxed);
+        (estimate, self.since_base(now).saturating_sub(at) as f64)
+    }
+
+    fn set_rtt(&self, estimate: f64, now: Instant) {
+        self.rtt_nanos.store(estimate.to_bits(), Ordering::Relaxed);
+        self.rtt_at.store(self.since_base(now), Ordering::Relaxed);
+    }
+
     /// A new connection starts from the default estimate.
     fn reset(&self) {
-        let mut rtt = self.rtt.lock().unwrap_or_else(PoisonError::into_inner);
-        rtt.nanos = Self::default_nanos(self.measure);
-        rtt.at = Instant::now();
+        self.set_rtt(Self::default_nanos(self.measure), Instant::now());
     }
 
     /// Records one answer's latency (`failed`: at least the penalty).
@@ -285,15 +306,14 @@ impl Meter {
             observed = observed.max(nanos(failure_penalty));
         }
         let now = Instant::now();
-        let mut rtt = self.rtt.lock().unwrap_or_else(PoisonError::into_inner);
-        if observed > rtt.nanos {
-            rtt.nanos = observed;
+        let (estimate, elapsed) = self.rtt(now);
+        let next = if observed > estimate {
+            observed
         } else {
-            let elapsed = nanos(now.saturating_duration_since(rtt.at));
             let kept = (-elapsed / nanos(decay)).exp();
-            rtt.nanos = rtt.nanos * kept + observed * (1.0 - kept);
-        }
-        rtt.at = now;
+            estimate * kept + observed * (1.0 - kept)
+        };
+        self.set_rtt(next, now);
     }
 
     /// The estimate now (decayed towards zero since the last answer), in
@@ -302,10 +322,8 @@ impl Meter {
         let LoadMeasure::PeakEwma { decay, .. } = self.measure else {
             return 0.0;
         };
-        let now = Instant::now();
-        let rtt = self.rtt.lock().unwrap_or_else(PoisonError::into_inner);
-        let elapsed = nanos(now.saturating_duration_since(rtt.at));
-        rtt.nanos * (-elapsed / nanos(decay)).exp()
+        let (estimate, elapsed) = self.rtt(Instant::now());
+        estimate * (-elapsed / nanos(decay)).exp()
     }
 
     fn cost(&self) -> f64 {
@@ -343,6 +361,9 @@ pub struct Endpoint {
     /// Cancelled when the upstream leaves the set (or every handle is
     /// dropped): the supervisor stops, this handle takes no new request.
     stop: CancellationToken,
+    /// Set with `stop` by [`Endpoint::stop`]: what `poll_ready` checks, an
+    /// atomic load where `CancellationToken::is_cancelled` takes a lock.
+    removed: Arc<AtomicBool>,
     _stop_on_drop: Arc<DropGuard>,
 }
 
@@ -357,6 +378,7 @@ impl Clone for Endpoint {
             waiting: false,
             fail_when_down: self.fail_when_down,
             stop: self.stop.clone(),
+            removed: self.removed.clone(),
             _stop_on_drop: self._stop_on_drop.clone(),
         }
     }
@@ -403,6 +425,7 @@ impl Endpoint {
             waiting: false,
             fail_when_down: false,
             stop: stop.clone(),
+            removed: Arc::new(AtomicBool::new(false)),
             _stop_on_drop: Arc::new(stop.drop_guard()),
         }
     }
@@ -414,7 +437,7 @@ impl Endpoint {
 
     /// True while the upstream is connected and answering pings.
     pub fn is_up(&self) -> bool {
-        !self.stop.is_cancelled()
+        !self.removed.load(Ordering::Acquire)
             && self
                 .link
                 .borrow()
@@ -434,6 +457,7 @@ impl Endpoint {
     /// Stops the supervision: the upstream left the set. Calls in flight
     /// are answered; no new call is taken.
     pub(crate) fn stop(&self) {
+        self.removed.store(true, Ordering::Release);
         self.stop.cancel();
     }
 
@@ -472,7 +496,7 @@ impl Service<Frame> for Endpoint {
     type Future = EndpointFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        if self.stop.is_cancelled() {
+        if self.removed.load(Ordering::Acquire) {
             // Removed: a balancer drops it (it is leaving the set anyway).
             self.current = None;
             return Poll::Ready(Err(Error::Down(self.addr)));
