@@ -131,11 +131,14 @@ impl<T: Borrow<str> + Eq + Hash + Clone> Names<T> {
         let bit = 1u64 << (text.len() % 64);
         let maybe = self.lengths & bit != 0;
         self.lengths |= bit;
+        if i < LINEAR_NAME_CHECK {
+            // No set before this many names.
+            return maybe && B::contains(map, text);
+        }
         match &mut self.seen {
             // Once the set is made, every name goes in it.
             Some(seen) => !seen.insert(name.clone()),
             None if !maybe => false,
-            None if i < LINEAR_NAME_CHECK => B::contains(map, text),
             None => {
                 let (set, repeated) = first_set::<B>(map, name, count);
                 self.seen = Some(set);
