@@ -5,7 +5,11 @@
 # the throughput ratio follows from these figures (rate <= cores / sum of
 # CPU per request), so they say what a ratio can be before a quiet run.
 #
-#   scripts/gateway_cpu.sh [MSGI] [SECONDS] [-- extra gateway flags]
+#   scripts/gateway_cpu.sh [MSGI] [SECONDS] [-- gateway flags]
+#
+# The gateway flags default to `--connections 4`. GW_ENV / SERVE_ENV: one
+# VAR=value for the gateway's / server's environment (e.g.
+# GW_ENV=TOKIO_WORKER_THREADS=1).
 #
 # Prints, per run, the messages, the rate, and the CPU per message (user +
 # system, from /proc/<pid>/stat and the bench's rusage) of the bench
