@@ -438,14 +438,23 @@ impl FrameCodec {
 }
 
 /// Writes the header of `frame` (10 or 14 bytes) into `dst`.
+#[inline]
 pub fn encode_header(frame: &Frame, dst: &mut impl BufMut) {
-    dst.put_slice(&MAGIC);
+    // Built whole and copied with one `put_slice` (each `put_*` checks
+    // and moves the buffer's length on its own).
+    let mut header = [0u8; CORRELATED_HEADER_LEN];
+    header[..4].copy_from_slice(&MAGIC);
     // `check_outgoing` bounds the length by the maximum frame size, which
     // fits in u32.
-    dst.put_u32(frame.wire_len() as u32);
-    dst.put_u16(frame.type_field());
-    if let Some(id) = frame.request_id() {
-        dst.put_u32(id);
+    header[4..8].copy_from_slice(&(frame.wire_len() as u32).to_be_bytes());
+    header[8..10].copy_from_slice(&frame.type_field().to_be_bytes());
+    // Each arm copies a constant length (no `memcpy` call).
+    match frame.request_id() {
+        Some(id) => {
+            header[HEADER_LEN..].copy_from_slice(&id.to_be_bytes());
+            dst.put_slice(&header);
+        }
+        None => dst.put_slice(&header[..HEADER_LEN]),
     }
 }
 
@@ -460,6 +469,7 @@ fn be_u16(src: &[u8], at: usize) -> Option<u16> {
 }
 
 impl FrameCodec {
+    #[inline]
     fn decode_frame(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         // Check each field as soon as its bytes are here: a stream of garbage
         // fails on its first byte, an oversized length on its eighth.
@@ -530,9 +540,11 @@ impl FrameCodec {
             src.clear();
             payload
         } else {
-            let mut bytes = src.split_to(length);
+            // Frozen first: advancing a `Bytes` moves a pointer, where
+            // advancing the `BytesMut` checks its kind and capacity.
+            let mut bytes = src.split_to(length).freeze();
             bytes.advance(header);
-            bytes.freeze()
+            bytes
         };
         let kind = Kind::new(type_field & Kind::MAX).unwrap_or(Kind::DATA);
         let mut frame = Frame::new(kind, payload).with_flags(flags);
@@ -552,6 +564,7 @@ impl FrameCodec {
 }
 
 impl Framing for FrameCodec {
+    #[inline(always)]
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
         self.decode_frame(src)
     }
@@ -568,6 +581,7 @@ impl Framing for FrameCodec {
         self.max_frame_size
     }
 
+    #[inline]
     fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
         self.check_outgoing(&frame)?;
         let packed = if frame.payload().len() < ZERO_COPY_THRESHOLD {

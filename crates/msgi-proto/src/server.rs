@@ -594,15 +594,30 @@ impl Connection {
         matches!(self.state, State::Draining { buffered: true, .. })
     }
 
+    #[inline]
     fn handle_frame(&mut self, frame: Frame, now: Instant) {
+        // A request (the common case) goes to the slot without being moved
+        // through `Protocol::on_frame` and its `Inbound`.
+        if self.proto.on_request(&frame, now) {
+            self.deliver(frame);
+        } else {
+            self.handle_other_frame(frame, now);
+        }
+    }
+
+    /// A request for the service: counted from here until answered (its
+    /// payload as decoded), and waiting in the slot.
+    #[inline]
+    fn deliver(&mut self, frame: Frame) {
+        self.outstanding = self.outstanding.saturating_add(1);
+        self.outstanding_bytes = self.outstanding_bytes.saturating_add(frame.payload().len());
+        self.slot = Slot::Request(frame);
+    }
+
+    #[inline(never)]
+    fn handle_other_frame(&mut self, frame: Frame, now: Instant) {
         match self.proto.on_frame(frame, now) {
-            Inbound::Deliver(frame) => {
-                // Counted from here until answered; the payload as decoded.
-                self.outstanding = self.outstanding.saturating_add(1);
-                self.outstanding_bytes =
-                    self.outstanding_bytes.saturating_add(frame.payload().len());
-                self.slot = Slot::Request(frame);
-            }
+            Inbound::Deliver(frame) => self.deliver(frame),
             Inbound::Reply(frame) => self.push_transmit(frame),
             Inbound::Hello {
                 client_id: Ok(client_id),
@@ -691,13 +706,27 @@ impl Connection {
     /// [`poll_transmit`](Connection::poll_transmit) gives later. (Behind
     /// frames already queued, it is queued and `None` comes back.) Saves a
     /// runtime that writes at once the trip through the transmit queue.
-    #[inline]
+    #[inline(always)]
     pub fn take_answer<E: fmt::Display>(
         &mut self,
         token: Token,
         result: Result<Option<Frame>, E>,
     ) -> Option<Frame> {
-        let frame = self.make_answer(token, result)?;
+        let frame = match result {
+            // The common case, inline: a frame that may answer (or any
+            // frame for a one-way request), while the connection answers.
+            Ok(Some(mut frame))
+                if matches!(self.state, State::Open | State::Draining { .. })
+                    && (token.request_id.is_none() || can_answer(frame.kind())) =>
+            {
+                self.answered(&token);
+                if token.request_id.is_some() {
+                    frame.set_request_id(token.request_id);
+                }
+                frame
+            }
+            result => self.make_answer(token, result)?,
+        };
         if self.transmit.is_none() {
             return Some(frame);
         }
@@ -708,7 +737,7 @@ impl Connection {
     /// The answer to the request of `token`, by the rules of
     /// [`handle_answer`](Connection::handle_answer); `None` when nothing
     /// is sent.
-    #[inline]
+    #[inline(never)]
     fn make_answer<E: fmt::Display>(
         &mut self,
         token: Token,
@@ -717,8 +746,7 @@ impl Connection {
         if !matches!(self.state, State::Open | State::Draining { .. }) {
             return None;
         }
-        self.outstanding = self.outstanding.saturating_sub(1);
-        self.outstanding_bytes = self.outstanding_bytes.saturating_sub(token.bytes);
+        self.answered(&token);
         let frame = match (token.request_id, result) {
             // Only what a client can take as an answer answers a request:
             // a PING, PONG, HEARTBEAT, DISCONNECT or reserved kind (0
@@ -741,6 +769,13 @@ impl Connection {
             }
         };
         Some(frame)
+    }
+
+    /// The request of `token` is answered: no longer counted.
+    #[inline]
+    fn answered(&mut self, token: &Token) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.outstanding_bytes = self.outstanding_bytes.saturating_sub(token.bytes);
     }
 
     /// Answers the handshake of [`Event::Hello`] with `WELCOME <session_id>`
@@ -1040,6 +1075,7 @@ impl Connection {
         })
     }
 
+    #[inline(never)]
     fn push_transmit(&mut self, frame: Frame) {
         if self.transmit.is_none() {
             self.transmit = Some(frame);

@@ -76,6 +76,25 @@ where
     }
 }
 
+impl<F> Call<F> {
+    /// The call of `fut`, in the box of a finished call (no allocation, and
+    /// no move of a whole `Call`: the old future is dropped in place).
+    #[inline]
+    fn reuse(
+        self: Pin<&mut Self>,
+        fut: F,
+        token: Token,
+        read_at: Option<Instant>,
+        span: tracing::Span,
+    ) {
+        let mut this = self.project();
+        this.fut.set(fut);
+        *this.token = Some(token);
+        *this.read_at = read_at;
+        *this.span = span;
+    }
+}
+
 type BoxedCall<F> = Pin<Box<Call<F>>>;
 
 /// A session's counts for its observer, made only when the server has one
@@ -549,6 +568,7 @@ where
         Ok(())
     }
 
+    #[inline]
     fn answer(&mut self, (token, result, read_at): Finished) {
         if let Some(token) = token {
             if self.tally.is_some() {
@@ -629,18 +649,18 @@ where
                 let span =
                     tracing::debug_span!("request", kind = %frame.kind(), id = frame.request_id());
                 let fut = span.in_scope(|| self.service.call(frame));
-                let call = Call {
-                    token: Some(token),
-                    read_at: self.tally.as_ref().map(|tally| tally.read_at),
-                    fut,
-                    span,
-                };
+                let read_at = self.tally.as_ref().map(|tally| tally.read_at);
                 let mut boxed = match self.spare.take() {
                     Some(mut spare) => {
-                        spare.as_mut().set(call);
+                        spare.as_mut().reuse(fut, token, read_at, span);
                         spare
                     }
-                    None => Box::pin(call),
+                    None => Box::pin(Call {
+                        token: Some(token),
+                        read_at,
+                        fut,
+                        span,
+                    }),
                 };
                 match boxed.as_mut().poll(cx) {
                     Poll::Ready(finished) => {
