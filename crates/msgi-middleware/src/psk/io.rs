@@ -154,7 +154,7 @@ where
 /// runs the handshake on each accepted connection, in its own task, under
 /// the connection cap and the handshake timeout; records the session's
 /// [`SessionKeys`] (taken out by the server for the transforms) and the
-/// client's [`AuthenticatedKey`] in its [`ConnectInfo`]. A refused
+/// client's [`AuthenticatedKey`] in its [`ConnectInfo`](msgi::ConnectInfo). A refused
 /// handshake ends that connection only, after an ERROR naming why.
 #[derive(Clone, Debug)]
 pub struct PskAcceptor {
@@ -192,7 +192,7 @@ where
 
 /// A client connector: opens the stream with the connector it wraps, then
 /// runs the handshake on it, and answers the stream with the session's
-/// [`SessionKeys`] in its [`ConnectInfo`] (an [`Accepted`], which the
+/// [`SessionKeys`] in its [`ConnectInfo`](msgi::ConnectInfo) (an [`Accepted`], which the
 /// client takes apart). For
 /// `ClientBuilder::connect_with_connector(psk.connector(TcpConnector::new()), addr)`.
 ///
