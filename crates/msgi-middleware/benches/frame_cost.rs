@@ -17,15 +17,16 @@
 //! ```
 //!
 //! Arguments: the layers (`plain`, `encrypt`, `sign`, `encrypt+sign`), the
-//! payload size, the number of frames (a multiple of 32). Instructions per
-//! frame = the total callgrind reports / frames.
+//! payload size, the number of frames (a multiple of the batch), and the
+//! batch: frames per read buffer (default 32; 1 for large frames, which
+//! arrive one per read: the codec hands such a frame over with its whole
+//! buffer). Instructions per frame = the total callgrind reports / frames.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 use bytes::{Buf, BytesMut};
 use msgi::{Frame, FrameCodec, Framing, MakeFraming, SessionKeys, Side, Wire, WriteBuf};
 use msgi_middleware::{Encrypt, Sign};
 
-const BATCH: usize = 32;
 
 /// The server's side of one batch: decode every request in `read`, encode
 /// its echo into `write`, write it all out (into `out`).
@@ -44,6 +45,7 @@ fn main() {
     let layers = args.get(1).map_or("encrypt+sign", String::as_str);
     let size: usize = args.get(2).map_or(1024, |s| s.parse().unwrap());
     let frames: usize = args.get(3).map_or(3200, |s| s.parse().unwrap());
+    let batch: usize = args.get(4).map_or(32, |s| s.parse().unwrap());
     let encrypt = layers.contains("encrypt").then(Encrypt::new);
     let sign = layers.contains("sign").then(Sign::new);
     let wire = Wire::new(FrameCodec::new())
@@ -58,10 +60,10 @@ fn main() {
     let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
     let mut write = WriteBuf::new();
     let mut echoed = 0;
-    for batch in 0..frames / BATCH {
+    for round in 0..frames / batch {
         let mut requests = BytesMut::new();
-        for i in 0..BATCH {
-            let id = (batch * BATCH + i) as u32;
+        for i in 0..batch {
+            let id = (round * batch + i) as u32;
             let frame = Frame::data(payload.clone()).with_request_id(id);
             client.encode(frame, &mut requests).unwrap();
         }
@@ -80,13 +82,13 @@ fn main() {
             }
             write.advance(taken);
         }
-        for i in 0..BATCH {
+        for i in 0..batch {
             let answer = client.decode(&mut answers).unwrap().unwrap();
-            assert_eq!(answer.request_id(), Some((batch * BATCH + i) as u32));
+            assert_eq!(answer.request_id(), Some((round * batch + i) as u32));
             assert_eq!(answer.payload().chunk(), &payload[..]);
         }
         assert!(answers.is_empty());
     }
-    assert_eq!(echoed, frames / BATCH * BATCH);
+    assert_eq!(echoed, frames / batch * batch);
     println!("{layers} {size} B: {echoed} frames echoed and checked");
 }

@@ -149,3 +149,40 @@ proptest! {
         prop_assert!(opened.is_ok());
     }
 }
+
+/// A large sealed frame that fills the server's read buffer (one frame per
+/// read, the usual case at 64 KiB) reaches the encryption transform
+/// unshared (the codec hands the whole buffer over) and is opened where it
+/// was read: no copy of the payload on the way in.
+#[test]
+fn a_large_frame_that_fills_the_read_buffer_is_opened_where_it_was_read() {
+    use bytes::BytesMut;
+    use msgi::{FrameCodec, Framing, MakeFraming, Wire};
+    use msgi_middleware::WireExt;
+
+    for signed in [false, true] {
+        let wire = Wire::new(FrameCodec::new())
+            .encrypt()
+            .transform(signed.then(Sign::new));
+        let keys = SessionKeys::new([5; 32], [6; 32]);
+        let mut client = wire.make_framing(Side::Client);
+        let mut server = wire.make_framing(Side::Server);
+        client.set_session_keys(&keys);
+        server.set_session_keys(&keys);
+        let payload: Vec<u8> = (0..64 * 1024).map(|i| i as u8).collect();
+        let mut sent = BytesMut::new();
+        client
+            .encode(Frame::data(payload.clone()).with_request_id(1), &mut sent)
+            .unwrap();
+        // What one read gives the server: exactly this frame.
+        let mut read = BytesMut::with_capacity(sent.len());
+        read.extend_from_slice(&sent);
+        let range = read.as_ptr_range();
+        let opened = server.decode(&mut read).unwrap().unwrap();
+        assert_eq!(opened.payload(), &payload[..], "signed: {signed}");
+        assert!(
+            range.contains(&opened.payload().as_ptr()),
+            "opened in the read buffer (signed: {signed})"
+        );
+    }
+}

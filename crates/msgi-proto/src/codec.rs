@@ -539,6 +539,15 @@ impl FrameCodec {
             let payload = Bytes::copy_from_slice(src.get(header..length).unwrap_or_default());
             src.clear();
             payload
+        } else if src.len() == length && src.capacity() - length < RESERVE_AHEAD / 8 {
+            // A large frame that fills the read buffer: the next read needs
+            // a new buffer either way (the transport makes room when less
+            // than an eighth of its chunk is left), so the frame takes this
+            // one whole, unshared, and a transform can open it in place
+            // (decryption) instead of copying it out of a shared buffer.
+            let mut bytes = std::mem::take(src);
+            bytes.advance(header);
+            bytes.freeze()
         } else {
             // Frozen first: advancing a `Bytes` moves a pointer, where
             // advancing the `BytesMut` checks its kind and capacity.
@@ -1023,6 +1032,43 @@ mod tests {
         let second = codec.decode(&mut buf).unwrap().unwrap();
         assert_eq!(first.payload(), "first");
         assert_eq!(second.payload(), "second");
+    }
+
+    /// A large frame that ends a read buffer with too little room left for
+    /// the next read (which allocates a new buffer either way) is handed
+    /// over unshared, the whole buffer, without a copy: a transform that
+    /// opens a payload in place (decryption) can, where a payload shared
+    /// with the read buffer is copied first (issue 9). Followed by more
+    /// bytes, it is split off as before.
+    #[test]
+    fn a_large_frame_that_fills_the_read_buffer_is_handed_over_unshared() {
+        let mut codec = FrameCodec::new();
+        let mut wire = BytesMut::new();
+        let frame = Frame::data(vec![3u8; 64 * 1024]).with_request_id(9);
+        codec.encode(frame, &mut wire).unwrap();
+        let mut buf = BytesMut::with_capacity(wire.len());
+        buf.extend_from_slice(&wire);
+        let start = buf.as_ptr();
+        let mut got = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(got.request_id(), Some(9));
+        assert_eq!(got.payload().len(), 64 * 1024);
+        assert_eq!(
+            got.payload().as_ptr(),
+            start.wrapping_add(CORRELATED_HEADER_LEN),
+            "not copied"
+        );
+        assert_eq!((buf.len(), buf.capacity()), (0, 0), "the next read starts afresh");
+        let payload = std::mem::take(got.payload_mut());
+        assert!(payload.try_into_mut().is_ok(), "the frame alone holds it");
+
+        // More bytes after it: split off, shared with what follows.
+        let mut buf = BytesMut::with_capacity(wire.len() + 10);
+        buf.extend_from_slice(&wire);
+        buf.extend_from_slice(b"MSGI\x00\x00");
+        let mut got = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(buf.len(), 6);
+        let payload = std::mem::take(got.payload_mut());
+        assert!(payload.try_into_mut().is_err(), "shared with the read buffer");
     }
 
     #[test]
