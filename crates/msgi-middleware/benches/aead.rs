@@ -1,42 +1,66 @@
-//! What the ENCRYPTED transform's AEAD costs: ring's ChaCha20-Poly1305
-//! (the wire contract's family), sealing 1 KiB and 64 KiB payloads in place
-//! (what the transform does per frame, less the copy). `cargo bench -p
+//! What the ENCRYPTED and AUTHENTICATED transforms' primitives cost on one
+//! core: ring's ChaCha20-Poly1305 (the wire contract's AEAD) sealing 1 KiB
+//! and 64 KiB in place (what the transform does per frame, less the copy),
+//! and HMAC-SHA256 over 1 KiB and 64 KiB (the contract's MAC). For the TLS
+//! comparison, ring's AES-128-GCM and AES-256-GCM sealing the same sizes
+//! (the TLS 1.3 suites rustls's ring provider offers). `cargo bench -p
 //! msgi-middleware --bench aead`; figures in docs/BENCHMARKS.md.
 
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use ring::aead::{
+    Aad, Algorithm, LessSafeKey, Nonce, UnboundKey, AES_128_GCM, AES_256_GCM, CHACHA20_POLY1305,
+};
+use ring::hmac;
 
-fn seal(c: &mut Criterion) {
-    let mut group = c.benchmark_group("aead_seal");
-    let Ok(key) = UnboundKey::new(&CHACHA20_POLY1305, &[7; 32]) else {
-        panic!("a 32-byte key fits ChaCha20-Poly1305");
+const SIZES: [usize; 2] = [1024, 64 * 1024];
+
+fn seal_with(c: &mut Criterion, group: &str, algorithm: &'static Algorithm) {
+    let mut group = c.benchmark_group(group);
+    let Ok(key) = UnboundKey::new(algorithm, &[7; 32][..algorithm.key_len()]) else {
+        panic!("a key of the algorithm's length");
     };
     let key = LessSafeKey::new(key);
-    for size in [1024usize, 64 * 1024] {
+    for size in SIZES {
         let mut buf = vec![0x5au8; size];
         let mut counter = 0u64;
         group.throughput(Throughput::Bytes(size as u64));
-        group.bench_with_input(
-            BenchmarkId::new("chacha20-poly1305", size),
-            &size,
-            |b, _| {
-                b.iter(|| {
-                    counter += 1;
-                    let mut nonce = [0u8; 12];
-                    nonce[4..].copy_from_slice(&counter.to_be_bytes());
-                    key.seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(nonce),
-                        Aad::from([0u8; 14]),
-                        &mut buf,
-                    )
-                })
-            },
-        );
+        group.bench_with_input(BenchmarkId::new("seal", size), &size, |b, _| {
+            b.iter(|| {
+                counter += 1;
+                let mut nonce = [0u8; 12];
+                nonce[4..].copy_from_slice(&counter.to_be_bytes());
+                key.seal_in_place_separate_tag(
+                    Nonce::assume_unique_for_key(nonce),
+                    Aad::from([0u8; 14]),
+                    &mut buf,
+                )
+            })
+        });
     }
     group.finish();
 }
 
-criterion_group!(benches, seal);
+fn seal(c: &mut Criterion) {
+    // The name the earlier figures used for ChaCha20-Poly1305.
+    seal_with(c, "aead_seal_chacha20-poly1305", &CHACHA20_POLY1305);
+    seal_with(c, "aead_seal_aes-128-gcm", &AES_128_GCM);
+    seal_with(c, "aead_seal_aes-256-gcm", &AES_256_GCM);
+}
+
+fn mac(c: &mut Criterion) {
+    let mut group = c.benchmark_group("hmac_sha256");
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &[9; 32]);
+    for size in SIZES {
+        let buf = vec![0x5au8; size];
+        group.throughput(Throughput::Bytes(size as u64));
+        group.bench_with_input(BenchmarkId::new("sign", size), &size, |b, _| {
+            b.iter(|| hmac::sign(&key, &buf))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, seal, mac);
 criterion_main!(benches);

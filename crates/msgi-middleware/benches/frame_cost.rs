@@ -27,7 +27,6 @@ use bytes::{Buf, BytesMut};
 use msgi::{Frame, FrameCodec, Framing, MakeFraming, SessionKeys, Side, Wire, WriteBuf};
 use msgi_middleware::{Encrypt, Sign};
 
-
 /// The server's side of one batch: decode every request in `read`, encode
 /// its echo into `write`, write it all out (into `out`).
 #[inline(never)]

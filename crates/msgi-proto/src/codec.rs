@@ -1057,7 +1057,11 @@ mod tests {
             start.wrapping_add(CORRELATED_HEADER_LEN),
             "not copied"
         );
-        assert_eq!((buf.len(), buf.capacity()), (0, 0), "the next read starts afresh");
+        assert_eq!(
+            (buf.len(), buf.capacity()),
+            (0, 0),
+            "the next read starts afresh"
+        );
         let payload = std::mem::take(got.payload_mut());
         assert!(payload.try_into_mut().is_ok(), "the frame alone holds it");
 
@@ -1068,7 +1072,10 @@ mod tests {
         let mut got = codec.decode(&mut buf).unwrap().unwrap();
         assert_eq!(buf.len(), 6);
         let payload = std::mem::take(got.payload_mut());
-        assert!(payload.try_into_mut().is_err(), "shared with the read buffer");
+        assert!(
+            payload.try_into_mut().is_err(),
+            "shared with the read buffer"
+        );
     }
 
     #[test]

@@ -186,6 +186,8 @@ impl TlsAcceptorBuilder {
             .with_single_cert(self.cert_chain, self.key)
             .map_err(TlsConfigError::Rustls)?;
         config.alpn_protocols = self.alpn;
+        // The provider's order (AES-128-GCM first), not the client's.
+        config.ignore_client_order = true;
         Ok(TlsAcceptor::from_config(Arc::new(config)))
     }
 }

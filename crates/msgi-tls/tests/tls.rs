@@ -197,10 +197,10 @@ async fn handshake_echo_and_the_verified_identity_in_connect_info() {
         info.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
-    // The ring provider's first choice (docs/BENCHMARKS.md names it).
+    // This crate's first choice (docs/BENCHMARKS.md says why).
     assert_eq!(
         info.cipher_suite(),
-        Some(rustls::CipherSuite::TLS13_AES_256_GCM_SHA384)
+        Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
     );
     client.close().await;
 }
@@ -715,4 +715,60 @@ async fn the_client_sees_the_servers_verified_identity_and_a_reconnect_replaces_
     let tls = info.get::<TlsInfo>().unwrap();
     assert_eq!(tls.peer_certificates(), &second_chain[..]);
     client.close().await;
+}
+
+/// A client whose provider lists `suites`, in that order.
+fn client_preferring(ca: &Ca, suites: &[rustls::CipherSuite]) -> TlsConnector {
+    let mut provider = (*msgi_tls::provider()).clone();
+    provider.cipher_suites = suites
+        .iter()
+        .map(|s| {
+            *rustls::crypto::ring::ALL_CIPHER_SUITES
+                .iter()
+                .find(|c| c.suite() == *s)
+                .unwrap()
+        })
+        .collect();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = msgi_tls::pki_types::ServerName::try_from("localhost").unwrap();
+    TlsConnector::from_config(Arc::new(config), name)
+}
+
+#[tokio::test]
+async fn the_server_chooses_aes_128_gcm_first_whatever_the_clients_order() {
+    use rustls::CipherSuite::{
+        TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+    };
+    let ca = Ca::new("CA");
+    let (chain, key) = server_identity(&ca);
+    let mut server = serve(
+        Server::builder(),
+        TlsAcceptor::builder(chain, key).build().unwrap(),
+    )
+    .await;
+    // What this crate's own connector lists first.
+    let ours = msgi_tls::provider();
+    assert_eq!(ours.cipher_suites[0].suite(), TLS13_AES_128_GCM_SHA256);
+    // A client preferring AES-256 (as rustls's defaults do) gets AES-128.
+    let aes_256_first =
+        client_preferring(&ca, &[TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256]);
+    let client = connect(aes_256_first, server.addr).await.unwrap();
+    assert_echoes(&client, "AES-128").await;
+    let info = within(server.infos.recv()).await.unwrap().unwrap();
+    assert_eq!(info.cipher_suite(), Some(TLS13_AES_128_GCM_SHA256));
+    let info = client.connect_info();
+    let tls = info.get::<TlsInfo>().unwrap();
+    assert_eq!(tls.cipher_suite(), Some(TLS13_AES_128_GCM_SHA256));
+    // A client with ChaCha20-Poly1305 only is still served, with it.
+    let chacha = client_preferring(&ca, &[TLS13_CHACHA20_POLY1305_SHA256]);
+    let client = connect(chacha, server.addr).await.unwrap();
+    assert_echoes(&client, "ChaCha20").await;
+    let info = within(server.infos.recv()).await.unwrap().unwrap();
+    assert_eq!(info.cipher_suite(), Some(TLS13_CHACHA20_POLY1305_SHA256));
 }
