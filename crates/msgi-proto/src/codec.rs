@@ -545,9 +545,9 @@ impl FrameCodec {
             // than an eighth of its chunk is left), so the frame takes this
             // one whole, unshared, and a transform can open it in place
             // (decryption) instead of copying it out of a shared buffer.
-            let mut bytes = std::mem::take(src);
+            let mut bytes = std::mem::take(src).freeze();
             bytes.advance(header);
-            bytes.freeze()
+            bytes
         } else {
             // Frozen first: advancing a `Bytes` moves a pointer, where
             // advancing the `BytesMut` checks its kind and capacity.
