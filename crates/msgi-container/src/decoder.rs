@@ -41,6 +41,9 @@ pub(crate) trait Build<'a> {
     /// `payload[at..at + len]` as text if it lies in the run of text already checked
     /// (see [`Runs`]), with no other work; `None` otherwise (then ask [`text`](Self::text)).
     fn quick(&self, at: usize, len: usize) -> Option<Self::Text>;
+    /// Starts a new run of text at `at` if `at` is at or past the end of the current one
+    /// (as [`text`](Self::text) does for a text past it); whether it did.
+    fn start_run(&mut self, at: usize) -> bool;
     /// `payload[at..at + len]` as a byte string value.
     fn bytes(&mut self, at: usize, len: usize) -> Self::Value;
     fn null() -> Self::Value;
@@ -202,6 +205,11 @@ impl<'a, B: Build<'a>> Cursor<'a, B> {
         let version = self.u8()?;
         if version != FORMAT_VERSION {
             return Err(self.fail(DecodeError::UnsupportedVersion { version }));
+        }
+        // The header's texts and most names and strings after them are in the run from
+        // here (its first length byte on).
+        if quick_on() {
+            self.build.start_run(self.pos + 1);
         }
         let header = Header {
             source_id: self.short(Field::SourceId)?,
@@ -388,7 +396,12 @@ impl<'a, B: Build<'a>> Cursor<'a, B> {
         let mut pos = self.pos;
         for i in 0..count {
             let at = pos;
-            let name = match self.quick_short(pos, quick) {
+            // A name past the run starts the next run (as the general path would).
+            let mut quick_name = self.quick_short(pos, quick);
+            if quick_name.is_none() && quick && self.build.start_run(pos + 1) {
+                quick_name = self.quick_short(pos, quick);
+            }
+            let name = match quick_name {
                 Some((name, end)) => {
                     pos = end;
                     name
@@ -404,6 +417,17 @@ impl<'a, B: Build<'a>> Cursor<'a, B> {
                 return Err(self.duplicate(&name, at));
             }
             if quick {
+                // Strings first: the most common value.
+                if let (Some(&tag::STR), Some(&small)) = (buf.get(pos), buf.get(pos + 1)) {
+                    let len = usize::from(small);
+                    if small < 0x80 {
+                        if let Some(text) = self.build.quick(pos + 2, len) {
+                            B::push(&mut map, name, B::str(text));
+                            pos += 2 + len;
+                            continue;
+                        }
+                    }
+                }
                 match buf.get(pos).copied() {
                     Some(tag::NULL) => {
                         B::push(&mut map, name, B::null());
@@ -592,11 +616,7 @@ impl<'a> Build<'a> for Views<'a> {
             buf,
             at,
             len,
-            // ASCII, so UTF-8: never fails (an empty run if it did).
-            |start, end| {
-                simdutf8::basic::from_utf8(buf.get(start..end).unwrap_or_default())
-                    .unwrap_or_default()
-            },
+            |start, end| view_run(buf, start, end),
             |at, len| std::str::from_utf8(buf.get(at..at + len).unwrap_or_default()),
         )
     }
@@ -604,6 +624,12 @@ impl<'a> Build<'a> for Views<'a> {
     #[inline(always)]
     fn quick(&self, at: usize, len: usize) -> Option<&'a str> {
         self.runs.in_run(at, len)
+    }
+
+    #[inline(always)]
+    fn start_run(&mut self, at: usize) -> bool {
+        let buf = self.buf;
+        self.runs.start(buf, at, |start, end| view_run(buf, start, end))
     }
 
     #[inline(always)]
@@ -647,7 +673,7 @@ impl<'a> Build<'a> for Views<'a> {
     }
     #[inline(always)]
     fn contains(map: &ValuesRef<'a>, name: &str) -> bool {
-        map.entries().iter().any(|(n, _)| *n == name)
+        map.entries().iter().any(|(n, _)| same_text(n, name))
     }
     fn add_names(map: &ValuesRef<'a>, set: &mut HashSet<&'a str>) {
         set.extend(map.entries().iter().map(|(n, _)| *n));
@@ -656,6 +682,47 @@ impl<'a> Build<'a> for Views<'a> {
     fn push(map: &mut ValuesRef<'a>, name: &'a str, value: ValueRef<'a>) {
         map.push_checked(name, value);
     }
+}
+
+/// `a == b`, names of up to 16 bytes compared as two overlapping words each (no call to
+/// `memcmp`: most names are short).
+#[inline(always)]
+pub(crate) fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    if a.len() <= 16 {
+        if let (Some(a0), Some(b0), Some(a1), Some(b1)) = (
+            a.first_chunk::<8>(),
+            b.first_chunk::<8>(),
+            a.last_chunk::<8>(),
+            b.last_chunk::<8>(),
+        ) {
+            return a0 == b0 && a1 == b1;
+        }
+        if let (Some(a0), Some(b0), Some(a1), Some(b1)) = (
+            a.first_chunk::<4>(),
+            b.first_chunk::<4>(),
+            a.last_chunk::<4>(),
+            b.last_chunk::<4>(),
+        ) {
+            return a0 == b0 && a1 == b1;
+        }
+    }
+    a == b
+}
+
+/// `buf[start..end]` (ASCII, so UTF-8: never fails; an empty run if it did) as a run.
+#[inline(always)]
+fn view_run(buf: &[u8], start: usize, end: usize) -> &str {
+    simdutf8::basic::from_utf8(buf.get(start..end).unwrap_or_default()).unwrap_or_default()
+}
+
+/// `payload[start..end]` (ASCII, so UTF-8: never fails; an empty run if it did) as a run.
+#[inline(always)]
+fn shared_run(payload: &Bytes, start: usize, end: usize) -> ByteString {
+    ByteString::try_from(payload.slice(start..end)).unwrap_or_default()
 }
 
 /// Builds an owned [`Container`](crate::Container): slices of the payload's [`Bytes`],
@@ -686,8 +753,7 @@ impl<'a> Build<'a> for Shared<'a> {
             payload,
             at,
             len,
-            // ASCII, so UTF-8: never fails (an empty run if it did).
-            |start, end| ByteString::try_from(payload.slice(start..end)).unwrap_or_default(),
+            |start, end| shared_run(payload, start, end),
             |at, len| ByteString::try_from(payload.slice(at..at + len)),
         )
     }
@@ -695,6 +761,12 @@ impl<'a> Build<'a> for Shared<'a> {
     #[inline(always)]
     fn quick(&self, at: usize, len: usize) -> Option<ByteString> {
         self.runs.in_run(at, len)
+    }
+
+    #[inline(always)]
+    fn start_run(&mut self, at: usize) -> bool {
+        let payload = self.payload;
+        self.runs.start(payload, at, |start, end| shared_run(payload, start, end))
     }
 
     #[inline(always)]
@@ -823,6 +895,22 @@ impl<R: Run> Runs<R> {
         }
         // Not in one run: the text is not ASCII (or straddles an old run); ask directly.
         alone(at, len)
+    }
+
+    /// A new run at `at` if `at` is at or past the end of the current one (so runs never
+    /// overlap); whether it made one.
+    #[inline(always)]
+    pub(crate) fn start(
+        &mut self,
+        buf: &[u8],
+        at: usize,
+        make: impl FnOnce(usize, usize) -> R,
+    ) -> bool {
+        if at >= self.start + self.run.len() {
+            self.new_run(buf, at, make);
+            return true;
+        }
+        false
     }
 
     #[inline(always)]
@@ -1127,6 +1215,28 @@ mod tests {
                 ContainerRef::decode(&p).unwrap().get::<&str>("c").unwrap(),
                 "short"
             );
+        }
+    }
+
+    #[test]
+    fn same_text_is_equality() {
+        let texts: Vec<String> = (0..40)
+            .flat_map(|len| {
+                let base: String = "abcdefghijklmnopqrstuvwxyz0123456789ABCD"[..len].into();
+                let mut variants = vec![base.clone()];
+                // The same length, one byte different at each place.
+                for i in 0..len {
+                    let mut b = base.clone().into_bytes();
+                    b[i] = b'_';
+                    variants.push(String::from_utf8(b).unwrap());
+                }
+                variants
+            })
+            .collect();
+        for a in &texts {
+            for b in &texts {
+                assert_eq!(same_text(a, b), a == b, "{a:?} {b:?}");
+            }
         }
     }
 
