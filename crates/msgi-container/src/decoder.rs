@@ -629,7 +629,8 @@ impl<'a> Build<'a> for Views<'a> {
     #[inline(always)]
     fn start_run(&mut self, at: usize) -> bool {
         let buf = self.buf;
-        self.runs.start(buf, at, |start, end| view_run(buf, start, end))
+        self.runs
+            .start(buf, at, |start, end| view_run(buf, start, end))
     }
 
     #[inline(always)]
@@ -722,6 +723,9 @@ fn view_run(buf: &[u8], start: usize, end: usize) -> &str {
 /// `payload[start..end]` (ASCII, so UTF-8: never fails; an empty run if it did) as a run.
 #[inline(always)]
 fn shared_run(payload: &Bytes, start: usize, end: usize) -> ByteString {
+    if start > end || end > payload.len() {
+        return ByteString::default();
+    }
     ByteString::try_from(payload.slice(start..end)).unwrap_or_default()
 }
 
@@ -766,7 +770,8 @@ impl<'a> Build<'a> for Shared<'a> {
     #[inline(always)]
     fn start_run(&mut self, at: usize) -> bool {
         let payload = self.payload;
-        self.runs.start(payload, at, |start, end| shared_run(payload, start, end))
+        self.runs
+            .start(payload, at, |start, end| shared_run(payload, start, end))
     }
 
     #[inline(always)]
@@ -906,7 +911,8 @@ impl<R: Run> Runs<R> {
         at: usize,
         make: impl FnOnce(usize, usize) -> R,
     ) -> bool {
-        if at >= self.start + self.run.len() {
+        // Only at a byte of the payload (a name's length byte may be its last).
+        if at < buf.len() && at >= self.start + self.run.len() {
             self.new_run(buf, at, make);
             return true;
         }
@@ -1192,6 +1198,33 @@ mod tests {
                 let quick = both(true, || ContainerRef::decode(&p));
                 let general = both(false, || ContainerRef::decode(&p));
                 prop_assert_eq!(quick, general);
+            }
+        }
+
+        #[test]
+        fn every_cut_of_a_container_fails_alike_in_both_decodes_and_both_paths() {
+            // Cut after the version byte, after a name's length byte, inside a text: a
+            // run is never started past the payload's end (a panic in `Bytes::slice`).
+            let c = Container::builder("m")
+                .source("src", "")
+                .value("a", "x")
+                .value("bb", 1i64)
+                .value("ccc", 1_000_000u64)
+                .build()
+                .unwrap();
+            let p = c.encode();
+            for cut in 0..p.len() {
+                let part = &p[..cut];
+                let shared = bytes::Bytes::copy_from_slice(part);
+                for quick in [true, false] {
+                    let view = both(quick, || {
+                        ContainerRef::decode(part).map(|c| c.to_container())
+                    });
+                    let owned = both(quick, || Container::decode(&shared));
+                    assert!(owned.is_err(), "{cut}");
+                    assert_eq!(view, owned, "{cut} {quick}");
+                    assert_eq!(owned, both(!quick, || Container::decode(&shared)), "{cut}");
+                }
             }
         }
 
