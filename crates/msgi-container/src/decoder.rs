@@ -172,6 +172,32 @@ fn quick_on() -> bool {
     true
 }
 
+/// A varint of 1 to 8 bytes read as one little-endian word from the first 8 bytes of
+/// `rest`: the number and its length, `Err` for an overlong one (a last byte of zero
+/// after the first), `None` when `rest` is shorter than 8 bytes or the varint longer
+/// (read byte by byte then).
+#[inline(always)]
+fn word_varint(rest: &[u8]) -> Option<Result<(u64, usize), ()>> {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let w = u64::from_le_bytes(*rest.first_chunk::<8>()?);
+    // The first byte without its high bit ends the varint.
+    let ends = !w & HIGH;
+    if ends == 0 {
+        return None;
+    }
+    let len = (ends.trailing_zeros() / 8 + 1) as usize;
+    // The varint's bytes, the rest cleared, then its 7-bit groups packed.
+    let x = (w & (u64::MAX >> (64 - 8 * len))) & 0x7f7f_7f7f_7f7f_7f7f;
+    let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
+    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
+    let n = (x & 0x0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
+    // Shortest form only: a last byte of zero makes it overlong.
+    if len > 1 && w >> (8 * (len - 1)) & 0xff == 0 {
+        return Some(Err(()));
+    }
+    Some(Ok((n, len)))
+}
+
 #[cfg(test)]
 thread_local! {
     static QUICK: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
@@ -267,27 +293,15 @@ impl<'a, B: Build<'a>> Cursor<'a, B> {
     /// A varint of two bytes or more (the first has its high bit set).
     #[inline(never)]
     fn long_varint(&mut self) -> Step<u64> {
-        const HIGH: u64 = 0x8080_8080_8080_8080;
         let at = self.pos;
         let rest = self.buf.get(at..).unwrap_or_default();
-        // Up to 8 bytes at once: the first byte without its high bit ends the varint.
-        if let Some(first) = rest.get(..8) {
-            let w = u64::from_le_bytes(<[u8; 8]>::try_from(first).unwrap_or([0x80; 8]));
-            let ends = !w & HIGH;
-            if ends != 0 {
-                let len = (ends.trailing_zeros() / 8 + 1) as usize;
-                // The varint's bytes, the rest cleared, then its 7-bit groups packed.
-                let x = (w & (u64::MAX >> (64 - 8 * len))) & 0x7f7f_7f7f_7f7f_7f7f;
-                let x = (x & 0x007f_007f_007f_007f) | ((x & 0x7f00_7f00_7f00_7f00) >> 1);
-                let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x3fff_0000_3fff_0000) >> 2);
-                let n = (x & 0x0fff_ffff) | ((x & 0x0fff_ffff_0000_0000) >> 4);
-                // Shortest form only: a last byte of zero makes it overlong.
-                if len > 1 && w >> (8 * (len - 1)) & 0xff == 0 {
-                    return Err(self.fail(DecodeError::BadVarint { at }));
-                }
+        match word_varint(rest) {
+            Some(Ok((n, len))) => {
                 self.pos = at + len;
                 return Ok(n);
             }
+            Some(Err(())) => return Err(self.fail(DecodeError::BadVarint { at })),
+            None => {}
         }
         let mut n = 0u64;
         for (i, &byte) in rest.iter().take(10).enumerate() {
@@ -445,11 +459,22 @@ impl<'a, B: Build<'a>> Cursor<'a, B> {
                         continue;
                     }
                     Some(t @ (tag::I64 | tag::U64 | tag::STR)) => match buf.get(pos + 1) {
-                        // A longer varint: read as the general path reads it.
+                        // A longer varint: up to 8 bytes here, longer ones (and an
+                        // overlong one, to be reported) by the general path.
                         Some(&first) if first >= 0x80 && t != tag::STR => {
-                            self.pos = pos + 1;
-                            let n = self.long_varint()?;
-                            pos = self.pos;
+                            let rest = buf.get(pos + 1..).unwrap_or_default();
+                            let n = match word_varint(rest) {
+                                Some(Ok((n, len))) => {
+                                    pos += 1 + len;
+                                    n
+                                }
+                                _ => {
+                                    self.pos = pos + 1;
+                                    let n = self.long_varint()?;
+                                    pos = self.pos;
+                                    n
+                                }
+                            };
                             let value = match t {
                                 tag::I64 => B::i64(unzigzag(n)),
                                 _ => B::u64(n),
