@@ -393,8 +393,9 @@ impl<'a, B: Build<'a>> Cursor<'a, B> {
     }
 
     /// The named values of a map. The common shapes are read here, in a tight loop: a
-    /// name in the run of text already checked (see [`Runs`]), and null, a bool, an
-    /// integer below 128 or a string shorter than 128 bytes in that run. Anything else
+    /// name in the run of text already checked (see [`Runs`]; a name past it starts the
+    /// next one), and null, a bool, an integer of a varint up to 8 bytes or a string
+    /// shorter than 128 bytes in that run. Anything else
     /// is read by the general path ([`name`](Self::name), [`any_value`](Self::any_value)),
     /// from the same place, with every check and error; what the quick reading accepts,
     /// the general path would accept with the same result, so the answer (and the first
