@@ -125,8 +125,10 @@ struct ServeArgs {
     /// --push-grace; a push that cannot be kept is refused to the pusher.
     /// Pushes are asked for with `msgi send --push-to ID` (a request of
     /// kind 0x110, payload `<client id> <text>`, answered `pushed <n> <pid>` or
-    /// ERROR `push refused (<why>): ...`). Kept in memory: a restarted
-    /// server starts empty, and its clients are told so.
+    /// ERROR `push refused (<why>): ...`). Any connected client may push
+    /// to any client id this way: a tool for testing, not for an open
+    /// port. Kept in memory: a restarted server starts empty, and its
+    /// clients are told so.
     #[arg(long, requires = "ack")]
     recover_pushes: bool,
     /// With --recover-pushes: pushes kept per client id (below the session

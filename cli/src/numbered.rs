@@ -153,8 +153,13 @@ pub(crate) async fn push(
                     // The pusher's own backoff: nothing on this side to await.
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                // Held while reconnecting and never written: ask again.
-                Err(ClientError::NotConnected) => {}
+                // Held while reconnecting and never written: ask again, up
+                // to `wait` as for a refusal.
+                Err(ClientError::NotConnected) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        bail!("push {n}: the server was not reachable for {wait:?}");
+                    }
+                }
                 Err(ClientError::ConnectionLost(_)) => {
                     writeln!(out, "unknown {n}")?;
                     unknown += 1;

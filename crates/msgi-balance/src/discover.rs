@@ -11,7 +11,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::Stream;
@@ -246,11 +246,12 @@ pub struct Discovery {
     current: BTreeSet<Key>,
     changes: VecDeque<Change<Key, Endpoint>>,
     wait: ReusableBoxFuture<'static, ()>,
+    /// `wait` is polled on every `poll_next` (p2c calls it from every
+    /// `poll_ready`): skipping it while the waker was the same would trust
+    /// a registration that tokio's cooperative budget may never have made
+    /// (an exhausted budget answers Pending without registering), and a
+    /// discovery change would then wake nobody.
     waiting: bool,
-    /// The waker `wait` was last polled with: p2c polls discovery on
-    /// every `poll_ready`, and while nothing changed and the waker is the
-    /// same, `wait` is not polled again (its registration stands).
-    waker: Option<Waker>,
     /// Not read yet.
     first: bool,
     health: Arc<watch::Sender<Up>>,
@@ -295,7 +296,6 @@ impl Discovery {
             changes: VecDeque::new(),
             wait: ReusableBoxFuture::new(std::future::pending()),
             waiting: false,
-            waker: None,
             first: true,
             health,
             _stop: stop.drop_guard(),
@@ -411,17 +411,9 @@ impl Stream for Discovery {
                 });
                 this.waiting = true;
             }
-            let registered = this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
-            if registered && !this.version.has_changed().unwrap_or(true) {
-                return Poll::Pending;
-            }
-            if !registered {
-                this.waker = Some(cx.waker().clone());
-            }
             match this.wait.poll(cx) {
                 Poll::Ready(()) => {
                     this.waiting = false;
-                    this.waker = None;
                     this.refresh();
                 }
                 Poll::Pending => return Poll::Pending,
@@ -463,9 +455,8 @@ mod tests {
         changes
     }
 
-    /// Polls that skip the wait's registration (same waker, nothing
-    /// changed) keep it: a change after polls with the same waker, and
-    /// after polls with another waker in between, wakes the last waker.
+    /// A change after polls with the same waker, and after polls with
+    /// another waker in between, wakes the last waker.
     #[tokio::test]
     async fn a_change_wakes_the_last_waker_whatever_polled_before() {
         let set = Upstreams::new();

@@ -5,8 +5,8 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -226,19 +226,18 @@ impl<C: MakeFraming + Clone + fmt::Debug> Settings<C> {
 
 /// The latency estimate (peak-EWMA) and the requests in flight.
 ///
-/// Atomics, no lock: p2c reads two endpoints' cost for every request and
-/// each answer updates one estimate. Two answers recorded at the same
-/// moment may each read the estimate before the other stores it, and the
-/// last store wins (one observation is lost to the average; a peak is
-/// still taken by the next answer at or above it).
+/// The estimate and its time are one value under a short lock (read
+/// together, never torn: an estimate paired with another answer's time
+/// would decay a fresh peak away), and an answer's update reads and
+/// writes it under the same lock, so no observation is lost. The requests
+/// in flight are an atomic.
 #[derive(Debug)]
 struct Meter {
     measure: LoadMeasure,
     in_flight: AtomicUsize,
-    /// The estimate in nanoseconds (`f64` bits).
-    rtt_nanos: AtomicU64,
-    /// When it was last set, in nanoseconds since `base`.
-    rtt_at: AtomicU64,
+    /// The estimate in nanoseconds, and when it was last set in
+    /// nanoseconds since `base`.
+    rtt: Mutex<(f64, u64)>,
     base: Instant,
 }
 
@@ -253,8 +252,7 @@ impl Meter {
         Meter {
             measure,
             in_flight: AtomicUsize::new(0),
-            rtt_nanos: AtomicU64::new(Self::default_nanos(measure).to_bits()),
-            rtt_at: AtomicU64::new(0),
+            rtt: Mutex::new((Self::default_nanos(measure), 0)),
             base: Instant::now(),
         }
     }
@@ -274,16 +272,19 @@ impl Meter {
             .saturating_add(u64::from(d.subsec_nanos()))
     }
 
+    fn lock_rtt(&self) -> MutexGuard<'_, (f64, u64)> {
+        // The value is two numbers, whole after any panic.
+        self.rtt.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The estimate and the nanoseconds since it was set.
     fn rtt(&self, now: Instant) -> (f64, f64) {
-        let estimate = f64::from_bits(self.rtt_nanos.load(Ordering::Relaxed));
-        let at = self.rtt_at.load(Ordering::Relaxed);
+        let (estimate, at) = *self.lock_rtt();
         (estimate, self.since_base(now).saturating_sub(at) as f64)
     }
 
     fn set_rtt(&self, estimate: f64, now: Instant) {
-        self.rtt_nanos.store(estimate.to_bits(), Ordering::Relaxed);
-        self.rtt_at.store(self.since_base(now), Ordering::Relaxed);
+        *self.lock_rtt() = (estimate, self.since_base(now));
     }
 
     /// A new connection starts from the default estimate.
@@ -306,14 +307,17 @@ impl Meter {
             observed = observed.max(nanos(failure_penalty));
         }
         let now = Instant::now();
-        let (estimate, elapsed) = self.rtt(now);
+        let at_now = self.since_base(now);
+        let mut rtt = self.lock_rtt();
+        let (estimate, at) = *rtt;
         let next = if observed > estimate {
             observed
         } else {
+            let elapsed = at_now.saturating_sub(at) as f64;
             let kept = (-elapsed / nanos(decay)).exp();
             estimate * kept + observed * (1.0 - kept)
         };
-        self.set_rtt(next, now);
+        *rtt = (next, at_now);
     }
 
     /// The estimate now (decayed towards zero since the last answer), in

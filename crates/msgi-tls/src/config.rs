@@ -26,8 +26,9 @@ pub const ALPN_MSGI: &[u8] = b"msgi";
 /// cost on one core is measured by `cargo bench -p msgi-middleware --bench
 /// aead`, docs/BENCHMARKS.md). AES-128-GCM is TLS 1.3's mandatory suite; the
 /// others stay offered and accepted. A [`TlsAcceptor`](crate::TlsAcceptor)
-/// applies this order whatever the client's (rustls's
-/// `ignore_client_order`).
+/// made by its builder applies this order whatever the client's (rustls's
+/// `ignore_client_order`); one made with `TlsAcceptor::from_config` keeps
+/// the given `ServerConfig`'s choice.
 pub fn provider() -> Arc<CryptoProvider> {
     let mut provider = rustls::crypto::ring::default_provider();
     // A stable sort: the provider's order within each rank (ECDSA before RSA).

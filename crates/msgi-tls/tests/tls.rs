@@ -714,7 +714,7 @@ async fn the_client_sees_the_servers_verified_identity_and_a_reconnect_replaces_
     let info = client.connect_info();
     let tls = info.get::<TlsInfo>().unwrap();
     assert_eq!(tls.peer_certificates(), &second_chain[..]);
-    client.close().await;
+    within(client.close()).await;
 }
 
 /// A client whose provider lists `suites`, in that order.
