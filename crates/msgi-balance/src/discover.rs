@@ -425,6 +425,7 @@ impl Stream for Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::task::Waker;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
