@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use msgi::delivery::{AckLayer, AckStore};
 use msgi::{Client, ClientError, Frame, Kind, Reconnect, Server, Session};
-use support::{within, RawPeer};
-use tokio::runtime::Runtime;
-use tokio::sync::{oneshot, watch};
+use support::{free_addr, runtime, within, Node, RawPeer};
+use tokio::sync::watch;
 use tower::{Service, ServiceBuilder};
 
 /// The application: records each frame's number when it is handed over
@@ -50,55 +49,12 @@ impl Service<Frame> for Record {
     }
 }
 
-/// A server in a runtime of its own.
-struct Node {
-    rt: Runtime,
-    stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
+/// A server in a runtime of its own, the application behind the layer.
 fn start(addr: SocketAddr, store: &AckStore, app: &Record) -> Node {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = std::net::TcpListener::bind(addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let listener = {
-        let _entered = rt.enter();
-        tokio::net::TcpListener::from_std(listener).unwrap()
-    };
     let service = ServiceBuilder::new()
         .layer(AckLayer::new(store.clone()))
         .service(app.clone());
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = Server::builder().build().unwrap();
-    let done = rt.spawn(
-        server
-            .serve(listener, service)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            }),
-    );
-    Node { rt, stop, done }
-}
-
-impl Node {
-    /// Drops the runtime: every task and socket goes at once, as in a
-    /// crash (without the process's memory going: see `crash`).
-    fn kill(self) {
-        // The signal outlives the runtime: no graceful shutdown starts.
-        let Node { rt, stop, done } = self;
-        rt.shutdown_timeout(Duration::from_secs(5));
-        drop((stop, done));
-    }
-
-    fn shutdown(self, client_rt: &Runtime) {
-        let _ = self.stop.send(());
-        client_rt.block_on(within(self.done)).unwrap().unwrap();
-        self.rt.shutdown_timeout(Duration::from_secs(5));
-    }
+    Node::start(addr, service)
 }
 
 /// ACKs only from the timer, 20 ms after a frame: a stop finds frames
@@ -132,15 +88,8 @@ enum Stops {
 /// Sends `total` numbered frames while the server is stopped `restarts`
 /// times, as `stops` says.
 fn run(total: u64, restarts: usize, stops: Stops) -> Run {
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let client_rt = runtime();
+    let addr = free_addr();
     let (count, mut counted) = watch::channel(0);
     let app = Record {
         seen: Arc::new(Mutex::new(Vec::new())),

@@ -14,74 +14,24 @@ use std::time::Duration;
 
 use msgi::delivery::{AckLayer, AckStore, PushError};
 use msgi::{Client, Frame, Reconnect, SendError, Server};
-use support::within;
-use tokio::runtime::Runtime;
-use tokio::sync::{oneshot, watch};
+use support::{free_addr, runtime, within, Node};
+use tokio::sync::watch;
 use tower::ServiceBuilder;
 
 /// A server in a runtime of its own, serving nothing but the layer.
-struct Node {
-    rt: Runtime,
-    stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
 fn start(addr: SocketAddr, store: &AckStore) -> Node {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let listener = std::net::TcpListener::bind(addr).unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let listener = {
-        let _entered = rt.enter();
-        tokio::net::TcpListener::from_std(listener).unwrap()
-    };
     let service = ServiceBuilder::new()
         .layer(AckLayer::new(store.clone()))
         .service(tower::service_fn(|_: Frame| async {
             Ok::<_, std::convert::Infallible>(None)
         }));
-    let (stop, stopped) = oneshot::channel::<()>();
-    let done = rt.spawn(
-        Server::builder()
-            .build()
-            .unwrap()
-            .serve(listener, service)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            }),
-    );
-    Node { rt, stop, done }
-}
-
-impl Node {
-    /// Every task and socket of the server goes at once; the store stays.
-    fn kill(self) {
-        let Node { rt, stop, done } = self;
-        rt.shutdown_timeout(Duration::from_secs(5));
-        drop((stop, done));
-    }
-
-    fn shutdown(self, client_rt: &Runtime) {
-        let _ = self.stop.send(());
-        client_rt.block_on(within(self.done)).unwrap().unwrap();
-        self.rt.shutdown_timeout(Duration::from_secs(5));
-    }
+    Node::start(addr, service)
 }
 
 fn store(frames: usize, grace: Duration) -> AckStore {
     AckStore::builder()
         .recover_pushes(frames, 1 << 20, grace, 16)
         .build()
-        .unwrap()
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
         .unwrap()
 }
 
@@ -123,11 +73,7 @@ async fn push_until_taken(store: &AckStore, id: &str, n: u64) {
 fn pushes_to_a_client_whose_connections_are_cut_arrive_once_each_in_order() {
     const TOTAL: u64 = 20_000;
     const RESTARTS: usize = 6;
-    let client_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let client_rt = runtime();
     let addr = free_addr();
     // Fewer kept than the session's outbox holds (1024): a resend after a
     // reconnect always fits.
@@ -217,11 +163,7 @@ async fn texts(incoming: &mut msgi::Incoming, n: usize) -> Vec<String> {
 
 #[test]
 fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let addr = free_addr();
     let store = store(3, Duration::from_millis(1));
     let node = start(addr, &store);
@@ -278,11 +220,7 @@ fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
 /// client has, not from 1 again (which it would drop as duplicates).
 #[test]
 fn after_a_crash_the_client_is_told_it_starts_fresh_and_gets_the_new_pushes() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let addr = free_addr();
     let dead = store(16, Duration::from_secs(60));
     let node = start(addr, &dead);
@@ -324,11 +262,7 @@ fn after_a_crash_the_client_is_told_it_starts_fresh_and_gets_the_new_pushes() {
 /// and counted (`missed`, `fresh`), and the next push arrives.
 #[test]
 fn a_server_whose_numbers_the_client_has_passed_drops_what_it_kept_and_says_so() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let addr = free_addr();
     let (one, two) = (
         store(16, Duration::from_secs(60)),

@@ -312,3 +312,76 @@ impl<C: Framing> RawPeer<C> {
         out
     }
 }
+
+/// A runtime with one worker thread: a test's server or client side of its
+/// own, which the test can drop at once as a crash.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A free port on 127.0.0.1, bound and released: servers stopped and
+/// started again on it keep one address for a reconnecting client.
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A server in a runtime of its own on a fixed address: killed (its runtime
+/// dropped, every task and socket at once, as in a crash) or shut down
+/// gracefully, then started again on the same port.
+pub struct Node {
+    rt: tokio::runtime::Runtime,
+    stop: oneshot::Sender<()>,
+    done: JoinHandle<io::Result<()>>,
+}
+
+impl Node {
+    /// A default server on `addr` serving `service`.
+    pub fn start<S>(addr: SocketAddr, service: S) -> Node
+    where
+        S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
+        S::Error: Into<msgi::BoxError>,
+        S::Future: Send + 'static,
+    {
+        let rt = runtime();
+        let listener = std::net::TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = {
+            let _entered = rt.enter();
+            TcpListener::from_std(listener).unwrap()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = rt.spawn(
+            msgi::Server::builder()
+                .build()
+                .unwrap()
+                .serve(listener, service)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                }),
+        );
+        Node { rt, stop, done }
+    }
+
+    /// Drops the runtime: every task and socket goes at once, as in a
+    /// crash (what lives outside it, such as a store, stays).
+    pub fn kill(self) {
+        // The signal outlives the runtime: no graceful shutdown starts.
+        let Node { rt, stop, done } = self;
+        rt.shutdown_timeout(Duration::from_secs(5));
+        drop((stop, done));
+    }
+
+    /// A graceful shutdown, awaited on `client_rt`.
+    pub fn shutdown(self, client_rt: &tokio::runtime::Runtime) {
+        let _ = self.stop.send(());
+        client_rt.block_on(within(self.done)).unwrap().unwrap();
+        self.rt.shutdown_timeout(Duration::from_secs(5));
+    }
+}
