@@ -38,6 +38,9 @@ pub struct TlsConnector<C = TcpConnector> {
     inner: C,
     tls: tokio_rustls::TlsConnector,
     server_name: ServerName<'static>,
+    /// The SNI name sent, for [`TlsInfo`]: the DNS name when the
+    /// configuration enables SNI (rustls sends none for an IP address).
+    sni: Option<Arc<str>>,
 }
 
 impl<C: fmt::Debug> fmt::Debug for TlsConnector<C> {
@@ -63,15 +66,22 @@ impl TlsConnector {
 
     /// A connector of any rustls configuration (build it with
     /// `ClientConfig::builder_with_provider(msgi_tls::provider())` to keep
-    /// the provider explicit), over TCP.
+    /// the provider explicit), over TCP. With `enable_sni` off in `config`
+    /// no SNI is sent, and the connection's [`TlsInfo::server_name`] is
+    /// `None`.
     pub fn from_config(
         config: Arc<ClientConfig>,
         server_name: ServerName<'static>,
     ) -> TlsConnector {
+        let sni = match &server_name {
+            ServerName::DnsName(dns) if config.enable_sni => Some(Arc::from(dns.as_ref())),
+            _ => None,
+        };
         TlsConnector {
             inner: TcpConnector::new(),
             tls: tokio_rustls::TlsConnector::from(config),
             server_name,
+            sni,
         }
     }
 }
@@ -85,10 +95,13 @@ impl<C> TlsConnector<C> {
             inner,
             tls: self.tls,
             server_name: self.server_name,
+            sni: self.sni,
         }
     }
 
-    /// The name the server's certificate is verified for (and sent as SNI).
+    /// The name the server's certificate is verified for (and sent as SNI
+    /// if it is a DNS name and the configuration enables SNI, as the
+    /// builder's does).
     pub fn server_name(&self) -> &ServerName<'static> {
         &self.server_name
     }
@@ -242,15 +255,12 @@ where
         let opening = self.inner.call(target);
         let tls = self.tls.clone();
         let name = self.server_name.clone();
+        let sni = self.sni.clone();
         Box::pin(async move {
             // The transport's own error (a ClientError naming the address
             // for TCP) goes to the client as it is.
             let (io, mut info) = opening.await.map_err(Into::into)?.into_connected();
             let label = format!("{} (TLS)", name.to_str());
-            let sni = match &name {
-                ServerName::DnsName(dns) => Some(Arc::from(dns.as_ref())),
-                _ => None,
-            };
             let stream = tls.connect(name, ReadAhead::new(io)).await.map_err(|e| {
                 let kind = e.kind();
                 let error = io::Error::new(kind, HandshakeError::from_io(e));

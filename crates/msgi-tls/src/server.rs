@@ -236,7 +236,8 @@ impl TlsInfo {
     }
 
     /// The server name the client asked for (SNI), if it sent one (a client
-    /// connecting to an IP address sends none).
+    /// connecting to an IP address sends none, nor does one whose rustls
+    /// configuration turns `enable_sni` off).
     pub fn server_name(&self) -> Option<&str> {
         self.server_name.as_deref()
     }

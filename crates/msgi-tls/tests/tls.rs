@@ -697,7 +697,11 @@ async fn the_client_sees_the_servers_verified_identity_and_a_reconnect_replaces_
         "the server's chain"
     );
     assert_eq!(tls.peer_certificate(), first_chain.first());
-    assert_eq!(tls.server_name(), Some("localhost"), "the name it verified");
+    assert_eq!(
+        tls.server_name(),
+        Some("localhost"),
+        "the name it sent (SNI)"
+    );
     assert_eq!(tls.alpn_protocol(), Some(ALPN_MSGI));
     assert_eq!(
         tls.protocol_version(),
@@ -771,4 +775,39 @@ async fn the_server_chooses_aes_128_gcm_first_whatever_the_clients_order() {
     assert_echoes(&client, "ChaCha20").await;
     let info = within(server.infos.recv()).await.unwrap().unwrap();
     assert_eq!(info.cipher_suite(), Some(TLS13_CHACHA20_POLY1305_SHA256));
+}
+
+/// A `ClientConfig` given to `from_config` with SNI turned off: no name is
+/// sent (the server reads none), and the client's `TlsInfo` says so too
+/// rather than the name the certificate was verified for.
+#[tokio::test]
+async fn a_client_config_without_sni_sends_none_and_its_tls_info_says_none() {
+    let ca = Ca::new("CA");
+    let (chain, key) = server_identity(&ca);
+    let mut server = serve(
+        Server::builder(),
+        TlsAcceptor::builder(chain.clone(), key).build().unwrap(),
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(msgi_tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![ALPN_MSGI.to_vec()];
+    config.enable_sni = false;
+    let name = msgi_tls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = TlsConnector::from_config(Arc::new(config), name);
+    let client = connect(connector, server.addr).await.unwrap();
+    assert_echoes(&client, "no SNI").await;
+    let seen = within(server.infos.recv()).await.unwrap().unwrap();
+    assert_eq!(seen.server_name(), None, "the server read no SNI");
+    let info = client.connect_info();
+    let tls = info.get::<TlsInfo>().unwrap();
+    assert_eq!(tls.server_name(), None, "the client sent none");
+    // The certificate was still verified (for the name).
+    assert_eq!(tls.peer_certificates(), &chain[..]);
+    within(client.close()).await;
 }
