@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use msgi::delivery::{AckLayer, AckStore, PushError};
-use msgi::{Client, Frame, Reconnect, SendError, Server};
-use support::{free_addr, runtime, within, Node};
+use msgi::proto::delivery::{parse_push, pushed_frame, resume_frame_with_pushes, PUSH};
+use msgi::{Client, Frame, Kind, Reconnect, SendError, Server};
+use support::{free_addr, runtime, within, Node, RawPeer};
 use tokio::sync::watch;
 use tower::ServiceBuilder;
 
@@ -354,4 +355,128 @@ async fn by_default_a_push_to_a_client_that_is_away_is_refused_to_the_pusher() {
             .err(),
         Some(SendError::NoSuchSession)
     );
+}
+
+/// A server with push recovery in front of echo, on 127.0.0.1:0.
+async fn serve_echo(store: &AckStore) -> support::TestServer {
+    support::serve(
+        Server::builder(),
+        ServiceBuilder::new()
+            .layer(AckLayer::new(store.clone()))
+            .service(support::echo()),
+    )
+    .await
+}
+
+/// A raw client `id` that resumed with push recovery, saying it has the
+/// pushes up to `pushes`, at a store that kept nothing for it (`fresh`).
+async fn resumed_raw(addr: SocketAddr, id: &str, pushes: u64) -> RawPeer {
+    let mut peer = RawPeer::connect(addr).await;
+    peer.send(Frame::control(format!("HELLO {id}")).with_request_id(1))
+        .await;
+    let welcome = peer.recv_skip_heartbeats().await.unwrap();
+    assert!(welcome.payload_text().starts_with("WELCOME"), "{welcome:?}");
+    peer.send(resume_frame_with_pushes(7, 1, pushes).with_request_id(2))
+        .await;
+    let resumed = peer.recv_skip_heartbeats().await.unwrap();
+    assert_eq!(resumed.payload_text(), "RESUMED 0 fresh 0");
+    peer
+}
+
+/// Sends a correlated probe and checks that its echo is the next frame:
+/// the session handles frames in order, so what was sent before it has
+/// been handled, and nothing the store sent came in between (a push is
+/// queued in the session before `push` returns).
+async fn next_is_the_echo(peer: &mut RawPeer, probe: u32) {
+    peer.send(Frame::data("probe").with_request_id(probe)).await;
+    let frame = peer.recv_skip_heartbeats().await.unwrap();
+    assert_eq!(frame.request_id(), Some(probe), "nothing before: {frame:?}");
+}
+
+/// Push numbers are `u64`s and never wrap: the last a push takes is
+/// 2^64 - 2 (one more would leave no next number). A client whose RESUME
+/// says it has pushes up to 2^64 - 3 gets that last number; after it every
+/// push is refused with `NumbersExhausted` (nothing kept, nothing sent),
+/// also once the client has acknowledged it, and at once for a client that
+/// says it has 2^64 - 1.
+#[tokio::test]
+async fn push_numbers_that_run_out_are_refused_never_wrapped() {
+    let store = store(16, Duration::from_secs(60));
+    let server = serve_echo(&store).await;
+    let mut peer = resumed_raw(server.addr, "hal", u64::MAX - 2).await;
+    assert_eq!(
+        store.push("hal", &Frame::data("last")),
+        Ok(u64::MAX - 1),
+        "numbered on from what the client has"
+    );
+    let push = peer.recv_skip_heartbeats().await.unwrap();
+    assert_eq!(push.kind(), PUSH);
+    let (n, carried) = parse_push(push.payload()).unwrap();
+    assert_eq!((n, carried.kind()), (u64::MAX - 1, Kind::DATA));
+    assert_eq!(carried.payload_text(), "last");
+    assert_eq!(
+        store.push("hal", &Frame::data("none")),
+        Err(PushError::NumbersExhausted)
+    );
+    assert_eq!(store.pushes_kept("hal"), Some(1), "nothing more kept");
+    next_is_the_echo(&mut peer, 10).await;
+    // The client has it: still no number left.
+    peer.send(pushed_frame(u64::MAX - 1)).await;
+    next_is_the_echo(&mut peer, 11).await;
+    assert_eq!(store.pushes_kept("hal"), Some(0));
+    assert_eq!(
+        store.push("hal", &Frame::data("none")),
+        Err(PushError::NumbersExhausted)
+    );
+    next_is_the_echo(&mut peer, 12).await;
+
+    let mut peer = resumed_raw(server.addr, "ida", u64::MAX).await;
+    assert_eq!(
+        store.push("ida", &Frame::data("none")),
+        Err(PushError::NumbersExhausted)
+    );
+    assert_eq!(store.pushes_kept("ida"), Some(0));
+    next_is_the_echo(&mut peer, 13).await;
+}
+
+/// `pushes_changed` sees every change from when it is made, whether it
+/// was polled before the change or not (the pushers' retry loops rely on
+/// it: they make it, push, and only then await it); one made after a
+/// change waits for the next. Both changes: a client id resuming with
+/// push recovery, and a client saying it has pushes (`PUSHED`). Each
+/// change is known to have happened when the peer reads the answer of a
+/// frame sent after it (RESUMED, or a probe's echo), before any of the
+/// futures is polled again.
+#[tokio::test]
+async fn pushes_changed_sees_a_change_made_before_its_first_poll_or_between_two() {
+    use futures_util::FutureExt;
+    use std::pin::pin;
+
+    let store = store(16, Duration::from_secs(60));
+    let server = serve_echo(&store).await;
+
+    // A client id resumes with push recovery.
+    let mut unpolled = pin!(store.pushes_changed());
+    let mut polled = pin!(store.pushes_changed());
+    assert_eq!(polled.as_mut().now_or_never(), None, "no change yet");
+    let mut peer = resumed_raw(server.addr, "jo", 0).await;
+    assert_eq!(unpolled.as_mut().now_or_never(), Some(()), "unpolled");
+    assert_eq!(polled.as_mut().now_or_never(), Some(()), "polled before");
+    let mut after = pin!(store.pushes_changed());
+    assert_eq!(after.as_mut().now_or_never(), None, "made after the change");
+
+    // The client says it has a push.
+    assert_eq!(store.push("jo", &Frame::data("p1")), Ok(1));
+    let push = peer.recv_skip_heartbeats().await.unwrap();
+    assert_eq!(parse_push(push.payload()).map(|(n, _)| n), Some(1));
+    let mut unpolled = pin!(store.pushes_changed());
+    let mut polled = pin!(store.pushes_changed());
+    assert_eq!(polled.as_mut().now_or_never(), None, "no change yet");
+    assert_eq!(store.pushes_kept("jo"), Some(1));
+    peer.send(pushed_frame(1)).await;
+    next_is_the_echo(&mut peer, 10).await;
+    assert_eq!(store.pushes_kept("jo"), Some(0), "PUSHED was handled");
+    assert_eq!(unpolled.as_mut().now_or_never(), Some(()), "unpolled");
+    assert_eq!(polled.as_mut().now_or_never(), Some(()), "polled before");
+    assert_eq!(after.as_mut().now_or_never(), Some(()), "the next change");
 }
