@@ -39,20 +39,28 @@
 //!
 //! The wire contract fixes the ChaCha20-Poly1305 family; ring's
 //! ChaCha20-Poly1305 is hand-tuned (AVX2 and NEON where the CPU has them,
-//! chosen at run time, no backend flag). Per frame sent: one allocation, the
-//! sealed payload, with room at its end for what the transforms nearer the
-//! wire append ([`SessionParams::tail_room`], the HMAC trailer), and one
-//! copy of the plaintext into it (ring seals in place only). Per frame
-//! received: opened where it is when the payload's buffer is the frame's
-//! alone (no copy), else copied once into a buffer of its own. No system
-//! call. Figures in docs/BENCHMARKS.md.
+//! chosen at run time, no backend flag). Per frame a session sends
+//! (`Framing::encode_into`, through [`FrameTransform::encode_split`]): a
+//! payload only the frame holds (an echo of what was opened, a payload the
+//! application gave away) is sealed where it lies, and the counter and tag
+//! go around it as small pieces ([`msgi::Outgoing`]) that the codec writes
+//! beside it, with the HMAC trailer after them: no allocation, no copy (a
+//! large payload is then written from its own buffer; a small one is copied
+//! into the packed write buffer, as without encryption). A payload held
+//! elsewhere too (a broadcast) is copied once into a buffer of its own.
+//! Through `Framing::encode` (one buffer): one allocation with room at its
+//! end for the HMAC trailer ([`SessionParams::tail_room`]) and one copy.
+//! Per frame received: opened where it is when the payload's buffer is the
+//! frame's alone (no copy), else copied once into a buffer of its own. No
+//! system call. Figures in docs/BENCHMARKS.md.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Buf, BufMut, BytesMut};
 use msgi::{
-    BoxError, Flags, Frame, FrameTransform, MakeTransform, SessionKeys, SessionParams, Side,
+    BoxError, Flags, Frame, FrameTransform, MakeTransform, Outgoing, SessionKeys, SessionParams,
+    Side,
 };
 use ring::aead::{Aad, LessSafeKey, Nonce, Tag, UnboundKey, CHACHA20_POLY1305};
 
@@ -298,6 +306,42 @@ impl FrameTransform for EncryptSession {
         // 2^64 seals cannot happen (centuries at a billion frames a second).
         let counter = self.sealed.fetch_add(1, Ordering::Relaxed);
         self.seal_with_counter(frame, counter)
+    }
+
+    /// Seals the payload where it lies when only this frame holds it (the
+    /// payload a server opened and echoes, or any payload the application
+    /// gave away): the counter goes into the head and the tag into the
+    /// tail, and the payload itself is neither allocated nor copied. A
+    /// payload held elsewhere too (a broadcast, a `Bytes` the caller kept)
+    /// is copied once into a buffer of its own and sealed there. The bytes
+    /// on the wire are those of [`encode`](FrameTransform::encode).
+    fn encode_split(&self, out: &mut Outgoing) -> Result<(), BoxError> {
+        let keys = self.keys.as_ref().ok_or(EncryptError::NoSessionKeys)?;
+        if !out.is_whole() {
+            // Pieces from a transform nearer the application: one buffer.
+            let whole = std::mem::take(out).join();
+            out.frame = self.encode(whole)?;
+            return Ok(());
+        }
+        let frame = &mut out.frame;
+        let counter = self.sealed.fetch_add(1, Ordering::Relaxed);
+        let flags = frame.flags().with(Flags::ENCRYPTED);
+        frame.set_flags(flags);
+        let ad = associated_data(frame, frame.type_field(), self.sent);
+        let mut text = match std::mem::take(frame.payload_mut()).try_into_mut() {
+            Ok(own) => own,
+            Err(shared) => BytesMut::from(&shared[..]),
+        };
+        let tag = keys
+            .seal
+            .seal_in_place_separate_tag(nonce(self.side, counter), Aad::from(ad), &mut text)
+            .map_err(|_| EncryptError::Decrypt)?;
+        *frame.payload_mut() = text.freeze();
+        // Both fit: 8 bytes of `Outgoing::HEAD`, 16 of `Outgoing::TAIL`.
+        let placed =
+            out.head.try_extend(&counter.to_be_bytes()) && out.tail.try_extend(tag.as_ref());
+        debug_assert!(placed, "a counter and a tag fit an empty head and tail");
+        Ok(())
     }
 
     /// The frame sealed under the current sequence was written: the next

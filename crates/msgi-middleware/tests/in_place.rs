@@ -186,3 +186,141 @@ fn a_large_frame_that_fills_the_read_buffer_is_opened_where_it_was_read() {
         );
     }
 }
+
+/// The send path every session uses (`Framing::encode_into`): the
+/// encryption transform seals a payload only the frame holds where it lies
+/// and leaves the counter and the tag (and the HMAC trailer) as small
+/// pieces the codec writes around it ([`msgi::Outgoing`]). These check
+/// that path against the joined one (`Framing::encode`, one buffer) byte
+/// for byte, that the peer opens it, that a large payload is sealed in its
+/// own buffer and written from there (no copy), and that a flipped bit is
+/// refused without moving the sequence.
+mod split {
+    use super::*;
+    use bytes::{Buf, BytesMut};
+    use msgi::{Framing, MakeFraming, Wire, WriteBuf};
+    use msgi_middleware::WireExt;
+
+    /// Both ends' framings of one session, encryption with or without HMAC.
+    fn ends(signed: bool) -> (impl Framing, impl Framing) {
+        let wire = Wire::new(msgi::FrameCodec::new())
+            .encrypt()
+            .transform(signed.then(Sign::new));
+        let keys = SessionKeys::new([5; 32], [6; 32]);
+        let mut client = wire.make_framing(Side::Client);
+        let mut server = wire.make_framing(Side::Server);
+        client.set_session_keys(&keys);
+        server.set_session_keys(&keys);
+        (client, server)
+    }
+
+    /// Every byte queued in `buf`, and the start of each slice.
+    fn written(buf: &WriteBuf) -> (Vec<u8>, Vec<*const u8>) {
+        let mut slices = [std::io::IoSlice::new(&[]); WriteBuf::MAX_IOVECS];
+        let n = buf.chunks_vectored(&mut slices);
+        let starts = slices[..n].iter().map(|s| s.as_ptr()).collect();
+        (
+            slices[..n].iter().flat_map(|s| s.iter().copied()).collect(),
+            starts,
+        )
+    }
+
+    /// `frame` with a payload only it holds (`own`) or one a second
+    /// holder keeps too.
+    fn payload(frame: &Frame, own: bool) -> (Frame, Option<Bytes>) {
+        let mut f = frame.clone();
+        let bytes = Bytes::from(frame.payload().to_vec());
+        let holder = (!own).then(|| bytes.clone());
+        *f.payload_mut() = bytes;
+        (f, holder)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn the_split_path_writes_the_joined_bytes_and_round_trips(
+            frames in prop::collection::vec((arb_frame(), any::<bool>()), 1..5),
+            signed in any::<bool>(),
+        ) {
+            let (mut split, _) = ends(signed);
+            let (mut joined, _) = ends(signed);
+            let (_, mut peer) = ends(signed);
+            for (frame, own) in frames {
+                let (f, holder) = payload(&frame, own);
+                let mut out = WriteBuf::new();
+                split.encode_into(f, &mut out).unwrap();
+                let mut one = BytesMut::new();
+                joined.encode(frame.clone(), &mut one).unwrap();
+                let (bytes, _) = written(&out);
+                prop_assert_eq!(&bytes[..], &one[..], "byte for byte");
+                // The payload a second holder kept was not sealed under it.
+                if let Some(holder) = holder {
+                    prop_assert_eq!(&holder[..], &frame.payload()[..]);
+                }
+                let mut read = BytesMut::from(&bytes[..]);
+                prop_assert_eq!(peer.decode(&mut read).unwrap().unwrap(), frame);
+                prop_assert!(read.is_empty());
+            }
+        }
+
+        #[test]
+        fn a_flipped_bit_of_a_split_frame_is_refused_and_moves_nothing(
+            frame in arb_frame(),
+            own in any::<bool>(),
+            signed in any::<bool>(),
+            at in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let (mut client, _) = ends(signed);
+            let (_, mut server) = ends(signed);
+            let (f, _holder) = payload(&frame, own);
+            let mut out = WriteBuf::new();
+            client.encode_into(f, &mut out).unwrap();
+            let (bytes, _) = written(&out);
+            // Any bit after the length field (a flipped length is another
+            // frame boundary, not a forgery).
+            let i = 8 + at.index(bytes.len() - 8);
+            let mut tampered = bytes.clone();
+            tampered[i] ^= 1 << bit;
+            let mut read = BytesMut::from(&tampered[..]);
+            prop_assert!(!matches!(server.decode(&mut read), Ok(Some(_))));
+            // The untouched frame is still the peer's next one.
+            let mut read = BytesMut::from(&bytes[..]);
+            prop_assert_eq!(server.decode(&mut read).unwrap().unwrap(), frame);
+        }
+    }
+
+    /// A large payload only the frame holds (what a server opened and
+    /// echoes) is sealed where it lies and written from there: the
+    /// ciphertext is the vectored write's middle slice, at the payload's
+    /// own address.
+    #[test]
+    fn a_large_payload_the_frame_alone_holds_is_sealed_and_written_where_it_lies() {
+        for signed in [false, true] {
+            let (mut client, _) = ends(signed);
+            let (_, mut server) = ends(signed);
+            let data: Vec<u8> = (0..64 * 1024).map(|i| (i * 7) as u8).collect();
+            let payload = Bytes::from(data.clone());
+            let at = payload.as_ptr();
+            let mut out = WriteBuf::new();
+            client
+                .encode_into(Frame::data(payload).with_request_id(3), &mut out)
+                .unwrap();
+            let (bytes, starts) = written(&out);
+            assert_eq!(
+                starts.len(),
+                3,
+                "header and counter, ciphertext, tag (signed: {signed})"
+            );
+            assert_eq!(starts[1], at, "sealed in its own buffer (signed: {signed})");
+            assert_ne!(&bytes[22..22 + 64], &data[..64], "sealed, not plain");
+            let mut read = BytesMut::from(&bytes[..]);
+            let opened = server.decode(&mut read).unwrap().unwrap();
+            assert_eq!(opened.payload().chunk(), &data[..]);
+            // Written out, the write buffer lets it go.
+            out.advance(bytes.len());
+            assert!(out.is_empty());
+        }
+    }
+}

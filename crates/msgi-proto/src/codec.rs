@@ -338,6 +338,23 @@ pub trait Framing: Send + 'static {
         self.encode(frame, dst.tail_mut())
     }
 
+    /// Encodes a frame whose payload is in pieces
+    /// ([`Outgoing`](crate::Outgoing): `head ‖ payload ‖ tail`, as a wire
+    /// transform that seals in place leaves it), with the same bytes and the
+    /// same contract as [`encode_into`](Framing::encode_into). The default
+    /// joins the pieces (one copy when there are any) and calls
+    /// `encode_into`; [`FrameCodec`] writes the pieces around the payload.
+    ///
+    /// On `Err`, `out` is left in no particular state and nothing was
+    /// written.
+    fn encode_split_into(
+        &mut self,
+        out: &mut crate::Outgoing,
+        dst: &mut WriteBuf,
+    ) -> Result<(), CodecError> {
+        self.encode_into(std::mem::take(out).join(), dst)
+    }
+
     /// The largest frame, as [`Frame::wire_len`] counts it before any
     /// transform, that this framing never refuses for size: the maximum
     /// frame size minus what the transforms may add
@@ -424,7 +441,10 @@ impl FrameCodec {
     }
 
     fn check_outgoing(&self, frame: &Frame) -> Result<(), CodecError> {
-        let length = frame.wire_len();
+        self.check_length(frame.wire_len())
+    }
+
+    fn check_length(&self, length: usize) -> Result<(), CodecError> {
         // Nothing longer than the 32-bit length field can be written,
         // whatever the configured limit.
         if length > self.max_frame_size || u32::try_from(length).is_err() {
@@ -440,13 +460,20 @@ impl FrameCodec {
 /// Writes the header of `frame` (10 or 14 bytes) into `dst`.
 #[inline]
 pub fn encode_header(frame: &Frame, dst: &mut impl BufMut) {
+    encode_header_of_len(frame, frame.wire_len(), dst);
+}
+
+/// Writes the header of a frame with `frame`'s header fields and `length`
+/// bytes on the wire (checked to fit in 32 bits by the caller).
+#[inline(always)]
+fn encode_header_of_len(frame: &Frame, length: usize, dst: &mut impl BufMut) {
     // Built whole and copied with one `put_slice` (each `put_*` checks
     // and moves the buffer's length on its own).
     let mut header = [0u8; CORRELATED_HEADER_LEN];
     header[..4].copy_from_slice(&MAGIC);
     // `check_outgoing` bounds the length by the maximum frame size, which
     // fits in u32.
-    header[4..8].copy_from_slice(&(frame.wire_len() as u32).to_be_bytes());
+    header[4..8].copy_from_slice(&(length as u32).to_be_bytes());
     header[8..10].copy_from_slice(&frame.type_field().to_be_bytes());
     // Each arm copies a constant length (no `memcpy` call).
     match frame.request_id() {
@@ -601,6 +628,36 @@ impl Framing for FrameCodec {
         dst.reserve(packed);
         encode_header(&frame, dst.tail_mut());
         dst.put_bytes(frame.into_payload());
+        Ok(())
+    }
+
+    /// The pieces go into the packed buffer around the payload, which is
+    /// copied there when small and handed over when large (as
+    /// `encode_into`): no copy to join them.
+    #[inline]
+    fn encode_split_into(
+        &mut self,
+        out: &mut crate::Outgoing,
+        dst: &mut WriteBuf,
+    ) -> Result<(), CodecError> {
+        let length = out.wire_len();
+        self.check_length(length)?;
+        let body = out.frame.payload().len();
+        let packed = if body < ZERO_COPY_THRESHOLD {
+            length
+        } else {
+            length - body
+        };
+        dst.reserve(packed);
+        encode_header_of_len(&out.frame, length, dst.tail_mut());
+        // Skipped when empty (a whole frame): no call to copy nothing.
+        if !out.head.is_empty() {
+            dst.put_slice(out.head.as_slice());
+        }
+        dst.put_bytes(std::mem::take(out.frame.payload_mut()));
+        if !out.tail.is_empty() {
+            dst.put_slice(out.tail.as_slice());
+        }
         Ok(())
     }
 }

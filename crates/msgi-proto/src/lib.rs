@@ -38,7 +38,7 @@ pub use extensions::Extensions;
 pub use frame::{
     Flags, Frame, Kind, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
 };
-pub use transform::{FrameTransform, SessionKeys, Side, Transformed};
+pub use transform::{FrameTransform, Outgoing, Piece, SessionKeys, Side, Transformed};
 pub use wire::{MakeFraming, MakeTransform, SessionParams, Wire};
 
 /// The error type at service and transform boundaries, as in tower.

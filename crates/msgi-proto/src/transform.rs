@@ -25,7 +25,7 @@
 
 use std::fmt;
 
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::{CodecError, Framing, WriteBuf};
 use crate::frame::Frame;
@@ -109,6 +109,154 @@ impl Drop for SessionKeys {
     }
 }
 
+/// A few bytes a transform puts before or after a payload it left in its
+/// own buffer (a nonce counter, a tag, a MAC trailer): at most `N`, kept
+/// inline, so sealing in place allocates nothing. See [`Outgoing`].
+#[derive(Clone, Copy)]
+pub struct Piece<const N: usize> {
+    len: u8,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> Piece<N> {
+    /// Empty.
+    #[inline]
+    pub fn new() -> Self {
+        Piece {
+            len: 0,
+            bytes: [0; N],
+        }
+    }
+
+    /// The bytes held.
+    #[inline]
+    pub fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or_default()
+    }
+
+    /// How many bytes are held.
+    #[inline]
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// True when nothing is held.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends `bytes` when they fit, and says so; when they do not,
+    /// appends nothing and returns false.
+    #[inline]
+    pub fn try_extend(&mut self, bytes: &[u8]) -> bool {
+        let at = usize::from(self.len);
+        let end = at + bytes.len();
+        match (self.bytes.get_mut(at..end), u8::try_from(end)) {
+            (Some(room), Ok(len)) => {
+                room.copy_from_slice(bytes);
+                self.len = len;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<const N: usize> Default for Piece<N> {
+    fn default() -> Self {
+        Piece::new()
+    }
+}
+
+impl<const N: usize> fmt::Debug for Piece<N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Piece({} bytes)", self.len)
+    }
+}
+
+/// A frame on its way out whose payload on the wire is
+/// `head ‖ frame.payload() ‖ tail`: what a transform that seals a payload
+/// where it lies leaves (the encryption transform: the nonce counter
+/// before, the tag after), so that neither it nor the framing below copies
+/// the payload to put a few bytes in front of it. The header fields (type,
+/// flags, request id) are the frame's.
+///
+/// [`FrameTransform::encode_split`] takes and gives one;
+/// [`Framing::encode_split_into`] writes one (the MSGI codec writes `head`
+/// and `tail` into its packed buffer around the payload, which it copies
+/// there when small and hands over without a copy when large).
+/// [`join`](Outgoing::join) makes it one frame again.
+#[derive(Debug, Default)]
+pub struct Outgoing {
+    /// The frame: header fields, and the middle of the payload.
+    pub frame: Frame,
+    /// Bytes before the frame's payload on the wire.
+    pub head: Piece<{ Outgoing::HEAD }>,
+    /// Bytes after the frame's payload on the wire.
+    pub tail: Piece<{ Outgoing::TAIL }>,
+}
+
+impl Outgoing {
+    /// The most bytes `head` holds.
+    pub const HEAD: usize = 16;
+    /// The most bytes `tail` holds (an AEAD tag and an HMAC trailer fit).
+    pub const TAIL: usize = 64;
+
+    /// `frame` whole: nothing before or after its payload.
+    #[inline]
+    pub fn new(frame: Frame) -> Outgoing {
+        Outgoing {
+            frame,
+            head: Piece::new(),
+            tail: Piece::new(),
+        }
+    }
+
+    /// True when the payload on the wire is the frame's payload alone.
+    #[inline]
+    pub fn is_whole(&self) -> bool {
+        self.head.is_empty() && self.tail.is_empty()
+    }
+
+    /// Bytes of payload on the wire: `head`, the frame's payload, `tail`.
+    #[inline]
+    pub fn payload_len(&self) -> usize {
+        self.head.len() + self.frame.payload().len() + self.tail.len()
+    }
+
+    /// Bytes on the wire, header included.
+    #[inline]
+    pub fn wire_len(&self) -> usize {
+        self.frame.header_len() + self.payload_len()
+    }
+
+    /// The frame with its wire payload in one buffer: as it is when
+    /// [whole](Outgoing::is_whole), else one allocation and one copy.
+    pub fn join(self) -> Frame {
+        let Outgoing {
+            mut frame,
+            head,
+            tail,
+        } = self;
+        if head.is_empty() && tail.is_empty() {
+            return frame;
+        }
+        let mut joined = BytesMut::with_capacity(head.len() + frame.payload().len() + tail.len());
+        joined.put_slice(head.as_slice());
+        joined.put_slice(frame.payload());
+        joined.put_slice(tail.as_slice());
+        *frame.payload_mut() = Bytes::from(joined);
+        frame
+    }
+}
+
+impl From<Frame> for Outgoing {
+    fn from(frame: Frame) -> Outgoing {
+        Outgoing::new(frame)
+    }
+}
+
 /// One reversible rewrite of frames, with per-session state.
 ///
 /// `decode` sees frames as they came off the wire (after the transforms
@@ -176,6 +324,24 @@ pub trait FrameTransform: Send + 'static {
     /// that must never serve two frames (a nonce) is used up here, not on
     /// commit.
     fn encode(&self, frame: Frame) -> Result<Frame, BoxError>;
+
+    /// [`encode`](FrameTransform::encode) for a frame whose payload may be
+    /// in pieces ([`Outgoing`]), as the transforms nearer the application
+    /// left it; [`Transformed`] sends every frame through this. The same
+    /// contract as `encode` (nothing advances; what must never repeat is
+    /// used up here), and the same bytes on the wire. A transform that works
+    /// where the payload lies overrides it to leave its output in pieces
+    /// instead of copying the payload to put a few bytes in front of it.
+    /// The default joins the pieces (one copy when there are any; none for a
+    /// frame that arrives whole) and calls `encode`.
+    ///
+    /// It works on `out` where it is (no move of the pieces per layer); on
+    /// `Err`, `out` is left in no particular state and is not sent.
+    fn encode_split(&self, out: &mut Outgoing) -> Result<(), BoxError> {
+        let whole = std::mem::take(out).join();
+        out.frame = self.encode(whole)?;
+        Ok(())
+    }
 
     /// Records that the frame last returned by [`encode`](FrameTransform::encode)
     /// was written: advances per-session state (the sending sequence).
@@ -286,12 +452,19 @@ impl<T: FrameTransform, C: Framing> Framing for Transformed<T, C> {
     }
 
     fn encode_into(&mut self, frame: Frame, dst: &mut WriteBuf) -> Result<(), CodecError> {
-        let frame = self
-            .transform
-            .encode(frame)
+        self.encode_split_into(&mut Outgoing::new(frame), dst)
+    }
+
+    fn encode_split_into(
+        &mut self,
+        out: &mut Outgoing,
+        dst: &mut WriteBuf,
+    ) -> Result<(), CodecError> {
+        self.transform
+            .encode_split(out)
             .map_err(CodecError::Transform)?;
         let before = dst.len();
-        if let Err(e) = self.inner.encode_into(frame, dst) {
+        if let Err(e) = self.inner.encode_split_into(out, dst) {
             // A framing that wrote and then failed: the frame is not sent.
             dst.truncate(before);
             return Err(e);
@@ -355,6 +528,13 @@ impl<T: FrameTransform> FrameTransform for Option<T> {
         match self {
             Some(t) => t.encode(frame),
             None => Ok(frame),
+        }
+    }
+
+    fn encode_split(&self, out: &mut Outgoing) -> Result<(), BoxError> {
+        match self {
+            Some(t) => t.encode_split(out),
+            None => Ok(()),
         }
     }
 
@@ -426,6 +606,52 @@ mod tests {
         assert_eq!(keys.sent_by(Side::Client), &[1; 32]);
         assert_eq!(keys.sent_by(Side::Server), &[2; 32]);
         assert_eq!(format!("{keys:?}"), "SessionKeys(..)", "never printed");
+    }
+
+    #[test]
+    fn pieces_hold_what_fits_and_a_split_frame_is_written_as_its_join() {
+        let mut head = Piece::<4>::new();
+        assert!(head.try_extend(b"ab") && head.try_extend(b"cd"));
+        assert!(!head.try_extend(b"e"), "full");
+        assert_eq!(head.as_slice(), b"abcd");
+        let mut out = Outgoing::new(Frame::data("mid").with_request_id(9));
+        assert!(out.is_whole());
+        assert!(out.head.try_extend(b"<<") && out.tail.try_extend(b">>"));
+        assert!(
+            !out.tail.try_extend(&[0; Outgoing::TAIL - 1]),
+            "nothing appended"
+        );
+        assert_eq!((out.payload_len(), out.wire_len()), (7, 14 + 7));
+        // The codec writes the pieces around the payload: the same bytes
+        // as the joined frame, small payload (packed) and large (its own
+        // slice).
+        for body in [Bytes::from_static(b"mid"), Bytes::from(vec![7u8; 5000])] {
+            let frame = Frame::data(body).with_request_id(9);
+            let mut split = Outgoing::new(frame);
+            assert!(split.head.try_extend(b"<<") && split.tail.try_extend(b">>"));
+            let mut joined = BytesMut::new();
+            let mut codec = crate::FrameCodec::new();
+            let whole = Outgoing {
+                frame: split.frame.clone(),
+                head: split.head,
+                tail: split.tail,
+            }
+            .join();
+            Framing::encode(&mut codec, whole, &mut joined).unwrap();
+            let mut buf = WriteBuf::new();
+            codec.encode_split_into(&mut split, &mut buf).unwrap();
+            let mut slices = [std::io::IoSlice::new(&[]); WriteBuf::MAX_IOVECS];
+            let n = buf.chunks_vectored(&mut slices);
+            let bytes: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+            assert_eq!(bytes, &joined[..]);
+        }
+        // Over the limit with its pieces: refused, nothing written.
+        let mut codec = crate::FrameCodec::with_max_frame_size(14 + 4);
+        let mut buf = WriteBuf::new();
+        let mut big = Outgoing::new(Frame::data("mid").with_request_id(1));
+        assert!(big.tail.try_extend(b">>"));
+        assert!(codec.encode_split_into(&mut big, &mut buf).is_err());
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -66,8 +66,9 @@ pub use codec::TokioCodec;
 pub use msgi_proto::server::Violation;
 pub use msgi_proto::{
     encode_header, CodecError, ConfigError, Extensions, Flags, Frame, FrameCodec, FrameTransform,
-    Framing, Kind, LineCodec, MakeFraming, MakeTransform, SessionKeys, SessionParams, Side,
-    Transformed, Wire, WriteBuf, CORRELATED_HEADER_LEN, DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
+    Framing, Kind, LineCodec, MakeFraming, MakeTransform, Outgoing, Piece, SessionKeys,
+    SessionParams, Side, Transformed, Wire, WriteBuf, CORRELATED_HEADER_LEN,
+    DEFAULT_MAX_FRAME_SIZE, HEADER_LEN, MAGIC,
 };
 pub use observer::{kind_label, Activity, ByKind, DepthChanges, ErrorCause, Observer, Rejection};
 pub use registry::{
