@@ -50,13 +50,67 @@ async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("{what} timed out"))
 }
 
-/// `msgi serve --ack --recover-pushes` on `addr`, once it listens.
-async fn serve(addr: SocketAddr) -> Child {
-    serve_with(addr, &["--recover-pushes"]).await
+/// A port on 127.0.0.1 kept for the test's servers while they are stopped
+/// and started again on it (one address for the reconnecting clients),
+/// never released until the test drops it: no other program can take it
+/// between a server's stop and the next one's start.
+///
+/// How (Linux, socket(7)): it holds a socket bound with `SO_REUSEADDR` that
+/// never listens. `msgi serve`'s listener also sets `SO_REUSEADDR` (tokio's
+/// does on Unix), and such a socket may bind a port unless another socket
+/// listens on it: each server process in turn binds and listens. Meanwhile
+/// the kernel never hands the port to an outgoing connection or to a
+/// `bind` to port 0 (it is bound), and refuses it to a `bind` without
+/// `SO_REUSEADDR`. Elsewhere (BSD semantics would refuse the servers too)
+/// the port is probed and released, and another program could take it in
+/// between.
+struct Port {
+    addr: SocketAddr,
+    _held: Option<tokio::net::TcpSocket>,
 }
 
-/// `msgi serve --ack` with `extra` on `addr`, once it listens.
-async fn serve_with(addr: SocketAddr, extra: &[&str]) -> Child {
+impl Port {
+    fn reserve() -> Port {
+        if cfg!(target_os = "linux") {
+            let held = tokio::net::TcpSocket::new_v4().unwrap();
+            held.set_reuseaddr(true).unwrap();
+            held.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+            let addr = held.local_addr().unwrap();
+            return Port {
+                addr,
+                _held: Some(held),
+            };
+        }
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        Port { addr, _held: None }
+    }
+}
+
+/// On Linux, a bind without `SO_REUSEADDR` (as most programs' would be)
+/// is refused the port. Checked before the first server: once a server
+/// has had connections, their TIME_WAIT would refuse it by itself.
+fn assert_kept(port: &Port) {
+    if cfg!(target_os = "linux") {
+        let another_program = tokio::net::TcpSocket::new_v4().unwrap();
+        assert_eq!(
+            another_program.bind(port.addr).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::AddrInUse),
+            "another program took the port"
+        );
+    }
+}
+
+/// `msgi serve --ack --recover-pushes` on `port`, once it listens.
+async fn serve(port: &Port) -> Child {
+    serve_with(port, &["--recover-pushes"]).await
+}
+
+/// `msgi serve --ack` with `extra` on `port`, once it listens there.
+async fn serve_with(port: &Port, extra: &[&str]) -> Child {
+    let addr = port.addr;
     let mut child = Command::new(MSGI)
         .args(["serve", "--listen", &addr.to_string(), "--announce"])
         .args(["--ack", "--idle-timeout", "0"])
@@ -166,11 +220,10 @@ async fn push_all(pusher: Client, outcomes: Outcomes) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_across_server_crashes_and_cut_connections_are_delivered_once_or_reported() {
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mut server = serve(addr).await;
+    let port = Port::reserve();
+    assert_kept(&port);
+    let addr = port.addr;
+    let mut server = serve(&port).await;
     let mut pids = vec![server.id().unwrap()];
     let proxy = Proxy::start(addr).await;
 
@@ -236,7 +289,7 @@ async fn pushes_across_server_crashes_and_cut_connections_are_delivered_once_or_
         } else {
             signal(&server, step);
             within("the server's exit", server.wait()).await.unwrap();
-            server = serve(addr).await;
+            server = serve(&port).await;
             pids.push(server.id().unwrap());
         }
     }
@@ -357,16 +410,16 @@ async fn push_recovery_flags_are_checked_before_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_frames_across_server_crashes_and_cut_connections_are_lost_never() {
     const FRAMES: u64 = 20_000;
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let port = Port::reserve();
+    assert_kept(&port);
+    let addr = port.addr;
     let dir = std::env::temp_dir().join(format!("msgi-ack-restarts-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let record = |i: usize| dir.join(format!("handed.{i}"));
     let start = |i: usize| {
         let file = record(i);
-        async move { serve_with(addr, &["--record", file.to_str().unwrap()]).await }
+        let port = &port;
+        async move { serve_with(port, &["--record", file.to_str().unwrap()]).await }
     };
     let mut server = start(0).await;
     let proxy = Proxy::start(addr).await;

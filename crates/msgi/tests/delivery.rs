@@ -9,14 +9,13 @@ mod support;
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use msgi::delivery::{AckLayer, AckStore};
 use msgi::{Client, ClientError, Frame, Kind, Reconnect, Server, Session};
-use support::{free_addr, runtime, within, Node, RawPeer};
+use support::{runtime, within, Node, Port, RawPeer};
 use tokio::sync::watch;
 use tower::{Service, ServiceBuilder};
 
@@ -50,11 +49,11 @@ impl Service<Frame> for Record {
 }
 
 /// A server in a runtime of its own, the application behind the layer.
-fn start(addr: SocketAddr, store: &AckStore, app: &Record) -> Node {
+fn start(port: &Port, store: &AckStore, app: &Record) -> Node {
     let service = ServiceBuilder::new()
         .layer(AckLayer::new(store.clone()))
         .service(app.clone());
-    Node::start(addr, service)
+    Node::start(port, service)
 }
 
 /// ACKs only from the timer, 20 ms after a frame: a stop finds frames
@@ -89,14 +88,15 @@ enum Stops {
 /// times, as `stops` says.
 fn run(total: u64, restarts: usize, stops: Stops) -> Run {
     let client_rt = runtime();
-    let addr = free_addr();
+    let port = Port::reserve();
+    let addr = port.addr();
     let (count, mut counted) = watch::channel(0);
     let app = Record {
         seen: Arc::new(Mutex::new(Vec::new())),
         count: Arc::new(count),
     };
     let mut store = store();
-    let mut node = start(addr, &store, &app);
+    let mut node = start(&port, &store, &app);
     let client = client_rt
         .block_on(within(
             Client::builder()
@@ -135,7 +135,7 @@ fn run(total: u64, restarts: usize, stops: Stops) -> Run {
                 store = self::store();
             }
         }
-        node = start(addr, &store, &app);
+        node = start(&port, &store, &app);
     }
     client_rt.block_on(within(sending)).unwrap().unwrap();
     client_rt
@@ -289,4 +289,41 @@ async fn a_shutdown_tells_a_client_of_acknowledged_delivery_the_last_frame_taken
     let numbers: Vec<String> = (0..10).map(|n| n.to_string()).collect();
     assert_eq!(seen, numbers);
     assert_eq!(farewell.payload_text(), "server shutdown; last 10");
+}
+
+/// The restart tests' port is theirs from before the first server to
+/// after the last: another program cannot take it between a server's
+/// crash and the next one's start (a bind without `SO_REUSEADDR`, as most
+/// programs' would be, is refused), and each next server gets it
+/// (support's [`Port`]). No connection is made before the checks: a
+/// connection's TIME_WAIT would refuse such a bind by itself.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_crashed_servers_port_stays_the_tests_until_the_next_server_binds_it() {
+    let rt = runtime();
+    let port = Port::reserve();
+    let echo = || tower::service_fn(|frame: Frame| async move { Ok::<_, Infallible>(Some(frame)) });
+    let another_program_binds = |when: &str| {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let bound = socket.bind(port.addr()).map(|()| socket);
+        assert_eq!(
+            bound.as_ref().err().map(std::io::Error::kind),
+            Some(std::io::ErrorKind::AddrInUse),
+            "{when}: another program took the port"
+        );
+    };
+    another_program_binds("before the first server");
+    for round in 0..3 {
+        // Node::start binds (SO_REUSEADDR) or panics.
+        Node::start(&port, echo()).kill();
+        another_program_binds(&format!("after crash {round}"));
+    }
+    let node = Node::start(&port, echo());
+    let mut peer = rt.block_on(RawPeer::connect(port.addr()));
+    rt.block_on(peer.send(Frame::data("up").with_request_id(1)));
+    let answer = rt.block_on(peer.recv()).unwrap();
+    assert_eq!(answer.payload_text(), "up");
+    // Closed first: a graceful shutdown would wait for the peer's close.
+    drop(peer);
+    node.shutdown(&rt);
 }

@@ -15,18 +15,18 @@ use std::time::Duration;
 use msgi::delivery::{AckLayer, AckStore, PushError};
 use msgi::proto::delivery::{parse_push, pushed_frame, resume_frame_with_pushes, PUSH};
 use msgi::{Client, Frame, Kind, Reconnect, SendError, Server};
-use support::{free_addr, runtime, within, Node, RawPeer};
+use support::{runtime, within, Node, Port, RawPeer};
 use tokio::sync::watch;
 use tower::ServiceBuilder;
 
 /// A server in a runtime of its own, serving nothing but the layer.
-fn start(addr: SocketAddr, store: &AckStore) -> Node {
+fn start(port: &Port, store: &AckStore) -> Node {
     let service = ServiceBuilder::new()
         .layer(AckLayer::new(store.clone()))
         .service(tower::service_fn(|_: Frame| async {
             Ok::<_, std::convert::Infallible>(None)
         }));
-    Node::start(addr, service)
+    Node::start(port, service)
 }
 
 fn store(frames: usize, grace: Duration) -> AckStore {
@@ -75,11 +75,12 @@ fn pushes_to_a_client_whose_connections_are_cut_arrive_once_each_in_order() {
     const TOTAL: u64 = 20_000;
     const RESTARTS: usize = 6;
     let client_rt = runtime();
-    let addr = free_addr();
+    let port = Port::reserve();
+    let addr = port.addr();
     // Fewer kept than the session's outbox holds (1024): a resend after a
     // reconnect always fits.
     let store = store(1000, Duration::from_secs(60));
-    let mut node = start(addr, &store);
+    let mut node = start(&port, &store);
     let client = client_rt.block_on(client(addr, "carol"));
     let mut incoming = client.incoming().unwrap();
     let (count, mut counted) = watch::channel(0usize);
@@ -110,7 +111,7 @@ fn pushes_to_a_client_whose_connections_are_cut_arrive_once_each_in_order() {
         } else {
             node.shutdown(&client_rt);
         }
-        node = start(addr, &store);
+        node = start(&port, &store);
     }
     client_rt.block_on(within(pushing)).unwrap();
     let seen = client_rt.block_on(within(receiving)).unwrap();
@@ -165,9 +166,10 @@ async fn texts(incoming: &mut msgi::Incoming, n: usize) -> Vec<String> {
 #[test]
 fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
     let rt = runtime();
-    let addr = free_addr();
+    let port = Port::reserve();
+    let addr = port.addr();
     let store = store(3, Duration::from_millis(1));
-    let node = start(addr, &store);
+    let node = start(&port, &store);
     let client = rt.block_on(client(addr, "dave"));
     let mut incoming = client.incoming().unwrap();
     assert_eq!(rt.block_on(first_push(&store, "dave", "p1")), Ok(1));
@@ -184,7 +186,7 @@ fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
         .map(|t| store.push("dave", &Frame::data(*t)))
         .collect();
     assert_eq!(taken, [Ok(2), Ok(3), Ok(4), Err(PushError::Full)]);
-    let node = start(addr, &store);
+    let node = start(&port, &store);
     assert_eq!(rt.block_on(texts(&mut incoming, 3)), ["p2", "p3", "p4"]);
     assert!(client.recovered());
     assert_eq!(client.missed_pushes(), 0);
@@ -201,7 +203,7 @@ fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
         store.push("dave", &Frame::data("p7")),
         Err(PushError::Expired)
     );
-    let node = start(addr, &store);
+    let node = start(&port, &store);
     // The next push after it came back is the first it gets.
     assert_eq!(rt.block_on(first_push(&store, "dave", "p8")), Ok(6));
     assert_eq!(rt.block_on(texts(&mut incoming, 1)), ["p8"]);
@@ -222,9 +224,10 @@ fn a_client_away_gets_what_was_kept_and_learns_what_was_missed() {
 #[test]
 fn after_a_crash_the_client_is_told_it_starts_fresh_and_gets_the_new_pushes() {
     let rt = runtime();
-    let addr = free_addr();
+    let port = Port::reserve();
+    let addr = port.addr();
     let dead = store(16, Duration::from_secs(60));
-    let node = start(addr, &dead);
+    let node = start(&port, &dead);
     let client = rt.block_on(client(addr, "frank"));
     let mut incoming = client.incoming().unwrap();
     assert_eq!(rt.block_on(first_push(&dead, "frank", "a1")), Ok(1));
@@ -236,7 +239,7 @@ fn after_a_crash_the_client_is_told_it_starts_fresh_and_gets_the_new_pushes() {
     assert_eq!(dead.push("frank", &Frame::data("a3")), Ok(3));
 
     let new = store(16, Duration::from_secs(60));
-    let node = start(addr, &new);
+    let node = start(&port, &new);
     // Numbered after the 2 the client said it has.
     assert_eq!(rt.block_on(first_push(&new, "frank", "b1")), Ok(3));
     assert_eq!(new.push("frank", &Frame::data("b2")), Ok(4));
@@ -264,19 +267,20 @@ fn after_a_crash_the_client_is_told_it_starts_fresh_and_gets_the_new_pushes() {
 #[test]
 fn a_server_whose_numbers_the_client_has_passed_drops_what_it_kept_and_says_so() {
     let rt = runtime();
-    let addr = free_addr();
+    let port = Port::reserve();
+    let addr = port.addr();
     let (one, two) = (
         store(16, Duration::from_secs(60)),
         store(16, Duration::from_secs(60)),
     );
-    let node = start(addr, &one);
+    let node = start(&port, &one);
     let client = rt.block_on(client(addr, "gina"));
     let mut incoming = client.incoming().unwrap();
     assert_eq!(rt.block_on(first_push(&one, "gina", "a1")), Ok(1));
     assert_eq!(rt.block_on(texts(&mut incoming, 1)), ["a1"]);
     rt.block_on(all_acknowledged(&one, "gina"));
     node.kill();
-    let node = start(addr, &two);
+    let node = start(&port, &two);
     assert_eq!(rt.block_on(first_push(&two, "gina", "b1")), Ok(2));
     assert_eq!(two.push("gina", &Frame::data("b2")), Ok(3));
     assert_eq!(rt.block_on(texts(&mut incoming, 2)), ["b1", "b2"]);
@@ -284,7 +288,7 @@ fn a_server_whose_numbers_the_client_has_passed_drops_what_it_kept_and_says_so()
     node.kill();
     // The first server keeps a push for gina, numbered 2: she has 3.
     assert_eq!(one.push("gina", &Frame::data("a2")), Ok(2));
-    let node = start(addr, &one);
+    let node = start(&port, &one);
     rt.block_on(within(async {
         loop {
             let changed = one.pushes_changed();

@@ -323,16 +323,50 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A free port on 127.0.0.1, bound and released: servers stopped and
-/// started again on it keep one address for a reconnecting client.
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+/// A port on 127.0.0.1 kept for a test's servers while they stop and
+/// start again on it (one address for a reconnecting client), never
+/// released until the test drops it: no other program can take it between
+/// a server's stop and the next one's start.
+///
+/// How (Linux, socket(7)): it holds a socket bound with `SO_REUSEADDR` that
+/// never listens. A server's listener also sets `SO_REUSEADDR` (std's and
+/// tokio's do on Unix), and such a socket may bind a port unless another
+/// socket listens on it: each server in turn binds and listens. Meanwhile
+/// the kernel never hands the port to an outgoing connection or to a
+/// `bind` to port 0 (it is bound), and refuses it to a `bind` without
+/// `SO_REUSEADDR`. Elsewhere (BSD semantics would refuse the servers too)
+/// the port is probed and released, and another program could take it in
+/// between.
+pub struct Port {
+    addr: SocketAddr,
+    _held: Option<tokio::net::TcpSocket>,
 }
 
-/// A server in a runtime of its own on a fixed address: killed (its runtime
+impl Port {
+    pub fn reserve() -> Port {
+        if cfg!(target_os = "linux") {
+            let held = tokio::net::TcpSocket::new_v4().unwrap();
+            held.set_reuseaddr(true).unwrap();
+            held.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+            let addr = held.local_addr().unwrap();
+            return Port {
+                addr,
+                _held: Some(held),
+            };
+        }
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        Port { addr, _held: None }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// A server in a runtime of its own on a [`Port`]: killed (its runtime
 /// dropped, every task and socket at once, as in a crash) or shut down
 /// gracefully, then started again on the same port.
 pub struct Node {
@@ -342,15 +376,16 @@ pub struct Node {
 }
 
 impl Node {
-    /// A default server on `addr` serving `service`.
-    pub fn start<S>(addr: SocketAddr, service: S) -> Node
+    /// A default server on `port` serving `service`.
+    pub fn start<S>(port: &Port, service: S) -> Node
     where
         S: tower::Service<Frame, Response = Option<Frame>> + Clone + Send + 'static,
         S::Error: Into<msgi::BoxError>,
         S::Future: Send + 'static,
     {
         let rt = runtime();
-        let listener = std::net::TcpListener::bind(addr).unwrap();
+        // SO_REUSEADDR (std sets it on Unix): binds the port `port` holds.
+        let listener = std::net::TcpListener::bind(port.addr()).unwrap();
         listener.set_nonblocking(true).unwrap();
         let listener = {
             let _entered = rt.enter();
