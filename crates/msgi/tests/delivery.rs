@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use msgi::delivery::{AckLayer, AckStore};
 use msgi::{Client, ClientError, Frame, Kind, Reconnect, Server, Session};
-use support::{runtime, within, Node, Port, RawPeer};
+use support::{runtime, within, Node, PipePeer, Port, RawPeer};
 use tokio::sync::watch;
 use tower::{Service, ServiceBuilder};
 
@@ -326,4 +326,219 @@ fn a_crashed_servers_port_stays_the_tests_until_the_next_server_binds_it() {
     // Closed first: a graceful shutdown would wait for the peer's close.
     drop(peer);
     node.shutdown(&rt);
+}
+
+/// The application of the tests below: keeps the text of each uncorrelated
+/// frame handed to it, echoes a request (a probe: its answer comes after
+/// every frame sent before it was handed on or dropped).
+#[derive(Clone, Default)]
+struct Texts(Arc<Mutex<Vec<String>>>);
+
+impl Service<Frame> for Texts {
+    type Response = Option<Frame>;
+    type Error = Infallible;
+    type Future = Ready<Result<Option<Frame>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, frame: Frame) -> Self::Future {
+        if frame.request_id().is_some() {
+            return ready(Ok(Some(frame)));
+        }
+        self.0
+            .lock()
+            .unwrap()
+            .push(frame.payload_text().into_owned());
+        ready(Ok(None))
+    }
+}
+
+impl Texts {
+    fn seen(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A server on pipes with neither heartbeats nor an idle timeout (paused
+/// time jumps to the next timer whenever every task waits).
+fn serve_quiet(
+    store: &AckStore,
+    app: &Texts,
+) -> (
+    support::TestServer,
+    tokio::sync::mpsc::UnboundedSender<tokio::io::DuplexStream>,
+) {
+    support::serve_pipes(
+        Server::builder()
+            .heartbeat_interval(None)
+            .idle_timeout(None),
+        ServiceBuilder::new()
+            .layer(AckLayer::new(store.clone()))
+            .service(app.clone()),
+    )
+}
+
+/// Sends a probe request and waits for its echo.
+async fn probe(peer: &mut PipePeer, id: u32) {
+    assert_eq!(peer.ask("probe", id).await, "probe");
+}
+
+/// Every setting of an `AckStore` is checked when it is built, the error
+/// naming it (docs: `AckStoreBuilder::build`).
+#[test]
+fn an_ack_store_with_a_zero_setting_is_refused_naming_it() {
+    let named = |b: msgi::delivery::AckStoreBuilder| b.build().map(drop).map_err(|e| e.setting());
+    let second = Duration::from_secs(1);
+    assert_eq!(named(AckStore::builder()), Ok(()));
+    assert_eq!(
+        named(AckStore::builder().max_clients(0)),
+        Err("max_clients")
+    );
+    assert_eq!(named(AckStore::builder().ack_every(0)), Err("ack_every"));
+    assert_eq!(
+        named(AckStore::builder().ack_delay(Duration::ZERO)),
+        Err("ack_delay")
+    );
+    for (frames, bytes, grace, clients) in [
+        (0, 1024, second, 1),
+        (10, 0, second, 1),
+        (10, 1024, Duration::ZERO, 1),
+        (10, 1024, second, 0),
+    ] {
+        assert_eq!(
+            named(AckStore::builder().recover_pushes(frames, bytes, grace, clients)),
+            Err("recover_pushes"),
+            "{frames} {bytes} {grace:?} {clients}"
+        );
+    }
+    assert_eq!(
+        named(AckStore::builder().recover_pushes(10, 1024, second, 1)),
+        Ok(())
+    );
+}
+
+/// ACKs go at once every `ack_every` frames handed on, otherwise
+/// `ack_delay` after the first frame not acknowledged (docs:
+/// `AckStoreBuilder::ack_every`, `ack_delay`; PROTOCOL.md *When ACKs go*).
+#[tokio::test(start_paused = true)]
+async fn acks_go_every_ack_every_frames_at_once_and_after_ack_delay_otherwise() {
+    let delay = Duration::from_secs(1);
+    let store = AckStore::builder()
+        .ack_every(4)
+        .ack_delay(delay)
+        .build()
+        .unwrap();
+    let app = Texts::default();
+    let (mut server, pipes) = serve_quiet(&store, &app);
+    let mut peer = PipePeer::hello(&pipes, "ada").await;
+    assert_eq!(peer.ask("RESUME 9 1", 2).await, "RESUMED 0");
+    let ack = |f: &Frame| (f.kind(), msgi::proto::delivery::parse_ack(f));
+    let acked = |n: u64| (msgi::proto::delivery::ACK, Some(n));
+
+    // Four in one write: ACK 4 at once (the clock has not moved).
+    let start = tokio::time::Instant::now();
+    let mut batch = Vec::new();
+    for n in 1..=4 {
+        support::write_frame(&mut batch, Frame::data(n.to_string())).await;
+    }
+    tokio::io::AsyncWriteExt::write_all(&mut peer.io, &batch)
+        .await
+        .unwrap();
+    let first = peer.recv().await.unwrap();
+    assert_eq!(ack(&first), acked(4));
+    assert_eq!(start.elapsed(), Duration::ZERO, "at once");
+
+    // One more: its ACK waits ack_delay.
+    let start = tokio::time::Instant::now();
+    peer.send(Frame::data("5")).await;
+    let second = peer.recv().await.unwrap();
+    assert_eq!(ack(&second), acked(5));
+    let waited = start.elapsed();
+    assert!(
+        waited >= delay && waited < delay + Duration::from_millis(100),
+        "{waited:?}"
+    );
+    assert_eq!(app.seen(), ["1", "2", "3", "4", "5"]);
+    drop(peer);
+    server.shutdown().await;
+}
+
+/// At most `max_clients` client ids: a RESUME from a new one when the store
+/// is full is answered ERROR `acknowledged delivery unavailable: too many
+/// clients`, while the entry in the way is connected, or closed for less
+/// than `keep_for` after its last frame; after that it is forgotten and
+/// the newcomer taken (docs: `AckStoreBuilder::max_clients`, `keep_for`;
+/// PROTOCOL.md *What the server keeps, and for how long*).
+#[tokio::test(start_paused = true)]
+async fn a_full_store_takes_a_new_client_id_only_in_place_of_one_gone_for_keep_for() {
+    let keep_for = Duration::from_secs(10);
+    let store = AckStore::builder()
+        .max_clients(1)
+        .keep_for(keep_for)
+        .build()
+        .unwrap();
+    let app = Texts::default();
+    let (mut server, pipes) = serve_quiet(&store, &app);
+    const FULL: &str = "acknowledged delivery unavailable: too many clients";
+    let mut amy = PipePeer::hello(&pipes, "amy").await;
+    assert_eq!(amy.ask("RESUME 9 1", 2).await, "RESUMED 0");
+    let bob = |n: u32| {
+        let pipes = pipes.clone();
+        async move {
+            let mut bob = PipePeer::hello(&pipes, "bob").await;
+            bob.ask("RESUME 5 1", n).await
+        }
+    };
+    assert_eq!(bob(2).await, FULL, "amy connected");
+    tokio::time::advance(keep_for * 2).await;
+    assert_eq!(bob(3).await, FULL, "amy connected, however long");
+    // Amy's last frame, then she goes.
+    amy.send(Frame::data("a1")).await;
+    probe(&mut amy, 3).await;
+    let last_frame = tokio::time::Instant::now();
+    drop(amy);
+    server.next_end().await;
+    server.next_end().await;
+    server.next_end().await;
+    assert_eq!(store.last_handed("amy"), Some(1));
+    tokio::time::advance(keep_for - Duration::from_secs(1)).await;
+    assert_eq!(bob(4).await, FULL, "amy gone for less than keep_for");
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert!(last_frame.elapsed() > keep_for);
+    assert_eq!(bob(5).await, "RESUMED 0", "amy forgotten");
+    assert_eq!(store.clients(), 1);
+    assert_eq!(store.last_handed("amy"), None);
+    assert_eq!(store.last_handed("bob"), Some(0));
+    server.shutdown().await;
+}
+
+/// A frame of a connection that is no longer its client id's newest
+/// (another connection of the same id resumed since, here at a second
+/// server sharing the store) is dropped: not handed on, not numbered
+/// (module docs; PROTOCOL.md *What the server does with a numbered frame*).
+#[tokio::test(start_paused = true)]
+async fn a_frame_of_a_replaced_connection_is_dropped_and_not_numbered() {
+    let store = AckStore::new();
+    let app = Texts::default();
+    let (mut one, pipes_one) = serve_quiet(&store, &app);
+    let (mut two, pipes_two) = serve_quiet(&store, &app);
+    let mut old = PipePeer::hello(&pipes_one, "cid").await;
+    assert_eq!(old.ask("RESUME 9 1", 2).await, "RESUMED 0");
+    old.send(Frame::data("old 1")).await;
+    probe(&mut old, 3).await;
+    let mut new = PipePeer::hello(&pipes_two, "cid").await;
+    assert_eq!(new.ask("RESUME 9 2", 2).await, "RESUMED 1");
+    old.send(Frame::data("old 2")).await;
+    probe(&mut old, 4).await;
+    assert_eq!(app.seen(), ["old 1"], "the replaced connection's frame");
+    assert_eq!(store.last_handed("cid"), Some(1), "not numbered");
+    new.send(Frame::data("new 2")).await;
+    probe(&mut new, 3).await;
+    assert_eq!(app.seen(), ["old 1", "new 2"]);
+    assert_eq!(store.last_handed("cid"), Some(2));
+    drop((old, new));
+    one.shutdown().await;
+    two.shutdown().await;
 }

@@ -165,6 +165,58 @@ pub fn dial(pipes: &mpsc::UnboundedSender<DuplexStream>) -> DuplexStream {
     ours
 }
 
+/// A raw peer on in-memory pipes (see [`serve_pipes`]): for tests on
+/// paused time.
+pub struct PipePeer {
+    pub io: DuplexStream,
+    buf: BytesMut,
+}
+
+impl PipePeer {
+    pub fn dial(pipes: &mpsc::UnboundedSender<DuplexStream>) -> PipePeer {
+        PipePeer {
+            io: dial(pipes),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Frame) {
+        write_frame(&mut self.io, frame).await;
+    }
+
+    /// The next frame that is not a HEARTBEAT, or `None` at EOF.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        within(async {
+            loop {
+                let frame = read_frame(&mut self.io, &mut self.buf).await?;
+                if frame.kind() != msgi::Kind::HEARTBEAT {
+                    return Some(frame);
+                }
+            }
+        })
+        .await
+    }
+
+    /// HELLO `client_id`, and its WELCOME.
+    pub async fn hello(pipes: &mpsc::UnboundedSender<DuplexStream>, client_id: &str) -> PipePeer {
+        let mut peer = PipePeer::dial(pipes);
+        peer.send(Frame::control(format!("HELLO {client_id}")).with_request_id(1))
+            .await;
+        let welcome = peer.recv().await.expect("WELCOME");
+        assert!(welcome.payload_text().starts_with("WELCOME"), "{welcome:?}");
+        peer
+    }
+
+    /// Sends `request` correlated and returns the answer's text.
+    pub async fn ask(&mut self, request: &str, id: u32) -> String {
+        self.send(Frame::control(request.to_owned()).with_request_id(id))
+            .await;
+        let answer = self.recv().await.expect("an answer");
+        assert_eq!(answer.request_id(), Some(id), "{answer:?}");
+        answer.payload_text().into_owned()
+    }
+}
+
 /// The next frame from `io`, or `None` at EOF.
 pub async fn read_frame(io: &mut (impl AsyncRead + Unpin), buf: &mut BytesMut) -> Option<Frame> {
     let mut codec = FrameCodec::new();
