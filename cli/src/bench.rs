@@ -10,6 +10,8 @@
 
 #[path = "bench_ack.rs"]
 mod bench_ack;
+#[path = "bench_stream.rs"]
+mod bench_stream;
 #[path = "bench_ws.rs"]
 mod bench_ws;
 #[path = "bench_fanout.rs"]
@@ -108,6 +110,13 @@ pub(crate) struct BenchArgs {
     /// acknowledged delivery (counted once acknowledged), alternately.
     #[arg(long)]
     ack: bool,
+    /// Throughput of one-way frames streamed into `msgi serve --discard`,
+    /// which opens (with --key-file) and drops each: payload bytes
+    /// delivered and verified per second, one seal per byte in the
+    /// generator and one open in the server (the echo modes pay four).
+    /// Frames count once a PING sent after them is answered.
+    #[arg(long)]
+    stream: bool,
     /// Run the msgi servers it starts with metrics on (`serve --metrics`:
     /// the observer and its endpoint), to measure their overhead against a
     /// run without.
@@ -182,7 +191,7 @@ impl ChildServer {
                 &subset,
             ]);
             cmd.args(wire.to_args());
-        } else if kind == "msgi" || kind == MSGI_TLS || kind == MSGI_WS || args.ack {
+        } else if kind == "msgi" || kind == MSGI_TLS || kind == MSGI_WS || args.ack || args.stream {
             cmd.args([
                 "serve",
                 "--listen",
@@ -196,6 +205,9 @@ impl ChildServer {
             cmd.args(wire.to_args());
             if args.ack {
                 cmd.arg("--ack");
+            }
+            if args.stream {
+                cmd.arg("--discard");
             }
             if let (MSGI_TLS, Some(tls)) = (kind, tls) {
                 cmd.args(tls.serve.to_args());
@@ -303,6 +315,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             bail!("--key-file runs the pre-shared-key handshake on TCP only: not with --ws");
         }
     }
+    if args.stream
+        && (args.mode != Mode::Throughput
+            || args.tls
+            || args.ws
+            || args.ack
+            || args.servers == Servers::Reference)
+    {
+        bail!("--stream measures msgi's throughput over TCP: not with --tls, --ws, --ack or --servers reference");
+    }
     if args.mode == Mode::Fanout {
         // Before the server starts: it inherits the limit.
         fanout::prepare(args.sessions)?;
@@ -318,6 +339,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             // The reference server does not broadcast.
             _ if args.mode == Mode::Fanout => &["fanout"],
             _ if args.ack => &[bench_ack::PLAIN, bench_ack::ACKED],
+            _ if args.stream => &[bench_stream::STREAM],
             _ if args.ws && args.servers == Servers::Both => &["msgi", MSGI_WS, "reference"],
             _ if args.ws => &["msgi", MSGI_WS],
             (Servers::Both, false) => &["msgi", "reference"],
@@ -360,6 +382,7 @@ async fn measure(
     };
     let cpu_before = pid.and_then(cpu_time);
     let mut m = match args.mode {
+        Mode::Throughput if args.stream => bench_stream::throughput(args, addr, size).await?,
         Mode::Throughput if args.ack => {
             bench_ack::throughput(args, addr, size, server == bench_ack::ACKED, round).await?
         }
@@ -1077,6 +1100,11 @@ fn report(args: &BenchArgs, size: usize, results: &[Measurement]) -> Result<()> 
 /// What a run did, in the words of its mode.
 fn shape(args: &BenchArgs, size: usize) -> String {
     match args.mode {
+        Mode::Throughput if args.stream => format!(
+            "{size} B payload, {} connection(s) streaming one-way frames into a server that \
+             opens and drops them, confirmed by PING",
+            args.connections
+        ),
         Mode::Throughput => format!(
             "{size} B payload, {} connection(s) x {} in flight{}",
             args.connections,

@@ -119,6 +119,11 @@ struct ServeArgs {
     /// frames of clients that ask for it and drop the ones sent again.
     #[arg(long)]
     ack: bool,
+    /// Answer nothing: read every frame, undo its wire layers (open and
+    /// verify it, with --key-file) and drop it; PING is still answered.
+    /// The server of `msgi bench --stream`.
+    #[arg(long, conflicts_with_all = ["ack", "record", "timeout_ms", "rate_limit"])]
+    discard: bool,
     /// Push recovery (docs/RELIABILITY.md; needs --ack): a push to a
     /// client that asked for it (`msgi send --receive`) is kept until the
     /// client has it, and sent again when it reconnects within
@@ -433,6 +438,12 @@ where
         .as_deref()
         .map(numbered::Recorder::open)
         .transpose()?;
+    if args.discard {
+        let discard = tower::service_fn(|_: Frame| async {
+            Ok::<Option<Frame>, std::convert::Infallible>(None)
+        });
+        return serve_echo(server, ws_server, args, metrics, admin, discard).await;
+    }
     // With no layer asked for, the bare echo: a session does not pay for
     // a stack of absent layers (each an `Either` the call, the future and
     // its drop go through: about 180 instructions per request). The

@@ -738,3 +738,76 @@ fn bench_fanout_counts_every_delivery() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `msgi bench --stream` end to end, plain and with `--key-file`: one-way
+/// frames into `msgi serve --discard`, counted once the server confirmed
+/// them, with the server's CPU per frame; a server that cannot open them
+/// (another key) fails the run with its refusal instead of counting them.
+#[test]
+fn bench_stream_counts_what_the_server_opened() {
+    let dir = std::env::temp_dir().join(format!("msgi-cli-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("key.hex");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let key = key.to_str().unwrap();
+    for key in [None, Some(key)] {
+        let mut args = vec![
+            "bench",
+            "--stream",
+            "--servers",
+            "msgi",
+            "-c",
+            "2",
+            "-s",
+            "65536",
+            "-t",
+            "0.3",
+            "--rounds",
+            "1",
+            "--json",
+        ];
+        if let Some(key) = key {
+            args.extend(["--key-file", key]);
+        }
+        let out = run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let run = &report["runs"][0];
+        assert_eq!(run["server"], "msgi stream", "{report}");
+        let messages = run["messages"].as_u64().unwrap();
+        assert!(messages > 0, "{report}");
+        let mb = run["mb_per_sec"].as_f64().unwrap();
+        let seconds = run["seconds"].as_f64().unwrap();
+        let expected = messages as f64 * 65536.0 / seconds / 1e6;
+        assert!((mb - expected).abs() < 1e-6 * expected.max(1.0), "{report}");
+        assert!(
+            run["server_cpu_us_per_msg"].as_f64().unwrap() > 0.0,
+            "{report}"
+        );
+        assert_eq!(run["errors"], 0, "{report}");
+    }
+    // Against a discarding server that holds another key: the handshake
+    // is refused, and the run fails saying so.
+    let other = dir.join("other.hex");
+    std::fs::write(&other, "cd".repeat(32)).unwrap();
+    let server = Serve::start(&["--discard", "--key-file", other.to_str().unwrap()]);
+    let out = run(&[
+        "bench",
+        "--stream",
+        "--addr",
+        &server.addr,
+        "-c",
+        "1",
+        "-s",
+        "1024",
+        "-t",
+        "0.2",
+        "--rounds",
+        "1",
+        "--key-file",
+        key,
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("wrong key"), "{}", stderr(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+}
