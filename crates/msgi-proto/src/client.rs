@@ -773,8 +773,9 @@ impl<R: Caller> Connection<R> {
     }
 
     /// With push recovery: pushes the server said were lost for this
-    /// client id (refused while its buffer was full, or dropped at the end
-    /// of the grace period), over this run.
+    /// client id (accepted and dropped: at the end of the grace period, or
+    /// with its place given to another client id; a push refused, its
+    /// buffer full, was told to its pusher instead), over this run.
     pub fn missed_pushes(&self) -> u64 {
         self.pushes().map_or(0, |p| p.missed)
     }

@@ -19,9 +19,10 @@
 //! number to RESUME, `RESUME <epoch> <first> <pushes>`, the highest push
 //! number it has received in this run (0: none). A server that keeps pushes
 //! answers `RESUMED <last> recovered <missed>` (it kept the client id's
-//! pushes while it was away; `missed` pushes for it were refused meanwhile)
-//! or `RESUMED <last> fresh <missed>` (it had none kept: a first
-//! connection, or the grace period passed); one that does not answers
+//! pushes while it was away) or `RESUMED <last> fresh <missed>` (it had
+//! none kept: a first connection, or the grace period passed), `missed`
+//! the pushes it accepted for the client id and dropped since its previous
+//! RESUME (a push it refused was told to its pusher); one that does not answers
 //! `RESUMED <last>`. It then sends each kept push as a [`PUSH`] frame
 //! (numbered explicitly), and the client says which it has with
 //! uncorrelated CONTROL `PUSHED <n>` (cumulative, not numbered itself).
@@ -57,13 +58,16 @@ pub const PUSHED_PREFIX: &str = "PUSHED ";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushResume {
     /// `recovered <missed>`: the client id's pushes were kept while it was
-    /// away; `missed` were refused meanwhile (its buffer full).
+    /// away; `missed` pushes accepted for it were dropped since its
+    /// previous RESUME (a push refused, its buffer full, was told to its
+    /// pusher instead and is not counted).
     Recovered {
-        /// Pushes refused since the client's previous RESUME.
+        /// Pushes accepted and dropped since the client's previous RESUME.
         missed: u64,
     },
-    /// `fresh <missed>`: nothing was kept (a first connection, or the
-    /// grace period passed); `missed` pushes are known to be lost.
+    /// `fresh <missed>`: nothing was kept (a first connection, a restarted
+    /// server, the grace period passed, no place for the client id);
+    /// `missed` pushes are known to be lost.
     Fresh {
         /// Pushes known lost (dropped at the end of the grace period).
         missed: u64,

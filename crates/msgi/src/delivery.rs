@@ -180,6 +180,17 @@ struct ClientState {
     flush_scheduled: bool,
     /// Pushes kept for the client id, when it asked for push recovery.
     mailbox: Option<Mailbox>,
+    /// Its mailbox's place was given to another client id (it was away past
+    /// the grace period): what the next mailbox starts from. Boxed: rare.
+    lost_place: Option<Box<LostPlace>>,
+}
+
+/// What a client id whose place for pushes was given away is told when it
+/// has one again: the pushes accepted for it and dropped (`missed`), and
+/// the number after the last one made (never reused).
+struct LostPlace {
+    next: u64,
+    missed: u64,
 }
 
 /// Settings of an [`AckStore`], checked by [`build`](AckStoreBuilder::build).
@@ -245,10 +256,12 @@ impl AckStoreBuilder {
     /// per client id that asked for it (RESUME with a third number), the
     /// pushes it has not acknowledged, at most `frames` frames and `bytes`
     /// wire bytes (a push into an empty buffer is always taken; beyond
-    /// either, the push is refused with [`PushError::Full`] and counted as
-    /// missed), for `clients` client ids at most (a client that asks when
+    /// either, the push is refused with [`PushError::Full`], told to the
+    /// pusher, not counted as missed), for `clients` client ids at most (a client that asks when
     /// all are taken, none of them away for longer than `grace`, is
-    /// answered without push recovery). A client away for longer than
+    /// answered without push recovery; one away for longer than `grace`
+    /// loses its place to it: what was kept for it is counted as missed
+    /// and told, with `fresh`, when it has a place again). A client away for longer than
     /// `grace` (counted from the first push that finds it away) loses what
     /// was kept (counted as missed) and later pushes are refused
     /// ([`PushError::Expired`]) until it comes back. At most
@@ -435,6 +448,7 @@ impl AckStore {
                     touched: now,
                     flush_scheduled: false,
                     mailbox: None,
+                    lost_place: None,
                 }));
                 clients.insert(client_id, state.clone());
                 state
@@ -508,8 +522,16 @@ impl AckStore {
                             .is_some_and(|t| now.saturating_duration_since(t) >= limits.grace)
                 });
             if away {
-                // Its place is given to the newcomer (the count stays).
-                s.mailbox = None;
+                // Its place is given to the newcomer (the count stays); what
+                // was kept is dropped and counted, told when it has a place
+                // again.
+                if let Some(mut lost) = s.mailbox.take() {
+                    lost.expire();
+                    s.lost_place = Some(Box::new(LostPlace {
+                        next: lost.next,
+                        missed: lost.missed,
+                    }));
+                }
                 return true;
             }
         }
@@ -522,9 +544,14 @@ impl AckStore {
     /// driver writes the answer of a call before the pushes it makes).
     fn resume_pushes(s: &mut ClientState, received: u64) -> PushResume {
         let session = s.session.clone();
+        let lost_place = s.lost_place.take();
         let mailbox = s.mailbox.get_or_insert_with(|| {
             let mut fresh = Mailbox::new();
             fresh.expired = true;
+            if let Some(lost) = lost_place {
+                fresh.next = lost.next;
+                fresh.missed = lost.missed;
+            }
             fresh
         });
         if received >= mailbox.next && !mailbox.expired {

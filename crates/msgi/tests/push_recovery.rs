@@ -15,7 +15,7 @@ use std::time::Duration;
 use msgi::delivery::{AckLayer, AckStore, PushError};
 use msgi::proto::delivery::{parse_push, pushed_frame, resume_frame_with_pushes, PUSH};
 use msgi::{Client, Frame, Kind, Reconnect, SendError, Server};
-use support::{runtime, within, Node, Port, RawPeer};
+use support::{runtime, within, Node, PipePeer, Port, RawPeer};
 use tokio::sync::watch;
 use tower::ServiceBuilder;
 
@@ -483,4 +483,197 @@ async fn pushes_changed_sees_a_change_made_before_its_first_poll_or_between_two(
     assert_eq!(unpolled.as_mut().now_or_never(), Some(()), "unpolled");
     assert_eq!(polled.as_mut().now_or_never(), Some(()), "polled before");
     assert_eq!(after.as_mut().now_or_never(), Some(()), "the next change");
+}
+
+/// A server with push recovery in front of echo, on pipes, with neither
+/// heartbeats nor an idle timeout (for paused time).
+fn serve_echo_pipes(
+    store: &AckStore,
+) -> (
+    support::TestServer,
+    tokio::sync::mpsc::UnboundedSender<tokio::io::DuplexStream>,
+) {
+    support::serve_pipes(
+        Server::builder()
+            .heartbeat_interval(None)
+            .idle_timeout(None),
+        ServiceBuilder::new()
+            .layer(AckLayer::new(store.clone()))
+            .service(support::echo()),
+    )
+}
+
+/// The number of a PUSH frame, and its carried text.
+fn pushed(frame: &Frame) -> (u64, String) {
+    assert_eq!(frame.kind(), PUSH, "{frame:?}");
+    let (n, carried) = parse_push(frame.payload()).unwrap();
+    (n, carried.payload_text().into_owned())
+}
+
+/// Which pushes are refused to the pusher, and that a refusal uses no
+/// number and sends nothing (docs: `PushError`): a client id that resumed
+/// without asking for push recovery is `UnknownClient`; a frame that is
+/// correlated, has flags or is of a kind not delivered is `NotPushable`.
+#[tokio::test(start_paused = true)]
+async fn refused_pushes_use_no_number_and_send_nothing() {
+    let store = store(16, Duration::from_secs(60));
+    let (mut server, pipes) = serve_echo_pipes(&store);
+    let mut kim = PipePeer::hello(&pipes, "kim").await;
+    assert_eq!(kim.ask("RESUME 9 1", 2).await, "RESUMED 0", "did not ask");
+    assert_eq!(
+        store.push("kim", &Frame::data("x")),
+        Err(PushError::UnknownClient)
+    );
+    assert_eq!(store.pushes_kept("kim"), None);
+    assert_eq!(kim.ask("probe", 3).await, "probe", "nothing sent");
+
+    let mut lea = PipePeer::hello(&pipes, "lea").await;
+    assert_eq!(lea.ask("RESUME 9 1 0", 2).await, "RESUMED 0 fresh 0");
+    for frame in [
+        Frame::data("correlated").with_request_id(7),
+        Frame::data("flagged").with_flags(msgi::Flags::COMPRESSED),
+        Frame::new(Kind::PING, "ping"),
+        Frame::new(Kind::ERROR, "error"),
+    ] {
+        assert_eq!(
+            store.push("lea", &frame),
+            Err(PushError::NotPushable),
+            "{frame:?}"
+        );
+    }
+    assert_eq!(store.pushes_kept("lea"), Some(0));
+    assert_eq!(store.push("lea", &Frame::data("first")), Ok(1));
+    assert_eq!(pushed(&lea.recv().await.unwrap()), (1, "first".into()));
+    let app = Frame::new(Kind::app(0x123).unwrap(), "app");
+    assert_eq!(store.push("lea", &app), Ok(2));
+    assert_eq!(pushed(&lea.recv().await.unwrap()), (2, "app".into()));
+    assert_eq!(lea.ask("probe", 3).await, "probe");
+    drop((kim, lea));
+    server.shutdown().await;
+}
+
+/// A push into an empty buffer is always taken, even one larger than the
+/// byte bound; beyond the bound the next is refused (`Full`) until the
+/// client says it has what was kept (docs: `AckStoreBuilder::recover_pushes`).
+#[tokio::test(start_paused = true)]
+async fn a_push_into_an_empty_buffer_is_taken_whatever_its_size() {
+    let store = AckStore::builder()
+        .recover_pushes(16, 64, Duration::from_secs(60), 4)
+        .build()
+        .unwrap();
+    let (mut server, pipes) = serve_echo_pipes(&store);
+    let mut mia = PipePeer::hello(&pipes, "mia").await;
+    assert_eq!(mia.ask("RESUME 9 1 0", 2).await, "RESUMED 0 fresh 0");
+    let big = "b".repeat(1000);
+    assert_eq!(store.push("mia", &Frame::data(big.clone())), Ok(1));
+    assert_eq!(
+        store.push("mia", &Frame::data("small")),
+        Err(PushError::Full)
+    );
+    assert_eq!(pushed(&mia.recv().await.unwrap()), (1, big));
+    mia.send(pushed_frame(1)).await;
+    assert_eq!(mia.ask("probe", 3).await, "probe");
+    assert_eq!(store.pushes_kept("mia"), Some(0));
+    assert_eq!(store.push("mia", &Frame::data("small")), Ok(2));
+    assert_eq!(pushed(&mia.recv().await.unwrap()), (2, "small".into()));
+    drop(mia);
+    server.shutdown().await;
+}
+
+/// A connection of the client id that did not ask for push recovery gets
+/// no PUSH: the pushes are kept for the next connection that asks, and sent
+/// to it after its RESUMED (`recovered`).
+#[tokio::test(start_paused = true)]
+async fn pushes_are_kept_for_a_connection_that_asks_not_sent_to_one_that_did_not() {
+    let store = store(16, Duration::from_secs(60));
+    let (mut server, pipes) = serve_echo_pipes(&store);
+    let mut asks = PipePeer::hello(&pipes, "ned").await;
+    assert_eq!(asks.ask("RESUME 9 1 0", 2).await, "RESUMED 0 fresh 0");
+    drop(asks);
+    server.next_end().await;
+    let mut plain = PipePeer::hello(&pipes, "ned").await;
+    assert_eq!(plain.ask("RESUME 9 1", 2).await, "RESUMED 0");
+    assert_eq!(store.push("ned", &Frame::data("kept")), Ok(1));
+    assert_eq!(plain.ask("probe", 3).await, "probe", "no PUSH before");
+    assert_eq!(store.pushes_kept("ned"), Some(1));
+    drop(plain);
+    server.next_end().await;
+    let mut asks = PipePeer::hello(&pipes, "ned").await;
+    assert_eq!(asks.ask("RESUME 9 1 0", 2).await, "RESUMED 0 recovered 0");
+    assert_eq!(pushed(&asks.recv().await.unwrap()), (1, "kept".into()));
+    drop(asks);
+    server.shutdown().await;
+}
+
+/// At most `clients` client ids have pushes kept: one that asks when every
+/// place is taken is answered without push recovery, until a client holding
+/// a place has been away for longer than the grace period (counted from the
+/// first push that found it away); then its place is given to the newcomer.
+/// What was kept for the one that lost its place was accepted and dropped:
+/// when it comes back it is told `fresh` with that count in `missed`, as
+/// for any client away past the grace period ("every loss is told",
+/// docs/RELIABILITY.md).
+#[tokio::test(start_paused = true)]
+async fn a_place_for_pushes_is_given_only_after_its_holder_is_away_past_the_grace_period() {
+    let grace = Duration::from_secs(5);
+    let store = AckStore::builder()
+        .recover_pushes(16, 1 << 20, grace, 1)
+        .build()
+        .unwrap();
+    let (mut server, pipes) = serve_echo_pipes(&store);
+    let mut amy = PipePeer::hello(&pipes, "amy").await;
+    assert_eq!(amy.ask("RESUME 9 1 0", 2).await, "RESUMED 0 fresh 0");
+    let ask = |id: &'static str, resume: &'static str| {
+        let pipes = pipes.clone();
+        async move {
+            let mut peer = PipePeer::hello(&pipes, id).await;
+            let answer = peer.ask(resume, 2).await;
+            (peer, answer)
+        }
+    };
+    let (bob, answer) = ask("bob", "RESUME 5 1 0").await;
+    assert_eq!(answer, "RESUMED 0", "amy holds the only place");
+    assert_eq!(
+        store.push("bob", &Frame::data("x")),
+        Err(PushError::UnknownClient)
+    );
+    drop(bob);
+    drop(amy);
+    server.next_end().await;
+    server.next_end().await;
+    // Away, but no push found her away yet: her place is hers.
+    tokio::time::advance(grace * 2).await;
+    let (bob, answer) = ask("bob", "RESUME 5 1 0").await;
+    assert_eq!(answer, "RESUMED 0", "amy away, not past the grace period");
+    drop(bob);
+    server.next_end().await;
+    assert_eq!(store.push("amy", &Frame::data("a1")), Ok(1));
+    tokio::time::advance(grace - Duration::from_secs(1)).await;
+    let (bob, answer) = ask("bob", "RESUME 5 1 0").await;
+    assert_eq!(answer, "RESUMED 0", "within the grace period");
+    drop(bob);
+    server.next_end().await;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let (mut bob, answer) = ask("bob", "RESUME 5 1 0").await;
+    assert_eq!(answer, "RESUMED 0 fresh 0", "amy's place");
+    assert_eq!(store.push("bob", &Frame::data("b1")), Ok(1));
+    assert_eq!(pushed(&bob.recv().await.unwrap()), (1, "b1".into()));
+    assert_eq!(
+        store.push("amy", &Frame::data("a2")),
+        Err(PushError::UnknownClient),
+        "amy has no place now"
+    );
+    // Bob goes, and is away past the grace period: amy may have the place
+    // back, and is told that a1 was lost.
+    drop(bob);
+    server.next_end().await;
+    assert_eq!(store.push("bob", &Frame::data("b2")), Ok(2));
+    tokio::time::advance(grace).await;
+    let (mut amy, answer) = ask("amy", "RESUME 9 1 0").await;
+    assert_eq!(answer, "RESUMED 0 fresh 1", "a1, accepted and dropped");
+    // Numbered on: 1 was a1's (never reused).
+    assert_eq!(store.push("amy", &Frame::data("a3")), Ok(2));
+    assert_eq!(pushed(&amy.recv().await.unwrap()), (2, "a3".into()));
+    drop(amy);
+    server.shutdown().await;
 }

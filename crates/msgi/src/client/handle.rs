@@ -352,8 +352,10 @@ impl Client {
     }
 
     /// With [`ClientBuilder::recover_pushes`]: pushes the server said it
-    /// lost for this client id (refused while its buffer was full, or
-    /// dropped at the end of its grace period), since the client started.
+    /// lost for this client id (accepted and dropped: at the end of its
+    /// grace period, or with its place given to another client id; a push
+    /// refused, its buffer full, was told to its pusher instead), since the
+    /// client started.
     /// Pushes dropped by this client's own full incoming queue are
     /// [`pushes_dropped`](Client::pushes_dropped).
     pub fn missed_pushes(&self) -> u64 {
