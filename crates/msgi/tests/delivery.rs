@@ -542,3 +542,38 @@ async fn a_frame_of_a_replaced_connection_is_dropped_and_not_numbered() {
     one.shutdown().await;
     two.shutdown().await;
 }
+
+/// The ERROR answers of a RESUME the store cannot take (PROTOCOL.md,
+/// section 3, *Acknowledged delivery*: the reasons of msgi): one before
+/// HELLO, and malformed ones (a zero epoch or first, a word too many, not
+/// canonical decimal); the session lives on and a good RESUME is answered.
+#[tokio::test(start_paused = true)]
+async fn a_resume_the_store_cannot_take_is_answered_with_an_error_saying_why() {
+    let store = AckStore::new();
+    let app = Texts::default();
+    let (mut server, pipes) = serve_quiet(&store, &app);
+    let mut anonymous = PipePeer::dial(&pipes);
+    assert_eq!(
+        anonymous.ask("RESUME 9 1", 1).await,
+        "acknowledged delivery needs a client id (HELLO first)"
+    );
+    let mut peer = PipePeer::hello(&pipes, "eve").await;
+    for (bad, n) in [
+        "RESUME 0 1",
+        "RESUME 9 0",
+        "RESUME 9 1 2 3",
+        "RESUME 9 01",
+        "RESUME 9",
+    ]
+    .into_iter()
+    .zip(2..)
+    {
+        let answer = peer.ask(bad, n).await;
+        assert!(answer.starts_with("bad RESUME: "), "{bad}: {answer}");
+    }
+    assert_eq!(store.clients(), 0, "nothing kept for a refused RESUME");
+    assert_eq!(peer.ask("RESUME 9 1", 10).await, "RESUMED 0");
+    assert_eq!(store.clients(), 1);
+    drop((anonymous, peer));
+    server.shutdown().await;
+}
