@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use msgi_proto::Frame;
-use msgi_proto::{CodecError, Framing, WriteBuf};
+use msgi_proto::{CodecError, Framing, WriteBuf, RESERVE_AHEAD};
 
 /// The room a read gets: the read buffer is topped up to this much free
 /// space when less than an eighth of it is left (and on the first read
@@ -34,8 +34,16 @@ use msgi_proto::{CodecError, Framing, WriteBuf};
 /// calls of 1 KiB are 33,216 bytes) is taken with one read, and that read,
 /// returning less than the room it had, tells tokio the socket is drained
 /// (no second read ending in `EAGAIN`). With 32 KiB every such burst took
-/// two reads.
-const READ_CHUNK: usize = 64 * 1024;
+/// two reads. [`READ_SLACK`] more, so that a frame with a 64 KiB payload
+/// (its header and a wire transform's overhead included) fits in one chunk.
+const READ_CHUNK: usize = 64 * 1024 + READ_SLACK;
+
+/// The room a read chunk has beyond 64 KiB: more than a frame's header and
+/// any wire transform's overhead (40 bytes for encryption). With a chunk of
+/// exactly 64 KiB, a frame of a 64 KiB payload never fitted: its first 64
+/// KiB were read, then copied into a buffer of the frame's size to read its
+/// last bytes (a 64 KiB copy and a second read per frame).
+const READ_SLACK: usize = 256;
 
 /// Why a [`Transport`] could not read a frame.
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +203,11 @@ pub struct ByteStream<T, C> {
     rbuf: BytesMut,
     wbuf: WriteBuf,
     needs_flush: bool,
+    /// Bytes the last write that emptied the queue wrote (at most
+    /// [`RESERVE_AHEAD`]): the size the packed buffer starts at
+    /// ([`WriteBuf::start`]) when the next bytes are read. Four bytes, in what was the padding after
+    /// `needs_flush`: a session is no larger for it.
+    write_hint: u32,
     written: usize,
 }
 
@@ -220,6 +233,7 @@ where
             rbuf: BytesMut::new(),
             wbuf: WriteBuf::new(),
             needs_flush: false,
+            write_hint: 0,
             written: 0,
         }
     }
@@ -239,11 +253,17 @@ where
                 Ok(None) => {}
                 Err(e) => return Poll::Ready(Err(ReadError::Codec(e))),
             }
+            let mut free = self.rbuf.capacity() - self.rbuf.len();
+            if free < READ_CHUNK && self.rbuf.is_empty() && self.rbuf.try_reclaim(READ_CHUNK) {
+                // Nothing buffered, and every frame split from the chunk is
+                // gone: the whole chunk again, without an allocation (a
+                // burst of up to 64 KiB stays one read).
+                free = self.rbuf.capacity();
+            }
             // Exactly one chunk more, never `reserve`'s doubling, and not
             // while a large partial frame is buffered (the decoder has made
             // room for its rest; copying it to add a chunk would cost more
             // than the one more read it saves).
-            let free = self.rbuf.capacity() - self.rbuf.len();
             if free < READ_CHUNK / 8 && (self.rbuf.len() <= READ_CHUNK || free == 0) {
                 msgi_proto::reserve_at_most(&mut self.rbuf, READ_CHUNK);
             }
@@ -255,15 +275,22 @@ where
                         "end of stream inside a frame",
                     ))))
                 }
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Reset(e))),
-                Poll::Pending => {
-                    if self.rbuf.is_empty() {
-                        // Quiet connection: give the buffer back.
-                        self.rbuf = BytesMut::new();
+                Poll::Ready(Ok(_)) => {
+                    // Bytes in: answers are likely to follow. Once per read
+                    // rather than per frame queued (a check there stood in
+                    // the way of passing the frame straight to the framing).
+                    // A stream that has written nothing yet keeps growing
+                    // its buffer from 8 KiB.
+                    if self.write_hint > 0 {
+                        self.wbuf.start(self.write_hint as usize);
                     }
-                    return Poll::Pending;
                 }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(ReadError::Reset(e))),
+                // The buffer is kept (the answers to what was read are
+                // written next, and the next read, if any, goes into the
+                // rest of the chunk); `poll_write` gives it back once a
+                // round has nothing to write.
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -281,7 +308,20 @@ where
     /// Writes as much of the queue as the transport takes: `Ready(Ok(()))`
     /// once the queue is empty and flushed, `Pending` while bytes remain.
     /// [`take_written`](ByteStream::take_written) tells whether any went out.
+    ///
+    /// Called with nothing to write and nothing to flush (a round of the
+    /// session's task that wrote nothing: the connection is quiet), it
+    /// gives back the read buffer if it holds no byte, and the write
+    /// buffer: an idle session holds neither.
     pub(crate) fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.wbuf.is_empty() && !self.needs_flush {
+            if self.rbuf.is_empty() {
+                self.rbuf = BytesMut::new();
+            }
+            self.wbuf.release();
+            return Poll::Ready(Ok(()));
+        }
+        let mut wrote = 0;
         while !self.wbuf.is_empty() {
             let mut slices = [IoSlice::new(&[]); WriteBuf::MAX_IOVECS];
             let count = self.wbuf.chunks_vectored(&mut slices);
@@ -295,7 +335,13 @@ where
             };
             self.wbuf.advance(n);
             self.written += n;
+            wrote += n;
             self.needs_flush = true;
+        }
+        if wrote > 0 {
+            // What this write emptied the queue of: the size of the next
+            // burst's buffer.
+            self.write_hint = u32::try_from(wrote.min(RESERVE_AHEAD)).unwrap_or(u32::MAX);
         }
         if self.needs_flush {
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
@@ -411,7 +457,7 @@ pub(crate) fn now() -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use msgi_proto::{FrameCodec, RESERVE_AHEAD};
+    use msgi_proto::FrameCodec;
     use tokio::io::AsyncWriteExt;
 
     /// Counts the reads that returned bytes.
@@ -491,6 +537,138 @@ mod tests {
                 burst.len()
             );
         }
+    }
+
+    fn encoded(frames: impl IntoIterator<Item = Frame>) -> BytesMut {
+        let mut wire = BytesMut::new();
+        for frame in frames {
+            msgi_proto::Framing::encode(&mut FrameCodec::new(), frame, &mut wire)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        wire
+    }
+
+    /// Reads every complete frame the stream has, until it would block.
+    fn read_all<T, C>(transport: &mut ByteStream<T, C>) -> Vec<Frame>
+    where
+        T: AsyncRead + AsyncWrite + Unpin,
+        C: Framing,
+    {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut frames = Vec::new();
+        while let Poll::Ready(frame) = transport.poll_frame(&mut cx) {
+            frames.push(
+                frame
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .unwrap_or_else(|| panic!("end of stream")),
+            );
+        }
+        frames
+    }
+
+    /// A frame of a 64 KiB payload (header and request id included) is
+    /// read with one read into one buffer it fills, frame after frame, and
+    /// handed over unshared: with a read chunk of exactly 64 KiB, its first
+    /// 64 KiB were read, copied into a buffer of the frame's size, and its
+    /// last 14 bytes took a second read.
+    #[tokio::test]
+    async fn a_frame_of_a_64_kib_payload_is_one_read_and_no_copy() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let mut transport = ByteStream::new(CountingReads { io, reads: 0 }, FrameCodec::new());
+        for id in 0..3u8 {
+            let frame = Frame::data(vec![id; 64 * 1024]).with_request_id(u32::from(id));
+            peer.write_all(&encoded([frame]))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let reads = transport.io.reads;
+            let mut frames = read_all(&mut transport);
+            assert_eq!(transport.io.reads - reads, 1, "frame {id}");
+            assert_eq!(frames.len(), 1);
+            let payload = std::mem::take(frames[0].payload_mut());
+            assert!(payload.iter().all(|b| *b == id));
+            assert!(
+                payload.try_into_mut().is_ok(),
+                "frame {id}: the frame alone holds its buffer"
+            );
+        }
+    }
+
+    /// While a session is busy, the next read goes into the chunk the last
+    /// one used (taken back whole once every frame split from it is gone:
+    /// no allocation); a frame still held keeps its bytes (its part of the
+    /// chunk is not read into again), and each burst's frames carry their
+    /// own. The answers of a burst are packed into one buffer started at the
+    /// size the last burst wrote. A round that has nothing to write gives
+    /// both buffers back: a quiet session holds none.
+    #[tokio::test]
+    async fn a_busy_stream_reuses_its_buffers_and_a_quiet_one_holds_none() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let mut transport = ByteStream::new(io, FrameCodec::new());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let burst =
+            |byte: u8| encoded((0..32).map(|id| Frame::data(vec![byte; 1024]).with_request_id(id)));
+        let mut kept: Option<Frame> = None;
+        let mut first_chunk = 0;
+        for (round, byte) in [1u8, 2, 3].into_iter().enumerate() {
+            let wire = burst(byte);
+            peer.write_all(&wire)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let frames = read_all(&mut transport);
+            assert_eq!(frames.len(), 32);
+            for frame in &frames {
+                assert!(frame.payload().iter().all(|b| *b == byte), "burst {byte}");
+            }
+            let start = frames[0].payload().as_ptr() as usize;
+            match round {
+                0 => first_chunk = start,
+                1 => assert_eq!(start, first_chunk, "not read into the same chunk"),
+                _ => assert_ne!(start, first_chunk, "read over a frame still held"),
+            }
+            if round == 1 {
+                // Held over the next burst (shares the chunk).
+                kept = Some(frames[0].clone());
+            }
+            for frame in frames {
+                transport.queue(frame).unwrap_or_else(|e| panic!("{e}"));
+            }
+            if round > 0 {
+                assert_eq!(
+                    transport.wbuf.capacity(),
+                    wire.len().next_power_of_two(),
+                    "not started at the last burst's size"
+                );
+                let mut slices = [IoSlice::new(&[]); WriteBuf::MAX_IOVECS];
+                assert_eq!(transport.wbuf.chunks_vectored(&mut slices), 1);
+            }
+            assert!(transport.poll_write(&mut cx).is_ready());
+            assert_eq!(transport.take_written(), wire.len());
+            assert!(transport.rbuf.capacity() > 0, "not kept while busy");
+            let mut echoed = vec![0u8; wire.len()];
+            tokio::io::AsyncReadExt::read_exact(&mut peer, &mut echoed)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(echoed, wire.to_vec());
+        }
+        let kept = kept.unwrap_or_else(|| panic!("no frame held"));
+        assert!(
+            kept.payload().iter().all(|b| *b == 2),
+            "a held frame changed"
+        );
+
+        // Quiet: a read that would block, then a round with nothing to write.
+        assert!(transport.poll_frame(&mut cx).is_pending());
+        assert!(transport.poll_write(&mut cx).is_ready());
+        assert_eq!(
+            transport.rbuf.capacity(),
+            0,
+            "a quiet stream holds a read buffer"
+        );
+        assert_eq!(
+            transport.wbuf.capacity(),
+            0,
+            "a quiet stream holds a write buffer"
+        );
     }
 
     /// Through the transport's read path too, a frame trickled in one byte
