@@ -32,8 +32,8 @@ use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 use msgi::{
-    BoxError, Flags, Frame, FrameTransform, MakeTransform, Outgoing, SessionKeys, SessionParams,
-    Side,
+    BoxError, Flags, Frame, FrameTransform, MakeTransform, Outgoing, Piece, SessionKeys,
+    SessionParams, Side,
 };
 use ring::hmac;
 
@@ -139,38 +139,60 @@ fn direction_key(keys: &SessionKeys, side: Side) -> Option<hmac::Key> {
     Some(hmac::Key::new(hmac::HMAC_SHA256, &key))
 }
 
-fn tag(key: &hmac::Key, frame: &Frame, from: Side, data: &[u8], seq: u64) -> hmac::Tag {
-    tag_of_pieces(key, frame, from, &[], data, &[], seq)
+/// The fields before the payload: type (2) ‖ request id (4) ‖ direction (1).
+fn header_fields(frame: &Frame, from: Side) -> [u8; 7] {
+    let mut head = [0u8; 7];
+    head[..2].copy_from_slice(&frame.type_field().to_be_bytes());
+    head[2..6].copy_from_slice(&frame.request_id().unwrap_or(0).to_be_bytes());
+    head[6] = from.direction_byte();
+    head
 }
 
-/// The tag over a payload `before ‖ data ‖ after` (an [`Outgoing`]'s
+fn tag(key: &hmac::Key, frame: &Frame, from: Side, data: &[u8], seq: u64) -> hmac::Tag {
+    let mut mac = hmac::Context::with_key(key);
+    mac.update(&header_fields(frame, from));
+    mac.update(data);
+    mac.update(&seq.to_be_bytes());
+    mac.sign()
+}
+
+/// The tag of a received payload `data ‖ sequence ‖ tag`: `signed` is
+/// `data ‖ sequence`, contiguous in the payload (two updates, no copy).
+fn tag_of_received(key: &hmac::Key, frame: &Frame, from: Side, signed: &[u8]) -> hmac::Tag {
+    let mut mac = hmac::Context::with_key(key);
+    mac.update(&header_fields(frame, from));
+    mac.update(signed);
+    mac.sign()
+}
+
+/// The tag over a payload `head ‖ data ‖ tail` (an [`Outgoing`]'s
 /// pieces): the same bytes as [`tag`] over the joined payload, fed in three
-/// updates, the small pieces beside the fields next to them.
+/// updates, each small piece beside the fields next to it (copied with
+/// fixed-size moves, no call to copy a few bytes).
 fn tag_of_pieces(
     key: &hmac::Key,
     frame: &Frame,
     from: Side,
-    before: &[u8],
+    head: &Piece<{ Outgoing::HEAD }>,
     data: &[u8],
-    after: &[u8],
+    tail: &Piece<{ Outgoing::TAIL }>,
     seq: u64,
 ) -> hmac::Tag {
-    // type (2) ‖ request id (4) ‖ direction (1) ‖ before (at most HEAD).
-    let mut head = [0u8; 7 + Outgoing::HEAD];
-    head[..2].copy_from_slice(&frame.type_field().to_be_bytes());
-    head[2..6].copy_from_slice(&frame.request_id().unwrap_or(0).to_be_bytes());
-    head[6] = from.direction_byte();
-    let head_len = 7 + before.len().min(Outgoing::HEAD);
-    head[7..head_len].copy_from_slice(&before[..head_len - 7]);
-    // after (at most TAIL) ‖ sequence (8).
-    let mut tail = [0u8; Outgoing::TAIL + 8];
-    let after = &after[..after.len().min(Outgoing::TAIL)];
-    tail[..after.len()].copy_from_slice(after);
-    tail[after.len()..after.len() + 8].copy_from_slice(&seq.to_be_bytes());
+    // type ‖ request id ‖ direction ‖ head.
+    let mut first = [0u8; 7 + Outgoing::HEAD];
+    first[..7].copy_from_slice(&header_fields(frame, from));
+    first[7..].copy_from_slice(head.as_array());
+    // tail ‖ sequence.
+    let mut last = [0u8; Outgoing::TAIL + 8];
+    last[..Outgoing::TAIL].copy_from_slice(tail.as_array());
+    let n = tail.len();
+    if let Some(at) = last.get_mut(n..n + 8) {
+        at.copy_from_slice(&seq.to_be_bytes());
+    }
     let mut mac = hmac::Context::with_key(key);
-    mac.update(&head[..head_len]);
+    mac.update(first.get(..7 + head.len()).unwrap_or_default());
     mac.update(data);
-    mac.update(&tail[..after.len() + 8]);
+    mac.update(last.get(..n + 8).unwrap_or_default());
     mac.sign()
 }
 
@@ -210,10 +232,10 @@ impl FrameTransform for SignSession {
         let Some(data_len) = len.checked_sub(TRAILER_LEN) else {
             return Err(SignError::Truncated(len).into());
         };
-        let (data, trailer) = payload.split_at(data_len);
-        let (seq, got) = trailer.split_at(8);
+        let (signed, got) = payload.split_at(data_len + 8);
+        let seq = signed.get(data_len..).ok_or(SignError::Truncated(len))?;
         let seq = u64::from_be_bytes(seq.try_into().map_err(|_| SignError::Truncated(len))?);
-        let want = tag(&keys.verify, &frame, self.side.peer(), data, seq);
+        let want = tag_of_received(&keys.verify, &frame, self.side.peer(), signed);
         if !constant_time_eq(want.as_ref(), got) {
             return Err(SignError::BadTag.into());
         }
@@ -268,9 +290,9 @@ impl FrameTransform for SignSession {
             &keys.sign,
             &out.frame,
             self.side,
-            out.head.as_slice(),
+            &out.head,
             out.frame.payload(),
-            out.tail.as_slice(),
+            &out.tail,
             seq,
         );
         let mut trailer = [0u8; TRAILER_LEN];

@@ -134,6 +134,14 @@ impl<const N: usize> Piece<N> {
         self.bytes.get(..usize::from(self.len)).unwrap_or_default()
     }
 
+    /// The whole inline array: the bytes held are its first
+    /// [`len`](Piece::len), the rest zeros. For callers that copy a piece
+    /// with one fixed-size move instead of a copy of variable length.
+    #[inline]
+    pub fn as_array(&self) -> &[u8; N] {
+        &self.bytes
+    }
+
     /// How many bytes are held.
     #[inline]
     pub fn len(&self) -> usize {
