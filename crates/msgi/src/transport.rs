@@ -204,10 +204,14 @@ pub struct ByteStream<T, C> {
     wbuf: WriteBuf,
     needs_flush: bool,
     /// Bytes the last write that emptied the queue wrote (at most
-    /// [`RESERVE_AHEAD`]): the size the packed buffer starts at
-    /// ([`WriteBuf::start`]) when the next bytes are read. Four bytes, in what was the padding after
-    /// `needs_flush`: a session is no larger for it.
+    /// [`RESERVE_AHEAD`]) when what it wrote was queued after a read (the
+    /// answers to what was read); 0 otherwise: the size the packed buffer
+    /// starts at ([`WriteBuf::start`]) when the next bytes are read.
     write_hint: u32,
+    /// Bytes were read since the write queue was last emptied (or found
+    /// empty). With `write_hint`, five bytes in what was the padding after
+    /// `needs_flush`: a session is no larger for them.
+    read_since_write: bool,
     written: usize,
 }
 
@@ -234,6 +238,7 @@ where
             wbuf: WriteBuf::new(),
             needs_flush: false,
             write_hint: 0,
+            read_since_write: false,
             written: 0,
         }
     }
@@ -276,11 +281,13 @@ where
                     ))))
                 }
                 Poll::Ready(Ok(_)) => {
-                    // Bytes in: answers are likely to follow. Once per read
-                    // rather than per frame queued (a check there stood in
-                    // the way of passing the frame straight to the framing).
-                    // A stream that has written nothing yet keeps growing
-                    // its buffer from 8 KiB.
+                    // Bytes in: answers follow if the last ones did. Once
+                    // per read rather than per frame queued (a check there
+                    // stood in the way of passing the frame straight to the
+                    // framing). A stream whose reads are not answered at
+                    // once (a client, a slow handler) has no hint and grows
+                    // its buffer from 8 KiB as it queues.
+                    self.read_since_write = true;
                     if self.write_hint > 0 {
                         self.wbuf.start(self.write_hint as usize);
                     }
@@ -318,6 +325,11 @@ where
             if self.rbuf.is_empty() {
                 self.rbuf = BytesMut::new();
             }
+            if std::mem::take(&mut self.read_since_write) {
+                // Read, and nothing to answer at once: the next read does
+                // not start a buffer that would go unused.
+                self.write_hint = 0;
+            }
             self.wbuf.release();
             return Poll::Ready(Ok(()));
         }
@@ -339,9 +351,13 @@ where
             self.needs_flush = true;
         }
         if wrote > 0 {
-            // What this write emptied the queue of: the size of the next
-            // burst's buffer.
-            self.write_hint = u32::try_from(wrote.min(RESERVE_AHEAD)).unwrap_or(u32::MAX);
+            // What this write emptied the queue of, if it answered reads:
+            // the size of the next burst's buffer.
+            self.write_hint = if std::mem::take(&mut self.read_since_write) {
+                u32::try_from(wrote.min(RESERVE_AHEAD)).unwrap_or(u32::MAX)
+            } else {
+                0
+            };
         }
         if self.needs_flush {
             ready!(Pin::new(&mut self.io).poll_flush(cx))?;
@@ -669,6 +685,54 @@ mod tests {
             0,
             "a quiet stream holds a write buffer"
         );
+    }
+
+    /// A stream whose reads are not answered in the same round (a client
+    /// reading answers, a slow handler) starts no write buffer when it
+    /// reads: one read left unanswered clears the hint, and a write that
+    /// answers no read sets none.
+    #[tokio::test]
+    async fn reads_not_answered_at_once_start_no_write_buffer() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let mut transport = ByteStream::new(io, FrameCodec::new());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut drain = vec![0u8; 1 << 16];
+        // Answered in the same round: the next read starts a buffer.
+        peer.write_all(&encoded([Frame::data(vec![1u8; 1024])]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for frame in read_all(&mut transport) {
+            transport.queue(frame).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(transport.poll_write(&mut cx).is_ready());
+        let n = tokio::io::AsyncReadExt::read(&mut peer, &mut drain)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(n, encoded([Frame::data(vec![1u8; 1024])]).len());
+        peer.write_all(&encoded([Frame::data(vec![2u8; 1024])]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let unanswered = read_all(&mut transport);
+        assert!(transport.wbuf.capacity() > 0, "started for the answers");
+        // Not answered in this round: released, and the hint cleared.
+        assert!(transport.poll_write(&mut cx).is_ready());
+        assert_eq!(transport.wbuf.capacity(), 0);
+        peer.write_all(&encoded([Frame::data(vec![3u8; 1024])]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let more = read_all(&mut transport);
+        assert_eq!(transport.wbuf.capacity(), 0, "a buffer started for nothing");
+        assert!(transport.poll_write(&mut cx).is_ready());
+        // Written later, in a round that read nothing: still no hint.
+        for frame in unanswered.into_iter().chain(more) {
+            transport.queue(frame).unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert!(transport.poll_write(&mut cx).is_ready());
+        peer.write_all(&encoded([Frame::data(vec![4u8; 1024])]))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = read_all(&mut transport);
+        assert_eq!(transport.wbuf.capacity(), 0, "a buffer started for nothing");
     }
 
     /// Through the transport's read path too, a frame trickled in one byte
