@@ -187,6 +187,50 @@ fn a_large_frame_that_fills_the_read_buffer_is_opened_where_it_was_read() {
     }
 }
 
+/// A streaming peer's read holds a large sealed frame and the start of the
+/// next one: the first is still opened where it was read (the codec moves
+/// the few bytes after it to a new read buffer), and the next one decodes
+/// once the rest of it arrives.
+#[test]
+fn a_large_frame_followed_by_the_next_ones_start_is_opened_where_it_was_read() {
+    use bytes::BytesMut;
+    use msgi::{FrameCodec, Framing, MakeFraming, Wire};
+    use msgi_middleware::WireExt;
+
+    for signed in [false, true] {
+        let wire = Wire::new(FrameCodec::new())
+            .encrypt()
+            .transform(signed.then(Sign::new));
+        let keys = SessionKeys::new([5; 32], [6; 32]);
+        let mut client = wire.make_framing(Side::Client);
+        let mut server = wire.make_framing(Side::Server);
+        client.set_session_keys(&keys);
+        server.set_session_keys(&keys);
+        let payload: Vec<u8> = (0..64 * 1024).map(|i| (i / 3) as u8).collect();
+        let mut sent = BytesMut::new();
+        client
+            .encode(Frame::data(payload.clone()), &mut sent)
+            .unwrap();
+        let first = sent.len();
+        client
+            .encode(Frame::data(payload.clone()), &mut sent)
+            .unwrap();
+        let mut read = BytesMut::with_capacity(first + 300);
+        read.extend_from_slice(&sent[..first + 300]);
+        let range = read.as_ptr_range();
+        let opened = server.decode(&mut read).unwrap().unwrap();
+        assert_eq!(opened.payload(), &payload[..], "signed: {signed}");
+        assert!(
+            range.contains(&opened.payload().as_ptr()),
+            "opened in the read buffer (signed: {signed})"
+        );
+        assert!(server.decode(&mut read).unwrap().is_none());
+        read.extend_from_slice(&sent[first + 300..]);
+        let next = server.decode(&mut read).unwrap().unwrap();
+        assert_eq!(next.payload(), &payload[..], "signed: {signed}");
+    }
+}
+
 /// The send path every session uses (`Framing::encode_into`): the
 /// encryption transform seals a payload only the frame holds where it lies
 /// and leaves the counter and the tag (and the HMAC trailer) as small

@@ -608,6 +608,23 @@ impl FrameCodec {
             let mut bytes = std::mem::take(src).freeze();
             bytes.advance(header);
             bytes
+        } else if flags.contains(Flags::ENCRYPTED)
+            && length - header >= ZERO_COPY_THRESHOLD
+            && src.len() - length < RESERVE_AHEAD / 8
+        {
+            // A large sealed frame followed by the start of the next (a
+            // streaming peer): the few bytes after it (less than an eighth
+            // of a read chunk) are copied into a new read buffer, and the
+            // frame takes this one whole and unshared, so the decrypting
+            // transform opens it in place instead of copying all of it out
+            // of a shared buffer. Frames without ENCRYPTED are split off as
+            // below (nothing will write into them).
+            let mut rest = BytesMut::with_capacity(RESERVE_AHEAD);
+            rest.extend_from_slice(src.get(length..).unwrap_or_default());
+            src.truncate(length);
+            let mut bytes = std::mem::replace(src, rest).freeze();
+            bytes.advance(header);
+            bytes
         } else {
             // Frozen first: advancing a `Bytes` moves a pointer, where
             // advancing the `BytesMut` checks its kind and capacity.
@@ -1200,6 +1217,64 @@ mod tests {
         buf.extend_from_slice(b"MSGI\x00\x00");
         let mut got = codec.decode(&mut buf).unwrap().unwrap();
         assert_eq!(buf.len(), 6);
+        let payload = std::mem::take(got.payload_mut());
+        assert!(
+            payload.try_into_mut().is_err(),
+            "shared with the read buffer"
+        );
+    }
+
+    /// A large ENCRYPTED frame followed by the start of the next one (a
+    /// streaming peer's read) is handed over unshared, so it can be opened
+    /// in place; the bytes after it move to a new read buffer and the next
+    /// frame decodes from there. A plain frame in the same place is split
+    /// off, shared, as before.
+    #[test]
+    fn a_large_sealed_frame_followed_by_a_few_bytes_is_handed_over_unshared() {
+        let mut codec = FrameCodec::new();
+        let sealed = |id: u32| {
+            Frame::data(vec![id as u8; 64 * 1024])
+                .with_request_id(id)
+                .with_flags(Flags::ENCRYPTED)
+        };
+        let mut wire = BytesMut::new();
+        codec.encode(sealed(1), &mut wire).unwrap();
+        let first = wire.len();
+        codec.encode(sealed(2), &mut wire).unwrap();
+        // One read: the first frame and 100 bytes of the second.
+        let mut buf = BytesMut::with_capacity(first + 256);
+        buf.extend_from_slice(&wire[..first + 100]);
+        let start = buf.as_ptr();
+        let mut got = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(got.request_id(), Some(1));
+        assert_eq!(
+            got.payload().as_ptr(),
+            start.wrapping_add(CORRELATED_HEADER_LEN)
+        );
+        let payload = std::mem::take(got.payload_mut());
+        assert!(payload.try_into_mut().is_ok(), "the frame alone holds it");
+        assert_eq!(
+            &buf[..],
+            &wire[first..first + 100],
+            "the rest kept, in order"
+        );
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(&wire[first + 100..]);
+        let second = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(second.request_id(), Some(2));
+        assert_eq!(second.payload(), &vec![2u8; 64 * 1024][..]);
+        assert!(buf.is_empty());
+
+        // Without ENCRYPTED: split off, shared with what follows.
+        let mut plain = BytesMut::new();
+        codec
+            .encode(Frame::data(vec![3u8; 64 * 1024]), &mut plain)
+            .unwrap();
+        let len = plain.len();
+        plain.extend_from_slice(&wire[..100]);
+        let mut got = codec.decode(&mut plain).unwrap().unwrap();
+        assert_eq!(plain.len(), 100);
+        assert_eq!(got.payload().len(), len - HEADER_LEN);
         let payload = std::mem::take(got.payload_mut());
         assert!(
             payload.try_into_mut().is_err(),
