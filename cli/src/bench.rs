@@ -99,6 +99,12 @@ pub(crate) struct BenchArgs {
     /// alternately with the others (throughput, latency, idle).
     #[arg(long)]
     tls: bool,
+    /// With --addr: connect with TLS, verifying the server's certificate
+    /// (for the IP address of --addr) with the CA certificates in this
+    /// file (PEM), e.g. a server started with the files of `msgi certs`
+    /// (throughput, latency, idle).
+    #[arg(long, value_name = "FILE", requires = "addr", conflicts_with = "tls")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Also run msgi over WebSocket (server `msgi+ws`: `msgi serve
     /// --ws-listen`; the generator sends each frame as one binary
     /// WebSocket message), alternately with the others (throughput,
@@ -301,6 +307,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
             bail!("--tls measures throughput, latency and idle sessions");
         }
         Some(BenchTls::new()?)
+    } else if let (Some(ca), Some(addr)) = (&args.tls_ca, args.addr) {
+        if args.ws || !matches!(args.mode, Mode::Throughput | Mode::Latency | Mode::Idle) {
+            bail!("--tls-ca measures throughput, latency and idle sessions, not with --ws");
+        }
+        Some(BenchTls::to_server(ca, addr)?)
     } else {
         None
     };
@@ -331,7 +342,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     let mut results = Vec::new();
     if let Some(addr) = args.addr {
         for round in 0..args.rounds {
-            let dial = if args.ws { Dial::Ws } else { Dial::Tcp };
+            let dial = match &tls {
+                Some(tls) => Dial::Tls(tls),
+                None if args.ws => Dial::Ws,
+                None => Dial::Tcp,
+            };
             results.push(measure(&args, size, "target", round, addr, args.pid, dial).await?);
         }
     } else {

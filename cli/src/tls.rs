@@ -197,7 +197,8 @@ fn write_new(path: &std::path::Path, bytes: &[u8], secret: bool) -> std::io::Res
 /// a temporary folder (removed on drop) for the `msgi serve` child; the
 /// generator connects with [`BenchTls::connect`].
 pub(crate) struct BenchTls {
-    dir: PathBuf,
+    /// The folder of the throwaway files (none for [`BenchTls::to_server`]).
+    dir: Option<PathBuf>,
     pub(crate) serve: ServeTls,
     connector: TlsConnector,
 }
@@ -214,12 +215,27 @@ impl BenchTls {
             .root_certificates(vec![pki.ca.der().clone()])
             .build()?;
         Ok(BenchTls {
-            dir,
+            dir: Some(dir),
             serve: ServeTls {
                 tls_cert: Some(cert_path),
                 tls_key: Some(key_path),
                 client_ca: None,
             },
+            connector,
+        })
+    }
+
+    /// TLS to a server the bench did not start (`bench --addr --tls-ca`):
+    /// its certificate is verified for the IP address of `addr` with the
+    /// CA certificates in `ca`.
+    pub(crate) fn to_server(ca: &std::path::Path, addr: std::net::SocketAddr) -> Result<BenchTls> {
+        let connector = TlsConnector::builder(addr.ip().to_string())
+            .root_certificates(load_certs(ca)?)
+            .build()
+            .context("TLS settings")?;
+        Ok(BenchTls {
+            dir: None,
+            serve: ServeTls::default(),
             connector,
         })
     }
@@ -255,7 +271,9 @@ impl BenchTls {
 
 impl Drop for BenchTls {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

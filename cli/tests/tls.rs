@@ -429,6 +429,50 @@ fn bench_runs_msgi_over_tls_next_to_plain_msgi() {
     );
 }
 
+/// `bench --addr --tls-ca`: the generator does TLS to a server it did not
+/// start (how a TLS server is profiled under load), verifying every echo;
+/// without the flag the same port answers no echo.
+#[test]
+fn bench_measures_a_tls_server_at_an_address() {
+    let pki = Pki::new("bench-addr");
+    let serve = Serve::start(&[
+        "--tls-cert",
+        &pki.path("server.pem"),
+        "--tls-key",
+        &pki.path("server.key"),
+    ]);
+    let bench = |extra: &[&str]| {
+        let mut args = vec![
+            "bench",
+            "throughput",
+            "--addr",
+            &serve.addr,
+            "--rounds",
+            "1",
+            "-t",
+            "0.2",
+            "-c",
+            "1",
+            "-d",
+            "4",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let out = bench(&["--tls-ca", &pki.path("server-ca.pem")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert!(runs[0]["messages"].as_u64().unwrap() > 0, "{}", runs[0]);
+    assert_eq!(runs[0]["errors"].as_u64(), Some(0), "{}", runs[0]);
+    // A CA that did not sign the server's certificate: refused.
+    let out = bench(&["--tls-ca", &pki.path("other-ca.pem")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("TLS connect"), "{}", stderr(&out));
+}
+
 #[test]
 fn certs_writes_what_serve_and_send_need_for_mutual_tls() {
     let dir = std::env::temp_dir().join(format!("msgi-cli-certs-{}", std::process::id()));
