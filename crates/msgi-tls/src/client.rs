@@ -10,13 +10,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use msgi::{Accepted, BoxError, ClientError, Connected, TcpConnector};
-use rustls::client::ClientConfig;
+use rustls::client::{ClientConfig, UnbufferedClientConnection};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio_rustls::client::TlsStream;
 
 use crate::config::{provider, root_store, TlsConfigError, ALPN_MSGI};
-use crate::read_ahead::ReadAhead;
 use crate::server::TlsInfo;
+use crate::stream::TlsStream;
+
+/// The client's side of a [`TlsStream`]: what the client runs on.
+pub type ClientTlsStream<Io> = TlsStream<Io, UnbufferedClientConnection>;
 
 /// Opens TLS connections for a [`Client`](msgi::Client): give it to
 /// [`ClientBuilder::connect_with_connector`](msgi::ClientBuilder::connect_with_connector)
@@ -36,7 +38,7 @@ use crate::server::TlsInfo;
 #[derive(Clone)]
 pub struct TlsConnector<C = TcpConnector> {
     inner: C,
-    tls: tokio_rustls::TlsConnector,
+    config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
     /// The SNI name sent, for [`TlsInfo`]: the DNS name when the
     /// configuration enables SNI (rustls sends none for an IP address).
@@ -79,7 +81,7 @@ impl TlsConnector {
         };
         TlsConnector {
             inner: TcpConnector::new(),
-            tls: tokio_rustls::TlsConnector::from(config),
+            config,
             server_name,
             sni,
         }
@@ -93,10 +95,15 @@ impl<C> TlsConnector<C> {
     pub fn with_transport<C2>(self, inner: C2) -> TlsConnector<C2> {
         TlsConnector {
             inner,
-            tls: self.tls,
+            config: self.config,
             server_name: self.server_name,
             sni: self.sni,
         }
+    }
+
+    /// The rustls configuration.
+    pub fn config(&self) -> &Arc<ClientConfig> {
+        &self.config
     }
 
     /// The name the server's certificate is verified for (and sent as SNI
@@ -219,8 +226,8 @@ impl HandshakeError {
     }
 
     fn from_io(error: io::Error) -> HandshakeError {
-        // tokio-rustls reports what rustls refused as an InvalidData
-        // io::Error around the rustls::Error.
+        // What rustls refused is an InvalidData io::Error around the
+        // rustls::Error (as TlsStream reports it).
         let refused = error
             .get_ref()
             .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -243,7 +250,7 @@ where
     /// The TLS stream, and the inner connector's connection info with a
     /// [`TlsInfo`] added (what the client keeps as
     /// [`Client::connect_info`](msgi::Client::connect_info)).
-    type Response = Accepted<TlsStream<ReadAhead<<C::Response as Connected>::Io>>>;
+    type Response = Accepted<ClientTlsStream<<C::Response as Connected>::Io>>;
     type Error = BoxError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
@@ -253,7 +260,7 @@ where
 
     fn call(&mut self, target: A) -> Self::Future {
         let opening = self.inner.call(target);
-        let tls = self.tls.clone();
+        let config = self.config.clone();
         let name = self.server_name.clone();
         let sni = self.sni.clone();
         Box::pin(async move {
@@ -261,15 +268,19 @@ where
             // for TCP) goes to the client as it is.
             let (io, mut info) = opening.await.map_err(Into::into)?.into_connected();
             let label = format!("{} (TLS)", name.to_str());
-            let stream = tls.connect(name, ReadAhead::new(io)).await.map_err(|e| {
+            let failed = |e: io::Error| {
                 let kind = e.kind();
                 let error = io::Error::new(kind, HandshakeError::from_io(e));
                 BoxError::from(ClientError::Connect {
-                    target: label,
+                    target: label.clone(),
                     source: Arc::new(error),
                 })
-            })?;
-            info.insert(TlsInfo::of(stream.get_ref().1, sni));
+            };
+            let conn = UnbufferedClientConnection::new(config, name)
+                .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            let mut stream = TlsStream::new(io, conn);
+            stream.handshake().await.map_err(failed)?;
+            info.insert(TlsInfo::of(stream.connection(), sni));
             Ok(Accepted::new(stream, info))
         })
     }

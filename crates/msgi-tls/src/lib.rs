@@ -69,13 +69,13 @@
 
 mod client;
 mod config;
-mod read_ahead;
 mod server;
+mod stream;
 
-pub use client::{HandshakeError, TlsConnector, TlsConnectorBuilder};
+pub use client::{ClientTlsStream, HandshakeError, TlsConnector, TlsConnectorBuilder};
 pub use config::{load_certs, load_key, provider, TlsConfigError, ALPN_MSGI};
-pub use read_ahead::{ReadAhead, READ_AHEAD};
-pub use server::{AcceptError, TlsAcceptor, TlsAcceptorBuilder, TlsInfo, TlsThen};
+pub use server::{AcceptError, ServerTlsStream, TlsAcceptor, TlsAcceptorBuilder, TlsInfo, TlsThen};
+pub use stream::{Endpoint, TlsStream, READ_CHUNK};
 
 /// The rustls this crate is built on (its configuration types, for
 /// [`TlsAcceptor::from_config`] and [`TlsConnector::from_config`]).

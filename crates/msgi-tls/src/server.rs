@@ -10,14 +10,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use msgi::{Accepted, BoxError, ConnectInfo, Plain};
-use rustls::server::{ServerConfig, WebPkiClientVerifier};
+use rustls::server::{ServerConfig, UnbufferedServerConnection, WebPkiClientVerifier};
 use rustls::{CipherSuite, CommonState, ProtocolVersion};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_rustls::server::TlsStream;
 
 use crate::config::{provider, root_store, TlsConfigError, ALPN_MSGI};
-use crate::read_ahead::ReadAhead;
+use crate::stream::TlsStream;
+
+/// The server's side of a [`TlsStream`]: what the session runs on.
+pub type ServerTlsStream<Io> = TlsStream<Io, UnbufferedServerConnection>;
 
 /// The server's TLS accept step: give it to
 /// [`ServerBuilder::accept`](msgi::ServerBuilder::accept). Each accepted
@@ -33,7 +35,7 @@ use crate::read_ahead::ReadAhead;
 /// is an [`AcceptError`].
 #[derive(Clone)]
 pub struct TlsAcceptor {
-    inner: tokio_rustls::TlsAcceptor,
+    config: Arc<ServerConfig>,
 }
 
 impl fmt::Debug for TlsAcceptor {
@@ -61,14 +63,12 @@ impl TlsAcceptor {
     /// `ServerConfig::builder_with_provider(msgi_tls::provider())` to keep
     /// the provider explicit).
     pub fn from_config(config: Arc<ServerConfig>) -> TlsAcceptor {
-        TlsAcceptor {
-            inner: tokio_rustls::TlsAcceptor::from(config),
-        }
+        TlsAcceptor { config }
     }
 
     /// The rustls configuration.
     pub fn config(&self) -> &Arc<ServerConfig> {
-        self.inner.config()
+        &self.config
     }
 
     /// The TLS handshake, then `next` (another accept step taking any byte
@@ -96,7 +96,7 @@ pub struct TlsThen<B> {
 impl<Io, B> tower::Service<Accepted<Io>> for TlsThen<B>
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    B: tower::Service<Accepted<TlsStream<ReadAhead<Io>>>> + Clone + Send + 'static,
+    B: tower::Service<Accepted<ServerTlsStream<Io>>> + Clone + Send + 'static,
     B::Error: Into<BoxError>,
     B::Future: Send + 'static,
 {
@@ -288,7 +288,7 @@ impl<Io> tower::Service<Accepted<Io>> for TlsAcceptor
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    type Response = Accepted<Plain<TlsStream<ReadAhead<Io>>>>;
+    type Response = Accepted<Plain<ServerTlsStream<Io>>>;
     type Error = AcceptError;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, AcceptError>> + Send>>;
 
@@ -311,22 +311,54 @@ impl TlsAcceptor {
     fn handshake<Io>(
         &self,
         incoming: Accepted<Io>,
-    ) -> impl Future<Output = Result<(TlsStream<ReadAhead<Io>>, ConnectInfo), AcceptError>>
-           + Send
-           + 'static
+    ) -> impl Future<Output = Result<(ServerTlsStream<Io>, ConnectInfo), AcceptError>> + Send + 'static
     where
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (io, mut info) = incoming.into_parts();
-        let handshake = self.inner.accept(ReadAhead::new(io));
+        let config = self.config.clone();
         async move {
-            let stream = handshake.await.map_err(|source| AcceptError {
-                peer: info.peer_addr(),
-                source,
-            })?;
-            let conn = stream.get_ref().1;
-            info.insert(TlsInfo::of(conn, conn.server_name().map(Arc::from)));
+            let peer = info.peer_addr();
+            let failed = |source| AcceptError { peer, source };
+            let conn = UnbufferedServerConnection::new(config)
+                .map_err(|e| failed(io::Error::new(io::ErrorKind::InvalidData, e)))?;
+            let mut stream = TlsStream::new(io, conn);
+            let server_name = client_hello_name(&mut stream).await.map_err(failed)?;
+            stream.handshake().await.map_err(failed)?;
+            info.insert(TlsInfo::of(stream.connection(), server_name));
             Ok((stream, info))
+        }
+    }
+}
+
+/// The SNI name of the ClientHello at the start of `stream`'s input, read
+/// as far as the ClientHello goes (rustls's unbuffered server connection
+/// does not tell it): rustls's `Acceptor` parses a copy of those bytes,
+/// which stay in `stream` for the handshake proper. `None` when the client
+/// sent no name, or when what it sent is no ClientHello (the handshake then
+/// says why).
+async fn client_hello_name<Io>(stream: &mut ServerTlsStream<Io>) -> io::Result<Option<Arc<str>>>
+where
+    Io: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut fed = 0;
+    loop {
+        let mut fresh = stream.incoming().get(fed..).unwrap_or_default();
+        while !fresh.is_empty() {
+            match acceptor.read_tls(&mut fresh) {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            }
+        }
+        fed = stream.incoming().len();
+        match acceptor.accept() {
+            Ok(Some(hello)) => return Ok(hello.client_hello().server_name().map(Arc::from)),
+            Ok(None) => {}
+            Err(_) => return Ok(None),
+        }
+        if std::future::poll_fn(|cx| stream.poll_fill(cx)).await? == 0 {
+            return Ok(None);
         }
     }
 }

@@ -1,0 +1,849 @@
+//! [`TlsStream`]: a TLS byte stream on rustls's unbuffered API, over any
+//! byte stream (TCP in practice).
+//!
+//! Why not tokio-rustls: with rustls's buffered connection a TLS session
+//! read its ciphertext in 4 KiB steps into a deframer buffer that grows
+//! (zero-filled) and shrinks on every burst, so msgi put a read-ahead
+//! buffer under it (one more copy of every byte). Here the socket is read
+//! straight into one buffer of up to [`READ_CHUNK`] bytes, rustls decrypts
+//! the records where they lie, and the plaintext is copied to the reader;
+//! outbound, each slice of a vectored write is encrypted into one
+//! outgoing buffer that leaves with one write. Every buffer is bounded and
+//! released when the connection goes quiet.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::ops::DerefMut;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BytesMut};
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+    UnbufferedConnectionCommon, UnbufferedStatus,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The room each read of the transport gets (as much as a plain session's
+/// read): a burst of records up to this size is one read system call.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// The most ciphertext held before it is processed: room for a handshake
+/// message of up to 64 KiB (rustls's own limit) and a record in progress.
+/// A TLS record is at most 16 KiB plus 256 bytes of expansion, and rustls
+/// refuses a longer one as soon as its header is read, so an honest peer
+/// never reaches this; one that does is refused.
+const INCOMING_LIMIT: usize = 96 * 1024;
+
+/// Plaintext taken per write call at most: the ciphertext waiting to be
+/// written stays under this plus one call's record overhead.
+const OUTGOING_LIMIT: usize = 64 * 1024;
+
+/// What each record adds to its plaintext, at most (TLS 1.2 AES-GCM: a
+/// 5-byte header, an 8-byte explicit nonce, a 16-byte tag; TLS 1.3: header,
+/// content type, tag): the first guess of the room an encryption needs
+/// (rustls says exactly how much if the guess is short).
+const RECORD_OVERHEAD: usize = 32;
+
+/// The largest plaintext of one record (TLS's limit, rustls's default).
+const MAX_FRAGMENT: usize = 16 * 1024;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for rustls::server::UnbufferedServerConnection {}
+    impl Sealed for rustls::client::UnbufferedClientConnection {}
+}
+
+/// One end of a TLS connection on rustls's unbuffered API: rustls's
+/// `UnbufferedServerConnection` or `UnbufferedClientConnection`. Sealed.
+pub trait Endpoint:
+    sealed::Sealed + DerefMut<Target = UnbufferedConnectionCommon<Self::Data>> + Send + Unpin + 'static
+{
+    /// rustls's per-side state.
+    type Data;
+
+    /// rustls's `process_tls_records` for this side.
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+}
+
+impl Endpoint for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, ServerConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+impl Endpoint for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, ClientConnectionData> {
+        self.process_tls_records(incoming)
+    }
+}
+
+/// A TLS connection over the byte stream `T`, itself a byte stream
+/// (`AsyncRead + AsyncWrite`, vectored writes): what
+/// [`TlsAcceptor`](crate::TlsAcceptor) gives the session (`E` =
+/// `UnbufferedServerConnection`) and [`TlsConnector`](crate::TlsConnector)
+/// gives the client (`E` = `UnbufferedClientConnection`), the handshake
+/// done.
+///
+/// Reads take up to [`READ_CHUNK`] bytes of ciphertext from `T` in one
+/// call; rustls decrypts each record in that buffer and its plaintext is
+/// copied to the reader (what the reader had no room for waits in a buffer
+/// of its own). A write encrypts each slice it is given (up to 64 KiB of
+/// plaintext per call) into one outgoing buffer and writes it with one
+/// call of `T`. Ciphertext not yet processed is bounded (96 KiB; more
+/// without a complete record is refused as `InvalidData`). The input
+/// buffers are released whenever a read would block with nothing buffered,
+/// the output buffer once it is written, so an idle connection holds none.
+///
+/// Shutting down sends TLS `close_notify`. A peer's `close_notify` reads
+/// as the end of the stream; the transport closing without one is an
+/// [`UnexpectedEof`](io::ErrorKind::UnexpectedEof) error (a truncation
+/// could otherwise pass for a clean end). A TLS error is an
+/// [`InvalidData`](io::ErrorKind::InvalidData) error around the
+/// [`rustls::Error`], after the alert rustls queued was offered to the
+/// peer.
+pub struct TlsStream<T, E> {
+    io: T,
+    conn: E,
+    /// Ciphertext read and not yet processed.
+    incoming: BytesMut,
+    /// Plaintext decrypted and not yet read.
+    plaintext: BytesMut,
+    /// Ciphertext to write, from `sent` on.
+    outgoing: Vec<u8>,
+    sent: usize,
+    /// The peer's `close_notify` arrived: no more plaintext.
+    peer_closed: bool,
+    /// Our `close_notify` is queued.
+    closed: bool,
+}
+
+impl<T, E: Endpoint> fmt::Debug for TlsStream<T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("incoming", &self.incoming.len())
+            .field("plaintext", &self.plaintext.len())
+            .field("outgoing", &(self.outgoing.len() - self.sent))
+            .field("peer_closed", &self.peer_closed)
+            .field("closed", &self.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a caller of [`TlsStream::process`] wants done.
+enum Want<'a, 'b> {
+    /// Plaintext, into this buffer.
+    Read(&'a mut ReadBuf<'b>),
+    /// These bytes encrypted.
+    Write(&'a [IoSlice<'a>]),
+    /// `close_notify` queued.
+    Close,
+    /// The handshake's progress.
+    Handshake,
+}
+
+/// Where processing the buffered input stopped.
+enum Outcome {
+    /// The input is used up: read more from the peer (or, during the
+    /// handshake, wait for its next flight).
+    NeedInput,
+    /// Application data may be written (the buffered input is used up).
+    Writable,
+    /// The reader's buffer is full.
+    Delivered,
+    /// This much plaintext was encrypted (or `close_notify` queued).
+    Wrote(usize),
+    /// Both sides sent `close_notify`.
+    Closed,
+}
+
+/// What one state of rustls came to, once its borrows are over.
+enum Next {
+    Again,
+    Stop(Outcome),
+}
+
+fn tls_error(error: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error)
+}
+
+/// A handshake record (or an alert) rustls has ready, appended to
+/// `outgoing` (in as much room as rustls asks for: at most a flight of
+/// handshake messages, which rustls keeps under 64 KiB).
+fn encode<D>(outgoing: &mut Vec<u8>, data: &mut EncodeTlsData<'_, D>) -> io::Result<()> {
+    let start = outgoing.len();
+    let mut room = 4096;
+    loop {
+        grow(outgoing, start, room);
+        match data.encode(&mut outgoing[start..]) {
+            Ok(n) => {
+                outgoing.truncate(start + n);
+                return Ok(());
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size }))
+                if required_size > room =>
+            {
+                room = required_size;
+            }
+            Err(e) => {
+                outgoing.truncate(start);
+                return Err(io::Error::other(e));
+            }
+        }
+    }
+}
+
+/// Room of `len` more initialized bytes at the end of `buf`.
+fn grow(buf: &mut Vec<u8>, start: usize, len: usize) {
+    if buf.len() < start + len {
+        buf.resize(start + len, 0);
+    }
+}
+
+impl<T, E> TlsStream<T, E>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    E: Endpoint,
+{
+    /// `conn` (fresh) over `io`; [`handshake`](Self::handshake) next.
+    pub(crate) fn new(io: T, conn: E) -> Self {
+        TlsStream {
+            io,
+            conn,
+            incoming: BytesMut::new(),
+            plaintext: BytesMut::new(),
+            outgoing: Vec::new(),
+            sent: 0,
+            peer_closed: false,
+            closed: false,
+        }
+    }
+
+    /// The transport.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// The rustls connection (its `CommonState`: the peer's certificates,
+    /// the ALPN protocol, the version and suite agreed).
+    pub fn connection(&self) -> &E {
+        &self.conn
+    }
+
+    /// Ciphertext read and not yet processed, plaintext not yet read, and
+    /// ciphertext not yet written, in bytes (what the connection holds
+    /// besides rustls's own state).
+    pub fn buffered(&self) -> (usize, usize, usize) {
+        (
+            self.incoming.len(),
+            self.plaintext.len(),
+            self.outgoing.len() - self.sent,
+        )
+    }
+
+    /// The bytes read so far and not processed (the server's ClientHello
+    /// probe reads them too).
+    pub(crate) fn incoming(&self) -> &[u8] {
+        &self.incoming
+    }
+
+    /// Runs the handshake to its end (both sides' Finished sent or
+    /// received and every certificate verified), with what it wrote
+    /// flushed.
+    ///
+    /// # Errors
+    ///
+    /// The peer was refused or refused us (`InvalidData` around the
+    /// [`rustls::Error`]), or the transport failed or closed
+    /// (`UnexpectedEof`).
+    pub(crate) async fn handshake(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_handshake(cx)).await
+    }
+
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            let outcome = match self.process(Want::Handshake) {
+                Ok(outcome) => outcome,
+                Err(e) => return self.fail(cx, e),
+            };
+            let done = matches!(outcome, Outcome::Writable) && !self.conn.is_handshaking();
+            // What we have for the peer goes before we wait for it.
+            ready!(self.poll_flush_outgoing(cx))?;
+            if done {
+                return Poll::Ready(Ok(()));
+            }
+            if self.peer_closed {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed TLS during the handshake",
+                )));
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the connection closed during the TLS handshake",
+                )));
+            }
+        }
+    }
+
+    /// Reads more ciphertext from the transport: `Ok(0)` at its end.
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.incoming.len() >= INCOMING_LIMIT {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "more than 96 KiB of TLS input without a complete record",
+            )));
+        }
+        if self.incoming.capacity() - self.incoming.len() < READ_CHUNK / 8 {
+            self.incoming.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.incoming)
+    }
+
+    /// Writes the outgoing ciphertext: `Ready` once all of it is written.
+    fn poll_flush_outgoing(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.outgoing.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.outgoing[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        // All written: an idle connection keeps no buffer.
+        self.outgoing = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// A TLS error: the alert rustls queued (if any) is offered to the
+    /// peer without waiting, then the error is returned.
+    fn fail<R>(&mut self, cx: &mut Context<'_>, error: io::Error) -> Poll<io::Result<R>> {
+        let _ = self.poll_flush_outgoing(cx);
+        Poll::Ready(Err(error))
+    }
+
+    /// Feeds the buffered ciphertext to rustls and does what `want` asks,
+    /// until the input is used up or the request is served.
+    fn process(&mut self, mut want: Want<'_, '_>) -> io::Result<Outcome> {
+        loop {
+            let TlsStream {
+                conn,
+                incoming,
+                plaintext,
+                outgoing,
+                sent,
+                peer_closed,
+                closed,
+                ..
+            } = self;
+            let UnbufferedStatus { discard, state } = conn.process(&mut incoming[..]);
+            let mut discard = discard;
+            let next = match state {
+                Err(e) => {
+                    incoming.advance(discard);
+                    self.queue_alert();
+                    return Err(tls_error(e));
+                }
+                Ok(ConnectionState::ReadTraffic(mut traffic)) => {
+                    let mut full = false;
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(tls_error)?;
+                        discard += record.discard;
+                        let mut payload = record.payload;
+                        if let Want::Read(out) = &mut want {
+                            let n = out.remaining().min(payload.len());
+                            out.put_slice(&payload[..n]);
+                            payload = &payload[n..];
+                            full = out.remaining() == 0;
+                        }
+                        // What the reader has no room for (bounded by
+                        // the ciphertext it came from).
+                        plaintext.extend_from_slice(payload);
+                    }
+                    if full {
+                        Next::Stop(Outcome::Delivered)
+                    } else {
+                        Next::Again
+                    }
+                }
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    encode(outgoing, &mut data)?;
+                    Next::Again
+                }
+                // Our outgoing buffer keeps the order: marked sent now,
+                // written before anything queued later.
+                Ok(ConnectionState::TransmitTlsData(data)) => {
+                    data.done();
+                    Next::Again
+                }
+                Ok(ConnectionState::BlockedHandshake) => Next::Stop(Outcome::NeedInput),
+                Ok(ConnectionState::PeerClosed) => {
+                    *peer_closed = true;
+                    Next::Again
+                }
+                Ok(ConnectionState::Closed) => {
+                    *peer_closed = true;
+                    Next::Stop(Outcome::Closed)
+                }
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match &want {
+                    Want::Read(_) => Next::Stop(Outcome::NeedInput),
+                    Want::Handshake => Next::Stop(Outcome::Writable),
+                    Want::Close => {
+                        let start = outgoing.len();
+                        grow(outgoing, start, 64);
+                        let n = traffic
+                            .queue_close_notify(&mut outgoing[start..])
+                            .map_err(io::Error::other)?;
+                        outgoing.truncate(start + n);
+                        *closed = true;
+                        Next::Stop(Outcome::Wrote(0))
+                    }
+                    Want::Write(bufs) => {
+                        if *sent > 0 {
+                            // Keep the buffer bounded: drop what is written.
+                            outgoing.drain(..*sent);
+                            *sent = 0;
+                        }
+                        let mut accepted = 0;
+                        'slices: for buf in bufs.iter() {
+                            let mut data: &[u8] = buf;
+                            while !data.is_empty() {
+                                let room = OUTGOING_LIMIT.saturating_sub(outgoing.len());
+                                if room == 0 {
+                                    break 'slices;
+                                }
+                                let take = data.len().min(room);
+                                let start = outgoing.len();
+                                let mut need = take + take.div_ceil(MAX_FRAGMENT) * RECORD_OVERHEAD;
+                                loop {
+                                    grow(outgoing, start, need);
+                                    match traffic.encrypt(&data[..take], &mut outgoing[start..]) {
+                                        Ok(n) => {
+                                            outgoing.truncate(start + n);
+                                            break;
+                                        }
+                                        Err(EncryptError::InsufficientSize(
+                                            InsufficientSizeError { required_size },
+                                        )) if required_size > need => need = required_size,
+                                        Err(e) => {
+                                            outgoing.truncate(start);
+                                            if accepted > 0 {
+                                                // Say what went; the error comes next call.
+                                                break 'slices;
+                                            }
+                                            return Err(io::Error::other(e));
+                                        }
+                                    }
+                                }
+                                accepted += take;
+                                data = &data[take..];
+                            }
+                        }
+                        Next::Stop(Outcome::Wrote(accepted))
+                    }
+                },
+                Ok(ConnectionState::ReadEarlyData(_)) => {
+                    // The acceptor never enables early data.
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "TLS early data, which this server does not accept",
+                    ));
+                }
+                Ok(_) => {
+                    return Err(io::Error::other("a TLS state this version does not know"));
+                }
+            };
+            incoming.advance(discard);
+            match next {
+                Next::Again => {}
+                Next::Stop(outcome) => return Ok(outcome),
+            }
+        }
+    }
+
+    /// After a TLS error: the records rustls queued (its alert) go to the
+    /// outgoing buffer. rustls hands queued records out before it looks at
+    /// the input again, so asking only while some are queued never makes
+    /// it process the input that failed a second time.
+    fn queue_alert(&mut self) {
+        while self.conn.wants_write() {
+            let TlsStream {
+                conn,
+                incoming,
+                outgoing,
+                ..
+            } = self;
+            match conn.process(&mut incoming[..]).state {
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    if encode(outgoing, &mut data).is_err() {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Releases the input buffers when nothing is in them.
+    fn release_input(&mut self) {
+        if self.incoming.is_empty() {
+            self.incoming = BytesMut::new();
+        }
+        if self.plaintext.is_empty() {
+            self.plaintext = BytesMut::new();
+        }
+    }
+}
+
+impl<T, E> AsyncRead for TlsStream<T, E>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    E: Endpoint,
+{
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if !this.plaintext.is_empty() {
+                let n = out.remaining().min(this.plaintext.len());
+                out.put_slice(&this.plaintext[..n]);
+                this.plaintext.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.peer_closed {
+                // The end of the stream: `out` stays as it is.
+                return Poll::Ready(Ok(()));
+            }
+            let before = out.filled().len();
+            let outcome = if this.incoming.is_empty() {
+                Outcome::NeedInput
+            } else {
+                match this.process(Want::Read(out)) {
+                    Ok(outcome) => outcome,
+                    Err(e) => return this.fail(cx, e),
+                }
+            };
+            // Whatever rustls answered on its own (a key update) goes
+            // out with the next write, or now if the socket takes it.
+            if this.sent < this.outgoing.len() {
+                if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            if out.filled().len() > before || matches!(outcome, Outcome::Delivered) {
+                return Poll::Ready(Ok(()));
+            }
+            if this.peer_closed || matches!(outcome, Outcome::Closed) {
+                continue;
+            }
+            match this.poll_fill(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the peer closed the connection without TLS close_notify",
+                    )));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Nothing to read: an idle connection keeps no buffer.
+                    this.release_input();
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl<T, E> AsyncWrite for TlsStream<T, E>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+    E: Endpoint,
+{
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.closed {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS close_notify was sent: no more writes",
+            )));
+        }
+        // No room: wait until the transport takes some.
+        if this.outgoing.len() - this.sent >= OUTGOING_LIMIT {
+            if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
+                return Poll::Ready(Err(e));
+            }
+            if this.outgoing.len() - this.sent >= OUTGOING_LIMIT {
+                return Poll::Pending;
+            }
+        }
+        let accepted = match this.process(Want::Write(bufs)) {
+            Ok(Outcome::Wrote(n)) => n,
+            Ok(_) => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the TLS connection is closed",
+                )))
+            }
+            Err(e) => return this.fail(cx, e),
+        };
+        // One write for all of it; what the socket does not take now is
+        // ours to write later (poll_flush).
+        if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(accepted))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_flush_outgoing(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.closed {
+            match this.process(Want::Close) {
+                Ok(Outcome::Wrote(_) | Outcome::Closed) => this.closed = true,
+                Ok(_) => this.closed = true,
+                Err(e) => return this.fail(cx, e),
+            }
+        }
+        ready!(this.poll_flush_outgoing(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::{TlsAcceptor, TlsConnector};
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls_pki_types::{PrivateKeyDer, ServerName};
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .expect("test step timed out")
+    }
+
+    /// Counts the reads of the transport that returned bytes.
+    struct Counted {
+        io: DuplexStream,
+        reads: usize,
+    }
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = out.filled().len();
+            let polled = Pin::new(&mut self.io).poll_read(cx, out);
+            if out.filled().len() > before {
+                self.reads += 1;
+            }
+            polled
+        }
+    }
+
+    impl AsyncWrite for Counted {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    type Server = TlsStream<Counted, UnbufferedServerConnection>;
+    type Client = TlsStream<DuplexStream, UnbufferedClientConnection>;
+
+    /// A server and a client stream over an in-memory pipe, handshake done.
+    async fn pair() -> (Server, Client) {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let acceptor = TlsAcceptor::builder(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .build()
+        .unwrap();
+        let connector = TlsConnector::builder("localhost")
+            .root_certificates(vec![cert.der().clone()])
+            .build()
+            .unwrap();
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut server = TlsStream::new(
+            Counted { io: a, reads: 0 },
+            UnbufferedServerConnection::new(acceptor.config().clone()).unwrap(),
+        );
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = TlsStream::new(
+            b,
+            UnbufferedClientConnection::new(connector.config().clone(), name).unwrap(),
+        );
+        let (s, c) = within(async { tokio::join!(server.handshake(), client.handshake()) }).await;
+        s.unwrap();
+        c.unwrap();
+        (server, client)
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// A burst of records (three of them here) reaches the server with one
+    /// read of its transport and is decrypted into the reader's buffer in
+    /// one read call; then, nothing left to read, the stream holds no
+    /// buffer.
+    #[tokio::test]
+    async fn a_burst_of_records_is_one_read_and_an_idle_stream_keeps_no_buffer() {
+        let (mut server, mut client) = pair().await;
+        let sent = pattern(40_000);
+        within(client.write_all(&sent)).await.unwrap();
+        within(client.flush()).await.unwrap();
+        let reads = server.io.reads;
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = within(server.read(&mut buf)).await.unwrap();
+        assert_eq!(&buf[..n], &sent[..], "all of it in one read call");
+        assert_eq!(server.io.reads - reads, 1, "one read of the transport");
+        let blocked = std::future::poll_fn(|cx| {
+            let mut out = ReadBuf::new(&mut buf);
+            Poll::Ready(Pin::new(&mut server).poll_read(cx, &mut out).is_pending())
+        })
+        .await;
+        assert!(blocked, "nothing more was sent");
+        assert_eq!(server.buffered(), (0, 0, 0));
+        assert_eq!(server.incoming.capacity(), 0, "idle: no input buffer");
+        assert_eq!(server.plaintext.capacity(), 0);
+        assert_eq!(client.outgoing.capacity(), 0, "written: no output buffer");
+    }
+
+    /// A reader with less room than a record gets the rest on later reads.
+    #[tokio::test]
+    async fn a_small_reader_gets_a_record_in_pieces() {
+        let (mut server, mut client) = pair().await;
+        let sent = pattern(10_000);
+        within(client.write_all(&sent)).await.unwrap();
+        let mut got = vec![0u8; sent.len()];
+        for chunk in got.chunks_mut(700) {
+            within(server.read_exact(chunk)).await.unwrap();
+        }
+        assert_eq!(got, sent);
+        // And the other way.
+        within(server.write_all(&sent)).await.unwrap();
+        let mut back = vec![0u8; sent.len()];
+        within(client.read_exact(&mut back)).await.unwrap();
+        assert_eq!(back, sent);
+    }
+
+    /// One write takes at most 64 KiB of plaintext: the ciphertext waiting
+    /// for the transport is bounded however much the writer offers.
+    #[tokio::test]
+    async fn one_write_takes_at_most_64_kib() {
+        let (mut server, mut client) = pair().await;
+        let big = pattern(1 << 20);
+        let n = within(client.write(&big)).await.unwrap();
+        assert!(n > 0 && n <= OUTGOING_LIMIT, "{n}");
+        within(client.flush()).await.unwrap();
+        let mut got = vec![0u8; n];
+        within(server.read_exact(&mut got)).await.unwrap();
+        assert_eq!(got, big[..n]);
+    }
+
+    /// Shutting down sends close_notify: the peer reads the end of the
+    /// stream. A transport that ends without it is an UnexpectedEof error.
+    #[tokio::test]
+    async fn close_notify_is_a_clean_end_and_a_bare_eof_is_not() {
+        let (mut server, mut client) = pair().await;
+        within(client.write_all(b"last words")).await.unwrap();
+        within(client.shutdown()).await.unwrap();
+        let mut got = Vec::new();
+        within(server.read_to_end(&mut got)).await.unwrap();
+        assert_eq!(got, b"last words");
+
+        let (mut server, client) = pair().await;
+        drop(client);
+        let error = within(server.read(&mut [0u8; 16])).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+    }
+
+    /// A record header claiming more than TLS allows (64 KiB here) is
+    /// refused as soon as it is read: InvalidData around rustls's error,
+    /// and nothing allocated for its length.
+    #[tokio::test]
+    async fn a_record_claiming_64_kib_is_refused() {
+        let (mut server, mut client) = pair().await;
+        let mut lie = vec![0x17, 0x03, 0x03, 0xff, 0xff];
+        lie.extend_from_slice(&[0u8; 100]);
+        within(client.io.write_all(&lie)).await.unwrap();
+        let error = within(server.read(&mut [0u8; 16])).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert!(
+            error
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .is_some(),
+            "{error}"
+        );
+        assert!(server.incoming.capacity() <= 2 * READ_CHUNK);
+    }
+}
