@@ -635,7 +635,10 @@ struct Bytewise<T>(T);
 
 impl<W: AsyncWrite + Unpin + Send + 'static> FrameSink for Bytewise<W> {
     async fn send(&mut self, out: &mut BytesMut, _ends: &[usize]) -> std::io::Result<()> {
-        self.0.write_all(out).await
+        self.0.write_all(out).await?;
+        // A TLS stream may keep what the socket did not take yet until
+        // flushed (a TCP stream's flush does nothing).
+        self.0.flush().await
     }
 
     async fn stop(&mut self) {
