@@ -7,9 +7,16 @@
 //! buffer under it (one more copy of every byte). Here the socket is read
 //! straight into one buffer of up to [`READ_CHUNK`] bytes, rustls decrypts
 //! the records where they lie, and the plaintext is copied to the reader;
-//! outbound, each slice of a vectored write is encrypted into one
-//! outgoing buffer that leaves with one write. Every buffer is bounded and
-//! released when the connection goes quiet.
+//! outbound, each slice of a vectored write is encrypted into the thread's
+//! scratch buffer (zeroed once, reused: rustls's unbuffered API encrypts
+//! into initialized memory only) that leaves with one write. Every buffer
+//! is bounded and released when the connection goes quiet.
+//!
+//! What rustls 0.23 still does on its side: each record's plaintext goes
+//! through a `Vec` of its own on the way in (`ReadTraffic::next_record`)
+//! and on the way out (`WriteTraffic::encrypt` encodes a record, then
+//! copies it into the caller's buffer); its in-place decryption is
+//! announced for a later version.
 
 use std::fmt;
 use std::future::poll_fn;
@@ -105,8 +112,9 @@ impl Endpoint for UnbufferedClientConnection {
 /// call; rustls decrypts each record in that buffer and its plaintext is
 /// copied to the reader (what the reader had no room for waits in a buffer
 /// of its own). A write encrypts each slice it is given (up to 64 KiB of
-/// plaintext per call) into one outgoing buffer and writes it with one
-/// call of `T`. Ciphertext not yet processed is bounded (96 KiB; more
+/// plaintext per call) into the thread's scratch buffer and writes it with
+/// one call of `T`; only what `T` does not take is copied into the
+/// stream's own outgoing buffer (at most 64 KiB with what already waits). Ciphertext not yet processed is bounded (96 KiB; more
 /// without a complete record is refused as `InvalidData`). The input
 /// buffers are released whenever a read would block with nothing buffered,
 /// the output buffer once it is written, so an idle connection holds none.
@@ -150,12 +158,32 @@ impl<T, E: Endpoint> fmt::Debug for TlsStream<T, E> {
 enum Want<'a, 'b> {
     /// Plaintext, into this buffer.
     Read(&'a mut ReadBuf<'b>),
-    /// These bytes encrypted.
-    Write(&'a [IoSlice<'a>]),
+    /// These bytes encrypted into the target, from its `end` on (the
+    /// thread's scratch buffer, or the stream's outgoing buffer when
+    /// ciphertext is already waiting there).
+    Write(&'a [IoSlice<'a>], Target<'a>),
     /// `close_notify` queued.
     Close,
     /// The handshake's progress.
     Handshake,
+}
+
+/// Where a write's ciphertext goes: `buf[..end]` is ciphertext, and
+/// `buf` may be longer (initialized room kept for the next write).
+struct Target<'a> {
+    buf: &'a mut Vec<u8>,
+    end: &'a mut usize,
+    /// Ciphertext already waiting in the stream's own buffer: the
+    /// plaintext taken keeps the two under [`OUTGOING_LIMIT`].
+    waiting: usize,
+}
+
+thread_local! {
+    /// Each thread's room for the ciphertext of one write, zeroed once and
+    /// reused by every stream the thread writes (at most 64 KiB plus
+    /// record overhead). A stream's own outgoing buffer takes only what
+    /// the socket did not: under back-pressure, never per write.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Where processing the buffered input stopped.
@@ -348,7 +376,6 @@ where
                 incoming,
                 plaintext,
                 outgoing,
-                sent,
                 peer_closed,
                 closed,
                 ..
@@ -402,7 +429,7 @@ where
                     *peer_closed = true;
                     Next::Stop(Outcome::Closed)
                 }
-                Ok(ConnectionState::WriteTraffic(mut traffic)) => match &want {
+                Ok(ConnectionState::WriteTraffic(mut traffic)) => match &mut want {
                     Want::Read(_) => Next::Stop(Outcome::NeedInput),
                     Want::Handshake => Next::Stop(Outcome::Writable),
                     Want::Close => {
@@ -415,35 +442,30 @@ where
                         *closed = true;
                         Next::Stop(Outcome::Wrote(0))
                     }
-                    Want::Write(bufs) => {
-                        if *sent > 0 {
-                            // Keep the buffer bounded: drop what is written.
-                            outgoing.drain(..*sent);
-                            *sent = 0;
-                        }
+                    Want::Write(bufs, target) => {
                         let mut accepted = 0;
                         'slices: for buf in bufs.iter() {
                             let mut data: &[u8] = buf;
                             while !data.is_empty() {
-                                let room = OUTGOING_LIMIT.saturating_sub(outgoing.len());
+                                let room =
+                                    OUTGOING_LIMIT.saturating_sub(*target.end + target.waiting);
                                 if room == 0 {
                                     break 'slices;
                                 }
                                 let take = data.len().min(room);
-                                let start = outgoing.len();
+                                let start = *target.end;
                                 let mut need = take + take.div_ceil(MAX_FRAGMENT) * RECORD_OVERHEAD;
                                 loop {
-                                    grow(outgoing, start, need);
-                                    match traffic.encrypt(&data[..take], &mut outgoing[start..]) {
+                                    grow(target.buf, start, need);
+                                    match traffic.encrypt(&data[..take], &mut target.buf[start..]) {
                                         Ok(n) => {
-                                            outgoing.truncate(start + n);
+                                            *target.end = start + n;
                                             break;
                                         }
                                         Err(EncryptError::InsufficientSize(
                                             InsufficientSizeError { required_size },
                                         )) if required_size > need => need = required_size,
                                         Err(e) => {
-                                            outgoing.truncate(start);
                                             if accepted > 0 {
                                                 // Say what went; the error comes next call.
                                                 break 'slices;
@@ -612,22 +634,57 @@ where
                 return Poll::Pending;
             }
         }
-        let accepted = match this.process(Want::Write(bufs)) {
-            Ok(Outcome::Wrote(n)) => n,
-            Ok(_) => {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the TLS connection is closed",
-                )))
+        SCRATCH.with(|scratch| {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return Poll::Ready(Err(io::Error::other("TLS scratch buffer in use")));
+            };
+            let mut end = 0;
+            let target = Target {
+                buf: &mut scratch,
+                end: &mut end,
+                waiting: this.outgoing.len() - this.sent,
+            };
+            let accepted = match this.process(Want::Write(bufs, target)) {
+                Ok(Outcome::Wrote(n)) => n,
+                Ok(_) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::BrokenPipe,
+                        "the TLS connection is closed",
+                    )))
+                }
+                Err(e) => return this.fail(cx, e),
+            };
+            // Ciphertext already waiting (or a record rustls queued just
+            // now, a key update) goes first: append behind it.
+            let mut written = 0;
+            if this.sent == this.outgoing.len() {
+                // One write for all of it, straight from the scratch.
+                while written < end {
+                    match Pin::new(&mut this.io).poll_write(cx, &scratch[written..end]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(n)) => written += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
+                    }
+                }
             }
-            Err(e) => return this.fail(cx, e),
-        };
-        // One write for all of it; what the socket does not take now is
-        // ours to write later (poll_flush).
-        if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(accepted))
+            if written < end {
+                // What the socket did not take is ours to write later
+                // (poll_flush): the stream's own buffer, bounded by the
+                // room check above.
+                if this.sent > 0 {
+                    this.outgoing.drain(..this.sent);
+                    this.sent = 0;
+                }
+                this.outgoing.extend_from_slice(&scratch[written..end]);
+                if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+            Poll::Ready(Ok(accepted))
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -807,6 +864,35 @@ mod tests {
         let mut got = vec![0u8; n];
         within(server.read_exact(&mut got)).await.unwrap();
         assert_eq!(got, big[..n]);
+    }
+
+    /// A transport that takes a few hundred bytes at a time: what a write
+    /// could not hand over waits in the stream's own buffer, goes out in
+    /// order on later writes and flushes, and arrives intact.
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_goes_out_later_in_order() {
+        let (mut server, mut client) = pair().await;
+        // Swap the client's pipe for a narrow one.
+        let (narrow, far) = tokio::io::duplex(300);
+        let mut far = Counted { io: far, reads: 0 };
+        std::mem::swap(&mut server.io, &mut far);
+        let wide = std::mem::replace(&mut client.io, narrow);
+        drop((wide, far));
+        let sent = pattern(100_000);
+        let writer = async {
+            for chunk in sent.chunks(7_000) {
+                client.write_all(chunk).await.unwrap();
+            }
+            client.flush().await.unwrap();
+            client.shutdown().await.unwrap();
+        };
+        let reader = async {
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = within(async { tokio::join!(writer, reader) }).await;
+        assert_eq!(got, sent);
     }
 
     /// Shutting down sends close_notify: the peer reads the end of the
