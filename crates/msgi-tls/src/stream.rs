@@ -140,6 +140,8 @@ pub struct TlsStream<T, E> {
     peer_closed: bool,
     /// Our `close_notify` is queued.
     closed: bool,
+    /// A decrypted record waits in rustls for a reader with room.
+    held_record: bool,
 }
 
 impl<T, E: Endpoint> fmt::Debug for TlsStream<T, E> {
@@ -260,6 +262,7 @@ where
             sent: 0,
             peer_closed: false,
             closed: false,
+            held_record: false,
         }
     }
 
@@ -370,8 +373,13 @@ where
     /// Feeds the buffered ciphertext to rustls and does what `want` asks,
     /// until the input is used up or the request is served.
     fn process(&mut self, mut want: Want<'_, '_>) -> io::Result<Outcome> {
+        let filled_at_start = match &want {
+            Want::Read(out) => out.filled().len(),
+            _ => 0,
+        };
         loop {
             let TlsStream {
+                held_record,
                 conn,
                 incoming,
                 plaintext,
@@ -390,7 +398,21 @@ where
                 }
                 Ok(ConnectionState::ReadTraffic(mut traffic)) => {
                     let mut full = false;
-                    while let Some(record) = traffic.next_record() {
+                    *held_record = false;
+                    loop {
+                        // A record the reader has no room for waits in
+                        // rustls for the next read (no second copy of its
+                        // rest), unless the reader got nothing yet.
+                        if let (Want::Read(out), Some(len)) = (&want, traffic.peek_len()) {
+                            if len.get() > out.remaining() && out.filled().len() > filled_at_start {
+                                *held_record = true;
+                                full = true;
+                                break;
+                            }
+                        }
+                        let Some(record) = traffic.next_record() else {
+                            break;
+                        };
                         let record = record.map_err(tls_error)?;
                         discard += record.discard;
                         let mut payload = record.payload;
@@ -560,7 +582,7 @@ where
                 return Poll::Ready(Ok(()));
             }
             let before = out.filled().len();
-            let outcome = if this.incoming.is_empty() {
+            let outcome = if this.incoming.is_empty() && !this.held_record {
                 Outcome::NeedInput
             } else {
                 match this.process(Want::Read(out)) {
@@ -850,6 +872,25 @@ mod tests {
         let mut back = vec![0u8; sent.len()];
         within(client.read_exact(&mut back)).await.unwrap();
         assert_eq!(back, sent);
+    }
+
+    /// A record that does not fit what is left of the reader's buffer
+    /// stays in rustls for the next read instead of being split and its
+    /// rest copied a second time.
+    #[tokio::test]
+    async fn a_record_that_does_not_fit_waits_for_the_next_read() {
+        let (mut server, mut client) = pair().await;
+        let sent = pattern(10_000);
+        // Two records of 5,000 bytes (one per write).
+        within(client.write_all(&sent[..5_000])).await.unwrap();
+        within(client.write_all(&sent[5_000..])).await.unwrap();
+        let mut buf = vec![0u8; 6_000];
+        let n = within(server.read(&mut buf)).await.unwrap();
+        assert_eq!(&buf[..n], &sent[..5_000], "the first record only");
+        assert!(server.held_record);
+        assert_eq!(server.buffered().1, 0, "no rest copied aside");
+        let m = within(server.read(&mut buf)).await.unwrap();
+        assert_eq!(&buf[..m], &sent[5_000..]);
     }
 
     /// One write takes at most 64 KiB of plaintext: the ciphertext waiting
