@@ -619,8 +619,20 @@ impl FrameCodec {
             // transform opens it in place instead of copying all of it out
             // of a shared buffer. Frames without ENCRYPTED are split off as
             // below (nothing will write into them).
-            let mut rest = BytesMut::with_capacity(RESERVE_AHEAD);
-            rest.extend_from_slice(src.get(length..).unwrap_or_default());
+            let after = src.get(length..).unwrap_or_default();
+            // Room for the whole next frame when its header says how long
+            // it is (within the limit and twice `RESERVE_AHEAD`), so the
+            // next read ends where it ends and it too is handed over whole;
+            // else a read chunk with room for a 64 KiB payload's frame.
+            let next = be_u32(after, 4).map_or(0, |n| n as usize);
+            let room =
+                if next > after.len() && next <= self.max_frame_size && next <= 2 * RESERVE_AHEAD {
+                    next
+                } else {
+                    RESERVE_AHEAD + RESERVE_AHEAD / 8
+                };
+            let mut rest = BytesMut::with_capacity(room.max(after.len()));
+            rest.extend_from_slice(after);
             src.truncate(length);
             let mut bytes = std::mem::replace(src, rest).freeze();
             bytes.advance(header);
@@ -1258,6 +1270,7 @@ mod tests {
             &wire[first..first + 100],
             "the rest kept, in order"
         );
+        assert_eq!(buf.capacity(), first, "room for exactly the next frame");
         assert!(codec.decode(&mut buf).unwrap().is_none());
         buf.extend_from_slice(&wire[first + 100..]);
         let second = codec.decode(&mut buf).unwrap().unwrap();
