@@ -262,8 +262,15 @@ where
             if free < READ_CHUNK && self.rbuf.is_empty() && self.rbuf.try_reclaim(READ_CHUNK) {
                 // Nothing buffered, and every frame split from the chunk is
                 // gone: the whole chunk again, without an allocation (a
-                // burst of up to 64 KiB stays one read).
-                free = self.rbuf.capacity();
+                // burst of up to 64 KiB stays one read). Not the allocation
+                // a large frame left behind, though: kept under small frames
+                // it would be pinned by any one a handler holds.
+                if self.rbuf.capacity() > READ_CHUNK + READ_CHUNK / 2 {
+                    self.rbuf = BytesMut::new();
+                    free = 0;
+                } else {
+                    free = self.rbuf.capacity();
+                }
             }
             // Exactly one chunk more, never `reserve`'s doubling, and not
             // while a large partial frame is buffered (the decoder has made
