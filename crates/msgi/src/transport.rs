@@ -751,6 +751,81 @@ mod tests {
         assert_eq!(transport.rbuf.len(), 5, "a partial frame was dropped");
     }
 
+    /// The allocation a large frame leaves behind is not kept under small
+    /// frames (ARCHITECTURE: a buffer reused must be within 32 KiB of what
+    /// is needed). The reviewer's case of session 7: a frame a little over
+    /// one read chunk arrives with small frames behind it, so it is split
+    /// off a buffer of two chunks that also holds the start of the next
+    /// frames; each frame is dropped as soon as it is read (as a session
+    /// does), so when the buffer is empty it is unique again and
+    /// `try_reclaim` would hand back all of it. Kept, it stayed under every
+    /// later burst.
+    #[tokio::test]
+    async fn the_allocation_a_large_frame_left_behind_is_not_kept_under_small_frames() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let mut transport = ByteStream::new(io, FrameCodec::new());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let bound = READ_CHUNK + READ_CHUNK / 2;
+        let mut wire = encoded([Frame::data(vec![7u8; 70_000])]);
+        let large = wire.len();
+        wire.extend_from_slice(&encoded(
+            (0..10).map(|id| Frame::data(vec![8u8; 100]).with_request_id(id)),
+        ));
+        peer.write_all(&wire)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut sizes = Vec::new();
+        let mut behind = 0;
+        while let Poll::Ready(frame) = transport.poll_frame(&mut cx) {
+            let frame = frame
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("end of stream"));
+            if sizes.is_empty() {
+                // Split off the front of the buffer: what is left of it.
+                behind = transport.rbuf.len();
+                assert!(
+                    transport.rbuf.capacity() + large > bound,
+                    "the case did not arise: read into {} bytes",
+                    transport.rbuf.capacity() + large
+                );
+            }
+            sizes.push(frame.payload().len());
+            // Dropped here: nothing holds the large frame's buffer.
+        }
+        assert_eq!(sizes.len(), 11);
+        assert_eq!(sizes[0], 70_000);
+        assert!(
+            behind > 0,
+            "no bytes of the next frames behind the large one"
+        );
+        assert!(
+            transport.rbuf.capacity() <= bound,
+            "an empty buffer kept {} bytes a large frame left behind",
+            transport.rbuf.capacity()
+        );
+        for burst in 0..3u32 {
+            peer.write_all(&encoded((0..32).map(|id| {
+                Frame::data(vec![9u8; 1024]).with_request_id(burst * 32 + id)
+            })))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            let mut frames = 0;
+            while let Poll::Ready(frame) = transport.poll_frame(&mut cx) {
+                let frame = frame
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .unwrap_or_else(|| panic!("end of stream"));
+                assert_eq!(frame.payload().len(), 1024);
+                frames += 1;
+                assert!(
+                    transport.rbuf.capacity() + transport.rbuf.len() <= bound,
+                    "burst {burst}: small frames read into {} bytes",
+                    transport.rbuf.capacity() + transport.rbuf.len()
+                );
+            }
+            assert_eq!(frames, 32);
+        }
+    }
+
     /// A stream whose reads are not answered in the same round (a client
     /// reading answers, a slow handler) starts no write buffer when it
     /// reads: one read left unanswered clears the hint, and a write that
