@@ -1295,6 +1295,60 @@ mod tests {
         );
     }
 
+    /// Adds 8 bytes to each payload, refuses the payload "fail", and counts
+    /// its commits.
+    #[derive(Default)]
+    struct Padded {
+        commits: u32,
+    }
+
+    impl crate::FrameTransform for Padded {
+        fn decode(&mut self, frame: Frame) -> Result<Frame, crate::BoxError> {
+            Ok(frame)
+        }
+        fn encode(&self, frame: Frame) -> Result<Frame, crate::BoxError> {
+            if &frame.payload()[..] == b"fail" {
+                return Err("refused".into());
+            }
+            let mut payload = BytesMut::from(&frame.payload()[..]);
+            payload.extend_from_slice(&[0u8; 8]);
+            Ok(Frame::data(payload.freeze()))
+        }
+        fn commit(&mut self) {
+            self.commits += 1;
+        }
+    }
+
+    /// Sending is transactional (docs/ARCHITECTURE.md, "Where each rule
+    /// lives"): `Transformed::encode_into` runs `encode_split` then the
+    /// framing, and commits only a frame written. A frame the transform
+    /// refuses, or that its output makes too large for the codec (checked
+    /// before anything is written), leaves no byte and no commit, on the
+    /// packed path and the joined one.
+    #[test]
+    fn a_frame_refused_below_the_transform_is_not_written_nor_committed() {
+        let mut t = crate::Transformed::new(Padded::default(), FrameCodec::with_max_frame_size(20));
+        let mut out = WriteBuf::new();
+        let mut bytes = BytesMut::new();
+        // 10 + 3 + 8 = 21 bytes: over the limit once transformed.
+        for payload in [&b"abc"[..], b"fail"] {
+            assert!(t.encode_into(Frame::data(payload), &mut out).is_err());
+            assert!(Framing::encode(&mut t, Frame::data(payload), &mut bytes).is_err());
+        }
+        assert_eq!(
+            (out.len(), bytes.len()),
+            (0, 0),
+            "a refused frame wrote bytes"
+        );
+        assert_eq!(t.transform().commits, 0, "a refused frame was committed");
+        // 10 + 2 + 8 = 20: written and committed, once per path.
+        t.encode_into(Frame::data("ab"), &mut out)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Framing::encode(&mut t, Frame::data("ab"), &mut bytes).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((out.len(), bytes.len()), (20, 20));
+        assert_eq!(t.transform().commits, 2);
+    }
+
     #[test]
     fn outgoing_frame_over_max_is_refused() {
         let mut codec = FrameCodec::with_max_frame_size(20);
