@@ -5,8 +5,9 @@
 //! read its ciphertext in 4 KiB steps into a deframer buffer that grows
 //! (zero-filled) and shrinks on every burst, so msgi put a read-ahead
 //! buffer under it (one more copy of every byte). Here the socket is read
-//! straight into one buffer of up to [`READ_CHUNK`] bytes, rustls decrypts
-//! the records where they lie, and the plaintext is copied to the reader;
+//! straight into the thread's read scratch of [`READ_CHUNK`] bytes, rustls
+//! decrypts the records where they lie, the plaintext is copied to the
+//! reader and only a record left in part is kept by the stream;
 //! outbound, each slice of a vectored write is encrypted into the thread's
 //! scratch buffer (zeroed once, reused: rustls's unbuffered API encrypts
 //! into initialized memory only) that leaves with one write. Every buffer
@@ -109,9 +110,13 @@ impl Endpoint for UnbufferedClientConnection {
 /// done.
 ///
 /// Reads take up to [`READ_CHUNK`] bytes of ciphertext from `T` in one
-/// call; rustls decrypts each record in that buffer and its plaintext is
-/// copied to the reader (what the reader had no room for waits in a buffer
-/// of its own). A write encrypts each slice it is given (up to 64 KiB of
+/// call, into the thread's read scratch (zeroed once, shared by every
+/// stream the thread reads); rustls decrypts each record there and its
+/// plaintext is copied to the reader. Only what is left (a record in
+/// part, or one the reader had no room for) is copied into the stream's
+/// own buffer, which takes the next reads until it is used up, so a busy
+/// stream receiving whole records allocates nothing per burst (plaintext
+/// the reader had no room for waits in a buffer of its own). A write encrypts each slice it is given (up to 64 KiB of
 /// plaintext per call) into the thread's scratch buffer and writes it with
 /// one call of `T`; only what `T` does not take is copied into the
 /// stream's own outgoing buffer (at most 64 KiB with what already waits). Ciphertext not yet processed is bounded (96 KiB; more
@@ -188,6 +193,17 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+thread_local! {
+    /// Each thread's room for one read of ciphertext ([`READ_CHUNK`]),
+    /// zeroed once and reused by every stream the thread reads: rustls
+    /// decrypts the records where they lie and the plaintext goes to the
+    /// reader, so a busy stream receiving whole records allocates nothing
+    /// per burst. Only what is left (a record in part, or one the reader
+    /// had no room for) is copied into the stream's own buffer. A cell of
+    /// its own: a read inside a write on the same thread finds it free.
+    static READ_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Where processing the buffered input stopped.
 enum Outcome {
     /// The input is used up: read more from the peer (or, during the
@@ -207,6 +223,14 @@ enum Outcome {
 enum Next {
     Again,
     Stop(Outcome),
+}
+
+/// The transport ended without the peer's `close_notify`.
+fn bare_eof() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the peer closed the connection without TLS close_notify",
+    )
 }
 
 fn tls_error(error: rustls::Error) -> io::Error {
@@ -317,6 +341,8 @@ where
             // What we have for the peer goes before we wait for it.
             ready!(self.poll_flush_outgoing(cx))?;
             if done {
+                // Reads go through the thread's scratch from here on.
+                self.release_input();
                 return Poll::Ready(Ok(()));
             }
             if self.peer_closed {
@@ -372,7 +398,23 @@ where
 
     /// Feeds the buffered ciphertext to rustls and does what `want` asks,
     /// until the input is used up or the request is served.
-    fn process(&mut self, mut want: Want<'_, '_>) -> io::Result<Outcome> {
+    fn process(&mut self, want: Want<'_, '_>) -> io::Result<Outcome> {
+        let mut incoming = std::mem::take(&mut self.incoming);
+        let mut used = 0;
+        let result = self.process_in(&mut incoming, &mut used, want);
+        incoming.advance(used);
+        self.incoming = incoming;
+        result
+    }
+
+    /// [`process`](Self::process) on `input` (the stream's own buffer or
+    /// the thread's read scratch): `*used` bytes of it are consumed.
+    fn process_in(
+        &mut self,
+        input: &mut [u8],
+        used: &mut usize,
+        mut want: Want<'_, '_>,
+    ) -> io::Result<Outcome> {
         let filled_at_start = match &want {
             Want::Read(out) => out.filled().len(),
             _ => 0,
@@ -381,18 +423,17 @@ where
             let TlsStream {
                 held_record,
                 conn,
-                incoming,
                 plaintext,
                 outgoing,
                 peer_closed,
                 closed,
                 ..
             } = self;
-            let UnbufferedStatus { discard, state } = conn.process(&mut incoming[..]);
+            let UnbufferedStatus { discard, state } = conn.process(&mut input[*used..]);
             let mut discard = discard;
             let next = match state {
                 Err(e) => {
-                    incoming.advance(discard);
+                    *used += discard;
                     self.queue_alert();
                     return Err(tls_error(e));
                 }
@@ -514,7 +555,7 @@ where
                     return Err(io::Error::other("a TLS state this version does not know"));
                 }
             };
-            incoming.advance(discard);
+            *used += discard;
             match next {
                 Next::Again => {}
                 Next::Stop(outcome) => return Ok(outcome),
@@ -543,6 +584,46 @@ where
                 _ => return,
             }
         }
+    }
+
+    /// With nothing buffered: one read of the transport into the thread's
+    /// read scratch, processed there for `out`; what rustls did not consume
+    /// is copied into the stream's own buffer. `None` if the scratch is in
+    /// use on this thread (the caller reads into its own buffer instead).
+    fn poll_burst(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Option<Poll<io::Result<Outcome>>> {
+        READ_SCRATCH.with(|cell| {
+            let mut scratch = cell.try_borrow_mut().ok()?;
+            if scratch.len() < READ_CHUNK {
+                scratch.resize(READ_CHUNK, 0);
+            }
+            let mut buf = ReadBuf::new(&mut scratch[..READ_CHUNK]);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Pending => return Some(Poll::Pending),
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Ready(Ok(())) => {}
+            }
+            let n = buf.filled().len();
+            if n == 0 {
+                return Some(Poll::Ready(Err(bare_eof())));
+            }
+            let input = &mut scratch[..n];
+            let mut used = 0;
+            let result = self.process_in(input, &mut used, Want::Read(out));
+            if let Some(rest) = input.get(used..).filter(|rest| !rest.is_empty()) {
+                // Kept contiguous: later reads go into this buffer until
+                // it is used up.
+                self.incoming.reserve(READ_CHUNK);
+                self.incoming.extend_from_slice(rest);
+            }
+            Some(match result {
+                Ok(outcome) => Poll::Ready(Ok(outcome)),
+                Err(e) => self.fail(cx, e),
+            })
+        })
     }
 
     /// Releases the input buffers when nothing is in them.
@@ -582,8 +663,21 @@ where
                 return Poll::Ready(Ok(()));
             }
             let before = out.filled().len();
+            let mut burst = false;
             let outcome = if this.incoming.is_empty() && !this.held_record {
-                Outcome::NeedInput
+                match this.poll_burst(cx, out) {
+                    Some(Poll::Ready(Ok(outcome))) => {
+                        burst = true;
+                        outcome
+                    }
+                    Some(Poll::Ready(Err(e))) => return Poll::Ready(Err(e)),
+                    Some(Poll::Pending) => {
+                        // Nothing to read: an idle connection keeps no buffer.
+                        this.release_input();
+                        return Poll::Pending;
+                    }
+                    None => Outcome::NeedInput,
+                }
             } else {
                 match this.process(Want::Read(out)) {
                     Ok(outcome) => outcome,
@@ -600,16 +694,11 @@ where
             if out.filled().len() > before || matches!(outcome, Outcome::Delivered) {
                 return Poll::Ready(Ok(()));
             }
-            if this.peer_closed || matches!(outcome, Outcome::Closed) {
+            if burst || this.peer_closed || matches!(outcome, Outcome::Closed) {
                 continue;
             }
             match this.poll_fill(cx) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the peer closed the connection without TLS close_notify",
-                    )));
-                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(bare_eof())),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
@@ -854,6 +943,95 @@ mod tests {
         assert_eq!(server.incoming.capacity(), 0, "idle: no input buffer");
         assert_eq!(server.plaintext.capacity(), 0);
         assert_eq!(client.outgoing.capacity(), 0, "written: no output buffer");
+    }
+
+    /// A busy stream receiving bursts of whole records keeps no input
+    /// buffer of its own between them (not only once idle): each burst is
+    /// read into the thread's scratch and decrypted there.
+    #[tokio::test]
+    async fn a_busy_stream_keeps_no_input_buffer_between_bursts() {
+        let (mut server, mut client) = pair().await;
+        let mut buf = vec![0u8; 64 * 1024];
+        for round in 0..4 {
+            let sent = pattern(30_000 + round);
+            within(client.write_all(&sent)).await.unwrap();
+            within(client.flush()).await.unwrap();
+            let reads = server.io.reads;
+            let n = within(server.read(&mut buf)).await.unwrap();
+            assert_eq!(&buf[..n], &sent[..], "round {round}");
+            assert_eq!(server.io.reads - reads, 1, "one read of the transport");
+            assert_eq!(server.incoming.capacity(), 0, "round {round}: no own buffer");
+            assert_eq!(server.plaintext.capacity(), 0, "round {round}");
+        }
+    }
+
+    /// A record split across two reads of the transport: its first part
+    /// waits in the stream's own buffer, and it is delivered whole, in
+    /// order, once the rest arrives; then that buffer is released.
+    #[tokio::test]
+    async fn a_record_split_across_two_reads_is_delivered_whole() {
+        let (mut server, mut client) = pair().await;
+        // The client writes into a pipe of ours; we hand its ciphertext
+        // to the server in two parts.
+        let (tap, mut tapped) = tokio::io::duplex(1 << 20);
+        let mut wire = std::mem::replace(&mut client.io, tap);
+        let sent = pattern(12_000);
+        within(client.write_all(&sent[..2_000])).await.unwrap();
+        within(client.write_all(&sent[2_000..])).await.unwrap();
+        within(client.flush()).await.unwrap();
+        let mut cipher = vec![0u8; 64 * 1024];
+        let len = within(tapped.read(&mut cipher)).await.unwrap();
+        assert!(len > sent.len(), "{len}");
+        // The first record whole and the second in part.
+        let cut = len - 4_000;
+        within(wire.write_all(&cipher[..cut])).await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = within(server.read(&mut buf)).await.unwrap();
+        assert_eq!(&buf[..n], &sent[..2_000], "the whole record only");
+        assert_eq!(server.buffered().0, cut - 2_000 - 22, "the part waits");
+        within(wire.write_all(&cipher[cut..len])).await.unwrap();
+        let m = within(server.read(&mut buf)).await.unwrap();
+        assert_eq!(&buf[..m], &sent[2_000..], "then the second, whole");
+        let blocked = std::future::poll_fn(|cx| {
+            let mut out = ReadBuf::new(&mut buf);
+            Poll::Ready(Pin::new(&mut server).poll_read(cx, &mut out).is_pending())
+        })
+        .await;
+        assert!(blocked);
+        assert_eq!(server.incoming.capacity(), 0);
+    }
+
+    /// A reader with less room than a burst gets all of it, in order,
+    /// over several reads.
+    #[tokio::test]
+    async fn a_reader_smaller_than_the_burst_gets_all_of_it_in_order() {
+        let (mut server, mut client) = pair().await;
+        let sent = pattern(30_000);
+        for chunk in sent.chunks(3_000) {
+            within(client.write_all(chunk)).await.unwrap();
+        }
+        within(client.flush()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4_500];
+        while got.len() < sent.len() {
+            let n = within(server.read(&mut buf)).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, sent);
+    }
+
+    /// Ciphertext that reaches 96 KiB without rustls consuming it is
+    /// refused, not read further.
+    #[tokio::test]
+    async fn more_than_96_kib_unprocessed_is_refused() {
+        let (mut server, _client) = pair().await;
+        server.incoming.extend_from_slice(&vec![0u8; INCOMING_LIMIT]);
+        let polled = std::future::poll_fn(|cx| Poll::Ready(server.poll_fill(cx))).await;
+        let Poll::Ready(Err(error)) = polled else {
+            panic!("not refused");
+        };
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
     }
 
     /// A reader with less room than a record gets the rest on later reads.
