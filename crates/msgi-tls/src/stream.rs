@@ -960,7 +960,11 @@ mod tests {
             let n = within(server.read(&mut buf)).await.unwrap();
             assert_eq!(&buf[..n], &sent[..], "round {round}");
             assert_eq!(server.io.reads - reads, 1, "one read of the transport");
-            assert_eq!(server.incoming.capacity(), 0, "round {round}: no own buffer");
+            assert_eq!(
+                server.incoming.capacity(),
+                0,
+                "round {round}: no own buffer"
+            );
             assert_eq!(server.plaintext.capacity(), 0, "round {round}");
         }
     }
@@ -1026,7 +1030,9 @@ mod tests {
     #[tokio::test]
     async fn more_than_96_kib_unprocessed_is_refused() {
         let (mut server, _client) = pair().await;
-        server.incoming.extend_from_slice(&vec![0u8; INCOMING_LIMIT]);
+        server
+            .incoming
+            .extend_from_slice(&vec![0u8; INCOMING_LIMIT]);
         let polled = std::future::poll_fn(|cx| Poll::Ready(server.poll_fill(cx))).await;
         let Poll::Ready(Err(error)) = polled else {
             panic!("not refused");
