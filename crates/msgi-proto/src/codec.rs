@@ -1357,6 +1357,44 @@ mod tests {
         assert!(codec.encode(Frame::data(vec![0u8; 10]), &mut buf).is_ok());
     }
 
+    /// The write queue packs small frames into one buffer and keeps a
+    /// payload of 4 KiB or more as its own `Bytes` (a slice of the write,
+    /// not copied): docs/ARCHITECTURE.md's request path.
+    #[test]
+    fn a_payload_of_4_kib_is_queued_as_its_own_slice_a_smaller_one_packed() {
+        let mut codec = FrameCodec::new();
+        let mut wb = WriteBuf::new();
+        let large = Bytes::from(vec![7u8; ZERO_COPY_THRESHOLD]);
+        let small = Bytes::from(vec![8u8; ZERO_COPY_THRESHOLD - 1]);
+        codec.encode_into(Frame::data("a"), &mut wb).unwrap();
+        codec
+            .encode_into(Frame::data(large.clone()), &mut wb)
+            .unwrap();
+        codec
+            .encode_into(Frame::data(small.clone()), &mut wb)
+            .unwrap();
+        codec.encode_into(Frame::data("b"), &mut wb).unwrap();
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let n = wb.chunks_vectored(&mut slices);
+        let slices = &slices[..n];
+        assert!(
+            slices
+                .iter()
+                .any(|s| s.as_ptr() == large.as_ptr() && s.len() == large.len()),
+            "the 4 KiB payload was copied"
+        );
+        assert!(
+            slices.iter().all(|s| s.as_ptr() != small.as_ptr()),
+            "a payload under 4 KiB was not packed"
+        );
+        // Header and "a" packed before it, the small frame and "b" after.
+        assert_eq!(n, 3);
+        let flat: Vec<u8> = slices.iter().flat_map(|s| s.iter().copied()).collect();
+        let frames = decode_all(&mut codec, &flat).unwrap();
+        let payloads: Vec<&[u8]> = frames.iter().map(|f| &f.payload()[..]).collect();
+        assert_eq!(payloads, [&b"a"[..], &large[..], &small[..], b"b"]);
+    }
+
     #[test]
     fn write_buf_keeps_order_across_chunks() {
         let mut codec = FrameCodec::new();

@@ -826,6 +826,79 @@ mod tests {
         }
     }
 
+    /// Counts the write calls; takes every byte (vectored).
+    struct CountingWrites<T> {
+        io: T,
+        writes: usize,
+    }
+
+    impl<T: AsyncRead + Unpin> AsyncRead for CountingWrites<T> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<T: AsyncWrite + Unpin> AsyncWrite for CountingWrites<T> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// A wake-up's answers (small frames packed, large payloads as their
+    /// own slices) go out in one vectored write when the transport takes
+    /// them all.
+    #[tokio::test]
+    async fn a_round_of_answers_is_one_vectored_write() {
+        let (_peer, io) = tokio::io::duplex(1024);
+        let mut transport = ByteStream::new(CountingWrites { io, writes: 0 }, FrameCodec::new());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut queued = 0;
+        for id in 0..40u32 {
+            let size = if id % 8 == 0 { 20_000 } else { 1024 };
+            let frame = Frame::data(vec![1u8; size]).with_request_id(id);
+            queued += frame.wire_len();
+            transport.queue(frame).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let mut slices = [IoSlice::new(&[]); WriteBuf::MAX_IOVECS];
+        assert!(
+            transport.wbuf.chunks_vectored(&mut slices) > 1,
+            "several slices"
+        );
+        assert!(transport.poll_write(&mut cx).is_ready());
+        assert_eq!(transport.take_written(), queued);
+        assert_eq!(transport.io.writes, 1, "more than one write for one round");
+    }
+
     /// A stream whose reads are not answered in the same round (a client
     /// reading answers, a slow handler) starts no write buffer when it
     /// reads: one read left unanswered clears the hint, and a write that
