@@ -1040,6 +1040,30 @@ mod tests {
         assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
     }
 
+    /// A key update rustls queued goes out before the data written after
+    /// it (that data is encrypted under the new key), also when the write
+    /// goes straight from the scratch to the socket: the peer decrypts it.
+    #[tokio::test]
+    async fn a_queued_key_update_goes_out_before_later_data() {
+        let (mut server, mut client) = pair().await;
+        let Ok(ConnectionState::WriteTraffic(traffic)) =
+            client.conn.process_tls_records(&mut []).state
+        else {
+            panic!("not writable");
+        };
+        traffic.refresh_traffic_keys().unwrap();
+        let sent = pattern(5_000);
+        within(client.write_all(&sent)).await.unwrap();
+        within(client.flush()).await.unwrap();
+        let mut got = vec![0u8; sent.len()];
+        within(server.read_exact(&mut got)).await.unwrap();
+        assert_eq!(got, sent);
+        // Both directions still work after it.
+        within(server.write_all(&sent)).await.unwrap();
+        within(client.read_exact(&mut got)).await.unwrap();
+        assert_eq!(got, sent);
+    }
+
     /// A reader with less room than a record gets the rest on later reads.
     #[tokio::test]
     async fn a_small_reader_gets_a_record_in_pieces() {
