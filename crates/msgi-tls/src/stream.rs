@@ -147,6 +147,12 @@ pub struct TlsStream<T, E> {
     closed: bool,
     /// A decrypted record waits in rustls for a reader with room.
     held_record: bool,
+    /// The waker of the last write, flush or shutdown that returned
+    /// `Pending`. A read that writes to the transport (a record rustls
+    /// answered on its own) registers the reader's waker there, which
+    /// replaces the writer's: the reader wakes the writer, so a split
+    /// stream's writer is never left asleep.
+    write_waker: Option<std::task::Waker>,
 }
 
 impl<T, E: Endpoint> fmt::Debug for TlsStream<T, E> {
@@ -166,8 +172,8 @@ enum Want<'a, 'b> {
     /// Plaintext, into this buffer.
     Read(&'a mut ReadBuf<'b>),
     /// These bytes encrypted into the target, from its `end` on (the
-    /// thread's scratch buffer, or the stream's outgoing buffer when
-    /// ciphertext is already waiting there).
+    /// thread's scratch buffer, or the stream's own outgoing buffer when
+    /// the scratch is in use: a TLS stream under this one is writing).
     Write(&'a [IoSlice<'a>], Target<'a>),
     /// `close_notify` queued.
     Close,
@@ -287,6 +293,7 @@ where
             peer_closed: false,
             closed: false,
             held_record: false,
+            write_waker: None,
         }
     }
 
@@ -393,7 +400,25 @@ where
     /// peer without waiting, then the error is returned.
     fn fail<R>(&mut self, cx: &mut Context<'_>, error: io::Error) -> Poll<io::Result<R>> {
         let _ = self.poll_flush_outgoing(cx);
+        self.wake_writer();
         Poll::Ready(Err(error))
+    }
+
+    /// Wakes the task whose write, flush or shutdown is waiting (see
+    /// `write_waker`).
+    fn wake_writer(&mut self) {
+        if let Some(waker) = self.write_waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// `Pending` from the write side: its waker is kept for the reader.
+    fn write_pending<R>(&mut self, cx: &Context<'_>) -> Poll<R> {
+        match &self.write_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => self.write_waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 
     /// Feeds the buffered ciphertext to rustls and does what `want` asks,
@@ -626,6 +651,49 @@ where
         })
     }
 
+    /// A write encrypted into the stream's own outgoing buffer, behind
+    /// what already waits there (when the thread's scratch is in use),
+    /// then flushed as far as the transport takes it.
+    fn write_into_own(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.sent > 0 {
+            self.outgoing.drain(..self.sent);
+            self.sent = 0;
+        }
+        let mut own = std::mem::take(&mut self.outgoing);
+        let waited = own.len();
+        let mut end = waited;
+        let target = Target {
+            buf: &mut own,
+            end: &mut end,
+            waiting: 0,
+        };
+        let outcome = self.process(Want::Write(bufs, target));
+        own.truncate(end);
+        // Records rustls queued before it took the data (a key update)
+        // went into `self.outgoing`: they go out before the data.
+        let queued = std::mem::take(&mut self.outgoing);
+        own.splice(waited..waited, queued);
+        self.outgoing = own;
+        let accepted = match outcome {
+            Ok(Outcome::Wrote(n)) => n,
+            Ok(_) => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the TLS connection is closed",
+                )))
+            }
+            Err(e) => return self.fail(cx, e),
+        };
+        if let Poll::Ready(Err(e)) = self.poll_flush_outgoing(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(accepted))
+    }
+
     /// Releases the input buffers when nothing is in them.
     fn release_input(&mut self) {
         if self.incoming.is_empty() {
@@ -687,7 +755,11 @@ where
             // Whatever rustls answered on its own (a key update) goes
             // out with the next write, or now if the socket takes it.
             if this.sent < this.outgoing.len() {
-                if let Poll::Ready(Err(e)) = this.poll_flush_outgoing(cx) {
+                let flushed = this.poll_flush_outgoing(cx);
+                // The transport now holds our waker for writing, not the
+                // writer's (if another task writes): wake that one.
+                this.wake_writer();
+                if let Poll::Ready(Err(e)) = flushed {
                     return Poll::Ready(Err(e));
                 }
             }
@@ -742,12 +814,14 @@ where
                 return Poll::Ready(Err(e));
             }
             if this.outgoing.len() - this.sent >= OUTGOING_LIMIT {
-                return Poll::Pending;
+                return this.write_pending(cx);
             }
         }
         SCRATCH.with(|scratch| {
             let Ok(mut scratch) = scratch.try_borrow_mut() else {
-                return Poll::Ready(Err(io::Error::other("TLS scratch buffer in use")));
+                // This thread's scratch is taken (a TLS stream under this
+                // one is writing it): encrypt into our own buffer.
+                return this.write_into_own(cx, bufs);
             };
             let mut end = 0;
             let target = Target {
@@ -804,8 +878,13 @@ where
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.poll_flush_outgoing(cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
+        if this.poll_flush_outgoing(cx)?.is_pending() {
+            return this.write_pending(cx);
+        }
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending => this.write_pending(cx),
+            done => done,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -817,8 +896,13 @@ where
                 Err(e) => return this.fail(cx, e),
             }
         }
-        ready!(this.poll_flush_outgoing(cx))?;
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        if this.poll_flush_outgoing(cx)?.is_pending() {
+            return this.write_pending(cx);
+        }
+        match Pin::new(&mut this.io).poll_shutdown(cx) {
+            Poll::Pending => this.write_pending(cx),
+            done => done,
+        }
     }
 }
 
@@ -883,6 +967,11 @@ mod tests {
 
     /// A server and a client stream over an in-memory pipe, handshake done.
     async fn pair() -> (Server, Client) {
+        pair_with(1 << 20).await
+    }
+
+    /// The same over a pipe that holds `room` bytes each way.
+    async fn pair_with(room: usize) -> (Server, Client) {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec!["localhost".to_owned()])
             .unwrap()
@@ -898,7 +987,7 @@ mod tests {
             .root_certificates(vec![cert.der().clone()])
             .build()
             .unwrap();
-        let (a, b) = tokio::io::duplex(1 << 20);
+        let (a, b) = tokio::io::duplex(room);
         let mut server = TlsStream::new(
             Counted { io: a, reads: 0 },
             UnbufferedServerConnection::new(acceptor.config().clone()).unwrap(),
@@ -1180,5 +1269,83 @@ mod tests {
             "{error}"
         );
         assert!(server.incoming.capacity() <= 2 * READ_CHUNK);
+    }
+
+    /// A split stream: the read half flushes what the write half left
+    /// (registering its own waker with the transport); the write half,
+    /// waiting for room, must still be woken and finish.
+    #[tokio::test]
+    async fn a_split_streams_writer_is_woken_when_its_reader_flushed() {
+        let (mut server, client) = pair_with(1024).await;
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let sent = pattern(300_000);
+        let expect = sent.clone();
+        let writer = tokio::spawn(async move {
+            wr.write_all(&sent).await.unwrap();
+            wr.flush().await.unwrap();
+            wr
+        });
+        let reader = tokio::spawn(async move {
+            let mut b = [0u8; 16];
+            let r = rd.read(&mut b).await;
+            (rd, r)
+        });
+        let mut got = vec![0u8; expect.len()];
+        let res = tokio::time::timeout(Duration::from_secs(10), server.read_exact(&mut got)).await;
+        writer.abort();
+        reader.abort();
+        assert!(
+            res.is_ok(),
+            "the server got only part: the writer was never woken"
+        );
+        assert_eq!(got, expect);
+    }
+
+    /// TLS over TLS: the outer stream's write finds the thread's scratch
+    /// taken by the inner one's and encrypts into its own buffer.
+    #[tokio::test]
+    async fn tls_over_tls_writes_and_reads() {
+        let (outer_s, outer_c) = pair().await;
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let acceptor = TlsAcceptor::builder(
+            vec![cert.der().clone()],
+            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .build()
+        .unwrap();
+        let connector = TlsConnector::builder("localhost")
+            .root_certificates(vec![cert.der().clone()])
+            .build()
+            .unwrap();
+        let mut s = TlsStream::new(
+            outer_s,
+            UnbufferedServerConnection::new(acceptor.config().clone()).unwrap(),
+        );
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut c = TlsStream::new(
+            outer_c,
+            UnbufferedClientConnection::new(connector.config().clone(), name).unwrap(),
+        );
+        let (a, b) = within(async { tokio::join!(s.handshake(), c.handshake()) }).await;
+        a.unwrap();
+        b.unwrap();
+        let sent = pattern(100_000);
+        let (w, got) = within(async {
+            let mut got = vec![0u8; sent.len()];
+            tokio::join!(
+                async {
+                    c.write_all(&sent).await?;
+                    c.flush().await
+                },
+                async { s.read_exact(&mut got).await.map(|_| got) }
+            )
+        })
+        .await;
+        w.unwrap();
+        assert_eq!(got.unwrap(), sent);
     }
 }
