@@ -970,8 +970,9 @@ mod tests {
         pair_with(1 << 20).await
     }
 
-    /// The same over a pipe that holds `room` bytes each way.
-    async fn pair_with(room: usize) -> (Server, Client) {
+    /// An acceptor with a throwaway certificate for `localhost`, and a
+    /// connector that trusts it.
+    fn endpoints() -> (TlsAcceptor, TlsConnector) {
         let key = KeyPair::generate().unwrap();
         let cert = CertificateParams::new(vec!["localhost".to_owned()])
             .unwrap()
@@ -987,6 +988,12 @@ mod tests {
             .root_certificates(vec![cert.der().clone()])
             .build()
             .unwrap();
+        (acceptor, connector)
+    }
+
+    /// The same over a pipe that holds `room` bytes each way.
+    async fn pair_with(room: usize) -> (Server, Client) {
+        let (acceptor, connector) = endpoints();
         let (a, b) = tokio::io::duplex(room);
         let mut server = TlsStream::new(
             Counted { io: a, reads: 0 },
@@ -1306,21 +1313,7 @@ mod tests {
     #[tokio::test]
     async fn tls_over_tls_writes_and_reads() {
         let (outer_s, outer_c) = pair().await;
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let acceptor = TlsAcceptor::builder(
-            vec![cert.der().clone()],
-            PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .build()
-        .unwrap();
-        let connector = TlsConnector::builder("localhost")
-            .root_certificates(vec![cert.der().clone()])
-            .build()
-            .unwrap();
+        let (acceptor, connector) = endpoints();
         let mut s = TlsStream::new(
             outer_s,
             UnbufferedServerConnection::new(acceptor.config().clone()).unwrap(),
