@@ -651,6 +651,23 @@ where
         })
     }
 
+    /// The plaintext a write's processing took, or what the write returns
+    /// instead (the connection closed, or a TLS error after its alert).
+    fn accepted(
+        &mut self,
+        cx: &mut Context<'_>,
+        outcome: io::Result<Outcome>,
+    ) -> Result<usize, Poll<io::Result<usize>>> {
+        match outcome {
+            Ok(Outcome::Wrote(n)) => Ok(n),
+            Ok(_) => Err(Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS connection is closed",
+            )))),
+            Err(e) => Err(self.fail(cx, e)),
+        }
+    }
+
     /// A write encrypted into the stream's own outgoing buffer, behind
     /// what already waits there (when the thread's scratch is in use),
     /// then flushed as far as the transport takes it.
@@ -678,15 +695,9 @@ where
         let queued = std::mem::take(&mut self.outgoing);
         own.splice(waited..waited, queued);
         self.outgoing = own;
-        let accepted = match outcome {
-            Ok(Outcome::Wrote(n)) => n,
-            Ok(_) => {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::BrokenPipe,
-                    "the TLS connection is closed",
-                )))
-            }
-            Err(e) => return self.fail(cx, e),
+        let accepted = match self.accepted(cx, outcome) {
+            Ok(n) => n,
+            Err(done) => return done,
         };
         if let Poll::Ready(Err(e)) = self.poll_flush_outgoing(cx) {
             return Poll::Ready(Err(e));
@@ -829,15 +840,10 @@ where
                 end: &mut end,
                 waiting: this.outgoing.len() - this.sent,
             };
-            let accepted = match this.process(Want::Write(bufs, target)) {
-                Ok(Outcome::Wrote(n)) => n,
-                Ok(_) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        "the TLS connection is closed",
-                    )))
-                }
-                Err(e) => return this.fail(cx, e),
+            let outcome = this.process(Want::Write(bufs, target));
+            let accepted = match this.accepted(cx, outcome) {
+                Ok(n) => n,
+                Err(done) => return done,
             };
             // Ciphertext already waiting (or a record rustls queued just
             // now, a key update) goes first: append behind it.
